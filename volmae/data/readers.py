@@ -1,0 +1,127 @@
+"""Volume readers: NIfTI through nibabel and DICOM series folders through SimpleITK, as one MONAI ``ImageReader``.
+
+Why our own reader: MONAI reads DICOM folders through ITK (``itk``) or pydicom, neither of which is a volmae
+dependency, and its readers let nibabel/zlib exceptions escape without naming the file. ``VolumeReader`` turns a
+DICOM series into a RAS ``Nifti1Image`` (SimpleITK gives LPS: the first two axes' signs flip) and then reuses
+MONAI's ``NibabelReader`` for everything else, so metadata (affine, spatial shape, pixdim) is identical for both.
+Every failure becomes one :class:`~volmae.errors.DataError` that names the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from monai.data import NibabelReader
+from monai.utils import ensure_tuple
+
+from volmae.errors import DataError
+
+__all__ = ["VolumeReader", "read_dicom_series", "is_dicom_dir", "load_volume"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# Declared sizes beyond this are refused before any allocation (a 2 kB file can claim 10^12 voxels).
+MAX_VOXELS = 2_000_000_000
+
+
+def is_dicom_dir(path: str | os.PathLike) -> bool:
+    return Path(path).is_dir()
+
+
+def _lps_to_ras(affine: np.ndarray) -> np.ndarray:
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return flip @ affine
+
+
+def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -> nib.Nifti1Image:
+    """Read one DICOM series folder into a RAS ``Nifti1Image`` (array axes x, y, z as in NIfTI)."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a DICOM series folder")
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "No Series were found" is expected while searching
+    reader = sitk.ImageSeriesReader()
+    # The folder itself, else its sub-folders (a study folder holding one series folder is common in exports).
+    found = [(str(folder), i) for i in reader.GetGDCMSeriesIDs(str(folder)) or []]
+    if not found:
+        for sub in sorted(p for p in folder.rglob("*") if p.is_dir()):
+            found += [(str(sub), i) for i in reader.GetGDCMSeriesIDs(str(sub)) or []]
+    if not found:
+        raise DataError(f"{folder}: no DICOM series found in this folder or its sub-folders")
+    if series_id is not None:
+        found = [f for f in found if f[1] == series_id]
+        if not found:
+            raise DataError(f"{folder}: series {series_id!r} not found")
+    if len(found) > 1:
+        listing = ", ".join(f"{Path(d).name}:{i}" for d, i in found[:6])
+        raise DataError(
+            f"{folder}: holds {len(found)} DICOM series ({listing}); pass one series folder (or a series id)"
+        )
+    series_dir, sid = found[0]
+    files = reader.GetGDCMSeriesFileNames(series_dir, sid)
+    reader.SetFileNames(files)
+    try:
+        img = reader.Execute()
+    except RuntimeError as e:
+        raise DataError(f"{folder}: unreadable DICOM series ({str(e).strip().splitlines()[-1]})") from None
+    if img.GetDimension() != 3 or img.GetSize()[2] < 2:
+        raise DataError(f"{folder}: DICOM series is not a 3D volume (size {img.GetSize()})")
+    arr = sitk.GetArrayFromImage(img)  # z y x
+    if arr.ndim == 4:  # z y x c (RGB or vector DICOM)
+        raise DataError(f"{folder}: multi-component DICOM pixels are not supported (shape {arr.shape})")
+    data = np.ascontiguousarray(arr.transpose(2, 1, 0))  # x y z
+    spacing = np.array(img.GetSpacing(), dtype=float)
+    direction = np.array(img.GetDirection(), dtype=float).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = direction * spacing[None, :]
+    affine[:3, 3] = img.GetOrigin()
+    return nib.Nifti1Image(data, _lps_to_ras(affine))
+
+
+class VolumeReader(NibabelReader):
+    """MONAI reader for ``.nii`` / ``.nii.gz`` files and DICOM series folders; a list of files stacks channels."""
+
+    def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
+        return all(str(f).lower().endswith(NIFTI_SUFFIXES) or is_dicom_dir(f) for f in ensure_tuple(filename))
+
+    def read(self, data: Sequence[os.PathLike] | os.PathLike, **kwargs):
+        filenames = ensure_tuple(data)
+        self.filenames = filenames
+        images = []
+        for name in filenames:
+            path = Path(name)
+            if is_dicom_dir(path):
+                images.append(read_dicom_series(path))
+                continue
+            if not path.exists():
+                raise DataError(f"{path}: file not found")
+            if not str(path).lower().endswith(NIFTI_SUFFIXES):
+                raise DataError(f"{path}: unsupported format (expected .nii, .nii.gz or a DICOM series folder)")
+            if path.stat().st_size == 0:
+                raise DataError(f"{path}: empty file (0 bytes)")
+            try:
+                img = nib.load(str(path), **{**self.kwargs, **kwargs})
+            except Exception as e:  # noqa: BLE001 - nibabel / gzip raise many types
+                raise DataError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from None
+            shape = img.shape
+            if int(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
+                raise DataError(f"{path}: header declares {shape} = {np.prod(shape, dtype=np.float64):.3g} voxels")
+            images.append(img)
+        return images if len(filenames) > 1 else images[0]
+
+    def _get_array_data(self, img, filename):
+        try:
+            return super()._get_array_data(img, filename)
+        except Exception as e:  # noqa: BLE001 - truncated gzip: EOFError, zlib.error, OSError, ValueError
+            raise DataError(f"{filename}: image data unreadable, file truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+def load_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read one volume (NIfTI path or DICOM folder): ``(array in x y z order, 4x4 RAS affine)``; ``DataError``s."""
+    reader = VolumeReader()
+    img = reader.read(path)
+    return reader._get_array_data(img, str(path)), np.asarray(img.affine, dtype=float)

@@ -1,0 +1,163 @@
+"""Preprocessing presets per modality, built from MONAI dictionary transforms.
+
+- ``ct``: RAS, resample to ``pixdim`` (BTCV: 1.5 x 1.5 x 2.0 mm), HU window -175..250 -> [0, 1] (clipped),
+  crop to the body (voxels above the window floor).
+- ``mri``: RAS, resample to ``pixdim``, per-channel percentile clip (0.5 / 99.5 %) then z-score on non-zero voxels.
+  Per-volume normalisation matters: MSD hippocampus images mix uint8 and float32 with maxima from 112 to 1.7e6.
+- ``hippocampus``: the ``mri`` preset at 1 mm with a 40 x 56 x 40 ROI (the crops are ~35 x 50 x 35) and
+  left-right flips only (anterior/posterior labels are not symmetric under other flips).
+
+Training adds pad-to-ROI, positive/negative balanced random crops (``RandCropByPosNegLabeld``) and light
+augmentation (flips, intensity scale/shift). Everything before the first random transform is deterministic, so
+``CacheDataset`` caches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from monai.transforms import (
+    ClipIntensityPercentilesd,
+    Compose,
+    CropForegroundd,
+    EnsureTyped,
+    LoadImaged,
+    NormalizeIntensityd,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandSpatialCropSamplesd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+)
+
+from volmae.data.checks import CheckVolumed
+from volmae.data.readers import VolumeReader
+from volmae.errors import ConfigError
+
+__all__ = [
+    "Preprocessing",
+    "PREPROCESSING",
+    "get_preprocessing",
+    "preprocess_transforms",
+    "train_transforms",
+    "eval_transforms",
+    "pretrain_transforms",
+    "infer_transforms",
+]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a task's volumes are brought to network input. Sizes in voxels, spacing in mm, axes after RAS."""
+
+    modality: str
+    roi_size: tuple[int, int, int]
+    pixdim: tuple[float, float, float] | None = None
+    ct_window: tuple[float, float] = (-175.0, 250.0)
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    flip_axes: tuple[int, ...] = (0, 1, 2)
+    flip_prob: float = 0.1
+    intensity_prob: float = 0.5
+    pos: float = 1.0
+    neg: float = 1.0
+    num_samples: int = 2
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.modality not in ("ct", "mri"):
+            raise ConfigError(f"modality={self.modality!r}: expected 'ct' or 'mri'")
+        if len(self.roi_size) != 3 or any(int(r) < 1 for r in self.roi_size):
+            raise ConfigError(f"roi_size={self.roi_size}: expected three positive ints")
+        if self.pixdim is not None and (len(self.pixdim) != 3 or any(p <= 0 for p in self.pixdim)):
+            raise ConfigError(f"pixdim={self.pixdim}: expected three positive spacings in mm")
+        if self.num_samples < 1:
+            raise ConfigError(f"num_samples={self.num_samples}: must be >= 1")
+
+    def with_roi(self, roi_size: Sequence[int]) -> Preprocessing:
+        return replace(self, roi_size=tuple(int(r) for r in roi_size))
+
+
+PREPROCESSING: dict[str, Preprocessing] = {
+    "ct": Preprocessing("ct", (96, 96, 96), pixdim=(1.5, 1.5, 2.0)),
+    "mri": Preprocessing("mri", (96, 96, 96), pixdim=(1.0, 1.0, 1.0)),
+    "hippocampus": Preprocessing("mri", (40, 56, 40), pixdim=(1.0, 1.0, 1.0), flip_axes=(0,), flip_prob=0.5),
+}
+
+
+def get_preprocessing(name: str, **overrides) -> Preprocessing:
+    if name not in PREPROCESSING:
+        raise ConfigError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(PREPROCESSING)}")
+    return replace(PREPROCESSING[name], **overrides) if overrides else PREPROCESSING[name]
+
+
+def preprocess_transforms(p: Preprocessing, with_label: bool, num_classes: int | None = None) -> list:
+    """Deterministic part: load, check, RAS, spacing, intensity normalisation (and CT body crop)."""
+    keys = ["image", "label"] if with_label else ["image"]
+    out: list = [
+        LoadImaged(keys, reader=VolumeReader(), ensure_channel_first=True, image_only=True, allow_missing_keys=False),
+        CheckVolumed("image", "label" if with_label else None, num_classes),
+        EnsureTyped(keys, track_meta=True),
+        Orientationd(keys, axcodes="RAS"),
+    ]
+    if p.pixdim is not None:
+        out.append(Spacingd(keys, pixdim=p.pixdim, mode=("bilinear", "nearest")[: len(keys)]))
+    if p.modality == "ct":
+        lo, hi = p.ct_window
+        out.append(ScaleIntensityRanged("image", a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True))
+        out.append(CropForegroundd(keys, source_key="image", allow_smaller=True))
+    else:
+        lo, hi = p.clip_percentiles
+        out.append(ClipIntensityPercentilesd("image", lower=lo, upper=hi, channel_wise=True))
+        out.append(NormalizeIntensityd("image", nonzero=True, channel_wise=True))
+    return out
+
+
+def _augment(p: Preprocessing, keys: list[str]) -> list:
+    flips = [RandFlipd(keys, prob=p.flip_prob, spatial_axis=a) for a in p.flip_axes]
+    return flips + [
+        RandScaleIntensityd("image", factors=0.1, prob=p.intensity_prob),
+        RandShiftIntensityd("image", offsets=0.1, prob=p.intensity_prob),
+    ]
+
+
+def train_transforms(p: Preprocessing, num_classes: int | None = None) -> Compose:
+    """Preprocess, pad to the ROI, ``num_samples`` pos/neg-balanced crops per volume, augmentation."""
+    keys = ["image", "label"]
+    return Compose(
+        preprocess_transforms(p, True, num_classes)
+        + [
+            SpatialPadd(keys, spatial_size=p.roi_size),
+            RandCropByPosNegLabeld(
+                keys, "label", spatial_size=p.roi_size, pos=p.pos, neg=p.neg, num_samples=p.num_samples,
+                image_key="image", image_threshold=-1e9, allow_smaller=False,
+            ),
+        ]
+        + _augment(p, keys)
+    )
+
+
+def eval_transforms(p: Preprocessing, num_classes: int | None = None) -> Compose:
+    """Whole preprocessed volumes with labels, for sliding-window validation / evaluation."""
+    return Compose(preprocess_transforms(p, True, num_classes))
+
+
+def pretrain_transforms(p: Preprocessing) -> Compose:
+    """Image-only: preprocess, pad to the ROI, ``num_samples`` uniform random crops per volume, flips."""
+    return Compose(
+        preprocess_transforms(p, False)
+        + [
+            SpatialPadd("image", spatial_size=p.roi_size),
+            RandSpatialCropSamplesd("image", roi_size=p.roi_size, num_samples=p.num_samples, random_size=False),
+        ]
+        + [RandFlipd("image", prob=p.flip_prob, spatial_axis=a) for a in p.flip_axes]
+    )
+
+
+def infer_transforms(p: Preprocessing) -> Compose:
+    """Image-only preprocessing for inference; invertible with ``monai.transforms.Invertd``."""
+    return Compose(preprocess_transforms(p, False))

@@ -1,0 +1,23 @@
+"""volmae's exceptions. Every problem a user can cause (bad file, bad argument, bad checkpoint) raises a subclass
+of :class:`VolmaeError` whose message names the file or value and the problem; the console scripts print that
+one line and exit with status 2 instead of a traceback."""
+
+from __future__ import annotations
+
+__all__ = ["VolmaeError", "DataError", "CheckpointError", "ConfigError"]
+
+
+class VolmaeError(Exception):
+    """Base class: a user-facing problem with a complete, one-line message."""
+
+
+class DataError(VolmaeError, ValueError):
+    """An input volume, label map or datalist is missing, unreadable or inconsistent."""
+
+
+class CheckpointError(VolmaeError, ValueError):
+    """A checkpoint is missing, unreadable, or belongs to another network."""
+
+
+class ConfigError(VolmaeError, ValueError):
+    """A configuration value is invalid or a required path / setting is missing."""

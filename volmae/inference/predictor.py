@@ -1,0 +1,128 @@
+"""Sliding-window segmentation with MONAI's inferer, and mapping predictions back to the input's original space.
+
+``Predictor.logits`` runs ``monai.inferers.sliding_window_inference`` (gaussian blending by default) with AMP on
+CUDA; ``Predictor.predict_file`` preprocesses a file with the task's preset, segments it and inverts every spatial
+step (``Invertd``: spacing, orientation, crops) so the label map has the input's shape and affine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.transforms import Invertd
+
+from volmae.data.transforms import Preprocessing, infer_transforms
+from volmae.errors import CheckpointError
+from volmae.networks.registry import build_from_config
+from volmae.networks.weights import read_checkpoint
+from volmae.utils.runtime import autocast
+
+__all__ = ["Predictor", "Prediction", "load_segmentation_model"]
+
+
+def load_segmentation_model(path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a fine-tuned network from its checkpoint; returns ``(model in eval mode, task dict)``."""
+    ckpt = read_checkpoint(path)
+    if ckpt.get("kind") != "unetr" or "config" not in ckpt or "task" not in ckpt:
+        what = "an MAE pretraining checkpoint" if ckpt.get("kind") == "mae" else "not a volmae segmentation model"
+        raise CheckpointError(f"{path}: {what}; pass the model.pt written by fine-tuning (volmae-train)")
+    model = build_from_config(ckpt["config"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the stored network config ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), dict(ckpt["task"])
+
+
+@dataclass
+class Prediction:
+    """A label map in the original image space: ``labels`` ``1 X Y Z`` (or ``K X Y Z`` for multi-label), with
+    ``affine`` the input's 4x4 affine."""
+
+    labels: MetaTensor
+    affine: torch.Tensor
+
+
+class Predictor:
+    """Segment volumes with a trained network.
+
+    Args:
+        model: network mapping ``B C roi -> B K roi`` logits.
+        prep: the task's preprocessing (its ``roi_size`` is the window).
+        device: where the network runs; windows are stitched on ``stitch_device`` (default: same device).
+        sw_batch_size: windows per forward pass. overlap: window overlap in [0, 1). mode: ``gaussian`` or
+        ``constant`` blending. multilabel: sigmoid + 0.5 threshold per channel instead of softmax + argmax.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        prep: Preprocessing,
+        device: torch.device,
+        sw_batch_size: int = 4,
+        overlap: float = 0.5,
+        mode: str = "gaussian",
+        amp: bool = True,
+        multilabel: bool = False,
+        stitch_device: torch.device | None = None,
+    ) -> None:
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap={overlap}: must be in [0, 1)")
+        if mode not in ("gaussian", "constant"):
+            raise ValueError(f"mode={mode!r}: expected 'gaussian' or 'constant'")
+        if sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size={sw_batch_size}: must be >= 1")
+        self.model, self.prep, self.device = model, prep, device
+        self.sw_batch_size, self.overlap, self.mode, self.amp = sw_batch_size, overlap, mode, amp
+        self.multilabel = multilabel
+        self.stitch_device = stitch_device or device
+        self._transform = infer_transforms(prep)
+
+    @classmethod
+    def from_checkpoint(cls, path, device: torch.device, **kwargs) -> Predictor:
+        """A predictor from a fine-tuned volmae checkpoint (network, preprocessing and task read from the file)."""
+        model, task = load_segmentation_model(path, device)
+        prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in task["preprocessing"].items()})
+        kwargs.setdefault("multilabel", bool(task.get("multilabel", False)))
+        pred = cls(model, prep, device, **kwargs)
+        pred.task = task
+        return pred
+
+    @torch.no_grad()
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """``B C D H W`` preprocessed image -> ``B K D H W`` float32 logits (stitched)."""
+        self.model.eval()
+        x = image.as_tensor() if isinstance(image, MetaTensor) else image
+        with autocast(self.device, self.amp):
+            out = sliding_window_inference(
+                x.to(self.device), self.prep.roi_size, self.sw_batch_size, self.model, overlap=self.overlap,
+                mode=self.mode, sw_device=self.device, device=self.stitch_device,
+            )
+        return out.float()
+
+    def discretize(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> ``B 1 D H W`` label map (softmax tasks) or ``B K D H W`` uint8 masks (multi-label)."""
+        if self.multilabel:
+            return (logits > 0).to(torch.uint8)
+        return logits.argmax(dim=1, keepdim=True).to(torch.uint8)
+
+    def segment(self, image: torch.Tensor) -> torch.Tensor:
+        return self.discretize(self.logits(image))
+
+    def preprocess(self, image: str | list[str] | Mapping) -> dict:
+        data = {"image": image} if not isinstance(image, Mapping) else {"image": image["image"]}
+        return self._transform(data)
+
+    def predict_file(self, image: str | list[str] | Mapping) -> Prediction:
+        """Preprocess, segment and invert back to the original grid of ``image`` (path, channel list or item)."""
+        data = self.preprocess(image)
+        img = data["image"]
+        seg = self.segment(img[None])[0].cpu()
+        data["pred"] = MetaTensor(seg, meta=dict(img.meta), applied_operations=list(img.applied_operations))
+        inverted = Invertd("pred", self._transform, orig_keys="image", nearest_interp=True, to_tensor=True)(data)
+        pred = inverted["pred"]
+        return Prediction(pred, torch.as_tensor(pred.affine))

@@ -1,0 +1,172 @@
+"""Masked autoencoder around a :class:`~volmae.networks.vit.ViTEncoder` (He et al. 2021; SelfMedMAE, Zhou et al. 2022).
+
+Mask convention (used everywhere in volmae): ``mask`` is ``B L`` with **1 = masked (hidden from the encoder, to be
+reconstructed)** and **0 = visible**; token order is that of :mod:`volmae.networks.patching`.
+
+Why not ``monai.networks.nets.MaskedAutoEncoderViT``: it draws the mask indices on the CPU with
+``torch.multinomial`` (a host round trip per step), has no normalised-pixel loss, no reconstruction for pictures
+and cannot take an existing encoder whose weights must later move into UNETR. The blocks are still MONAI's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import TransformerBlock
+from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+
+from volmae.networks.patching import patchify, unpatchify
+from volmae.networks.vit import ViTEncoder
+
+__all__ = ["MaskedAutoencoder"]
+
+
+class MaskedAutoencoder(nn.Module):
+    """MAE: encode visible tokens only, decode all tokens with a light transformer, predict voxel patches.
+
+    Args:
+        encoder: the ViT to pretrain; its ``state_dict`` is stored under ``encoder.*``.
+        decoder_dim / decoder_depth / decoder_heads: the light decoder (SelfMedMAE: 384 / 8 / 12).
+        mask_ratio: fraction of tokens hidden from the encoder, in (0, 1). Default 0.75.
+        norm_pix_loss: regress per-patch normalised voxels (mean 0, var 1 per patch), as MAE / SelfMedMAE.
+    """
+
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        decoder_dim: int = 384,
+        decoder_depth: int = 8,
+        decoder_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={mask_ratio}: must be in (0, 1)")
+        if decoder_dim % decoder_heads or decoder_dim % 6:
+            raise ValueError(
+                f"decoder_dim={decoder_dim}: must be divisible by decoder_heads={decoder_heads} and by 6 "
+                "(3D sin-cos position embedding)"
+            )
+        if decoder_depth < 1:
+            raise ValueError(f"decoder_depth={decoder_depth}: must be >= 1")
+        self.encoder = encoder
+        self.mask_ratio = mask_ratio
+        self.norm_pix_loss = norm_pix_loss
+        self.patch_size = encoder.patch_size
+        self.grid_size = encoder.grid_size
+        self.in_channels = encoder.in_channels
+        patch_dim = self.patch_size[0] * self.patch_size[1] * self.patch_size[2] * self.in_channels
+
+        self.decoder_embed = nn.Linear(encoder.hidden_size, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.decoder_pos_embed = build_sincos_position_embedding(list(self.grid_size), decoder_dim, 3)
+        self.decoder_blocks = nn.ModuleList(
+            TransformerBlock(decoder_dim, int(decoder_dim * mlp_ratio), decoder_heads, 0.0, True, use_flash_attention=True)
+            for _ in range(decoder_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(decoder_dim)
+        self.decoder_pred = nn.Linear(decoder_dim, patch_dim)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for m in [self.decoder_embed, self.decoder_pred, *self.decoder_blocks.modules()]:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------------------------------------ masking
+    def random_masking(
+        self, tokens: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-sample uniform masking by argsort of noise, drawn on ``tokens.device`` (no host sync).
+
+        Returns ``visible`` ``B K E`` (``K = round(L * (1 - ratio))``, at least 1), ``mask`` ``B L`` (1 = masked)
+        and ``ids_restore`` ``B L`` (the permutation that puts ``[visible, masked]`` back in token order).
+        """
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        if not 0.0 <= ratio < 1.0:
+            raise ValueError(f"mask_ratio={ratio}: must be in [0, 1)")
+        b, n, e = tokens.shape
+        keep = max(1, int(round(n * (1.0 - ratio))))
+        noise = torch.rand(b, n, device=tokens.device, generator=generator)
+        ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise is kept
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, :keep]
+        visible = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, e))
+        mask = torch.ones(b, n, device=tokens.device, dtype=tokens.dtype)
+        mask[:, :keep] = 0
+        mask = torch.gather(mask, 1, ids_restore)
+        return visible, mask, ids_restore
+
+    # ------------------------------------------------------------------------------------------------ passes
+    def forward_encoder(
+        self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``B C D H W`` -> latent of the visible tokens ``B K E``, ``mask`` ``B L``, ``ids_restore`` ``B L``."""
+        tokens = self.encoder.embed(x)
+        visible, mask, ids_restore = self.random_masking(tokens, mask_ratio, generator)
+        return self.encoder.forward_tokens(visible), mask, ids_restore
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Visible latent ``B K E`` -> patch predictions for every token ``B L P``."""
+        x = self.decoder_embed(latent)
+        b, k, e = x.shape
+        n = ids_restore.shape[1]
+        x = torch.cat([x, self.mask_token.expand(b, n - k, e)], dim=1)
+        x = torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(-1, -1, e))
+        x = x + self.decoder_pos_embed.to(x.dtype)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))
+
+    def patch_targets(self, x: torch.Tensor) -> torch.Tensor:
+        """Regression targets ``B L P``: voxel patches, per-patch normalised when ``norm_pix_loss``."""
+        target = patchify(x, self.patch_size)
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6).sqrt()
+        return target
+
+    def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over the **masked** patches only (visible patches do not count)."""
+        per_patch = (pred.float() - self.patch_targets(x.float())).pow(2).mean(dim=-1)  # B L
+        return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+    def forward(
+        self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``(loss, pred B L P, mask B L)``."""
+        latent, mask, ids_restore = self.forward_encoder(x, mask_ratio, generator)
+        pred = self.forward_decoder(latent, ids_restore)
+        return self.forward_loss(x, pred, mask), pred, mask
+
+    # ------------------------------------------------------------------------------------------------ pictures
+    @torch.no_grad()
+    def reconstruct(
+        self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Full-volume views for pictures, each ``B C D H W`` in the input's intensity scale.
+
+        ``masked``: the input with masked patches zeroed; ``reconstruction``: the decoder's prediction for every
+        patch (de-normalised with each patch's own mean/std when ``norm_pix_loss``); ``pasted``: visible patches
+        from the input and reconstructed masked patches; ``mask``: 1 where a voxel was masked.
+        """
+        loss, pred, mask = self.forward(x, mask_ratio, generator)
+        target = patchify(x.float(), self.patch_size)
+        pred = pred.float()
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            std = (target.var(dim=-1, keepdim=True) + 1.0e-6).sqrt()
+            pred = pred * std + mean
+        m = mask.unsqueeze(-1)
+        unp = lambda t: unpatchify(t, self.patch_size, self.grid_size, self.in_channels)  # noqa: E731
+        return {
+            "original": x.float(),
+            "masked": unp(target * (1 - m)),
+            "reconstruction": unp(pred),
+            "pasted": unp(target * (1 - m) + pred * m),
+            "mask": unp(m.expand_as(target).contiguous()),
+            "loss": loss.detach(),
+        }

@@ -1,0 +1,73 @@
+"""Pure patchify / unpatchify helpers and the grid arithmetic shared by every ViT-based network.
+
+Shape letters used across ``volmae.networks``:
+``B`` batch, ``C`` image channels, ``D H W`` spatial size (first, second, third array axis),
+``d h w`` patch-grid size (``D // pD`` ...), ``L = d*h*w`` tokens, ``E`` embedding width,
+``P = pD*pH*pW*C`` values in one flattened patch.
+
+Token order is row-major over the patch grid, ``(d h w)`` with ``w`` fastest: the order of
+``Conv3d(stride=patch).flatten(2)`` in MONAI's ``PatchEmbeddingBlock``, so ``patchify(x)[:, i]`` is the
+patch whose embedding is token ``i``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from einops import rearrange
+from monai.utils import ensure_tuple_rep
+
+__all__ = ["as_tuple", "grid_size", "patchify", "unpatchify", "check_patch_grid"]
+
+
+def as_tuple(value: Sequence[int] | int, spatial_dims: int, name: str) -> tuple[int, ...]:
+    """``value`` as a ``spatial_dims``-tuple of positive ints; a ``ValueError`` naming ``name`` otherwise."""
+    try:
+        out = tuple(int(v) for v in ensure_tuple_rep(value, spatial_dims))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{name}={value!r}: expected an int or {spatial_dims} ints ({e})") from None
+    if any(v <= 0 for v in out):
+        raise ValueError(f"{name}={value!r}: every size must be positive")
+    return out
+
+
+def check_patch_grid(img_size: Sequence[int], patch_size: Sequence[int]) -> None:
+    """Raise a ``ValueError`` naming the nearest valid sizes when ``img_size`` is not a multiple of ``patch_size``."""
+    bad = [(i, p) for i, p in zip(img_size, patch_size) if i % p]
+    if bad:
+        lower = tuple(max(p, (i // p) * p) for i, p in zip(img_size, patch_size))
+        upper = tuple(-(-i // p) * p for i, p in zip(img_size, patch_size))
+        raise ValueError(
+            f"img_size={tuple(img_size)} is not divisible by patch_size={tuple(patch_size)}; "
+            f"nearest valid sizes: {lower} or {upper}"
+        )
+
+
+def grid_size(img_size: Sequence[int], patch_size: Sequence[int]) -> tuple[int, ...]:
+    """Patch-grid size ``(d, h, w)`` for an image of ``img_size`` cut into ``patch_size`` patches."""
+    check_patch_grid(img_size, patch_size)
+    return tuple(i // p for i, p in zip(img_size, patch_size))
+
+
+def patchify(x: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
+    """``B C D H W -> B L P`` with ``P = (pD pH pW C)`` (channel fastest, as in MAE)."""
+    if x.ndim != 5:
+        raise ValueError(f"patchify expects B C D H W, got shape {tuple(x.shape)}")
+    check_patch_grid(x.shape[2:], patch_size)
+    p1, p2, p3 = patch_size
+    return rearrange(x, "b c (d p1) (h p2) (w p3) -> b (d h w) (p1 p2 p3 c)", p1=p1, p2=p2, p3=p3)
+
+
+def unpatchify(tokens: torch.Tensor, patch_size: Sequence[int], grid: Sequence[int], channels: int) -> torch.Tensor:
+    """``B L P -> B C D H W``; the exact inverse of :func:`patchify` for the same ``patch_size``."""
+    d, h, w = grid
+    p1, p2, p3 = patch_size
+    if tokens.ndim != 3 or tokens.shape[1] != d * h * w or tokens.shape[2] != p1 * p2 * p3 * channels:
+        raise ValueError(
+            f"unpatchify: tokens of shape {tuple(tokens.shape)} do not fit grid={tuple(grid)}, "
+            f"patch_size={tuple(patch_size)}, channels={channels}"
+        )
+    return rearrange(
+        tokens, "b (d h w) (p1 p2 p3 c) -> b c (d p1) (h p2) (w p3)", d=d, h=h, w=w, p1=p1, p2=p2, p3=p3, c=channels
+    )

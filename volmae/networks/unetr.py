@@ -1,0 +1,120 @@
+"""UNETR (Hatamizadeh et al. 2021) over a :class:`ViTEncoder` of any power-of-two patch size.
+
+Why not ``monai.networks.nets.UNETR``: it hard-codes patch 16 (four up-sampling stages, skips from blocks 3/6/9)
+and builds its own ViT. Small volumes such as the MSD hippocampus crops (~35 x 50 x 35 voxels) need patch 8, and
+MAE fine-tuning needs the pretrained encoder passed in. The decoder blocks are MONAI's own
+(``UnetrBasicBlock``, ``UnetrPrUpBlock``, ``UnetrUpBlock``, ``UnetOutBlock``), so for patch 16 and 12 blocks this
+network is MONAI's UNETR layer for layer (same skip layers, same block shapes).
+
+Layout for patch ``2**k`` (``k`` up-sampling stages): the final encoder output (``/2**k``) is decoded upwards; stage
+``s = k-1 .. 1`` concatenates a skip made from encoder block ``skip_indices[s-1]`` (up-sampled ``k-s`` times to
+``/2**s``), and the last stage concatenates a convolutional stem on the raw input at full resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+
+from volmae.networks.vit import ViTEncoder
+
+__all__ = ["UNETR", "default_skip_indices"]
+
+
+def default_skip_indices(num_layers: int, levels: int) -> list[int]:
+    """Evenly spaced encoder blocks for the ``levels - 1`` ViT skips: 12 blocks, 4 levels -> [3, 6, 9] (MONAI's)."""
+    step = num_layers // levels
+    if step < 1:
+        raise ValueError(f"{num_layers} encoder blocks are too few for {levels} decoder levels")
+    return [step * s for s in range(1, levels)]
+
+
+class UNETR(nn.Module):
+    """Segmentation network ``B C D H W -> B out_channels D H W`` (logits).
+
+    Args:
+        encoder: the (pretrained or fresh) ViT; its ``img_size`` is the network's ROI.
+        out_channels: classes including background (softmax) or regions (sigmoid).
+        feature_size: width of the full-resolution stage; stage ``s`` has ``feature_size * 2**s`` channels.
+        skip_indices: encoder blocks feeding the ``k - 1`` ViT skips, shallow to deep (default evenly spaced).
+        norm_name: MONAI norm for the decoder blocks (``"instance"``, ``"batch"``, ...).
+        res_block: residual conv blocks in the decoder (MONAI default True).
+    """
+
+    def __init__(
+        self,
+        encoder: ViTEncoder,
+        out_channels: int,
+        feature_size: int = 16,
+        skip_indices: Sequence[int] | None = None,
+        norm_name: tuple | str = "instance",
+        res_block: bool = True,
+    ) -> None:
+        super().__init__()
+        p = encoder.patch_size
+        if len(set(p)) != 1 or p[0] < 2 or p[0] & (p[0] - 1):
+            raise ValueError(f"patch_size={p}: UNETR needs an isotropic power-of-two patch (e.g. 8 or 16)")
+        if out_channels < 1:
+            raise ValueError(f"out_channels={out_channels}: must be >= 1")
+        if feature_size < 1:
+            raise ValueError(f"feature_size={feature_size}: must be >= 1")
+        levels = int(math.log2(p[0]))
+        skips = list(skip_indices) if skip_indices is not None else default_skip_indices(encoder.num_layers, levels)
+        if len(skips) != levels - 1:
+            raise ValueError(f"skip_indices={skips}: patch {p[0]} needs {levels - 1} skip layers")
+        for i in skips:
+            if not 0 <= i < encoder.num_layers:
+                raise ValueError(f"skip index {i} is out of range for {encoder.num_layers} encoder blocks")
+        self.encoder = encoder
+        self.skip_indices = skips
+        self.levels = levels
+        self.out_channels = out_channels
+        hidden, fs = encoder.hidden_size, feature_size
+
+        self.stem = UnetrBasicBlock(3, encoder.in_channels, fs, 3, 1, norm_name, res_block=res_block)
+        # ViT skip for stage s (1 .. k-1): block tokens at /2**k -> /2**s, i.e. k - s transposed convs.
+        self.skips = nn.ModuleList(
+            UnetrPrUpBlock(
+                spatial_dims=3,
+                in_channels=hidden,
+                out_channels=fs * 2**s,
+                num_layer=levels - s - 1,
+                kernel_size=3,
+                stride=1,
+                upsample_kernel_size=2,
+                norm_name=norm_name,
+                conv_block=True,
+                res_block=res_block,
+            )
+            for s in range(1, levels)
+        )
+        # Up stage s (k-1 .. 0): /2**(s+1) -> /2**s, concatenated with the skip at that scale.
+        self.ups = nn.ModuleList(
+            UnetrUpBlock(
+                3,
+                hidden if s == levels - 1 else fs * 2 ** (s + 1),
+                fs * 2**s,
+                3,
+                2,
+                norm_name,
+                res_block=res_block,
+            )
+            for s in range(levels)
+        )
+        self.head = UnetOutBlock(3, fs, out_channels)
+
+    @property
+    def roi_size(self) -> tuple[int, ...]:
+        return self.encoder.img_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        deep, hidden = self.encoder.forward_intermediates(x, self.skip_indices)  # B E d h w each
+        skips = [self.stem(x)] + [blk(h) for blk, h in zip(self.skips, hidden)]  # scale /1, /2, ..., /2**(k-1)
+        out = deep
+        for s in reversed(range(self.levels)):
+            out = self.ups[s](out, skips[s])
+        return self.head(out)

@@ -1,0 +1,158 @@
+"""3D Vision Transformer encoder (no head) built from MONAI's ``PatchEmbeddingBlock`` and ``TransformerBlock``.
+
+Why not ``monai.networks.nets.ViT`` itself: it always runs every block on every token and returns all hidden states,
+while MAE pretraining must run the blocks on the *visible* tokens only, and decoders want a chosen subset of
+intermediate layers. The building blocks are MONAI's, so state-dict keys match ``monai.networks.nets.ViT``
+(``patch_embedding.*``, ``blocks.N.*``, ``norm.*``) and weights move between the two without renaming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
+
+from volmae.networks.patching import as_tuple, grid_size
+
+__all__ = ["ViTEncoder"]
+
+
+class ViTEncoder(nn.Module):
+    """Patch-embedding ViT: ``B C D H W -> B L E`` tokens (``L = d*h*w``), no class token, no head.
+
+    Args:
+        in_channels: image channels ``C``.
+        img_size: input size ``(D, H, W)`` the position embedding is built for (the training ROI).
+        patch_size: ``(pD, pH, pW)``; every ``img_size`` axis must be a multiple of it.
+        hidden_size: embedding width ``E``; a multiple of 6 for the fixed 3D sin-cos embedding.
+        mlp_dim: MLP width inside each block.
+        num_layers: number of transformer blocks.
+        num_heads: attention heads (``E % num_heads == 0``).
+        pos_embed_type: ``"sincos"`` (fixed, default, as in MAE / SelfMedMAE) or ``"learnable"``.
+        dropout_rate: dropout in the blocks. Attention uses PyTorch SDPA when it is 0; MONAI's SDPA path applies
+            ``dropout_p`` in eval mode too, so with dropout > 0 the explicit (non-SDPA) attention is used.
+        qkv_bias: bias on the fused qkv projection.
+        spatial_dims: must be 3 (kept for MONAI-style signatures).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        img_size: Sequence[int] | int,
+        patch_size: Sequence[int] | int = 16,
+        hidden_size: int = 768,
+        mlp_dim: int = 3072,
+        num_layers: int = 12,
+        num_heads: int = 12,
+        pos_embed_type: str = "sincos",
+        dropout_rate: float = 0.0,
+        qkv_bias: bool = True,
+        spatial_dims: int = 3,
+    ) -> None:
+        super().__init__()
+        if spatial_dims != 3:
+            raise ValueError(f"spatial_dims={spatial_dims}: volmae's ViT is 3D only")
+        if in_channels < 1:
+            raise ValueError(f"in_channels={in_channels}: must be >= 1")
+        if num_layers < 1:
+            raise ValueError(f"num_layers={num_layers}: must be >= 1")
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size={hidden_size} is not divisible by num_heads={num_heads}")
+        if pos_embed_type == "sincos" and hidden_size % 6:
+            raise ValueError(f"hidden_size={hidden_size}: the 3D sin-cos position embedding needs a multiple of 6")
+        if pos_embed_type not in ("sincos", "learnable"):
+            raise ValueError(f"pos_embed_type={pos_embed_type!r}: expected 'sincos' or 'learnable'")
+        self.in_channels = in_channels
+        self.img_size = as_tuple(img_size, 3, "img_size")
+        self.patch_size = as_tuple(patch_size, 3, "patch_size")
+        self.grid_size = grid_size(self.img_size, self.patch_size)
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.pos_embed_type = pos_embed_type
+        self.patch_embedding = PatchEmbeddingBlock(
+            in_channels=in_channels,
+            img_size=self.img_size,
+            patch_size=self.patch_size,
+            hidden_size=hidden_size,
+            num_heads=num_heads,
+            proj_type="conv",
+            pos_embed_type=pos_embed_type,
+            dropout_rate=dropout_rate,
+            spatial_dims=3,
+        )
+        use_sdpa = dropout_rate == 0.0
+        self.blocks = nn.ModuleList(
+            TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, use_flash_attention=use_sdpa)
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(hidden_size)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # MAE initialises the conv patch projection like a linear layer (xavier on the flattened kernel).
+        w = self.patch_embedding.patch_embeddings.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        for m in self.blocks.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @property
+    def num_tokens(self) -> int:
+        d, h, w = self.grid_size
+        return d * h * w
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 5 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != self.img_size:
+            raise ValueError(
+                f"expected input B x {self.in_channels} x {self.img_size[0]} x {self.img_size[1]} x "
+                f"{self.img_size[2]}, got {tuple(x.shape)} (the ViT is built for img_size={self.img_size}; "
+                "use sliding-window inference or rebuild the encoder for another ROI)"
+            )
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``B C D H W -> B L E``: patch projection plus position embedding."""
+        self._check_input(x)
+        return self.patch_embedding(x)
+
+    def to_volume(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``B L E -> B E d h w`` for a full (unmasked) token sequence."""
+        d, h, w = self.grid_size
+        return rearrange(tokens, "b (d h w) e -> b e d h w", d=d, h=h, w=w)
+
+    def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run all blocks and the final norm on any token subset ``B L' E`` (MAE passes visible tokens only)."""
+        for blk in self.blocks:
+            tokens = blk(tokens)
+        return self.norm(tokens)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``B C D H W -> B L E`` normalised output tokens."""
+        return self.forward_tokens(self.embed(x))
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: Sequence[int]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Final normalised features and the raw outputs of blocks ``indices`` (0-based), all as ``B E d h w``.
+
+        Blocks after the last requested index still run: the final output is always the full depth.
+        """
+        wanted = set()
+        for i in indices:
+            if not -self.num_layers <= i < self.num_layers:
+                raise ValueError(f"intermediate index {i} is out of range for {self.num_layers} blocks")
+            wanted.add(i % self.num_layers)
+        tokens = self.embed(x)
+        inter: dict[int, torch.Tensor] = {}
+        for i, blk in enumerate(self.blocks):
+            tokens = blk(tokens)
+            if i in wanted:
+                inter[i] = self.to_volume(tokens)
+        return self.to_volume(self.norm(tokens)), [inter[i % self.num_layers] for i in indices]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)

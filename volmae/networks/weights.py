@@ -1,0 +1,182 @@
+"""Moving pretrained encoder weights between networks: key filters, position-embedding resampling, a load report.
+
+Sources understood by :func:`encoder_state_from`: a volmae checkpoint (MAE or segmentation, ``{"model": ...}``),
+a plain ``state_dict`` of a volmae ``MaskedAutoencoder`` / ``UNETR`` / ``ViTEncoder``, and MONAI ``UNETR`` / ``ViT``
+state dicts (``vit.*`` keys), optionally wrapped by DDP (``module.*``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from volmae.errors import CheckpointError
+from volmae.networks.vit import ViTEncoder
+
+__all__ = [
+    "LoadReport",
+    "read_checkpoint",
+    "encoder_state_from",
+    "resample_pos_embed",
+    "load_encoder_weights",
+    "POS_EMBED_KEY",
+]
+
+POS_EMBED_KEY = "patch_embedding.position_embeddings"
+PATCH_WEIGHT_KEY = "patch_embedding.patch_embeddings.weight"
+# Prefixes under which an encoder lives in the networks we know, tried in order.
+ENCODER_PREFIXES = ("encoder.", "vit.", "")
+ENCODER_ROOTS = ("patch_embedding.", "blocks.", "norm.")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_encoder_weights` did with every key."""
+
+    loaded: list[str] = field(default_factory=list)
+    resampled: list[str] = field(default_factory=list)
+    regenerated: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    shape_mismatch: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.shape_mismatch
+
+    def summary(self) -> str:
+        lines = [
+            f"encoder weights: {len(self.loaded)} tensors loaded, {len(self.resampled)} resampled, "
+            f"{len(self.regenerated)} regenerated, {len(self.adapted)} channel-adapted, "
+            f"{len(self.shape_mismatch)} shape mismatches, {len(self.missing)} missing, "
+            f"{len(self.unexpected)} unused"
+        ]
+        for k in self.resampled:
+            lines.append(f"  resampled  {k} (position grid changed with the ROI)")
+        for k in self.regenerated:
+            lines.append(f"  regenerated {k} (fixed sin-cos embedding rebuilt for the new grid)")
+        for k in self.adapted:
+            lines.append(f"  adapted    {k} (input channels changed)")
+        for k, (a, b) in self.shape_mismatch.items():
+            lines.append(f"  NOT LOADED {k}: checkpoint {a} vs model {b}")
+        for k in self.missing:
+            lines.append(f"  missing    {k} (kept its fresh initialisation)")
+        if self.unexpected:
+            shown = ", ".join(self.unexpected[:8]) + (" ..." if len(self.unexpected) > 8 else "")
+            lines.append(f"  unused checkpoint keys: {shown}")
+        return "\n".join(lines)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint file safely (``weights_only=True``: no code runs) with a clear error on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt file
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
+    return dict(obj)
+
+
+def _model_state(ckpt: Mapping) -> Mapping[str, torch.Tensor]:
+    for key in ("model", "state_dict", "net"):
+        if isinstance(ckpt.get(key), Mapping):
+            return ckpt[key]
+    return ckpt
+
+
+def encoder_state_from(ckpt: Mapping) -> dict[str, torch.Tensor]:
+    """Filter a checkpoint (or state dict) down to ViT-encoder keys, renamed to ``ViTEncoder``'s own names."""
+    state = {k.removeprefix("module."): v for k, v in _model_state(ckpt).items() if isinstance(v, torch.Tensor)}
+    for prefix in ENCODER_PREFIXES:
+        found = {
+            k[len(prefix) :]: v
+            for k, v in state.items()
+            if k.startswith(prefix) and k[len(prefix) :].startswith(ENCODER_ROOTS)
+        }
+        if any(k.startswith("blocks.") for k in found):
+            return found
+    raise CheckpointError(
+        "no ViT encoder weights found in the checkpoint (looked for keys under 'encoder.', 'vit.' or bare "
+        "'patch_embedding.' / 'blocks.'); is it from another network family?"
+    )
+
+
+def _grid_from_tokens(n: int, like: Sequence[int]) -> tuple[int, int, int]:
+    """Best guess of a token grid of ``n`` tokens with the aspect ratio of ``like`` (used without metadata)."""
+    scale = (n / math.prod(like)) ** (1 / 3)
+    guess = tuple(max(1, round(g * scale)) for g in like)
+    if math.prod(guess) != n:
+        raise CheckpointError(
+            f"cannot infer the position grid of {n} tokens; pass source_grid (the pretraining img_size // patch_size)"
+        )
+    return guess  # type: ignore[return-value]
+
+
+def resample_pos_embed(pos: torch.Tensor, old_grid: Sequence[int], new_grid: Sequence[int]) -> torch.Tensor:
+    """Trilinearly resample a ``1 L E`` position embedding from ``old_grid`` to ``new_grid`` tokens."""
+    d, h, w = old_grid
+    if pos.shape[1] != d * h * w:
+        raise ValueError(f"position embedding with {pos.shape[1]} tokens does not fit grid {tuple(old_grid)}")
+    vol = rearrange(pos.float(), "1 (d h w) e -> 1 e d h w", d=d, h=h, w=w)
+    vol = F.interpolate(vol, size=tuple(new_grid), mode="trilinear", align_corners=False)
+    return rearrange(vol, "1 e d h w -> 1 (d h w) e").to(pos.dtype)
+
+
+def load_encoder_weights(
+    encoder: ViTEncoder,
+    source: str | Path | Mapping,
+    source_grid: Sequence[int] | None = None,
+) -> LoadReport:
+    """Load the encoder part of ``source`` into ``encoder``; never raises on a partial match, reports it instead.
+
+    Position embeddings: when the ROI (token grid) differs, a learnable embedding is trilinearly resampled and the
+    fixed sin-cos one is kept as rebuilt by the model (exact). Patch projections pretrained on 1 channel are
+    repeated over the model's input channels (scaled by ``1/C``). Anything else with a different shape is reported
+    and left at its initialisation. Raises :class:`CheckpointError` only when no encoder is found at all.
+    """
+    ckpt = read_checkpoint(source) if isinstance(source, (str, Path)) else source
+    src = encoder_state_from(ckpt)
+    if source_grid is None and isinstance(ckpt.get("config"), Mapping):
+        enc_cfg = ckpt["config"].get("encoder", {})
+        if "img_size" in enc_cfg and "patch_size" in enc_cfg:
+            source_grid = [i // p for i, p in zip(enc_cfg["img_size"], enc_cfg["patch_size"])]
+    own = encoder.state_dict()
+    report = LoadReport()
+    to_load: dict[str, torch.Tensor] = {}
+    for key, value in src.items():
+        if key not in own:
+            report.unexpected.append(key)
+            continue
+        target = own[key]
+        if value.shape == target.shape:
+            to_load[key] = value
+            report.loaded.append(key)
+        elif key == POS_EMBED_KEY and value.shape[-1] == target.shape[-1]:
+            if encoder.pos_embed_type == "sincos":
+                report.regenerated.append(key)
+            else:
+                grid = tuple(source_grid) if source_grid else _grid_from_tokens(value.shape[1], encoder.grid_size)
+                to_load[key] = resample_pos_embed(value, grid, encoder.grid_size)
+                report.resampled.append(key)
+        elif key == PATCH_WEIGHT_KEY and value.shape[1] == 1 and value.shape[0] == target.shape[0] and (
+            value.shape[2:] == target.shape[2:]
+        ):
+            to_load[key] = value.repeat(1, target.shape[1], 1, 1, 1) / target.shape[1]
+            report.adapted.append(key)
+        else:
+            report.shape_mismatch[key] = (tuple(value.shape), tuple(target.shape))
+    fixed = {POS_EMBED_KEY} if encoder.pos_embed_type == "sincos" else set()
+    report.missing = [k for k in own if k not in src and k not in fixed]
+    encoder.load_state_dict(to_load, strict=False)
+    return report

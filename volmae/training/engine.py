@@ -1,0 +1,184 @@
+"""Supervised fine-tuning of UNETR (from scratch or from MAE weights) with sliding-window validation.
+
+``finetune(FinetuneConfig(...))`` writes to ``out_dir``: ``checkpoint.pt`` (resumable), ``model_best.pt`` (best
+validation Dice), ``model.pt`` (the model to use: the best one when validation ran, else the last),
+``history.json``, TensorBoard scalars, ``config.yaml`` and, when pretrained weights were given,
+``pretrained_load_report.txt`` (which keys loaded, which were resampled or skipped).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+
+from volmae.data import (
+    epoch_loader,
+    eval_transforms,
+    get_preprocessing,
+    label_fraction,
+    load_msd_datalist,
+    make_dataset,
+    preflight,
+    split_fold,
+    train_transforms,
+)
+from volmae.errors import ConfigError
+from volmae.evaluation.metrics import label_masks
+from volmae.inference.predictor import Predictor
+from volmae.networks.registry import build_unetr
+from volmae.utils.io import atomic_write, atomic_write_text
+from volmae.utils.loop import LoopConfig, TrainLoop
+from volmae.utils.optim import param_groups
+from volmae.utils.runtime import resolve_device
+
+__all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "dice_per_class"]
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of one fine-tuning run (CLI flags and bundle configs map onto these names)."""
+
+    dataset_dir: str
+    out_dir: str = "runs/finetune"
+    preset: str = "vit-tiny"
+    preprocessing: str = "hippocampus"
+    roi_size: tuple[int, int, int] | None = None
+    patch_size: int | None = None
+    feature_size: int | None = None
+    pretrained: str | None = None
+    fold: int = 0
+    label_fraction: float = 1.0
+    fraction_seed: int = 0
+    epochs: int = 100
+    batch_size: int = 2
+    num_samples: int | None = None
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    layer_decay: float = 0.75
+    warmup_epochs: float = 2.0
+    min_lr_ratio: float = 0.01
+    grad_clip: float | None = 1.0
+    val_every: int = 5
+    val_cases: int | None = None
+    sw_batch_size: int = 4
+    overlap: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    num_workers: int = 0
+    cache: str = "memory"
+    cache_dir: str | None = None
+    checkpoint_every_steps: int = 0
+    resume: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class FinetuneResult:
+    out_dir: Path
+    model_path: Path
+    history: list[dict]
+    best_dice: float
+    best_epoch: int
+    num_train_cases: int
+
+
+def dice_per_class(pred: torch.Tensor, label: torch.Tensor, classes: list[int]) -> list[float]:
+    """Dice of ``1 D H W`` label maps for each class (1.0 when a class is absent from both)."""
+    p, t = label_masks(pred, classes), label_masks(label, classes)
+    inter = (p & t).flatten(1).sum(1).double()
+    size = p.flatten(1).sum(1).double() + t.flatten(1).sum(1).double()
+    return torch.where(size > 0, 2 * inter / size.clamp_min(1), torch.ones_like(size)).tolist()
+
+
+def _yaml(cfg) -> str:
+    import yaml
+
+    return yaml.safe_dump({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}, sort_keys=False)
+
+
+def finetune(cfg: FinetuneConfig) -> FinetuneResult:
+    """Fine-tune (or resume fine-tuning) a UNETR on one fold of an MSD-layout dataset."""
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ConfigError(f"epochs={cfg.epochs}, batch_size={cfg.batch_size}: both must be >= 1")
+    if cfg.val_every < 0:
+        raise ConfigError(f"val_every={cfg.val_every}: must be >= 0 (0 disables validation)")
+    device = resolve_device(cfg.device)
+    prep = get_preprocessing(cfg.preprocessing)
+    if cfg.roi_size is not None:
+        prep = prep.with_roi(cfg.roi_size)
+    if cfg.num_samples is not None:
+        prep = replace(prep, num_samples=cfg.num_samples)
+    datalist = load_msd_datalist(cfg.dataset_dir)
+    if datalist.num_classes < 2:
+        raise ConfigError(f"{cfg.dataset_dir}: dataset.json declares no foreground labels")
+    train_items, val_items = split_fold(datalist, cfg.fold)
+    train_items = label_fraction(train_items, cfg.label_fraction, cfg.fraction_seed)
+    if cfg.val_cases is not None:
+        val_items = val_items[: cfg.val_cases]
+    preflight(train_items, datalist.in_channels, need_label=True, what="training datalist")
+    if cfg.val_every:
+        preflight(val_items, datalist.in_channels, need_label=True, what="validation datalist")
+
+    torch.manual_seed(cfg.seed)
+    model = build_unetr(cfg.preset, datalist.in_channels, datalist.num_classes, prep.roi_size, cfg.patch_size,
+                        cfg.feature_size, pretrained=cfg.pretrained).to(device)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", _yaml(cfg))
+    if model.load_report is not None:
+        atomic_write_text(out / "pretrained_load_report.txt", model.load_report.summary() + "\n")
+        if not cfg.quiet:
+            print(model.load_report.summary())
+    layer_decay = cfg.layer_decay if cfg.pretrained else 1.0
+    task = {"preprocessing": asdict(prep), "labels": datalist.labels, "in_channels": datalist.in_channels,
+            "multilabel": False, "dataset": datalist.name}
+    loop = TrainLoop(
+        model,
+        param_groups(model, cfg.weight_decay, layer_decay),
+        LoopConfig(out, cfg.epochs, cfg.lr, cfg.warmup_epochs, cfg.min_lr_ratio, cfg.weight_decay,
+                   grad_clip=cfg.grad_clip, amp=cfg.amp, device=device, seed=cfg.seed,
+                   checkpoint_every_steps=cfg.checkpoint_every_steps, quiet=cfg.quiet, desc="finetune"),
+        kind="unetr", model_config=model.volmae_config, run_config=asdict(cfg), task=task,
+    )
+    train_ds = make_dataset(train_items, train_transforms(prep, datalist.num_classes), cfg.cache, cfg.cache_dir,
+                            cfg.num_workers)
+    val_ds = make_dataset(val_items, eval_transforms(prep, datalist.num_classes), cfg.cache, cfg.cache_dir,
+                          cfg.num_workers) if cfg.val_every else None
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    predictor = Predictor(model, prep, device, cfg.sw_batch_size, cfg.overlap, amp=cfg.amp)
+    classes = sorted(k for k in datalist.labels if k > 0)
+    names = [datalist.labels[k] for k in classes]
+
+    def step(batch):
+        x = batch["image"].to(device, non_blocking=True).as_tensor()
+        y = batch["label"].to(device, non_blocking=True).as_tensor()
+        return loss_fn(model(x), y), x.shape[0]
+
+    def validate(epoch: int) -> dict[str, float] | None:
+        last = epoch + 1 == cfg.epochs
+        if val_ds is None or ((epoch + 1) % cfg.val_every and not last):
+            return None
+        scores = []
+        for item in val_ds:
+            pred = predictor.segment(item["image"][None])[0].cpu()
+            scores.append(dice_per_class(pred, item["label"].cpu(), classes))
+        per_class = np.mean(scores, axis=0)
+        return {"val_dice": float(per_class.mean()), **{f"val_dice_{n}": float(v) for n, v in zip(names, per_class)}}
+
+    steps = math.ceil(len(train_ds) / cfg.batch_size)
+    state = loop.fit(lambda e: epoch_loader(train_ds, cfg.batch_size, cfg.seed, e, num_workers=cfg.num_workers),
+                     steps, step, validate, monitor="val_dice", resume=cfg.resume)
+    best = out / "model_best.pt"
+    model_path = out / "model.pt"
+    if val_ds is not None and best.is_file():
+        atomic_write(model_path, lambda tmp: shutil.copyfile(best, tmp))
+    else:
+        loop.save_weights("model.pt")
+    return FinetuneResult(out, model_path, state.history, state.best_metric, state.best_epoch, len(train_items))

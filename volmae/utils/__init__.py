@@ -1,0 +1,1 @@
+"""Shared engine utilities: atomic checkpoints, schedules, devices, the training loop."""

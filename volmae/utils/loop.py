@@ -1,0 +1,306 @@
+"""The optimisation loop shared by MAE pretraining and segmentation fine-tuning.
+
+What it guarantees:
+
+- **Exact resume.** Data randomness is a function of ``(seed, epoch)`` (:mod:`volmae.data.loading`), model
+  randomness (masking, dropout) is re-seeded at each epoch start, and a checkpoint stores the position inside the
+  epoch plus the RNG state at that point. ``resume=True`` replays the skipped batches' data (not the model) and
+  continues with bit-identical updates on the CPU.
+- **Nothing lost.** ``checkpoint.pt`` (full state) is written atomically at every epoch end, every
+  ``checkpoint_every_steps`` steps and on SIGTERM; a non-finite loss stops the run with the batch's case files
+  named and leaves the last good checkpoint in place.
+- Warmup + cosine learning rate per step, per-group ``lr_scale`` (layer-wise decay), AMP on CUDA, gradient
+  clipping, a tqdm bar, TensorBoard scalars and ``history.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from volmae.data.loading import epoch_seed
+from volmae.errors import CheckpointError, VolmaeError
+from volmae.networks.weights import read_checkpoint
+from volmae.utils.io import atomic_save, atomic_write_json
+from volmae.utils.runtime import autocast, make_scaler, seed_all
+
+__all__ = ["LoopConfig", "TrainLoop", "TrainingError", "TrainingInterrupted", "warmup_cosine", "batch_cases"]
+
+CHECKPOINT = "checkpoint.pt"
+FORMAT = "volmae-checkpoint"
+
+
+class TrainingError(VolmaeError, RuntimeError):
+    """Training cannot continue (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(VolmaeError, RuntimeError):
+    """SIGTERM received: a checkpoint was written and the run stopped; ``--resume`` continues it."""
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """LR factor: linear warmup over ``warmup`` steps, then cosine from 1 to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batch_cases(batch: Any) -> list[str]:
+    """File names of the volumes in a MONAI batch (for error messages)."""
+    img = batch.get("image") if isinstance(batch, Mapping) else None
+    meta = getattr(img, "meta", {}) or {}
+    names = meta.get("filename_or_obj", [])
+    return [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
+
+
+@dataclass
+class LoopConfig:
+    out_dir: Path
+    max_epochs: int
+    lr: float
+    warmup_epochs: float = 0.0
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = None
+    amp: bool = True
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    checkpoint_every_steps: int = 0
+    quiet: bool = False
+    desc: str = "train"
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
+    epoch_losses: list[float] = field(default_factory=list)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(s: Mapping) -> None:
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    py = s["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+class TrainLoop:
+    """Runs ``step_fn`` over epochs with checkpoints; see the module docstring for the guarantees.
+
+    Args:
+        model: the network (already on ``cfg.device``).
+        param_groups: optimizer groups; an optional ``"lr_scale"`` per group multiplies the scheduled LR.
+        cfg: loop settings.
+        kind: ``"mae"`` or ``"unetr"``; stored in checkpoints.
+        model_config: the network's ``volmae_config`` (rebuilds it from a checkpoint).
+        run_config: the whole run's settings, stored for the record.
+        task: what inference needs besides the network (preprocessing, class names), stored in every file.
+    """
+
+    def __init__(self, model: torch.nn.Module, param_groups: list[dict], cfg: LoopConfig, kind: str,
+                 model_config: Mapping, run_config: Mapping | None = None, task: Mapping | None = None) -> None:
+        self.model, self.cfg, self.kind = model, cfg, kind
+        self.model_config = dict(model_config)
+        self.task = dict(task or {})
+        self.run_config = dict(run_config or {})
+        for g in param_groups:
+            g.setdefault("lr_scale", 1.0)
+            g["lr"] = cfg.lr * g["lr_scale"]
+        self.optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.scaler = make_scaler(cfg.device, cfg.amp)
+        self.state = LoopState()
+        self.out_dir = Path(cfg.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._writer = None
+        self._stop = False
+
+    # ------------------------------------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+    def weights(self) -> dict:
+        """What a user loads later: format, kind, network config and weights (no optimizer)."""
+        return {"format": FORMAT, "version": 1, "kind": self.kind, "config": self.model_config, "task": self.task,
+                "model": self.model.state_dict()}
+
+    def save_checkpoint(self) -> Path:
+        ckpt = self.weights()
+        ckpt.update(
+            optimizer=self.optimizer.state_dict(),
+            scaler=self.scaler.state_dict(),
+            state=asdict(self.state),
+            rng=_rng_state(),
+            run_config=self.run_config,
+        )
+        return atomic_save(ckpt, self.checkpoint_path)
+
+    def save_weights(self, name: str) -> Path:
+        return atomic_save(self.weights(), self.out_dir / name)
+
+    def load_checkpoint(self) -> dict:
+        ckpt = read_checkpoint(self.checkpoint_path)
+        if ckpt.get("format") != FORMAT or ckpt.get("kind") != self.kind:
+            raise CheckpointError(f"{self.checkpoint_path}: not a volmae {self.kind} training checkpoint")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"{self.checkpoint_path}: its network differs from this run's ({str(e).splitlines()[0]}); "
+                "resume with the same settings or use another output folder"
+            ) from None
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.state = LoopState(**ckpt["state"])
+        return ckpt
+
+    # ------------------------------------------------------------------------------------------- logging
+    def _log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.out_dir / "tensorboard"))
+            except ImportError:  # tensorboard is a dependency, but a broken install must not stop training
+                self._writer = False
+        if self._writer:
+            for k, v in scalars.items():
+                self._writer.add_scalar(k, v, step)
+
+    def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
+        self._stop = True
+
+    # ------------------------------------------------------------------------------------------- the loop
+    def fit(
+        self,
+        make_loader: Callable[[int], Iterable],
+        steps_per_epoch: int,
+        step_fn: Callable[[Any], tuple[torch.Tensor, int]],
+        on_epoch_end: Callable[[int], Mapping[str, float] | None] | None = None,
+        monitor: str | None = None,
+        resume: bool = False,
+    ) -> LoopState:
+        """Train until ``max_epochs``. ``step_fn(batch) -> (loss, n_samples)`` runs the forward pass (under
+        autocast); ``on_epoch_end(epoch)`` may return metrics; the best ``monitor`` value saves ``model_best.pt``."""
+        cfg = self.cfg
+        rng_at_resume = None
+        if resume:
+            if not self.checkpoint_path.is_file():
+                raise CheckpointError(f"--resume: no {CHECKPOINT} in {self.out_dir} to resume from")
+            rng_at_resume = self.load_checkpoint()["rng"]
+        total = cfg.max_epochs * steps_per_epoch
+        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+        handler_installed = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if handler_installed else None
+        try:
+            while self.state.epoch < cfg.max_epochs:
+                self._run_epoch(make_loader, steps_per_epoch, step_fn, total, warmup, rng_at_resume)
+                rng_at_resume = None
+                metrics = dict(on_epoch_end(self.state.epoch) or {}) if on_epoch_end else {}
+                self._end_epoch(metrics, monitor)
+        finally:
+            if handler_installed:
+                signal.signal(signal.SIGTERM, previous)
+            if self._writer:
+                self._writer.flush()
+        return self.state
+
+    def _run_epoch(self, make_loader, steps_per_epoch, step_fn, total, warmup, rng_at_resume) -> None:
+        cfg, st = self.cfg, self.state
+        seed_all(epoch_seed(cfg.seed, st.epoch, stream=1))
+        loader = make_loader(st.epoch)
+        skip = st.batch_in_epoch
+        self.model.train()
+        bar = tqdm(total=steps_per_epoch, desc=f"{cfg.desc} {st.epoch + 1}/{cfg.max_epochs}", disable=cfg.quiet,
+                   leave=False, initial=skip, dynamic_ncols=True)
+        t0, losses = time.time(), st.epoch_losses  # a resumed epoch keeps the losses of its first part
+        for i, batch in enumerate(loader):
+            if i >= steps_per_epoch:
+                break
+            if i < skip:  # replay the data stream of a resumed epoch without touching the model
+                if i == skip - 1 and rng_at_resume is not None:
+                    _set_rng_state(rng_at_resume)
+                continue
+            factor = warmup_cosine(st.step, total, warmup, cfg.min_lr_ratio)
+            for g in self.optimizer.param_groups:
+                g["lr"] = cfg.lr * factor * g["lr_scale"]
+            with autocast(cfg.device, cfg.amp):
+                loss, _ = step_fn(batch)
+            if not torch.isfinite(loss.detach()).item():
+                raise TrainingError(
+                    f"non-finite loss ({loss.item()}) at epoch {st.epoch + 1}, step {st.step}; batch cases: "
+                    f"{', '.join(batch_cases(batch)) or 'unknown'}. The last good checkpoint is kept in "
+                    f"{self.checkpoint_path}; lower the learning rate or check these volumes."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            st.step += 1
+            st.batch_in_epoch = i + 1
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{cfg.lr * factor:.2e}")
+            self._log_scalars({"train/loss": losses[-1], "train/lr": cfg.lr * factor}, st.step)
+            if self._stop:
+                self.save_checkpoint()
+                bar.close()
+                raise TrainingInterrupted(
+                    f"SIGTERM: checkpoint saved at epoch {st.epoch + 1}, step {st.step} in {self.checkpoint_path}; "
+                    "rerun with --resume to continue"
+                )
+            if cfg.checkpoint_every_steps and st.step % cfg.checkpoint_every_steps == 0:
+                self.save_checkpoint()
+        bar.close()
+        st.history.append({"epoch": st.epoch + 1, "step": st.step, "loss": float(np.mean(losses)) if losses else
+                           float("nan"), "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.time() - t0})
+
+    def _end_epoch(self, metrics: dict, monitor: str | None) -> None:
+        st = self.state
+        st.history[-1].update(metrics)
+        if metrics:
+            self._log_scalars({f"val/{k}": v for k, v in metrics.items()}, st.step)
+        if monitor and monitor in metrics and metrics[monitor] > st.best_metric:
+            st.best_metric, st.best_epoch = float(metrics[monitor]), st.epoch + 1
+            self.save_weights("model_best.pt")
+        st.epoch += 1
+        st.batch_in_epoch = 0
+        st.epoch_losses = []
+        self.save_checkpoint()
+        atomic_write_json(self.out_dir / "history.json", st.history)
+        if not self.cfg.quiet:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in st.history[-1].items() if isinstance(v, float))
+            tqdm.write(f"[{self.cfg.desc}] epoch {st.epoch}/{self.cfg.max_epochs}: {shown}")
