@@ -14,7 +14,6 @@ augmentation (flips, intensity scale/shift). Everything before the first random 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from monai.transforms import (
@@ -78,9 +77,6 @@ class Preprocessing:
         if self.num_samples < 1:
             raise ConfigError(f"num_samples={self.num_samples}: must be >= 1")
 
-    def with_roi(self, roi_size: Sequence[int]) -> Preprocessing:
-        return replace(self, roi_size=tuple(int(r) for r in roi_size))
-
 
 PREPROCESSING: dict[str, Preprocessing] = {
     "ct": Preprocessing("ct", (96, 96, 96), pixdim=(1.5, 1.5, 2.0)),
@@ -90,8 +86,10 @@ PREPROCESSING: dict[str, Preprocessing] = {
 
 
 def get_preprocessing(name: str, **overrides) -> Preprocessing:
+    """A preset by name; ``overrides`` set by ``None`` keep the preset's value (so CLI defaults pass through)."""
     if name not in PREPROCESSING:
         raise ConfigError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(PREPROCESSING)}")
+    overrides = {k: (tuple(int(x) for x in v) if k == "roi_size" else v) for k, v in overrides.items() if v is not None}
     return replace(PREPROCESSING[name], **overrides) if overrides else PREPROCESSING[name]
 
 

@@ -26,7 +26,7 @@ from volmae.data.transforms import infer_transforms
 from volmae.errors import ConfigError
 from volmae.evaluation.pictures import save_reconstruction_png
 from volmae.networks.registry import build_mae
-from volmae.utils.io import atomic_write_text
+from volmae.utils.io import atomic_write_text, config_yaml
 from volmae.utils.loop import LoopConfig, TrainLoop
 from volmae.utils.optim import param_groups
 from volmae.utils.runtime import resolve_device
@@ -78,22 +78,12 @@ class PretrainResult:
     pictures: list[Path] = field(default_factory=list)
 
 
-def _yaml(cfg) -> str:
-    import yaml
-
-    return yaml.safe_dump({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}, sort_keys=False)
-
-
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run (or resume) MAE pretraining; returns where the pretrained weights are."""
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ConfigError(f"epochs={cfg.epochs}, batch_size={cfg.batch_size}: both must be >= 1")
     device = resolve_device(cfg.device)
-    prep = get_preprocessing(cfg.preprocessing)
-    if cfg.roi_size is not None:
-        prep = prep.with_roi(cfg.roi_size)
-    if cfg.num_samples is not None:
-        prep = prep.__class__(**{**asdict(prep), "num_samples": cfg.num_samples})
+    prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size, num_samples=cfg.num_samples)
     datalist = load_msd_datalist(cfg.dataset_dir)
     items = split_fold(datalist, cfg.fold)[0] if cfg.fold is not None else list(datalist.items)
     items = [{"image": it["image"], "case": it["case"]} for it in items]
@@ -109,7 +99,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     ).to(device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", _yaml(cfg))
+    atomic_write_text(out / "config.yaml", config_yaml(cfg))
 
     dataset = make_dataset(items, pretrain_transforms(prep), cfg.cache, cfg.cache_dir, cfg.num_workers)
     steps = math.ceil(len(dataset) / cfg.batch_size)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from volmae.errors import ConfigError
 from volmae.evaluation.metrics import label_masks
 from volmae.inference.predictor import Predictor
 from volmae.networks.registry import build_unetr
-from volmae.utils.io import atomic_write, atomic_write_text
+from volmae.utils.io import atomic_write, atomic_write_text, config_yaml
 from volmae.utils.loop import LoopConfig, TrainLoop
 from volmae.utils.optim import param_groups
 from volmae.utils.runtime import resolve_device
@@ -97,12 +97,6 @@ def dice_per_class(pred: torch.Tensor, label: torch.Tensor, classes: list[int]) 
     return torch.where(size > 0, 2 * inter / size.clamp_min(1), torch.ones_like(size)).tolist()
 
 
-def _yaml(cfg) -> str:
-    import yaml
-
-    return yaml.safe_dump({k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}, sort_keys=False)
-
-
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Fine-tune (or resume fine-tuning) a UNETR on one fold of an MSD-layout dataset."""
     if cfg.epochs < 1 or cfg.batch_size < 1:
@@ -110,11 +104,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     if cfg.val_every < 0:
         raise ConfigError(f"val_every={cfg.val_every}: must be >= 0 (0 disables validation)")
     device = resolve_device(cfg.device)
-    prep = get_preprocessing(cfg.preprocessing)
-    if cfg.roi_size is not None:
-        prep = prep.with_roi(cfg.roi_size)
-    if cfg.num_samples is not None:
-        prep = replace(prep, num_samples=cfg.num_samples)
+    prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size, num_samples=cfg.num_samples)
     datalist = load_msd_datalist(cfg.dataset_dir)
     if datalist.num_classes < 2:
         raise ConfigError(f"{cfg.dataset_dir}: dataset.json declares no foreground labels")
@@ -131,7 +121,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
                         cfg.feature_size, pretrained=cfg.pretrained).to(device)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", _yaml(cfg))
+    atomic_write_text(out / "config.yaml", config_yaml(cfg))
     if model.load_report is not None:
         atomic_write_text(out / "pretrained_load_report.txt", model.load_report.summary() + "\n")
         if not cfg.quiet:

@@ -17,7 +17,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_write", "atomic_save", "atomic_write_text", "atomic_write_json", "atomic_save_nifti"]
+__all__ = [
+    "atomic_write",
+    "atomic_save",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_save_nifti",
+    "plain",
+    "config_yaml",
+]
 
 
 @contextlib.contextmanager
@@ -80,3 +88,23 @@ def atomic_save_nifti(array, affine, path: str | os.PathLike, dtype=None) -> Pat
     raw = img.to_bytes()
     data = gzip.compress(raw, compresslevel=4) if str(path).endswith(".gz") else raw
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def plain(obj: Any) -> Any:
+    """A dataclass / dict as YAML- and JSON-friendly builtins (tuples become lists, recursively)."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return obj
+
+
+def config_yaml(obj: Any) -> str:
+    """YAML text of a config dataclass (or dict of them), for the ``config.yaml`` every run writes."""
+    import yaml
+
+    return yaml.safe_dump(plain(obj), sort_keys=False)

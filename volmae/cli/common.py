@@ -1,0 +1,111 @@
+"""What every console script shares: flags generated from the config dataclasses, and clean error exits.
+
+A user error (:class:`~volmae.errors.VolmaeError`, also when MONAI wrapped it in "applying transform ...") prints
+one line ``volmae-<stage>: error: <message>`` and exits with status 2; SIGTERM-interrupted training exits 143
+after saving its checkpoint; Ctrl-C exits 130. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from volmae.errors import VolmaeError
+
+__all__ = ["add_config_args", "config_from_args", "run_main", "find_volmae_error", "stage_main"]
+
+
+def _flag_names(name: str) -> list[str]:
+    dashed = name.replace("_", "-")
+    return [f"--{dashed}"] + ([f"--{name}"] if dashed != name else [])
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    args = typing.get_args(tp)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0], True
+    return tp, False
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str],
+                    required: Sequence[str] = (), skip: Sequence[str] = ()) -> None:
+    """One flag per dataclass field (``--field-name`` and ``--field_name``), typed from the annotation."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp, _ = _unwrap_optional(hints[f.name])
+        default = None if f.default is dataclasses.MISSING else f.default
+        kw: dict[str, Any] = {"dest": f.name, "help": helps.get(f.name, "")}
+        if f.name in required:
+            kw["required"] = True
+        elif default is not None:
+            kw["help"] += f" (default: {default})"
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+            kw["default"] = default
+        elif typing.get_origin(tp) in (tuple, list):
+            inner = typing.get_args(tp)[0]
+            kw.update(type=inner, nargs=3 if typing.get_origin(tp) is tuple else "+", default=default,
+                      metavar=f.name.upper())
+        else:
+            kw.update(type=tp, default=default, metavar=f.name.upper())
+        parser.add_argument(*_flag_names(f.name), **kw)
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any):
+    """Build ``cls`` from parsed flags (fields absent from ``args`` keep their defaults)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values = {k: (tuple(v) if isinstance(v, list) and k.endswith("_size") else v) for k, v in values.items()}
+    values.update(fixed)
+    return cls(**values)
+
+
+def find_volmae_error(exc: BaseException) -> VolmaeError | None:
+    """The first :class:`VolmaeError` in ``exc``'s cause/context chain (MONAI wraps transform errors)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, VolmaeError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def run_main(prog: str, body: Callable[[], int | None]) -> int:
+    """Run ``body`` and turn user errors into one line on stderr and a non-zero exit status."""
+    from volmae.utils.loop import TrainingInterrupted
+
+    try:
+        return int(body() or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - classify, re-raise bugs
+        err = find_volmae_error(e)
+        if err is None:
+            raise
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 143 if isinstance(err, TrainingInterrupted) else 2
+
+
+def stage_main(prog: str, doc: str | None, cls: type, required: Sequence[str],
+               action: Callable[[Any], str]) -> Callable[[list[str] | None], int]:
+    """A console-script ``main`` for one stage: flags from ``cls``, then ``action(config)``, whose returned text
+    is printed on success."""
+    from volmae.cli.helps import HELPS
+
+    def main(argv: list[str] | None = None) -> int:
+        parser = argparse.ArgumentParser(prog, description=doc)
+        add_config_args(parser, cls, HELPS, required=required)
+        args = parser.parse_args(argv)
+        return run_main(prog, lambda: print(action(config_from_args(cls, args))))
+
+    return main

@@ -1,0 +1,19 @@
+"""``volmae-evaluate``: per-case, per-class Dice and HD95 of a fine-tuned model on held-out cases."""
+
+from __future__ import annotations
+
+import sys
+
+from volmae.cli.common import stage_main
+from volmae.evaluation.evaluate import EvaluateConfig, evaluate
+
+
+def _run(cfg: EvaluateConfig) -> str:
+    evaluate(cfg)
+    return f"metrics: {cfg.out_dir}/metrics.csv, {cfg.out_dir}/summary.json"
+
+
+main = stage_main("volmae-evaluate", __doc__, EvaluateConfig, ["model", "dataset_dir"], _run)
+
+if __name__ == "__main__":
+    sys.exit(main())

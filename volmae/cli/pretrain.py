@@ -1,0 +1,19 @@
+"""``volmae-pretrain``: MAE self-pretraining on a task's images (labels unused)."""
+
+from __future__ import annotations
+
+import sys
+
+from volmae.cli.common import stage_main
+from volmae.pretraining.engine import PretrainConfig, pretrain
+
+
+def _run(cfg: PretrainConfig) -> str:
+    result = pretrain(cfg)
+    return "\n".join([f"pretrained MAE: {result.model_path}"] + [f"picture: {p}" for p in result.pictures])
+
+
+main = stage_main("volmae-pretrain", __doc__, PretrainConfig, ["dataset_dir"], _run)
+
+if __name__ == "__main__":
+    sys.exit(main())
