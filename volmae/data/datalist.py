@@ -101,6 +101,9 @@ def load_msd_datalist(dataset_dir: str | Path, dataset_json: str = "dataset.json
     dup = {c for c, n in Counter(it["case"] for it in items).items() if n > 1}
     if dup:
         raise DataError(f"{meta_path}: duplicate case ids {sorted(dup)[:5]}")
+    for i, e in enumerate(meta.get("test", [])):
+        if isinstance(e, dict) and "image" not in e:
+            raise DataError(f"{meta_path}: test entry {i} has no 'image'")
     unlabeled = [
         {"image": _resolve(root, e if isinstance(e, str) else e["image"]), "case": case_id(e if isinstance(e, str) else e["image"])}
         for e in meta.get("test", [])

@@ -16,11 +16,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from monai.data import NibabelReader
+from monai.transforms import LoadImaged
 from monai.utils import ensure_tuple
 
 from volmae.errors import DataError
 
-__all__ = ["VolumeReader", "read_dicom_series", "is_dicom_dir", "load_volume"]
+__all__ = ["VolumeReader", "LoadVolumed", "read_dicom_series", "is_dicom_dir", "load_volume"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Declared sizes beyond this are refused before any allocation (a 2 kB file can claim 10^12 voxels).
@@ -118,6 +119,23 @@ class VolumeReader(NibabelReader):
             return super()._get_array_data(img, filename)
         except Exception as e:  # noqa: BLE001 - truncated gzip: EOFError, zlib.error, OSError, ValueError
             raise DataError(f"{filename}: image data unreadable, file truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+class LoadVolumed(LoadImaged):
+    """``LoadImaged`` that reads through :class:`VolumeReader` only, so its ``DataError`` reaches the caller.
+
+    Given a reader *instance*, MONAI's ``LoadImage`` catches that reader's exceptions, retries its default readers
+    and raises a generic "cannot find a suitable reader" ``RuntimeError`` that no longer carries the ``DataError``
+    (a DICOM folder with two series, an empty file ...). A reader passed at call time is used directly.
+    """
+
+    def __init__(self, keys, **kwargs) -> None:
+        kwargs.setdefault("reader", VolumeReader())
+        super().__init__(keys, **kwargs)
+        self.volume_reader = kwargs["reader"]
+
+    def __call__(self, data, reader=None):
+        return super().__call__(data, reader or self.volume_reader)
 
 
 def load_volume(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

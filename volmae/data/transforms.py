@@ -21,7 +21,6 @@ from monai.transforms import (
     Compose,
     CropForegroundd,
     EnsureTyped,
-    LoadImaged,
     NormalizeIntensityd,
     Orientationd,
     RandCropByPosNegLabeld,
@@ -35,7 +34,7 @@ from monai.transforms import (
 )
 
 from volmae.data.checks import CheckVolumed
-from volmae.data.readers import VolumeReader
+from volmae.data.readers import LoadVolumed
 from volmae.errors import ConfigError
 
 __all__ = [
@@ -97,7 +96,7 @@ def preprocess_transforms(p: Preprocessing, with_label: bool, num_classes: int |
     """Deterministic part: load, check, RAS, spacing, intensity normalisation (and CT body crop)."""
     keys = ["image", "label"] if with_label else ["image"]
     out: list = [
-        LoadImaged(keys, reader=VolumeReader(), ensure_channel_first=True, image_only=True, allow_missing_keys=False),
+        LoadVolumed(keys, ensure_channel_first=True, image_only=True, allow_missing_keys=False),
         CheckVolumed("image", "label" if with_label else None, num_classes),
         EnsureTyped(keys, track_meta=True),
         Orientationd(keys, axcodes="RAS"),

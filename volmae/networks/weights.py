@@ -26,6 +26,8 @@ __all__ = [
     "resample_pos_embed",
     "load_encoder_weights",
     "POS_EMBED_KEY",
+    "monai_unetr_to_volmae",
+    "volmae_unetr_to_monai",
 ]
 
 POS_EMBED_KEY = "patch_embedding.position_embeddings"
@@ -180,3 +182,41 @@ def load_encoder_weights(
     report.missing = [k for k in own if k not in src and k not in fixed]
     encoder.load_state_dict(to_load, strict=False)
     return report
+
+
+# MONAI UNETR (patch 16, 12 blocks) module names -> volmae UNETR names; the blocks themselves are identical.
+_MONAI_UNETR_NAMES = {
+    "vit.": "encoder.",
+    "encoder1.": "stem.",
+    "encoder2.": "skips.0.",
+    "encoder3.": "skips.1.",
+    "encoder4.": "skips.2.",
+    "decoder5.": "ups.3.",
+    "decoder4.": "ups.2.",
+    "decoder3.": "ups.1.",
+    "decoder2.": "ups.0.",
+    "out.": "head.",
+}
+
+
+def _rename(state: Mapping[str, torch.Tensor], table: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        k = k.removeprefix("module.")
+        for old, new in table.items():
+            if k.startswith(old):
+                out[new + k[len(old):]] = v
+                break
+        else:
+            out[k] = v
+    return out
+
+
+def monai_unetr_to_volmae(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a ``monai.networks.nets.UNETR`` state dict to volmae ``UNETR`` keys (patch 16, 12 blocks)."""
+    return _rename(_model_state(state), _MONAI_UNETR_NAMES)
+
+
+def volmae_unetr_to_monai(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`monai_unetr_to_volmae`: a volmae patch-16 UNETR as MONAI ``UNETR`` keys."""
+    return _rename(_model_state(state), {v: k for k, v in _MONAI_UNETR_NAMES.items()})

@@ -1,0 +1,83 @@
+"""Fixtures shared by the data tests: real-data folders (skipped when absent) and small synthetic NIfTI writers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from volmae.data.paths import dataset_path
+
+SKIP_MESSAGE = "real data not found: set VOLMAE_DATA or put ../shared/data beside the repo"
+
+
+def _real(name: str) -> Path:
+    path = dataset_path(name)
+    if path is None:
+        pytest.skip(f"{SKIP_MESSAGE} (needs {name}/)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def msd_hippocampus() -> Path:
+    """``<data>/msd_hippocampus`` (MSD Task04 layout, 208 labelled cases)."""
+    return _real("msd_hippocampus")
+
+
+@pytest.fixture(scope="session")
+def dicom_crops() -> Path:
+    """``<data>/dicom_hippocampus_crops`` (Study1..3, one DICOM series each)."""
+    return _real("dicom_hippocampus_crops")
+
+
+def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else np.asarray(affine, float)), str(path))
+    return path
+
+
+@pytest.fixture
+def write_nifti(tmp_path: Path) -> Callable[..., Path]:
+    """``write_nifti(name, array, affine=None)`` -> path of a NIfTI file written under ``tmp_path``."""
+
+    def write(name: str, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+        return save_nifti(tmp_path / name, array, affine)
+
+    return write
+
+
+def make_case(folder: Path, name: str, shape=(10, 11, 12), seed: int = 0, affine=None) -> dict:
+    """A random MRI-like image with a two-class label block: ``{"image", "label", "case"}``."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(100.0, 20.0, shape).astype(np.float32)
+    lab = np.zeros(shape, np.uint8)
+    lab[2:6, 2:6, 2:6] = 1
+    lab[5:8, 6:9, 6:9] = 2
+    image = save_nifti(folder / "imagesTr" / f"{name}.nii.gz", img, affine)
+    label = save_nifti(folder / "labelsTr" / f"{name}.nii.gz", lab, affine)
+    return {"image": str(image), "label": str(label), "case": name}
+
+
+def make_msd_folder(folder: Path, n: int = 6, shape=(10, 11, 12), **meta) -> Path:
+    """A tiny MSD-layout task folder (``dataset.json`` + ``imagesTr`` + ``labelsTr``) with ``n`` cases."""
+    folder.mkdir(parents=True, exist_ok=True)
+    training = []
+    for i in range(n):
+        make_case(folder, f"case_{i:03d}", shape, seed=i)
+        training.append({"image": f"./imagesTr/case_{i:03d}.nii.gz", "label": f"./labelsTr/case_{i:03d}.nii.gz"})
+    content = {"name": "Synthetic", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a", "2": "b"},
+               "training": training, "test": []}
+    content.update(meta)
+    (folder / "dataset.json").write_text(json.dumps(content))
+    return folder
+
+
+@pytest.fixture
+def msd_folder(tmp_path: Path) -> Path:
+    """A six-case synthetic MSD task folder under ``tmp_path``."""
+    return make_msd_folder(tmp_path / "task")

@@ -1,0 +1,51 @@
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from volmae.data.transforms import get_preprocessing
+from volmae.errors import CheckpointError
+from volmae.inference.predictor import Predictor, load_segmentation_model
+from volmae.networks.registry import build_unetr
+
+SMALL = dict(hidden_size=24, mlp_dim=48, num_layers=3, num_heads=2)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_prediction_is_in_the_original_space(tmp_path, multilabel):
+    """An LPS, anisotropic, non-zero-origin CT comes back with its own shape and affine after RAS + resampling."""
+    shape = (30, 26, 11)
+    affine = np.array([[-0.8, 0, 0, 120.0], [0, -0.8, 0, 95.0], [0, 0, 2.5, -300.0], [0, 0, 0, 1]])
+    img = np.random.default_rng(0).normal(0, 200, shape).astype(np.float32)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(img, affine), str(path))
+    prep = get_preprocessing("ct", roi_size=(16, 16, 16))
+    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL)
+    pred = Predictor(model, prep, torch.device("cpu"), sw_batch_size=2, multilabel=multilabel).predict_file(str(path))
+    assert tuple(pred.labels.shape[1:]) == shape
+    assert pred.labels.shape[0] == (3 if multilabel else 1)
+    assert np.allclose(pred.affine.numpy(), affine, atol=1e-4)
+    assert set(torch.unique(pred.labels).tolist()) <= ({0, 1} if multilabel else {0, 1, 2})
+
+
+def test_logits_cover_volumes_larger_and_smaller_than_the_roi():
+    prep = get_preprocessing("mri", roi_size=(16, 16, 16))
+    model = build_unetr("vit-tiny", 1, 2, prep.roi_size, 8, 4, **SMALL)
+    p = Predictor(model, prep, torch.device("cpu"), overlap=0.25, mode="constant")
+    for size in [(10, 20, 33), (16, 16, 16)]:
+        assert p.logits(torch.randn(1, 1, *size)).shape == (1, 2, *size)
+
+
+@pytest.mark.parametrize("kw,match", [(dict(overlap=1.0), "overlap"), (dict(mode="mean"), "mode"),
+                                      (dict(sw_batch_size=0), "sw_batch_size")])
+def test_bad_arguments(kw, match):
+    model = build_unetr("vit-tiny", 1, 2, 16, 8, 4, **SMALL)
+    with pytest.raises(ValueError, match=match):
+        Predictor(model, get_preprocessing("mri", roi_size=(16, 16, 16)), torch.device("cpu"), **kw)
+
+
+def test_pretraining_checkpoint_is_not_a_segmentation_model(tmp_path):
+    path = tmp_path / "mae.pt"
+    torch.save({"format": "volmae-checkpoint", "kind": "mae", "config": {}, "model": {}}, path)
+    with pytest.raises(CheckpointError, match="MAE pretraining checkpoint"):
+        load_segmentation_model(path, torch.device("cpu"))

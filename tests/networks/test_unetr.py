@@ -1,0 +1,50 @@
+import pytest
+import torch
+from monai.networks.nets import UNETR as MonaiUNETR
+
+from volmae.networks.registry import build_unetr
+from volmae.networks.unetr import UNETR, default_skip_indices
+from volmae.networks.vit import ViTEncoder
+from volmae.networks.weights import monai_unetr_to_volmae, volmae_unetr_to_monai
+
+
+@pytest.mark.parametrize("patch,size", [(8, (16, 24, 32)), (16, (32, 32, 32)), (4, (8, 8, 12))])
+@pytest.mark.parametrize("channels,classes", [(1, 3), (2, 4)])
+def test_shapes(patch, size, channels, classes):
+    enc = ViTEncoder(channels, size, patch, hidden_size=24, mlp_dim=48, num_layers=4, num_heads=2)
+    net = UNETR(enc, classes, feature_size=4)
+    assert net(torch.randn(2, channels, *size)).shape == (2, classes, *size)
+    assert len(net.skips) == len(default_skip_indices(4, net.levels)) == net.levels - 1
+
+
+def test_default_skips_match_monai():
+    assert default_skip_indices(12, 4) == [3, 6, 9]
+    assert default_skip_indices(12, 3) == [4, 8]
+
+
+def test_patch16_is_monai_unetr_layer_for_layer():
+    roi = (32, 32, 32)
+    kw = dict(feature_size=8, hidden_size=48, mlp_dim=96, num_heads=4)
+    monai_net = MonaiUNETR(1, 3, roi, qkv_bias=True, **kw).eval()
+    ours = build_unetr("vit-base", 1, 3, roi, 16, kw["feature_size"], hidden_size=48, mlp_dim=96, num_heads=4,
+                       pos_embed_type="learnable").eval()
+    ours.load_state_dict(monai_unetr_to_volmae(monai_net.state_dict()), strict=True)
+    x = torch.randn(1, 1, *roi)
+    assert torch.allclose(monai_net(x), ours(x), atol=1e-4)
+    monai_net.load_state_dict(volmae_unetr_to_monai(ours.state_dict()), strict=True)
+
+
+@pytest.mark.parametrize(
+    "patch,kwargs,match",
+    [
+        ((8, 8, 4), {}, "isotropic power-of-two"),
+        (6, {}, "isotropic power-of-two"),
+        (8, dict(skip_indices=[1]), "needs 2 skip layers"),
+        (8, dict(skip_indices=[1, 7]), "out of range"),
+        (8, dict(out_channels=0), "out_channels"),
+    ],
+)
+def test_bad_arguments(patch, kwargs, match):
+    enc = ViTEncoder(1, 24, patch, hidden_size=24, mlp_dim=48, num_layers=4, num_heads=2)
+    with pytest.raises(ValueError, match=match):
+        UNETR(enc, **{"out_channels": 2, **kwargs})

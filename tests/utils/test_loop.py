@@ -1,0 +1,99 @@
+"""The training loop's guarantees: exact resume (mid-epoch too), SIGTERM checkpoints, non-finite loss handling."""
+
+import os
+import signal
+
+import pytest
+import torch
+from monai.data import Dataset
+from monai.transforms import Compose, RandGaussianNoised, RandSpatialCropd
+
+from volmae.data.loading import epoch_loader
+from volmae.errors import CheckpointError
+from volmae.utils.loop import LoopConfig, TrainingError, TrainingInterrupted, TrainLoop, warmup_cosine
+from volmae.utils.optim import param_groups
+
+
+class Stop(Exception):
+    pass
+
+
+def toy_run(out, epochs=3, resume=False, on_step=None):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.Dropout(0.3),
+                                torch.nn.Conv3d(4, 1, 1))
+    items = [{"image": torch.randn(1, 8, 8, 8, generator=torch.Generator().manual_seed(i))} for i in range(5)]
+    ds = Dataset(items, Compose([RandSpatialCropd("image", (4, 4, 4), random_size=False),
+                                 RandGaussianNoised("image", prob=0.5)]))
+    loop = TrainLoop(model, param_groups(model, 0.01), LoopConfig(out, epochs, 1e-2, warmup_epochs=1, seed=3,
+                                                                  checkpoint_every_steps=1, quiet=True),
+                     kind="toy", model_config={})
+    calls = {"n": 0}
+
+    def step(batch):
+        calls["n"] += 1
+        if on_step:
+            on_step(loop, calls["n"])
+        x = batch["image"]
+        return (model(x) - x.flip(2)).pow(2).mean(), x.shape[0]
+
+    loop.fit(lambda e: epoch_loader(ds, 2, 7, e), 3, step, resume=resume)
+    return model.state_dict(), loop
+
+
+@pytest.mark.parametrize("stop_at", [2, 3, 5])  # mid-epoch, epoch end, mid-epoch of the second epoch
+def test_resume_after_a_crash_is_bitwise_identical(tmp_path, stop_at):
+    reference, _ = toy_run(tmp_path / "ref")
+
+    def crash(loop, n):
+        if n == stop_at:
+            raise Stop  # as if killed: the checkpoint of step n-1 is on disk
+
+    with pytest.raises(Stop):
+        toy_run(tmp_path / "run", on_step=crash)
+    resumed, loop = toy_run(tmp_path / "run", resume=True)
+    for k in reference:
+        assert torch.equal(reference[k], resumed[k]), k
+    assert loop.state.epoch == 3 and loop.state.step == 9
+    assert [h["epoch"] for h in loop.state.history] == [1, 2, 3]
+
+
+def test_sigterm_saves_and_resume_completes(tmp_path):
+    reference, _ = toy_run(tmp_path / "ref")
+
+    def term(loop, n):
+        if n == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted, match="--resume"):
+        toy_run(tmp_path / "run", on_step=term)
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert signal.getsignal(signal.SIGTERM) is not None
+    resumed, _ = toy_run(tmp_path / "run", resume=True)
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    def poison(loop, n):
+        if n == 3:
+            with torch.no_grad():
+                loop.model[0].weight.fill_(float("nan"))
+
+    with pytest.raises(TrainingError, match="non-finite loss .* epoch 1, step 2"):
+        toy_run(tmp_path / "run", on_step=poison)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["state"]["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_resume_without_checkpoint_is_explained(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint.pt"):
+        toy_run(tmp_path / "empty", resume=True)
+
+
+def test_warmup_cosine():
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10, min_ratio=0.1) == pytest.approx(0.1)
