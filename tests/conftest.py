@@ -1,8 +1,9 @@
-"""Shared fixtures: the real-data locator (skips with a clear message when absent) and small synthetic volumes."""
+"""Shared fixtures: real-data folders (skipped with a clear message when absent) and small synthetic NIfTI tasks."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -14,45 +15,79 @@ from volmae.data.paths import data_root, dataset_path
 
 torch.set_num_threads(2)
 
-MISSING = "real data not found: set VOLMAE_DATA or put ../shared/data beside the repo ({})"
+SKIP_MESSAGE = "real data not found: set VOLMAE_DATA or put ../shared/data beside the repo"
 
 
 def require_dataset(name: str) -> Path:
     """Path of a real dataset folder, or skip the test saying what is missing."""
-    p = dataset_path(name)
-    if p is None:
-        pytest.skip(MISSING.format(f"looked for {name!r} under {data_root() or '../shared/data'}"))
-    return p
+    path = dataset_path(name)
+    if path is None:
+        pytest.skip(f"{SKIP_MESSAGE} (needs {name}/ under {data_root() or '../shared/data'})")
+    return path
 
 
 @pytest.fixture(scope="session")
-def hippocampus_dir() -> Path:
+def msd_hippocampus() -> Path:
+    """``<data>/msd_hippocampus`` (MSD Task04 layout, 208 labelled cases)."""
     return require_dataset("msd_hippocampus")
 
 
-def write_synthetic_task(root: Path, n: int = 6, shape=(20, 28, 20), seed: int = 0) -> Path:
-    """A tiny MSD-layout task: blurred noise images with two box-shaped 'organs' whose intensity differs."""
-    rng = np.random.default_rng(seed)
-    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
-    training = []
-    for i in range(n):
-        lab = np.zeros(shape, np.uint8)
-        o = rng.integers(2, 5, 3)
-        lab[o[0]:o[0] + 6, o[1]:o[1] + 8, o[2]:o[2] + 6] = 1
-        lab[o[0] + 6:o[0] + 12, o[1]:o[1] + 8, o[2]:o[2] + 6] = 2
-        img = (rng.normal(100, 10, shape) + 60 * (lab == 1) + 120 * (lab == 2)).astype(np.float32)
-        aff = np.diag([1.0, 1.0, 1.0, 1.0])
-        name = f"case_{i:03d}.nii.gz"
-        nib.save(nib.Nifti1Image(img, aff), str(root / "imagesTr" / name))
-        nib.save(nib.Nifti1Image(lab, aff), str(root / "labelsTr" / name))
-        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    meta = {"name": "Synthetic", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a", "2": "b"},
-            "numTraining": n, "training": training, "test": []}
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
+@pytest.fixture(scope="session")
+def dicom_crops() -> Path:
+    """``<data>/dicom_hippocampus_crops`` (Study1..3, one DICOM series each)."""
+    return require_dataset("dicom_hippocampus_crops")
+
+
+def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else np.asarray(affine, float)), str(path))
+    return path
 
 
 @pytest.fixture
-def synthetic_task(tmp_path) -> Path:
-    return write_synthetic_task(tmp_path / "task")
+def write_nifti(tmp_path: Path) -> Callable[..., Path]:
+    """``write_nifti(name, array, affine=None)`` -> path of a NIfTI file written under ``tmp_path``."""
+
+    def write(name: str, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
+        return save_nifti(tmp_path / name, array, affine)
+
+    return write
+
+
+def make_case(folder: Path, name: str, shape=(10, 11, 12), seed: int = 0, affine=None) -> dict:
+    """A random MRI-like image with a two-class label block: ``{"image", "label", "case"}``."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(100.0, 20.0, shape).astype(np.float32)
+    lab = np.zeros(shape, np.uint8)
+    lab[2:6, 2:6, 2:6] = 1
+    lab[5:8, 6:9, 6:9] = 2
+    image = save_nifti(folder / "imagesTr" / f"{name}.nii.gz", img, affine)
+    label = save_nifti(folder / "labelsTr" / f"{name}.nii.gz", lab, affine)
+    return {"image": str(image), "label": str(label), "case": name}
+
+
+def make_msd_folder(folder: Path, n: int = 6, shape=(10, 11, 12), **meta) -> Path:
+    """A tiny MSD-layout task folder (``dataset.json`` + ``imagesTr`` + ``labelsTr``) with ``n`` cases."""
+    folder.mkdir(parents=True, exist_ok=True)
+    training = []
+    for i in range(n):
+        make_case(folder, f"case_{i:03d}", shape, seed=i)
+        training.append({"image": f"./imagesTr/case_{i:03d}.nii.gz", "label": f"./labelsTr/case_{i:03d}.nii.gz"})
+    content = {"name": "Synthetic", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a", "2": "b"},
+               "training": training, "test": []}
+    content.update(meta)
+    (folder / "dataset.json").write_text(json.dumps(content))
+    return folder
+
+
+@pytest.fixture
+def msd_folder(tmp_path: Path) -> Path:
+    """A six-case synthetic MSD task folder under ``tmp_path``."""
+    return make_msd_folder(tmp_path / "task")
+
+
+@pytest.fixture
+def synthetic_task(tmp_path: Path) -> Path:
+    """A six-case synthetic task large enough for a 16^3 ROI (engine-level tests)."""
+    return make_msd_folder(tmp_path / "task", shape=(20, 28, 20))

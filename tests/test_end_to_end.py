@@ -23,8 +23,8 @@ def small_task(src, dst, n_train=6, n_val=2):
 
 
 @pytest.mark.realdata
-def test_pretrain_finetune_evaluate_on_real_mri(hippocampus_dir, tmp_path):
-    task = small_task(hippocampus_dir, tmp_path / "task")
+def test_pretrain_finetune_evaluate_on_real_mri(msd_hippocampus, tmp_path):
+    task = small_task(msd_hippocampus, tmp_path / "task")
     common = dict(dataset_dir=str(task), roi_size=(24, 32, 24), device="cpu", quiet=True)
     pre = pretrain(PretrainConfig(out_dir=str(tmp_path / "pre"), epochs=2, batch_size=3, **common))
     assert pre.model_path.is_file() and len(pre.history) == 2

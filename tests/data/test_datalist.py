@@ -12,7 +12,7 @@ import pytest
 from volmae.data.datalist import Datalist, case_id, label_fraction, load_msd_datalist, make_folds, split_fold
 from volmae.errors import DataError
 
-from .conftest import make_msd_folder
+from tests.conftest import make_msd_folder
 
 # --------------------------------------------------------------------------------------------------- real data
 

@@ -44,3 +44,11 @@ def test_atomic_files_get_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (p.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+def test_json_is_strict(tmp_path):
+    import json
+
+    p = atomic_write_json(tmp_path / "s.json", {"hd95": float("nan"), "x": [1.0, float("inf")], "ok": 0.5})
+    assert json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}")) == {
+        "hd95": None, "x": [1.0, None], "ok": 0.5}

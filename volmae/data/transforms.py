@@ -99,7 +99,7 @@ def preprocess_transforms(p: Preprocessing, with_label: bool, num_classes: int |
         LoadVolumed(keys, ensure_channel_first=True, image_only=True, allow_missing_keys=False),
         CheckVolumed("image", "label" if with_label else None, num_classes),
         EnsureTyped(keys, track_meta=True),
-        Orientationd(keys, axcodes="RAS"),
+        Orientationd(keys, axcodes="RAS", labels=None),
     ]
     if p.pixdim is not None:
         out.append(Spacingd(keys, pixdim=p.pixdim, mode=("bilinear", "nearest")[: len(keys)]))

@@ -42,8 +42,10 @@ def mid_slices(vol: np.ndarray, centre: Sequence[int] | None = None) -> list[np.
 
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)  # also when the write fails: open figures pile up over a long run
     return path
 
 

@@ -8,6 +8,8 @@ state dicts (``vit.*`` keys), optionally wrapped by DDP (``module.*``).
 from __future__ import annotations
 
 import math
+import pickle
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,15 +78,26 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def _load_failure(e: Exception) -> str:
+    """One line for ``torch.load``'s failure: its weights-only refusal spans many lines and advises
+    ``weights_only=False``, which is wrong for a corrupt or untrusted file."""
+    if isinstance(e, pickle.UnpicklingError):
+        return "UnpicklingError: corrupt, or holds objects other than tensors and containers; not loaded, as that could run code"
+    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else 'no details'}"
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint file safely (``weights_only=True``: no code runs) with a clear error on failure."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_load_failure(e)})") from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
     return dict(obj)

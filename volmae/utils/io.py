@@ -72,8 +72,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def _strict(obj: Any) -> Any:
+    """NaN / inf floats -> ``None`` (JSON ``null``), so strict JSON parsers accept the file."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    """Strict JSON (undefined numbers such as an HD95 with an empty mask are written as ``null``)."""
+    text = json.dumps(_strict(obj), indent=2, sort_keys=False, default=str, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
 
 
 def atomic_save_nifti(array, affine, path: str | os.PathLike, dtype=None) -> Path:
