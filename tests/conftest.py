@@ -74,8 +74,13 @@ def make_msd_folder(folder: Path, n: int = 6, shape=(10, 11, 12), **meta) -> Pat
     for i in range(n):
         make_case(folder, f"case_{i:03d}", shape, seed=i)
         training.append({"image": f"./imagesTr/case_{i:03d}.nii.gz", "label": f"./labelsTr/case_{i:03d}.nii.gz"})
-    content = {"name": "Synthetic", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a", "2": "b"},
-               "training": training, "test": []}
+    content = {
+        "name": "Synthetic",
+        "modality": {"0": "MRI"},
+        "labels": {"0": "background", "1": "a", "2": "b"},
+        "training": training,
+        "test": [],
+    }
     content.update(meta)
     (folder / "dataset.json").write_text(json.dumps(content))
     return folder

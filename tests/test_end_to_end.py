@@ -29,12 +29,23 @@ def test_pretrain_finetune_evaluate_on_real_mri(msd_hippocampus, tmp_path):
     pre = pretrain(PretrainConfig(out_dir=str(tmp_path / "pre"), epochs=2, batch_size=3, **common))
     assert pre.model_path.is_file() and len(pre.history) == 2
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pre.pictures)
-    ft = finetune(FinetuneConfig(out_dir=str(tmp_path / "ft"), epochs=2, pretrained=str(pre.model_path),
-                                 feature_size=8, val_every=1, **common))
+    ft = finetune(
+        FinetuneConfig(
+            out_dir=str(tmp_path / "ft"),
+            epochs=2,
+            pretrained=str(pre.model_path),
+            feature_size=8,
+            val_every=1,
+            **common,
+        )
+    )
     assert "0 missing" in (tmp_path / "ft" / "pretrained_load_report.txt").read_text()
     assert 0.0 <= ft.best_dice <= 1.0 and ft.best_epoch in (1, 2)
-    report = evaluate(EvaluateConfig(str(ft.model_path), str(task), str(tmp_path / "ev"), device="cpu",
-                                     save_predictions=True, quiet=True))
+    report = evaluate(
+        EvaluateConfig(
+            str(ft.model_path), str(task), str(tmp_path / "ev"), device="cpu", save_predictions=True, quiet=True
+        )
+    )
     assert [c.case for c in report.cases] == json.loads((task / "splits.json").read_text())["folds"][0]
     assert set(report.names) == {"Anterior", "Posterior"}
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())

@@ -44,18 +44,44 @@ class DemoConfig:
 RECIPES: dict[str, dict[str, dict]] = {
     # Fits in 20 minutes on 2 CPU cores (measured; see README).
     "cpu": {
-        "pretrain": dict(preset="vit-tiny", roi_size=(40, 56, 40), epochs=10, batch_size=4, num_samples=2,
-                         lr=1.5e-3, warmup_epochs=1),
-        "finetune": dict(preset="vit-tiny", roi_size=(40, 56, 40), epochs=4, batch_size=2, num_samples=2,
-                         lr=5e-4, warmup_epochs=0.5, val_every=0),
+        "pretrain": dict(
+            preset="vit-tiny", roi_size=(40, 56, 40), epochs=10, batch_size=4, num_samples=2, lr=1.5e-3, warmup_epochs=1
+        ),
+        "finetune": dict(
+            preset="vit-tiny",
+            roi_size=(40, 56, 40),
+            epochs=4,
+            batch_size=2,
+            num_samples=2,
+            lr=5e-4,
+            warmup_epochs=0.5,
+            val_every=0,
+        ),
     },
     # The SelfMedMAE-sized recipe for a GPU: ViT-B/16 needs 96^3 inputs, so hippocampus uses ViT-S-like depth at
     # patch 8 with longer schedules.
     "full": {
-        "pretrain": dict(preset="vit-small", patch_size=8, roi_size=(40, 56, 40), epochs=400, batch_size=8,
-                         num_samples=2, lr=1.5e-3, warmup_epochs=20),
-        "finetune": dict(preset="vit-small", patch_size=8, roi_size=(40, 56, 40), epochs=300, batch_size=4,
-                         num_samples=2, lr=5e-4, warmup_epochs=10, val_every=10),
+        "pretrain": dict(
+            preset="vit-small",
+            patch_size=8,
+            roi_size=(40, 56, 40),
+            epochs=400,
+            batch_size=8,
+            num_samples=2,
+            lr=1.5e-3,
+            warmup_epochs=20,
+        ),
+        "finetune": dict(
+            preset="vit-small",
+            patch_size=8,
+            roi_size=(40, 56, 40),
+            epochs=300,
+            batch_size=4,
+            num_samples=2,
+            lr=5e-4,
+            warmup_epochs=10,
+            val_every=10,
+        ),
     },
 }
 
@@ -79,8 +105,13 @@ def find_hippocampus(dataset_dir: str | None, cache_dir: str, download: bool) ->
 
     cached.parent.mkdir(parents=True, exist_ok=True)
     try:
-        download_and_extract(DecathlonDataset.resource[TASK], str(cached.parent / f"{TASK}.tar"), str(cached.parent),
-                             hash_val=DecathlonDataset.md5[TASK], hash_type="md5")
+        download_and_extract(
+            DecathlonDataset.resource[TASK],
+            str(cached.parent / f"{TASK}.tar"),
+            str(cached.parent),
+            hash_val=DecathlonDataset.md5[TASK],
+            hash_type="md5",
+        )
     except Exception as e:  # noqa: BLE001 - no network, checksum mismatch, disk full ...
         raise DataError(
             f"no hippocampus data found and the download of {TASK} failed ({type(e).__name__}: {e}); "
@@ -109,18 +140,26 @@ def run_demo(cfg: DemoConfig) -> dict:
     ft = finetune(replace(ft_cfg, pretrained=str(pre.model_path)))
     times["finetune_s"] = time.time() - t1
     t2 = time.time()
-    report = evaluate(EvaluateConfig(str(ft.model_path), data, str(out), fold=cfg.fold, device=cfg.device,
-                                     quiet=cfg.quiet))
+    report = evaluate(
+        EvaluateConfig(str(ft.model_path), data, str(out), fold=cfg.fold, device=cfg.device, quiet=cfg.quiet)
+    )
     times["evaluate_s"] = time.time() - t2
     times["total_s"] = time.time() - t0
     pictures = out / "pictures"
     for p in pre.pictures:
         shutil.copyfile(p, pictures / p.name)
-    summary = {"dataset": data, "recipe": cfg.recipe, "fold": cfg.fold, "train_cases": ft.num_train_cases,
-               "held_out_cases": len(report.cases), "mean_dice": report.summary["mean"]["dice_mean"],
-               "dice": {n: report.summary[n]["dice_mean"] for n in report.names},
-               "hd95": {n: report.summary[n]["hd95_mean"] for n in report.names},
-               **{k: round(v, 1) for k, v in times.items()}, "cpu_count": os.cpu_count()}
+    summary = {
+        "dataset": data,
+        "recipe": cfg.recipe,
+        "fold": cfg.fold,
+        "train_cases": ft.num_train_cases,
+        "held_out_cases": len(report.cases),
+        "mean_dice": report.summary["mean"]["dice_mean"],
+        "dice": {n: report.summary[n]["dice_mean"] for n in report.names},
+        "hd95": {n: report.summary[n]["hd95_mean"] for n in report.names},
+        **{k: round(v, 1) for k, v in times.items()},
+        "cpu_count": os.cpu_count(),
+    }
     atomic_write_text(out / "report.md", _markdown(summary, report.table()))
     return summary
 

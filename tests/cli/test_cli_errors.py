@@ -24,8 +24,11 @@ from volmae.cli import train as train_cli
 from volmae.data.paths import dataset_path
 
 MAINS = {"volmae-train": train_cli.main, "volmae-pretrain": pretrain_cli.main, "volmae-evaluate": evaluate_cli.main}
-MODULES = {"volmae-train": "volmae.cli.train", "volmae-pretrain": "volmae.cli.pretrain",
-           "volmae-evaluate": "volmae.cli.evaluate"}
+MODULES = {
+    "volmae-train": "volmae.cli.train",
+    "volmae-pretrain": "volmae.cli.pretrain",
+    "volmae-evaluate": "volmae.cli.evaluate",
+}
 
 
 def write_task(root: Path, n: int = 5, shape=(12, 14, 12)) -> Path:
@@ -41,8 +44,13 @@ def write_task(root: Path, n: int = 5, shape=(12, 14, 12)) -> Path:
             (root / sub).mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(arr, np.eye(4)), str(root / sub / name))
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    meta = {"name": "Tiny", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "a", "2": "b"},
-            "training": training, "test": []}
+    meta = {
+        "name": "Tiny",
+        "modality": {"0": "MRI"},
+        "labels": {"0": "background", "1": "a", "2": "b"},
+        "training": training,
+        "test": [],
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     (root / "splits.json").write_text(json.dumps({"folds": [["case_000"], [f"case_{i:03d}" for i in range(1, n)]]}))
     return root
@@ -60,7 +68,7 @@ def assert_clean_error(rc: int, err: str, prog: str, *needles: str, one_line: bo
     assert "Traceback" not in err, err
     lines = [ln for ln in err.splitlines() if ln.startswith(f"{prog}: error: ")]
     assert len(lines) == 1, err
-    message = err[err.index(lines[0]):] if not one_line else lines[0]
+    message = err[err.index(lines[0]) :] if not one_line else lines[0]
     if one_line:
         assert err.rstrip().endswith(lines[0]), f"the error line is not the last thing printed:\n{err}"
     for n in needles:
@@ -104,8 +112,17 @@ def test_script_pretrain_dataset_json_not_json(task, tmp_path):
 def test_script_evaluate_garbage_model(task, tmp_path):
     model = tmp_path / "model.pt"
     model.write_bytes(np.random.default_rng(0).bytes(4096))
-    p = run_script("volmae-evaluate", "--model", str(model), "--dataset-dir", str(task),
-                   "--out-dir", str(tmp_path / "out"), "--device", "cpu")
+    p = run_script(
+        "volmae-evaluate",
+        "--model",
+        str(model),
+        "--dataset-dir",
+        str(task),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+    )
     assert_clean_error(p.returncode, p.stderr, "volmae-evaluate", str(model), "not a readable PyTorch checkpoint")
 
 
@@ -121,8 +138,9 @@ def test_missing_dataset_dir(capsys, tmp_path, prog):
 
 def test_evaluate_missing_dataset_dir_with_missing_model(capsys, tmp_path):
     model = tmp_path / "none.pt"
-    rc, err = run_main(capsys, "volmae-evaluate", "--model", str(model), "--dataset-dir", str(tmp_path / "absent"),
-                       "--device", "cpu")
+    rc, err = run_main(
+        capsys, "volmae-evaluate", "--model", str(model), "--dataset-dir", str(tmp_path / "absent"), "--device", "cpu"
+    )
     assert_clean_error(rc, err, "volmae-evaluate", str(model))
 
 
@@ -142,28 +160,63 @@ def test_dataset_json_missing(capsys, tmp_path):
 @pytest.mark.parametrize("prog", ["volmae-train", "volmae-pretrain"])
 def test_truncated_image(capsys, task, tmp_path, prog):
     bad = truncate(task / "imagesTr" / "case_002.nii.gz")  # a training case of fold 0
-    rc, err = run_main(capsys, prog, "--dataset-dir", str(task), "--out-dir", str(tmp_path / "o"), "--device", "cpu",
-                       "--epochs", "1", "--quiet")
+    rc, err = run_main(
+        capsys,
+        prog,
+        "--dataset-dir",
+        str(task),
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--quiet",
+    )
     assert_clean_error(rc, err, prog, str(bad), "truncated")
 
 
 def test_truncated_image_without_cache(capsys, task, tmp_path):
     """Not cached up front: the error surfaces inside the training loop's DataLoader, still as one line."""
     bad = truncate(task / "imagesTr" / "case_003.nii.gz")
-    rc, err = run_main(capsys, "volmae-train", "--dataset-dir", str(task), "--out-dir", str(tmp_path / "o"),
-                       "--device", "cpu", "--epochs", "1", "--cache", "none", "--quiet", "--val-every", "0",
-                       "--preset", "vit-tiny", "--roi-size", "16", "16", "16", "--batch-size", "4")
+    rc, err = run_main(
+        capsys,
+        "volmae-train",
+        "--dataset-dir",
+        str(task),
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--cache",
+        "none",
+        "--quiet",
+        "--val-every",
+        "0",
+        "--preset",
+        "vit-tiny",
+        "--roi-size",
+        "16",
+        "16",
+        "16",
+        "--batch-size",
+        "4",
+    )
     assert_clean_error(rc, err, "volmae-train", str(bad), "truncated")
 
 
 def test_missing_image_file_is_caught_before_training(capsys, task, tmp_path):
     gone = task / "imagesTr" / "case_004.nii.gz"
     gone.unlink()
-    rc, err = run_main(capsys, "volmae-train", "--dataset-dir", str(task), "--out-dir", str(tmp_path / "o"),
-                       "--device", "cpu")
+    rc, err = run_main(
+        capsys, "volmae-train", "--dataset-dir", str(task), "--out-dir", str(tmp_path / "o"), "--device", "cpu"
+    )
     # preflight lists every problem under a one-line summary
-    msg = assert_clean_error(rc, err, "volmae-train", "problem(s) in the training datalist", str(gone), "file not found",
-                             one_line=False)
+    msg = assert_clean_error(
+        rc, err, "volmae-train", "problem(s) in the training datalist", str(gone), "file not found", one_line=False
+    )
     assert msg.rstrip().count("\n") == 1
     assert not (tmp_path / "o" / "checkpoint.pt").exists()
 
@@ -171,13 +224,16 @@ def test_missing_image_file_is_caught_before_training(capsys, task, tmp_path):
 def test_label_shape_mismatch_is_caught_before_training(capsys, task, tmp_path):
     label = task / "labelsTr" / "case_001.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((12, 14, 13), np.uint8), np.eye(4)), str(label))
-    rc, err = run_main(capsys, "volmae-train", "--dataset-dir", str(task), "--out-dir", str(tmp_path / "o"),
-                       "--device", "cpu")
+    rc, err = run_main(
+        capsys, "volmae-train", "--dataset-dir", str(task), "--out-dir", str(tmp_path / "o"), "--device", "cpu"
+    )
     assert_clean_error(rc, err, "volmae-train", str(label), "does not match", one_line=False)
 
 
 def test_unknown_preprocessing_preset(capsys, task, tmp_path):
-    rc, err = run_main(capsys, "volmae-train", "--dataset-dir", str(task), "--preprocessing", "brain", "--device", "cpu")
+    rc, err = run_main(
+        capsys, "volmae-train", "--dataset-dir", str(task), "--preprocessing", "brain", "--device", "cpu"
+    )
     assert_clean_error(rc, err, "volmae-train", "'brain'")
 
 
@@ -243,8 +299,19 @@ def test_dicom_folder_with_two_series_in_a_datalist(capsys, task, tmp_path):
     meta = json.loads((task / "dataset.json").read_text())
     meta["training"][2]["image"] = str(mixed)
     (task / "dataset.json").write_text(json.dumps(meta))
-    rc, err = run_main(capsys, "volmae-pretrain", "--dataset-dir", str(task), "--out-dir", str(tmp_path / "o"),
-                       "--device", "cpu", "--epochs", "1", "--quiet")
+    rc, err = run_main(
+        capsys,
+        "volmae-pretrain",
+        "--dataset-dir",
+        str(task),
+        "--out-dir",
+        str(tmp_path / "o"),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--quiet",
+    )
     assert_clean_error(rc, err, "volmae-pretrain", str(mixed), "2 DICOM series")
 
 

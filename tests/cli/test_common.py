@@ -41,8 +41,26 @@ def test_defaults_round_trip():
 
 
 def test_typed_flags_and_both_spellings():
-    args = _parser().parse_args(["--dataset_dir", "d", "--roi-size", "32", "48", "32", "--cases", "a", "b",
-                                 "--lr", "0.5", "--epochs", "7", "--no-amp", "--grad-clip", "2"])
+    args = _parser().parse_args(
+        [
+            "--dataset_dir",
+            "d",
+            "--roi-size",
+            "32",
+            "48",
+            "32",
+            "--cases",
+            "a",
+            "b",
+            "--lr",
+            "0.5",
+            "--epochs",
+            "7",
+            "--no-amp",
+            "--grad-clip",
+            "2",
+        ]
+    )
     cfg = config_from_args(Cfg, args)
     assert cfg.roi_size == (32, 48, 32) and isinstance(cfg.roi_size, tuple)
     assert cfg.cases == ["a", "b"] and cfg.lr == 0.5 and cfg.epochs == 7 and cfg.amp is False
@@ -55,8 +73,9 @@ def test_fixed_values_override_flags():
     assert cfg.epochs == 1
 
 
-@pytest.mark.parametrize("argv", [["--dataset-dir", "d", "--epochs", "x"], ["--dataset-dir", "d", "--roi-size", "1", "2"],
-                                  []])
+@pytest.mark.parametrize(
+    "argv", [["--dataset-dir", "d", "--epochs", "x"], ["--dataset-dir", "d", "--roi-size", "1", "2"], []]
+)
 def test_bad_flags_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as info:
         _parser(required=["dataset_dir"]).parse_args(argv)
@@ -108,8 +127,15 @@ def test_find_volmae_error_survives_cycles():
     assert find_volmae_error(a) is None
 
 
-@pytest.mark.parametrize("err, code", [(DataError("f.nii: bad"), 2), (ConfigError("roi_size=(1,): bad"), 2),
-                                       (CheckpointError("m.pt: bad"), 2), (TrainingInterrupted("stopped"), 143)])
+@pytest.mark.parametrize(
+    "err, code",
+    [
+        (DataError("f.nii: bad"), 2),
+        (ConfigError("roi_size=(1,): bad"), 2),
+        (CheckpointError("m.pt: bad"), 2),
+        (TrainingInterrupted("stopped"), 143),
+    ],
+)
 def test_run_main_user_errors(capsys, err, code):
     def body():
         raise err

@@ -47,7 +47,9 @@ def test_good_items_pass(case):
     items = [case(name="a"), case(name="b")]
     assert preflight(items, in_channels=1) is None
     # trailing singleton axes (x y z 1) are fine for images and labels
-    assert preflight([case(image=np.ones((*SHAPE, 1), np.float32) + np.arange(10), label=np.zeros((*SHAPE, 1)))]) is None
+    assert (
+        preflight([case(image=np.ones((*SHAPE, 1), np.float32) + np.arange(10), label=np.zeros((*SHAPE, 1)))]) is None
+    )
 
 
 def test_empty_datalist():
@@ -146,7 +148,10 @@ def test_channel_count(case, write_nifti):
     msg = _preflight_error([item], in_channels=1)
     assert "2 channel(s)" in msg and "expects 1" in msg
     two_files = dict(case(name="m"))
-    two_files["image"] = [two_files["image"], str(write_nifti("m_t2.nii.gz", np.random.default_rng(2).normal(size=SHAPE)))]
+    two_files["image"] = [
+        two_files["image"],
+        str(write_nifti("m_t2.nii.gz", np.random.default_rng(2).normal(size=SHAPE))),
+    ]
     assert preflight([two_files], in_channels=2) is None
     assert "expects 3" in _preflight_error([two_files], in_channels=3)
 
@@ -199,8 +204,9 @@ def test_dicom_folders_are_left_to_the_loader(tmp_path, case):
 def load_check():
     def run(item, num_classes=3):
         keys = ["image", "label"] if "label" in item else ["image"]
-        return Compose([LoadVolumed(keys, ensure_channel_first=True, image_only=True),
-                        CheckVolumed("image", "label", num_classes)])(item)
+        return Compose(
+            [LoadVolumed(keys, ensure_channel_first=True, image_only=True), CheckVolumed("image", "label", num_classes)]
+        )(item)
 
     return run
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import make_msd_folder
 from volmae.data.datalist import Datalist, case_id, label_fraction, load_msd_datalist, make_folds, split_fold
 from volmae.errors import DataError
-
-from tests.conftest import make_msd_folder
 
 # --------------------------------------------------------------------------------------------------- real data
 
@@ -232,7 +231,9 @@ def test_synthetic_msd_folder(msd_folder):
 
 def test_multichannel_unlabeled_and_splits(tmp_path):
     root = make_msd_folder(
-        tmp_path / "t", n=3, modality={"0": "FLAIR", "1": "T1c"},
+        tmp_path / "t",
+        n=3,
+        modality={"0": "FLAIR", "1": "T1c"},
         test=["./imagesTs/u1.nii.gz", {"image": "./imagesTs/u2.nii.gz"}, 5],
     )
     meta = json.loads((root / "dataset.json").read_text())
@@ -276,8 +277,13 @@ def test_dataset_json_binary(msd_folder):
 
 @pytest.mark.parametrize(
     "training, match",
-    [([], "is empty"), (None, "no 'training' list"), ({"image": "a"}, "no 'training' list"),
-     ([{"label": "x.nii.gz"}], "entry 0 has no 'image'"), (["a.nii.gz"], "entry 0 has no 'image'")],
+    [
+        ([], "is empty"),
+        (None, "no 'training' list"),
+        ({"image": "a"}, "no 'training' list"),
+        ([{"label": "x.nii.gz"}], "entry 0 has no 'image'"),
+        (["a.nii.gz"], "entry 0 has no 'image'"),
+    ],
     ids=["empty", "absent", "dict", "no-image", "string-entry"],
 )
 def test_bad_training_lists(msd_folder, training, match):

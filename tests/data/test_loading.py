@@ -6,11 +6,10 @@ import pytest
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 
+from tests.conftest import make_case
 from volmae.data.loading import epoch_loader, epoch_seed, make_dataset
 from volmae.data.transforms import Preprocessing, train_transforms
 from volmae.errors import ConfigError
-
-from tests.conftest import make_case
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +23,10 @@ def _transform():
 
 
 def _epoch(ds, seed, epoch, num_workers=0):
-    return [(b["image"].as_tensor().clone(), b["label"].as_tensor().clone())
-            for b in epoch_loader(ds, 2, seed, epoch, num_workers=num_workers)]
+    return [
+        (b["image"].as_tensor().clone(), b["label"].as_tensor().clone())
+        for b in epoch_loader(ds, 2, seed, epoch, num_workers=num_workers)
+    ]
 
 
 def _same(a, b) -> bool:

@@ -102,8 +102,11 @@ def test_dicom_series_shape_voxels_and_ras_affine(dicom_crops, study):
     assert (int(data.min()), int(data.max())) == (lo, hi)
 
     # Independent reference: SimpleITK's own voxel -> LPS physical point, with x and y negated for RAS.
-    series_dir = next(p for p in [dicom_crops / rel, *sorted((dicom_crops / rel).iterdir())] if p.is_dir()
-                      and sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
+    series_dir = next(
+        p
+        for p in [dicom_crops / rel, *sorted((dicom_crops / rel).iterdir())]
+        if p.is_dir() and sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))
+    )
     ref = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(series_dir)))
     ref_arr = sitk.GetArrayFromImage(ref)  # z y x
     for idx in [(0, 0, 0), (shape[0] - 1, 0, 0), (0, shape[1] - 1, 0), (3, 7, shape[2] - 1), (10, 20, 15)]:
@@ -239,7 +242,9 @@ def test_non_nifti_suffix(tmp_path, how):
 
 @pytest.mark.parametrize("how", sorted(_loaders()))
 @pytest.mark.parametrize(
-    "content", [b"this is not a NIfTI file\n" * 40, gzip.compress(b"plain text, gzipped\n" * 40)], ids=["text", "gz-text"]
+    "content",
+    [b"this is not a NIfTI file\n" * 40, gzip.compress(b"plain text, gzipped\n" * 40)],
+    ids=["text", "gz-text"],
 )
 def test_non_nifti_content(tmp_path, how, content):
     path = tmp_path / "fake.nii.gz"

@@ -136,7 +136,10 @@ def test_synthetic_train_crops_and_determinism(tmp_path):
     img = rng.normal(100, 10, (20, 22, 18)).astype(np.float32)
     lab = np.zeros(img.shape, np.uint8)
     lab[5:9, 5:9, 5:9], lab[12:15, 12:16, 10:14] = 1, 2
-    item = {"image": _save(tmp_path / "i.nii.gz", img, np.eye(4)), "label": _save(tmp_path / "l.nii.gz", lab, np.eye(4))}
+    item = {
+        "image": _save(tmp_path / "i.nii.gz", img, np.eye(4)),
+        "label": _save(tmp_path / "l.nii.gz", lab, np.eye(4)),
+    }
     p = Preprocessing("mri", (8, 8, 8), pixdim=None, num_samples=5)
     t = train_transforms(p, 3)
     t.set_random_state(seed=0)
@@ -157,7 +160,10 @@ def test_train_label_outside_classes_is_refused(tmp_path):
     img = np.random.default_rng(4).normal(size=(10, 10, 10)).astype(np.float32)
     lab = np.zeros(img.shape, np.uint8)
     lab[2:4, 2:4, 2:4] = 3
-    item = {"image": _save(tmp_path / "i.nii.gz", img, np.eye(4)), "label": _save(tmp_path / "l.nii.gz", lab, np.eye(4))}
+    item = {
+        "image": _save(tmp_path / "i.nii.gz", img, np.eye(4)),
+        "label": _save(tmp_path / "l.nii.gz", lab, np.eye(4)),
+    }
     with pytest.raises(RuntimeError) as info:
         train_transforms(Preprocessing("mri", (8, 8, 8), pixdim=None), 3)(item)
     cause = info.value.__cause__

@@ -105,7 +105,9 @@ def test_empty_classes():
 
 def test_shape_mismatch():
     with pytest.raises(ValueError, match="case7"):
-        case_metrics(torch.zeros(1, 4, 4, 4, dtype=torch.bool), torch.zeros(1, 4, 4, 5, dtype=torch.bool), ["a"], "case7")
+        case_metrics(
+            torch.zeros(1, 4, 4, 4, dtype=torch.bool), torch.zeros(1, 4, 4, 5, dtype=torch.bool), ["a"], "case7"
+        )
 
 
 def test_label_masks():
@@ -158,12 +160,24 @@ def test_summarise_all_undefined():
 
 def test_rows_and_table(report):
     rows = report.rows()
-    assert len(rows) == 6 and rows[0] == {"case": "a", "class": "x", "dice": 0.8, "hd95": 2.0, "voxels_true": 10,
-                                          "voxels_pred": 12}
+    assert len(rows) == 6 and rows[0] == {
+        "case": "a",
+        "class": "x",
+        "dice": 0.8,
+        "hd95": 2.0,
+        "voxels_true": 10,
+        "voxels_pred": 12,
+    }
     lines = report.table().splitlines()
     assert len(lines) == 4 and lines[0].split()[:3] == ["class", "Dice", "mean"]
-    assert lines[1].split() == ["x", "0.8000", f"{np.std([0.8, 0.6, 1.0]):.4f}", "2.00", f"{np.std([2.0, 4.0, 0.0]):.2f}",
-                                "3"]
+    assert lines[1].split() == [
+        "x",
+        "0.8000",
+        f"{np.std([0.8, 0.6, 1.0]):.4f}",
+        "2.00",
+        f"{np.std([2.0, 4.0, 0.0]):.2f}",
+        "3",
+    ]
     assert lines[3].startswith("mean")
 
 

@@ -37,8 +37,13 @@ def views():
     original = torch.rand(1, 1, 16, 16, 16, generator=g)
     mask = (torch.rand(1, 1, 16, 16, 16, generator=g) > 0.25).float()
     recon = original + 0.1 * torch.randn(1, 1, 16, 16, 16, generator=g)
-    return {"original": original, "masked": original * (1 - mask), "mask": mask, "reconstruction": recon,
-            "pasted": torch.where(mask > 0, recon, original)}
+    return {
+        "original": original,
+        "masked": original * (1 - mask),
+        "mask": mask,
+        "reconstruction": recon,
+        "pasted": torch.where(mask > 0, recon, original),
+    }
 
 
 def test_reconstruction_png(views, tmp_path):
@@ -67,8 +72,9 @@ def test_overlay_png(tmp_path):
     label[5:12, 6:14, 4:10] = 1
     label[12:16, 6:14, 4:10] = 2
     pred = torch.from_numpy(np.roll(label, 2, axis=0))[None]  # 1 D H W tensor
-    out = save_overlay_png(image, label, pred, tmp_path / "overlay_case.png", {0: "bg", 1: "head", 2: "tail"},
-                           title="case: mean Dice 0.8")
+    out = save_overlay_png(
+        image, label, pred, tmp_path / "overlay_case.png", {0: "bg", 1: "head", 2: "tail"}, title="case: mean Dice 0.8"
+    )
     _check_png(out)
     _only(tmp_path, "overlay_case.png")
     assert plt.get_fignums() == []

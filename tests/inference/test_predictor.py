@@ -36,8 +36,9 @@ def test_logits_cover_volumes_larger_and_smaller_than_the_roi():
         assert p.logits(torch.randn(1, 1, *size)).shape == (1, 2, *size)
 
 
-@pytest.mark.parametrize("kw,match", [(dict(overlap=1.0), "overlap"), (dict(mode="mean"), "mode"),
-                                      (dict(sw_batch_size=0), "sw_batch_size")])
+@pytest.mark.parametrize(
+    "kw,match", [(dict(overlap=1.0), "overlap"), (dict(mode="mean"), "mode"), (dict(sw_batch_size=0), "sw_batch_size")]
+)
 def test_bad_arguments(kw, match):
     model = build_unetr("vit-tiny", 1, 2, 16, 8, 4, **SMALL)
     with pytest.raises(ValueError, match=match):

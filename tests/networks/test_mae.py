@@ -8,8 +8,9 @@ from volmae.networks.vit import ViTEncoder
 
 def make_mae(size=(16, 16, 32), patch=8, ratio=0.75, channels=1, norm_pix=True):
     enc = ViTEncoder(channels, size, patch, hidden_size=24, mlp_dim=48, num_layers=2, num_heads=2)
-    return MaskedAutoencoder(enc, decoder_dim=24, decoder_depth=1, decoder_heads=2, mask_ratio=ratio,
-                             norm_pix_loss=norm_pix)
+    return MaskedAutoencoder(
+        enc, decoder_dim=24, decoder_depth=1, decoder_heads=2, mask_ratio=ratio, norm_pix_loss=norm_pix
+    )
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
@@ -94,9 +95,15 @@ def test_backward_reaches_encoder_and_decoder():
     assert mae.mask_token.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kwargs,match", [(dict(mask_ratio=1.0), "mask_ratio"), (dict(mask_ratio=0.0), "mask_ratio"),
-                                          (dict(decoder_dim=20, decoder_heads=4), "decoder_dim"),
-                                          (dict(decoder_depth=0), "decoder_depth")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(mask_ratio=1.0), "mask_ratio"),
+        (dict(mask_ratio=0.0), "mask_ratio"),
+        (dict(decoder_dim=20, decoder_heads=4), "decoder_dim"),
+        (dict(decoder_depth=0), "decoder_depth"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     enc = ViTEncoder(1, 16, 8, hidden_size=24, mlp_dim=48, num_layers=1, num_heads=2)
     with pytest.raises(ValueError, match=match):

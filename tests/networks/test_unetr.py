@@ -26,8 +26,18 @@ def test_patch16_is_monai_unetr_layer_for_layer():
     roi = (32, 32, 32)
     kw = dict(feature_size=8, hidden_size=48, mlp_dim=96, num_heads=4)
     monai_net = MonaiUNETR(1, 3, roi, qkv_bias=True, **kw).eval()
-    ours = build_unetr("vit-base", 1, 3, roi, 16, kw["feature_size"], hidden_size=48, mlp_dim=96, num_heads=4,
-                       pos_embed_type="learnable").eval()
+    ours = build_unetr(
+        "vit-base",
+        1,
+        3,
+        roi,
+        16,
+        kw["feature_size"],
+        hidden_size=48,
+        mlp_dim=96,
+        num_heads=4,
+        pos_embed_type="learnable",
+    ).eval()
     ours.load_state_dict(monai_unetr_to_volmae(monai_net.state_dict()), strict=True)
     x = torch.randn(1, 1, *roi)
     assert torch.allclose(monai_net(x), ours(x), atol=1e-4)

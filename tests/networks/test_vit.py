@@ -33,8 +33,16 @@ def test_intermediates_are_block_outputs_and_final_is_normed():
 
 def test_matches_monai_vit_weights():
     """Same module names as MONAI's ViT: its weights load strictly and give the same features."""
-    kw = dict(in_channels=1, img_size=(16, 16, 16), patch_size=8, hidden_size=48, mlp_dim=96, num_layers=2,
-              num_heads=4, qkv_bias=True)
+    kw = dict(
+        in_channels=1,
+        img_size=(16, 16, 16),
+        patch_size=8,
+        hidden_size=48,
+        mlp_dim=96,
+        num_layers=2,
+        num_heads=4,
+        qkv_bias=True,
+    )
     monai_vit = ViT(**kw, pos_embed_type="sincos").eval()
     enc = ViTEncoder(**kw).eval()
     enc.load_state_dict(monai_vit.state_dict(), strict=True)

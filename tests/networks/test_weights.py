@@ -6,7 +6,6 @@ from volmae.networks.registry import build_from_config, build_mae, build_unetr
 from volmae.networks.weights import (
     POS_EMBED_KEY,
     encoder_state_from,
-    load_encoder_weights,
     read_checkpoint,
     resample_pos_embed,
 )
@@ -17,8 +16,9 @@ SMALL = dict(hidden_size=24, mlp_dim=48, num_layers=4, num_heads=2)
 def mae_checkpoint(tmp_path, roi=(16, 24, 16), **kw):
     mae = build_mae("vit-tiny", 1, roi, 8, decoder_dim=24, decoder_depth=1, decoder_heads=2, **SMALL, **kw)
     path = tmp_path / "mae.pt"
-    torch.save({"format": "volmae-checkpoint", "kind": "mae", "config": mae.volmae_config,
-                "model": mae.state_dict()}, path)
+    torch.save(
+        {"format": "volmae-checkpoint", "kind": "mae", "config": mae.volmae_config, "model": mae.state_dict()}, path
+    )
     return mae, path
 
 
@@ -69,8 +69,9 @@ def test_single_channel_patch_projection_adapts_to_more_channels(tmp_path):
 
 def test_mismatched_width_is_reported_not_loaded(tmp_path):
     _, path = mae_checkpoint(tmp_path)
-    net = build_unetr("vit-tiny", 1, 3, (16, 24, 16), 8, 4, pretrained=path, hidden_size=48, mlp_dim=96,
-                      num_layers=4, num_heads=2)
+    net = build_unetr(
+        "vit-tiny", 1, 3, (16, 24, 16), 8, 4, pretrained=path, hidden_size=48, mlp_dim=96, num_layers=4, num_heads=2
+    )
     assert not net.load_report.ok
     assert "NOT LOADED" in net.load_report.summary()
 

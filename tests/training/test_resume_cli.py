@@ -9,9 +9,33 @@ import torch
 
 
 def train_cmd(task, out, *extra):
-    return [sys.executable, "-m", "volmae.cli.train", "--dataset-dir", str(task), "--out-dir", str(out),
-            "--roi-size", "16", "16", "16", "--feature-size", "4", "--epochs", "3", "--batch-size", "2",
-            "--val-every", "0", "--checkpoint-every-steps", "1", "--device", "cpu", "--quiet", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "volmae.cli.train",
+        "--dataset-dir",
+        str(task),
+        "--out-dir",
+        str(out),
+        "--roi-size",
+        "16",
+        "16",
+        "16",
+        "--feature-size",
+        "4",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "2",
+        "--val-every",
+        "0",
+        "--checkpoint-every-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+        *extra,
+    ]
 
 
 def step_of(ckpt_path):

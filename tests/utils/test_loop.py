@@ -20,14 +20,18 @@ class Stop(Exception):
 
 def toy_run(out, epochs=3, resume=False, on_step=None):
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.Dropout(0.3),
-                                torch.nn.Conv3d(4, 1, 1))
+    model = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.Dropout(0.3), torch.nn.Conv3d(4, 1, 1))
     items = [{"image": torch.randn(1, 8, 8, 8, generator=torch.Generator().manual_seed(i))} for i in range(5)]
-    ds = Dataset(items, Compose([RandSpatialCropd("image", (4, 4, 4), random_size=False),
-                                 RandGaussianNoised("image", prob=0.5)]))
-    loop = TrainLoop(model, param_groups(model, 0.01), LoopConfig(out, epochs, 1e-2, warmup_epochs=1, seed=3,
-                                                                  checkpoint_every_steps=1, quiet=True),
-                     kind="toy", model_config={})
+    ds = Dataset(
+        items, Compose([RandSpatialCropd("image", (4, 4, 4), random_size=False), RandGaussianNoised("image", prob=0.5)])
+    )
+    loop = TrainLoop(
+        model,
+        param_groups(model, 0.01),
+        LoopConfig(out, epochs, 1e-2, warmup_epochs=1, seed=3, checkpoint_every_steps=1, quiet=True),
+        kind="toy",
+        model_config={},
+    )
     calls = {"n": 0}
 
     def step(batch):

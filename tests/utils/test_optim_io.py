@@ -51,4 +51,7 @@ def test_json_is_strict(tmp_path):
 
     p = atomic_write_json(tmp_path / "s.json", {"hd95": float("nan"), "x": [1.0, float("inf")], "ok": 0.5})
     assert json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}")) == {
-        "hd95": None, "x": [1.0, None], "ok": 0.5}
+        "hd95": None,
+        "x": [1.0, None],
+        "ok": 0.5,
+    }

@@ -34,8 +34,13 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, helps: dict[str, str],
-                    required: Sequence[str] = (), skip: Sequence[str] = ()) -> None:
+def add_config_args(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    helps: dict[str, str],
+    required: Sequence[str] = (),
+    skip: Sequence[str] = (),
+) -> None:
     """One flag per dataclass field (``--field-name`` and ``--field_name``), typed from the annotation."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -53,8 +58,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, helps: dict[str,
             kw["default"] = default
         elif typing.get_origin(tp) in (tuple, list):
             inner = typing.get_args(tp)[0]
-            kw.update(type=inner, nargs=3 if typing.get_origin(tp) is tuple else "+", default=default,
-                      metavar=f.name.upper())
+            kw.update(
+                type=inner, nargs=3 if typing.get_origin(tp) is tuple else "+", default=default, metavar=f.name.upper()
+            )
         else:
             kw.update(type=tp, default=default, metavar=f.name.upper())
         parser.add_argument(*_flag_names(f.name), **kw)
@@ -96,8 +102,9 @@ def run_main(prog: str, body: Callable[[], int | None]) -> int:
         return 143 if isinstance(err, TrainingInterrupted) else 2
 
 
-def stage_main(prog: str, doc: str | None, cls: type, required: Sequence[str],
-               action: Callable[[Any], str]) -> Callable[[list[str] | None], int]:
+def stage_main(
+    prog: str, doc: str | None, cls: type, required: Sequence[str], action: Callable[[Any], str]
+) -> Callable[[list[str] | None], int]:
     """A console-script ``main`` for one stage: flags from ``cls``, then ``action(config)``, whose returned text
     is printed on success."""
     from volmae.cli.helps import HELPS

@@ -16,8 +16,10 @@ from volmae.demo import DemoConfig, run_demo
 
 def _run(cfg: DemoConfig) -> str:
     s = run_demo(cfg)
-    return (f"mean foreground Dice {s['mean_dice']:.4f} on {s['held_out_cases']} held-out cases "
-            f"({s['total_s']:.0f} s); report: {cfg.out_dir}/report.md\n" + json.dumps(s["dice"]))
+    return (
+        f"mean foreground Dice {s['mean_dice']:.4f} on {s['held_out_cases']} held-out cases "
+        f"({s['total_s']:.0f} s); report: {cfg.out_dir}/report.md\n" + json.dumps(s["dice"])
+    )
 
 
 main = stage_main("volmae-demo", __doc__, DemoConfig, [], _run)

@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from volmae.data.readers import NIFTI_SUFFIXES, is_dicom_dir
+from volmae.data.readers import is_dicom_dir, open_nifti
 from volmae.errors import DataError
 
 __all__ = ["preflight", "CheckVolumed", "check_image_array", "check_label_array"]
@@ -33,16 +32,7 @@ def _header(path: str) -> tuple[tuple[int, ...], np.ndarray] | None:
     p = Path(path)
     if is_dicom_dir(p):
         return None
-    if not p.exists():
-        raise DataError(f"{p}: file not found")
-    if not str(p).lower().endswith(NIFTI_SUFFIXES):
-        raise DataError(f"{p}: unsupported format (expected .nii, .nii.gz or a DICOM series folder)")
-    if p.stat().st_size == 0:
-        raise DataError(f"{p}: empty file (0 bytes)")
-    try:
-        img = nib.load(str(p))
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"{p}: not a readable NIfTI file ({type(e).__name__}: {e})") from None
+    img = open_nifti(p)
     return tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=float)
 
 
@@ -79,9 +69,10 @@ def _check_item(item: Mapping, in_channels: int | None, need_label: bool) -> Non
     if hdr is None or ref is None:
         return
     shape, affine = hdr
-    if tuple(s for s in shape if s != 1)[:3] != tuple(s for s in ref[1] if s != 1) or len(
-        [s for s in shape if s != 1]
-    ) > 3:
+    if (
+        tuple(s for s in shape if s != 1)[:3] != tuple(s for s in ref[1] if s != 1)
+        or len([s for s in shape if s != 1]) > 3
+    ):
         raise DataError(f"{label}: label shape {shape} does not match image shape {ref[1]} ({ref[0]})")
     if not np.allclose(affine, ref[2], atol=AFFINE_TOL):
         raise DataError(
@@ -106,9 +97,7 @@ def preflight(
             problems.append(str(e))
     if problems:
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise DataError(
-            f"{len(problems)} problem(s) in the {what}:\n  " + "\n  ".join(problems[:10]) + more
-        )
+        raise DataError(f"{len(problems)} problem(s) in the {what}:\n  " + "\n  ".join(problems[:10]) + more)
 
 
 def check_image_array(arr: np.ndarray | torch.Tensor, name: str) -> None:
@@ -139,7 +128,8 @@ def check_label_array(arr: np.ndarray | torch.Tensor, name: str, num_classes: in
         extra = values[values >= num_classes].tolist()
         if extra:
             raise DataError(
-                f"{name}: label values {[int(v) for v in extra[:8]]} are outside the declared classes 0..{num_classes - 1}"
+                f"{name}: label values {[int(v) for v in extra[:8]]} are outside the declared classes "
+                f"0..{num_classes - 1}"
             )
     return t
 
@@ -151,8 +141,13 @@ class CheckVolumed(MapTransform):
     so float32 labels with 0.9999 values behave), spatial shape equal to the image's.
     """
 
-    def __init__(self, image_key: str = "image", label_key: str | None = "label", num_classes: int | None = None,
-                 allow_missing_keys: bool = True) -> None:
+    def __init__(
+        self,
+        image_key: str = "image",
+        label_key: str | None = "label",
+        num_classes: int | None = None,
+        allow_missing_keys: bool = True,
+    ) -> None:
         keys: KeysCollection = [image_key] + ([label_key] if label_key else [])
         super().__init__(keys, allow_missing_keys)
         self.image_key, self.label_key, self.num_classes = image_key, label_key, num_classes

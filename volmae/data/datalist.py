@@ -105,7 +105,10 @@ def load_msd_datalist(dataset_dir: str | Path, dataset_json: str = "dataset.json
         if isinstance(e, dict) and "image" not in e:
             raise DataError(f"{meta_path}: test entry {i} has no 'image'")
     unlabeled = [
-        {"image": _resolve(root, e if isinstance(e, str) else e["image"]), "case": case_id(e if isinstance(e, str) else e["image"])}
+        {
+            "image": _resolve(root, e if isinstance(e, str) else e["image"]),
+            "case": case_id(e if isinstance(e, str) else e["image"]),
+        }
         for e in meta.get("test", [])
         if isinstance(e, (str, dict))
     ]

@@ -16,7 +16,9 @@ _REPO = Path(__file__).resolve().parents[2]
 def data_root() -> Path | None:
     """The shared data folder, or ``None`` when there is none."""
     env = os.environ.get("VOLMAE_DATA")
-    candidates = [Path(env).expanduser()] if env else [_REPO.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    candidates = (
+        [Path(env).expanduser()] if env else [_REPO.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"]
+    )
     for c in candidates:
         if c.is_dir():
             return c.resolve()

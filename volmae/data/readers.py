@@ -21,7 +21,7 @@ from monai.utils import ensure_tuple
 
 from volmae.errors import DataError
 
-__all__ = ["VolumeReader", "LoadVolumed", "read_dicom_series", "is_dicom_dir", "load_volume"]
+__all__ = ["VolumeReader", "LoadVolumed", "open_nifti", "read_dicom_series", "is_dicom_dir", "load_volume"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Declared sizes beyond this are refused before any allocation (a 2 kB file can claim 10^12 voxels).
@@ -83,6 +83,25 @@ def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -
     return nib.Nifti1Image(data, _lps_to_ras(affine))
 
 
+def open_nifti(path: str | os.PathLike, **kwargs) -> nib.Nifti1Image:
+    """Open a NIfTI file (header only; voxels are read lazily), turning every failure into a ``DataError``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not str(path).lower().endswith(NIFTI_SUFFIXES):
+        raise DataError(f"{path}: unsupported format (expected .nii, .nii.gz or a DICOM series folder)")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    try:
+        img = nib.load(str(path), **kwargs)
+    except Exception as e:  # noqa: BLE001 - nibabel / gzip raise many types
+        raise DataError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from None
+    n = np.prod(img.shape, dtype=np.float64)
+    if n > MAX_VOXELS:
+        raise DataError(f"{path}: header declares {img.shape} = {n:.3g} voxels")
+    return img
+
+
 class VolumeReader(NibabelReader):
     """MONAI reader for ``.nii`` / ``.nii.gz`` files and DICOM series folders; a list of files stacks channels."""
 
@@ -98,27 +117,16 @@ class VolumeReader(NibabelReader):
             if is_dicom_dir(path):
                 images.append(read_dicom_series(path))
                 continue
-            if not path.exists():
-                raise DataError(f"{path}: file not found")
-            if not str(path).lower().endswith(NIFTI_SUFFIXES):
-                raise DataError(f"{path}: unsupported format (expected .nii, .nii.gz or a DICOM series folder)")
-            if path.stat().st_size == 0:
-                raise DataError(f"{path}: empty file (0 bytes)")
-            try:
-                img = nib.load(str(path), **{**self.kwargs, **kwargs})
-            except Exception as e:  # noqa: BLE001 - nibabel / gzip raise many types
-                raise DataError(f"{path}: not a readable NIfTI file ({type(e).__name__}: {e})") from None
-            shape = img.shape
-            if int(np.prod(shape, dtype=np.float64)) > MAX_VOXELS:
-                raise DataError(f"{path}: header declares {shape} = {np.prod(shape, dtype=np.float64):.3g} voxels")
-            images.append(img)
+            images.append(open_nifti(path, **{**self.kwargs, **kwargs}))
         return images if len(filenames) > 1 else images[0]
 
     def _get_array_data(self, img, filename):
         try:
             return super()._get_array_data(img, filename)
         except Exception as e:  # noqa: BLE001 - truncated gzip: EOFError, zlib.error, OSError, ValueError
-            raise DataError(f"{filename}: image data unreadable, file truncated or corrupt ({type(e).__name__}: {e})") from None
+            raise DataError(
+                f"{filename}: image data unreadable, file truncated or corrupt ({type(e).__name__}: {e})"
+            ) from None
 
 
 class LoadVolumed(LoadImaged):

@@ -130,8 +130,15 @@ def train_transforms(p: Preprocessing, num_classes: int | None = None) -> Compos
         + [
             SpatialPadd(keys, spatial_size=p.roi_size),
             RandCropByPosNegLabeld(
-                keys, "label", spatial_size=p.roi_size, pos=p.pos, neg=p.neg, num_samples=p.num_samples,
-                image_key="image", image_threshold=-1e9, allow_smaller=False,
+                keys,
+                "label",
+                spatial_size=p.roi_size,
+                pos=p.pos,
+                neg=p.neg,
+                num_samples=p.num_samples,
+                image_key="image",
+                image_threshold=-1e9,
+                allow_smaller=False,
             ),
         ]
         + _augment(p, keys)

@@ -48,8 +48,9 @@ def _spacing(affine: np.ndarray) -> list[float]:
 def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     """Segment the held-out cases of ``fold`` (or ``cases``) and write per-case / per-class Dice and HD95."""
     device = resolve_device(cfg.device)
-    predictor = Predictor.from_checkpoint(cfg.model, device, sw_batch_size=cfg.sw_batch_size, overlap=cfg.overlap,
-                                          amp=cfg.amp)
+    predictor = Predictor.from_checkpoint(
+        cfg.model, device, sw_batch_size=cfg.sw_batch_size, overlap=cfg.overlap, amp=cfg.amp
+    )
     labels = {int(k): v for k, v in predictor.task["labels"].items()}
     datalist = load_msd_datalist(cfg.dataset_dir)
     items = datalist.by_case(cfg.cases) if cfg.cases else split_fold(datalist, cfg.fold)[1]
@@ -65,21 +66,39 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
         seg = pred.labels[0].numpy()
         if seg.shape != truth.shape:
             raise DataError(f"{item['label']}: label shape {truth.shape} differs from the prediction {seg.shape}")
-        res = case_metrics(label_masks(torch.from_numpy(seg), classes), label_masks(torch.from_numpy(truth), classes),
-                           names, item["case"], _spacing(affine))
+        res = case_metrics(
+            label_masks(torch.from_numpy(seg), classes),
+            label_masks(torch.from_numpy(truth), classes),
+            names,
+            item["case"],
+            _spacing(affine),
+        )
         results.append(res)
         if cfg.save_predictions:
             atomic_save_nifti(seg, pred.affine.numpy(), out / "predictions" / f"{item['case']}.nii.gz")
         if i < cfg.num_overlays:
             img, _ = load_volume(item["image"] if isinstance(item["image"], str) else item["image"][0])
             mean_dice = float(np.mean(list(res.dice.values())))
-            save_overlay_png(img, truth, seg, out / "pictures" / f"overlay_{item['case']}.png", labels,
-                             title=f"{item['case']}: mean Dice {mean_dice:.3f}")
+            save_overlay_png(
+                img,
+                truth,
+                seg,
+                out / "pictures" / f"overlay_{item['case']}.png",
+                labels,
+                title=f"{item['case']}: mean Dice {mean_dice:.3f}",
+            )
         if not cfg.quiet:
             print(f"  {item['case']}: " + ", ".join(f"{n} {res.dice[n]:.3f}" for n in names), flush=True)
     report = summarise(results, names)
-    report.write(out, extra={"model": str(cfg.model), "dataset": datalist.name, "fold": cfg.fold,
-                             "seconds": round(time.time() - t0, 1)})
+    report.write(
+        out,
+        extra={
+            "model": str(cfg.model),
+            "dataset": datalist.name,
+            "fold": cfg.fold,
+            "seconds": round(time.time() - t0, 1),
+        },
+    )
     if not cfg.quiet:
         print(report.table())
     return report

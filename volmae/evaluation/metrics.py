@@ -41,7 +41,10 @@ class CaseMetrics:
 
 
 def case_metrics(
-    pred_masks: torch.Tensor, true_masks: torch.Tensor, names: Sequence[str], case: str,
+    pred_masks: torch.Tensor,
+    true_masks: torch.Tensor,
+    names: Sequence[str],
+    case: str,
     spacing: Sequence[float] | None = None,
 ) -> CaseMetrics:
     """Dice and HD95 for each of the ``K`` channels of ``K D H W`` boolean masks."""
@@ -61,7 +64,10 @@ def case_metrics(
             hd[name] = math.nan
             continue
         d = compute_hausdorff_distance(
-            p[None, None].float(), t[None, None].float(), include_background=True, percentile=95,
+            p[None, None].float(),
+            t[None, None].float(),
+            include_background=True,
+            percentile=95,
             spacing=list(spacing) if spacing is not None else None,
         )
         hd[name] = float(d.reshape(-1)[0])
@@ -78,8 +84,16 @@ class EvaluationReport:
         out = []
         for c in self.cases:
             for n in self.names:
-                out.append({"case": c.case, "class": n, "dice": c.dice[n], "hd95": c.hd95[n],
-                            "voxels_true": c.voxels_true[n], "voxels_pred": c.voxels_pred[n]})
+                out.append(
+                    {
+                        "case": c.case,
+                        "class": n,
+                        "dice": c.dice[n],
+                        "hd95": c.hd95[n],
+                        "voxels_true": c.voxels_true[n],
+                        "voxels_pred": c.voxels_pred[n],
+                    }
+                )
         return out
 
     def table(self) -> str:
@@ -87,8 +101,10 @@ class EvaluationReport:
         lines = [f"{'class':<16}{'Dice mean':>10}{'Dice std':>10}{'HD95 mean':>11}{'HD95 std':>10}{'n':>5}"]
         for n in self.names + ["mean"]:
             s = self.summary[n]
-            lines.append(f"{n:<16}{s['dice_mean']:>10.4f}{s['dice_std']:>10.4f}{s['hd95_mean']:>11.2f}"
-                         f"{s['hd95_std']:>10.2f}{s['n']:>5d}")
+            lines.append(
+                f"{n:<16}{s['dice_mean']:>10.4f}{s['dice_std']:>10.4f}{s['hd95_mean']:>11.2f}"
+                f"{s['hd95_std']:>10.2f}{s['n']:>5d}"
+            )
         return "\n".join(lines)
 
     def write(self, folder: str | Path, extra: Mapping | None = None) -> tuple[Path, Path]:
@@ -100,8 +116,10 @@ class EvaluationReport:
         for r in self.rows():
             w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
         csv_path = atomic_write_text(folder / "metrics.csv", buf.getvalue())
-        json_path = atomic_write_json(folder / "summary.json", {**(extra or {}), "classes": self.names,
-                                                                 "num_cases": len(self.cases), **self.summary})
+        json_path = atomic_write_json(
+            folder / "summary.json",
+            {**(extra or {}), "classes": self.names, "num_cases": len(self.cases), **self.summary},
+        )
         return csv_path, json_path
 
 
@@ -118,11 +136,19 @@ def summarise(cases: list[CaseMetrics], names: Sequence[str]) -> EvaluationRepor
     for n in names:
         dm, ds, k = _stats([c.dice[n] for c in cases])
         hm, hs, _ = _stats([c.hd95[n] for c in cases])
-        summary[n] = {"dice_mean": dm, "dice_std": ds, "hd95_mean": hm, "hd95_std": hs, "n": k,
-                      "n_hd95_undefined": sum(1 for c in cases if math.isnan(c.hd95[n]))}
+        summary[n] = {
+            "dice_mean": dm,
+            "dice_std": ds,
+            "hd95_mean": hm,
+            "hd95_std": hs,
+            "n": k,
+            "n_hd95_undefined": sum(1 for c in cases if math.isnan(c.hd95[n])),
+        }
     per_case_dice = [float(np.mean([c.dice[n] for n in names])) for c in cases]
-    per_case_hd = [float(np.nanmean([c.hd95[n] for n in names])) if any(not math.isnan(c.hd95[n]) for n in names)
-                   else math.nan for c in cases]
+    per_case_hd = [
+        float(np.nanmean([c.hd95[n] for n in names])) if any(not math.isnan(c.hd95[n]) for n in names) else math.nan
+        for c in cases
+    ]
     dm, ds, k = _stats(per_case_dice)
     hm, hs, _ = _stats(per_case_hd)
     summary["mean"] = {"dice_mean": dm, "dice_std": ds, "hd95_mean": hm, "hd95_std": hs, "n": k}

@@ -22,10 +22,29 @@ __all__ = ["save_reconstruction_png", "save_overlay_png", "mid_slices"]
 
 AXIS_NAMES = ("sagittal", "coronal", "axial")
 # Distinct colours for up to 14 classes (BTCV); background transparent.
-PALETTE = np.array(
-    [[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180],
-     [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255],
-     [170, 110, 40], [255, 250, 200]], dtype=float) / 255.0
+PALETTE = (
+    np.array(
+        [
+            [0, 0, 0],
+            [230, 25, 75],
+            [60, 180, 75],
+            [255, 225, 25],
+            [0, 130, 200],
+            [245, 130, 48],
+            [145, 30, 180],
+            [70, 240, 240],
+            [240, 50, 230],
+            [210, 245, 60],
+            [250, 190, 212],
+            [0, 128, 128],
+            [220, 190, 255],
+            [170, 110, 40],
+            [255, 250, 200],
+        ],
+        dtype=float,
+    )
+    / 255.0
+)
 
 
 def _np(x) -> np.ndarray:
@@ -52,8 +71,12 @@ def _save(fig, path: str | Path) -> Path:
 def save_reconstruction_png(views: Mapping[str, torch.Tensor], path: str | Path, title: str = "") -> Path:
     """Rows: original, masked input, reconstruction (visible + predicted), prediction of every patch; columns:
     the three mid slices. ``views`` is :meth:`MaskedAutoencoder.reconstruct` output (first sample, channel 0)."""
-    rows = [("original", "original"), ("masked input", "masked"), ("reconstruction", "pasted"),
-            ("prediction (all patches)", "reconstruction")]
+    rows = [
+        ("original", "original"),
+        ("masked input", "masked"),
+        ("reconstruction", "pasted"),
+        ("prediction (all patches)", "reconstruction"),
+    ]
     orig = _np(views["original"][0, 0])
     lo, hi = np.percentile(orig, [1, 99])
     fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows)))
@@ -108,8 +131,12 @@ def save_overlay_png(
                 axes[r, c].set_title(AXIS_NAMES[c])
     if class_names:
         handles = [plt.Rectangle((0, 0), 1, 1, color=PALETTE[k % len(PALETTE)]) for k in sorted(class_names) if k > 0]
-        fig.legend(handles, [class_names[k] for k in sorted(class_names) if k > 0], loc="lower center",
-                   ncol=min(7, len(handles)))
+        fig.legend(
+            handles,
+            [class_names[k] for k in sorted(class_names) if k > 0],
+            loc="lower center",
+            ncol=min(7, len(handles)),
+        )
     if title:
         fig.suptitle(title)
     return _save(fig, path)

@@ -34,7 +34,9 @@ def load_segmentation_model(path, device: torch.device) -> tuple[torch.nn.Module
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit the stored network config ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored network config ({str(e).splitlines()[0]})"
+        ) from None
     return model.to(device).eval(), dict(ckpt["task"])
 
 
@@ -99,8 +101,14 @@ class Predictor:
         x = image.as_tensor() if isinstance(image, MetaTensor) else image
         with autocast(self.device, self.amp):
             out = sliding_window_inference(
-                x.to(self.device), self.prep.roi_size, self.sw_batch_size, self.model, overlap=self.overlap,
-                mode=self.mode, sw_device=self.device, device=self.stitch_device,
+                x.to(self.device),
+                self.prep.roi_size,
+                self.sw_batch_size,
+                self.model,
+                overlap=self.overlap,
+                mode=self.mode,
+                sw_device=self.device,
+                device=self.stitch_device,
             )
         return out.float()
 

@@ -63,7 +63,9 @@ class MaskedAutoencoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder_pos_embed = build_sincos_position_embedding(list(self.grid_size), decoder_dim, 3)
         self.decoder_blocks = nn.ModuleList(
-            TransformerBlock(decoder_dim, int(decoder_dim * mlp_ratio), decoder_heads, 0.0, True, use_flash_attention=True)
+            TransformerBlock(
+                decoder_dim, int(decoder_dim * mlp_ratio), decoder_heads, 0.0, True, use_flash_attention=True
+            )
             for _ in range(decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(decoder_dim)

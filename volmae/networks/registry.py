@@ -130,7 +130,8 @@ def build_unetr(
     p = get_preset(preset)
     enc = build_encoder(preset, in_channels, img_size, patch_size, **encoder_overrides)
     unetr_kwargs = dict(
-        out_channels=out_channels, feature_size=p.feature_size if feature_size is None else feature_size,
+        out_channels=out_channels,
+        feature_size=p.feature_size if feature_size is None else feature_size,
         norm_name=norm_name,
     )
     model = UNETR(enc, **unetr_kwargs)

@@ -134,9 +134,7 @@ class ViTEncoder(nn.Module):
         """``B C D H W -> B L E`` normalised output tokens."""
         return self.forward_tokens(self.embed(x))
 
-    def forward_intermediates(
-        self, x: torch.Tensor, indices: Sequence[int]
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Final normalised features and the raw outputs of blocks ``indices`` (0-based), all as ``B E d h w``.
 
         Blocks after the last requested index still run: the final output is always the full depth.

@@ -82,7 +82,10 @@ def _load_failure(e: Exception) -> str:
     """One line for ``torch.load``'s failure: its weights-only refusal spans many lines and advises
     ``weights_only=False``, which is wrong for a corrupt or untrusted file."""
     if isinstance(e, pickle.UnpicklingError):
-        return "UnpicklingError: corrupt, or holds objects other than tensors and containers; not loaded, as that could run code"
+        return (
+            "UnpicklingError: corrupt, or holds objects other than tensors and containers; "
+            "not loaded, as that could run code"
+        )
     lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
     return f"{type(e).__name__}: {lines[0] if lines else 'no details'}"
 
@@ -184,8 +187,11 @@ def load_encoder_weights(
                 grid = tuple(source_grid) if source_grid else _grid_from_tokens(value.shape[1], encoder.grid_size)
                 to_load[key] = resample_pos_embed(value, grid, encoder.grid_size)
                 report.resampled.append(key)
-        elif key == PATCH_WEIGHT_KEY and value.shape[1] == 1 and value.shape[0] == target.shape[0] and (
-            value.shape[2:] == target.shape[2:]
+        elif (
+            key == PATCH_WEIGHT_KEY
+            and value.shape[1] == 1
+            and value.shape[0] == target.shape[0]
+            and (value.shape[2:] == target.shape[2:])
         ):
             to_load[key] = value.repeat(1, target.shape[1], 1, 1, 1) / target.shape[1]
             report.adapted.append(key)
@@ -218,7 +224,7 @@ def _rename(state: Mapping[str, torch.Tensor], table: Mapping[str, str]) -> dict
         k = k.removeprefix("module.")
         for old, new in table.items():
             if k.startswith(old):
-                out[new + k[len(old):]] = v
+                out[new + k[len(old) :]] = v
                 break
         else:
             out[k] = v

@@ -13,37 +13,32 @@ from pathlib import Path
 
 import torch
 
+from volmae.config import StageConfig, prepare_stage
 from volmae.data import (
     epoch_loader,
-    get_preprocessing,
-    load_msd_datalist,
     make_dataset,
     preflight,
     pretrain_transforms,
     split_fold,
 )
 from volmae.data.transforms import infer_transforms
-from volmae.errors import ConfigError
 from volmae.evaluation.pictures import save_reconstruction_png
 from volmae.networks.registry import build_mae
-from volmae.utils.io import atomic_write_text, config_yaml
 from volmae.utils.loop import LoopConfig, TrainLoop
 from volmae.utils.optim import param_groups
-from volmae.utils.runtime import resolve_device
 
 __all__ = ["PretrainConfig", "PretrainResult", "pretrain"]
 
 
 @dataclass
-class PretrainConfig:
-    """Settings of one MAE pretraining run (CLI flags and bundle configs map onto these names)."""
+class PretrainConfig(StageConfig):
+    """Settings of one MAE pretraining run (CLI flags and bundle configs map onto these names); ``fold=None``
+    pretrains on every training image, otherwise the held-out fold's images are left out."""
 
-    dataset_dir: str
     out_dir: str = "runs/pretrain"
-    preset: str = "vit-tiny"
-    preprocessing: str = "hippocampus"
-    roi_size: tuple[int, int, int] | None = None
-    patch_size: int | None = None
+    batch_size: int = 4
+    lr: float = 1.5e-3
+    warmup_epochs: float = 5.0
     fold: int | None = 0
     include_unlabeled: bool = True
     mask_ratio: float = 0.75
@@ -51,23 +46,7 @@ class PretrainConfig:
     decoder_dim: int | None = None
     decoder_depth: int | None = None
     decoder_heads: int | None = None
-    epochs: int = 100
-    batch_size: int = 4
-    num_samples: int | None = None
-    lr: float = 1.5e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 5.0
-    grad_clip: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    num_workers: int = 0
-    cache: str = "memory"
-    cache_dir: str | None = None
-    checkpoint_every_steps: int = 0
     num_pictures: int = 2
-    resume: bool = False
-    quiet: bool = False
 
 
 @dataclass
@@ -80,11 +59,7 @@ class PretrainResult:
 
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run (or resume) MAE pretraining; returns where the pretrained weights are."""
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ConfigError(f"epochs={cfg.epochs}, batch_size={cfg.batch_size}: both must be >= 1")
-    device = resolve_device(cfg.device)
-    prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size, num_samples=cfg.num_samples)
-    datalist = load_msd_datalist(cfg.dataset_dir)
+    device, prep, datalist, out = prepare_stage(cfg)
     items = split_fold(datalist, cfg.fold)[0] if cfg.fold is not None else list(datalist.items)
     items = [{"image": it["image"], "case": it["case"]} for it in items]
     if cfg.include_unlabeled:
@@ -93,22 +68,37 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
 
     torch.manual_seed(cfg.seed)
     model = build_mae(
-        cfg.preset, datalist.in_channels, prep.roi_size, cfg.patch_size, mask_ratio=cfg.mask_ratio,
-        norm_pix_loss=cfg.norm_pix_loss, decoder_dim=cfg.decoder_dim, decoder_depth=cfg.decoder_depth,
+        cfg.preset,
+        datalist.in_channels,
+        prep.roi_size,
+        cfg.patch_size,
+        mask_ratio=cfg.mask_ratio,
+        norm_pix_loss=cfg.norm_pix_loss,
+        decoder_dim=cfg.decoder_dim,
+        decoder_depth=cfg.decoder_depth,
         decoder_heads=cfg.decoder_heads,
     ).to(device)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", config_yaml(cfg))
 
     dataset = make_dataset(items, pretrain_transforms(prep), cfg.cache, cfg.cache_dir, cfg.num_workers)
     steps = math.ceil(len(dataset) / cfg.batch_size)
     loop = TrainLoop(
         model,
         param_groups(model, cfg.weight_decay),
-        LoopConfig(out, cfg.epochs, cfg.lr, cfg.warmup_epochs, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
-                   grad_clip=cfg.grad_clip, amp=cfg.amp, device=device, seed=cfg.seed,
-                   checkpoint_every_steps=cfg.checkpoint_every_steps, quiet=cfg.quiet, desc="pretrain"),
+        LoopConfig(
+            out,
+            cfg.epochs,
+            cfg.lr,
+            cfg.warmup_epochs,
+            weight_decay=cfg.weight_decay,
+            betas=(0.9, 0.95),
+            grad_clip=cfg.grad_clip,
+            amp=cfg.amp,
+            device=device,
+            seed=cfg.seed,
+            checkpoint_every_steps=cfg.checkpoint_every_steps,
+            quiet=cfg.quiet,
+            desc="pretrain",
+        ),
         kind="mae",
         model_config=model.volmae_config,
         run_config=asdict(cfg),
@@ -118,8 +108,12 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         loss, _, _ = model(batch["image"].to(device, non_blocking=True).as_tensor())
         return loss, batch["image"].shape[0]
 
-    state = loop.fit(lambda e: epoch_loader(dataset, cfg.batch_size, cfg.seed, e, num_workers=cfg.num_workers),
-                     steps, step, resume=cfg.resume)
+    state = loop.fit(
+        lambda e: epoch_loader(dataset, cfg.batch_size, cfg.seed, e, num_workers=cfg.num_workers),
+        steps,
+        step,
+        resume=cfg.resume,
+    )
     model_path = loop.save_weights("model.pt")
     pictures = reconstruction_pictures(model, items[: cfg.num_pictures], prep, out / "pictures", device, cfg.seed)
     return PretrainResult(out, model_path, state.history, pictures)
@@ -139,7 +133,8 @@ def reconstruction_pictures(model, items, prep, folder: Path, device, seed: int 
         img = CenterSpatialCrop(prep.roi_size)(SpatialPad(prep.roi_size)(img))
         views = model.reconstruct(img.as_tensor()[None].to(device), generator=gen)
         p = folder / f"reconstruction_{it['case']}.png"
-        save_reconstruction_png(views, p, title=f"{it['case']}: MAE, {model.mask_ratio:.0%} masked, "
-                                                f"loss {views['loss'].item():.3f}")
+        save_reconstruction_png(
+            views, p, title=f"{it['case']}: MAE, {model.mask_ratio:.0%} masked, loss {views['loss'].item():.3f}"
+        )
         paths.append(p)
     return paths

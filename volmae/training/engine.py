@@ -17,12 +17,11 @@ import numpy as np
 import torch
 from monai.losses import DiceCELoss
 
+from volmae.config import StageConfig, prepare_stage
 from volmae.data import (
     epoch_loader,
     eval_transforms,
-    get_preprocessing,
     label_fraction,
-    load_msd_datalist,
     make_dataset,
     preflight,
     split_fold,
@@ -32,51 +31,31 @@ from volmae.errors import ConfigError
 from volmae.evaluation.metrics import label_masks
 from volmae.inference.predictor import Predictor
 from volmae.networks.registry import build_unetr
-from volmae.utils.io import atomic_write, atomic_write_text, config_yaml
+from volmae.utils.io import atomic_write, atomic_write_text
 from volmae.utils.loop import LoopConfig, TrainLoop
 from volmae.utils.optim import param_groups
-from volmae.utils.runtime import resolve_device
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "dice_per_class"]
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(StageConfig):
     """Settings of one fine-tuning run (CLI flags and bundle configs map onto these names)."""
 
-    dataset_dir: str
     out_dir: str = "runs/finetune"
-    preset: str = "vit-tiny"
-    preprocessing: str = "hippocampus"
-    roi_size: tuple[int, int, int] | None = None
-    patch_size: int | None = None
+    weight_decay: float = 1e-4
+    grad_clip: float | None = 1.0
     feature_size: int | None = None
     pretrained: str | None = None
     fold: int = 0
     label_fraction: float = 1.0
     fraction_seed: int = 0
-    epochs: int = 100
-    batch_size: int = 2
-    num_samples: int | None = None
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
     layer_decay: float = 0.75
-    warmup_epochs: float = 2.0
     min_lr_ratio: float = 0.01
-    grad_clip: float | None = 1.0
     val_every: int = 5
     val_cases: int | None = None
     sw_batch_size: int = 4
     overlap: float = 0.5
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    num_workers: int = 0
-    cache: str = "memory"
-    cache_dir: str | None = None
-    checkpoint_every_steps: int = 0
-    resume: bool = False
-    quiet: bool = False
 
 
 @dataclass
@@ -99,13 +78,9 @@ def dice_per_class(pred: torch.Tensor, label: torch.Tensor, classes: list[int]) 
 
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Fine-tune (or resume fine-tuning) a UNETR on one fold of an MSD-layout dataset."""
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ConfigError(f"epochs={cfg.epochs}, batch_size={cfg.batch_size}: both must be >= 1")
     if cfg.val_every < 0:
         raise ConfigError(f"val_every={cfg.val_every}: must be >= 0 (0 disables validation)")
-    device = resolve_device(cfg.device)
-    prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size, num_samples=cfg.num_samples)
-    datalist = load_msd_datalist(cfg.dataset_dir)
+    device, prep, datalist, out = prepare_stage(cfg)
     if datalist.num_classes < 2:
         raise ConfigError(f"{cfg.dataset_dir}: dataset.json declares no foreground labels")
     train_items, val_items = split_fold(datalist, cfg.fold)
@@ -117,30 +92,58 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         preflight(val_items, datalist.in_channels, need_label=True, what="validation datalist")
 
     torch.manual_seed(cfg.seed)
-    model = build_unetr(cfg.preset, datalist.in_channels, datalist.num_classes, prep.roi_size, cfg.patch_size,
-                        cfg.feature_size, pretrained=cfg.pretrained).to(device)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", config_yaml(cfg))
+    model = build_unetr(
+        cfg.preset,
+        datalist.in_channels,
+        datalist.num_classes,
+        prep.roi_size,
+        cfg.patch_size,
+        cfg.feature_size,
+        pretrained=cfg.pretrained,
+    ).to(device)
     if model.load_report is not None:
         atomic_write_text(out / "pretrained_load_report.txt", model.load_report.summary() + "\n")
         if not cfg.quiet:
             print(model.load_report.summary())
     layer_decay = cfg.layer_decay if cfg.pretrained else 1.0
-    task = {"preprocessing": asdict(prep), "labels": datalist.labels, "in_channels": datalist.in_channels,
-            "multilabel": False, "dataset": datalist.name}
+    task = {
+        "preprocessing": asdict(prep),
+        "labels": datalist.labels,
+        "in_channels": datalist.in_channels,
+        "multilabel": False,
+        "dataset": datalist.name,
+    }
     loop = TrainLoop(
         model,
         param_groups(model, cfg.weight_decay, layer_decay),
-        LoopConfig(out, cfg.epochs, cfg.lr, cfg.warmup_epochs, cfg.min_lr_ratio, cfg.weight_decay,
-                   grad_clip=cfg.grad_clip, amp=cfg.amp, device=device, seed=cfg.seed,
-                   checkpoint_every_steps=cfg.checkpoint_every_steps, quiet=cfg.quiet, desc="finetune"),
-        kind="unetr", model_config=model.volmae_config, run_config=asdict(cfg), task=task,
+        LoopConfig(
+            out,
+            cfg.epochs,
+            cfg.lr,
+            cfg.warmup_epochs,
+            cfg.min_lr_ratio,
+            cfg.weight_decay,
+            grad_clip=cfg.grad_clip,
+            amp=cfg.amp,
+            device=device,
+            seed=cfg.seed,
+            checkpoint_every_steps=cfg.checkpoint_every_steps,
+            quiet=cfg.quiet,
+            desc="finetune",
+        ),
+        kind="unetr",
+        model_config=model.volmae_config,
+        run_config=asdict(cfg),
+        task=task,
     )
-    train_ds = make_dataset(train_items, train_transforms(prep, datalist.num_classes), cfg.cache, cfg.cache_dir,
-                            cfg.num_workers)
-    val_ds = make_dataset(val_items, eval_transforms(prep, datalist.num_classes), cfg.cache, cfg.cache_dir,
-                          cfg.num_workers) if cfg.val_every else None
+    train_ds = make_dataset(
+        train_items, train_transforms(prep, datalist.num_classes), cfg.cache, cfg.cache_dir, cfg.num_workers
+    )
+    val_ds = (
+        make_dataset(val_items, eval_transforms(prep, datalist.num_classes), cfg.cache, cfg.cache_dir, cfg.num_workers)
+        if cfg.val_every
+        else None
+    )
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     predictor = Predictor(model, prep, device, cfg.sw_batch_size, cfg.overlap, amp=cfg.amp)
     classes = sorted(k for k in datalist.labels if k > 0)
@@ -163,8 +166,14 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         return {"val_dice": float(per_class.mean()), **{f"val_dice_{n}": float(v) for n, v in zip(names, per_class)}}
 
     steps = math.ceil(len(train_ds) / cfg.batch_size)
-    state = loop.fit(lambda e: epoch_loader(train_ds, cfg.batch_size, cfg.seed, e, num_workers=cfg.num_workers),
-                     steps, step, validate, monitor="val_dice", resume=cfg.resume)
+    state = loop.fit(
+        lambda e: epoch_loader(train_ds, cfg.batch_size, cfg.seed, e, num_workers=cfg.num_workers),
+        steps,
+        step,
+        validate,
+        monitor="val_dice",
+        resume=cfg.resume,
+    )
     best = out / "model_best.pt"
     model_path = out / "model.pt"
     if val_ds is not None and best.is_file():

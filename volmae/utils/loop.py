@@ -127,8 +127,16 @@ class TrainLoop:
         task: what inference needs besides the network (preprocessing, class names), stored in every file.
     """
 
-    def __init__(self, model: torch.nn.Module, param_groups: list[dict], cfg: LoopConfig, kind: str,
-                 model_config: Mapping, run_config: Mapping | None = None, task: Mapping | None = None) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        param_groups: list[dict],
+        cfg: LoopConfig,
+        kind: str,
+        model_config: Mapping,
+        run_config: Mapping | None = None,
+        task: Mapping | None = None,
+    ) -> None:
         self.model, self.cfg, self.kind = model, cfg, kind
         self.model_config = dict(model_config)
         self.task = dict(task or {})
@@ -151,8 +159,14 @@ class TrainLoop:
 
     def weights(self) -> dict:
         """What a user loads later: format, kind, network config and weights (no optimizer)."""
-        return {"format": FORMAT, "version": 1, "kind": self.kind, "config": self.model_config, "task": self.task,
-                "model": self.model.state_dict()}
+        return {
+            "format": FORMAT,
+            "version": 1,
+            "kind": self.kind,
+            "config": self.model_config,
+            "task": self.task,
+            "model": self.model.state_dict(),
+        }
 
     def save_checkpoint(self) -> Path:
         ckpt = self.weights()
@@ -241,8 +255,14 @@ class TrainLoop:
         loader = make_loader(st.epoch)
         skip = st.batch_in_epoch
         self.model.train()
-        bar = tqdm(total=steps_per_epoch, desc=f"{cfg.desc} {st.epoch + 1}/{cfg.max_epochs}", disable=cfg.quiet,
-                   leave=False, initial=skip, dynamic_ncols=True)
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"{cfg.desc} {st.epoch + 1}/{cfg.max_epochs}",
+            disable=cfg.quiet,
+            leave=False,
+            initial=skip,
+            dynamic_ncols=True,
+        )
         t0, losses = time.time(), st.epoch_losses  # a resumed epoch keeps the losses of its first part
         for i, batch in enumerate(loader):
             if i >= steps_per_epoch:
@@ -285,8 +305,15 @@ class TrainLoop:
             if cfg.checkpoint_every_steps and st.step % cfg.checkpoint_every_steps == 0:
                 self.save_checkpoint()
         bar.close()
-        st.history.append({"epoch": st.epoch + 1, "step": st.step, "loss": float(np.mean(losses)) if losses else
-                           float("nan"), "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.time() - t0})
+        st.history.append(
+            {
+                "epoch": st.epoch + 1,
+                "step": st.step,
+                "loss": float(np.mean(losses)) if losses else float("nan"),
+                "lr": self.optimizer.param_groups[0]["lr"],
+                "seconds": time.time() - t0,
+            }
+        )
 
     def _end_epoch(self, metrics: dict, monitor: str | None) -> None:
         st = self.state
