@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from volmae.data.datalist import load_msd_datalist
 from volmae.evaluation.evaluate import EvaluateConfig, evaluate
@@ -41,6 +42,9 @@ def test_pretrain_finetune_evaluate_on_real_mri(msd_hippocampus, tmp_path):
     )
     assert "0 missing" in (tmp_path / "ft" / "pretrained_load_report.txt").read_text()
     assert 0.0 <= ft.best_dice <= 1.0 and ft.best_epoch in (1, 2)
+    last = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)["model"]
+    final = torch.load(ft.model_path, weights_only=True)["model"]  # the last epoch, not the fold-selected one
+    assert all(torch.equal(last[k], final[k]) for k in last)
     report = evaluate(
         EvaluateConfig(
             str(ft.model_path), str(task), str(tmp_path / "ev"), device="cpu", save_predictions=True, quiet=True

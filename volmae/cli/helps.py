@@ -28,6 +28,8 @@ HELPS: dict[str, str] = {
     "min_lr_ratio": "final learning rate as a fraction of the peak (cosine schedule)",
     "grad_clip": "gradient-norm clip (none when unset)",
     "val_every": "validate every N epochs (0: never; the last epoch always validates)",
+    "select_best": "model.pt = best validated epoch instead of the last (optimistic if you then evaluate on the "
+    "same held-out fold)",
     "val_cases": "validate on the first N held-out cases only",
     "sw_batch_size": "sliding-window batch size",
     "overlap": "sliding-window overlap in [0, 1)",

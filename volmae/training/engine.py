@@ -1,7 +1,8 @@
 """Supervised fine-tuning of UNETR (from scratch or from MAE weights) with sliding-window validation.
 
 ``finetune(FinetuneConfig(...))`` writes to ``out_dir``: ``checkpoint.pt`` (resumable), ``model_best.pt`` (best
-validation Dice), ``model.pt`` (the model to use: the best one when validation ran, else the last),
+validation Dice), ``model.pt`` (the model to use: the last epoch's, or with ``select_best`` the best validated
+one; validation runs on the held-out fold, so selecting on it makes that fold's Dice optimistic),
 ``history.json``, TensorBoard scalars, ``config.yaml`` and, when pretrained weights were given,
 ``pretrained_load_report.txt`` (which keys loaded, which were resampled or skipped).
 """
@@ -53,6 +54,7 @@ class FinetuneConfig(StageConfig):
     layer_decay: float = 0.75
     min_lr_ratio: float = 0.01
     val_every: int = 5
+    select_best: bool = False
     val_cases: int | None = None
     sw_batch_size: int = 4
     overlap: float = 0.5
@@ -176,7 +178,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     )
     best = out / "model_best.pt"
     model_path = out / "model.pt"
-    if val_ds is not None and best.is_file():
+    if cfg.select_best and val_ds is not None and best.is_file():
         atomic_write(model_path, lambda tmp: shutil.copyfile(best, tmp))
     else:
         loop.save_weights("model.pt")
