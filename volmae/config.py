@@ -44,6 +44,7 @@ class StageConfig:
     cache_dir: str | None = None
     checkpoint_every_steps: int = 0
     resume: bool = False
+    overwrite: bool = False
     quiet: bool = False
 
 
@@ -55,8 +56,9 @@ class StageSetup(NamedTuple):
 
 
 def prepare_stage(cfg: StageConfig) -> StageSetup:
-    """Check the shared settings, resolve device and preprocessing, read the datalist, create ``out_dir`` and
-    record the settings in ``config.yaml``."""
+    """Check the shared settings, resolve device and preprocessing, read the datalist, create ``out_dir`` (refusing
+    to start over a previous run's checkpoint unless ``resume`` or ``overwrite``) and record the settings in
+    ``config.yaml``."""
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be >= 1")
@@ -66,6 +68,11 @@ def prepare_stage(cfg: StageConfig) -> StageSetup:
     prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size, num_samples=cfg.num_samples)
     datalist = load_msd_datalist(cfg.dataset_dir)
     out = Path(cfg.out_dir)
+    if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.overwrite):
+        raise ConfigError(
+            f"{out} already holds a run (checkpoint.pt); pass --resume to continue it, --overwrite to start over, "
+            "or another --out-dir"
+        )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", config_yaml(cfg))
     return StageSetup(device, prep, datalist, out)

@@ -37,6 +37,7 @@ class DemoConfig:
     seed: int = 0
     cache_dir: str = str(Path.home() / ".cache" / "volmae")
     download: bool = True
+    overwrite: bool = False
     quiet: bool = False
 
 
@@ -57,6 +58,12 @@ RECIPES: dict[str, dict[str, dict]] = {
             warmup_epochs=0.5,
             val_every=0,
         ),
+    },
+    # A one-minute check that the whole pipeline runs (tiny ROI, one epoch each); numbers are meaningless.
+    "smoke": {
+        "pretrain": dict(preset="vit-tiny", roi_size=(24, 32, 24), epochs=1, batch_size=4, num_samples=1),
+        "finetune": dict(preset="vit-tiny", roi_size=(24, 32, 24), epochs=1, batch_size=4, num_samples=1,
+                         feature_size=8, val_every=0),
     },
     # The SelfMedMAE-sized recipe for a GPU: ViT-B/16 needs 96^3 inputs, so hippocampus uses ViT-S-like depth at
     # patch 8 with longer schedules.
@@ -127,7 +134,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     data = str(find_hippocampus(cfg.dataset_dir, cfg.cache_dir, cfg.download))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    common = dict(dataset_dir=data, device=cfg.device, seed=cfg.seed, fold=cfg.fold, quiet=cfg.quiet)
+    common = dict(dataset_dir=data, device=cfg.device, seed=cfg.seed, fold=cfg.fold, quiet=cfg.quiet,
+                  overwrite=cfg.overwrite)
     recipe = RECIPES[cfg.recipe]
     pre_cfg = PretrainConfig(out_dir=str(out / "pretrain"), **common, **recipe["pretrain"])
     ft_cfg = FinetuneConfig(out_dir=str(out / "finetune"), **common, **recipe["finetune"])

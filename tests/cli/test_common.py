@@ -115,7 +115,7 @@ def test_find_volmae_error_follows_cause_and_context():
         try:
             raise inner
         except DataError:
-            raise KeyError("while handling")  # implicit context
+            raise KeyError("while handling")  # noqa: B904 - the implicit context is what is tested
     except KeyError as ctx:
         assert find_volmae_error(ctx) is inner
     assert find_volmae_error(ValueError("plain")) is None

@@ -42,11 +42,12 @@ HELPS: dict[str, str] = {
     "checkpoint_every_steps": "also checkpoint every N steps (0: at epoch ends only)",
     "num_pictures": "MAE reconstruction PNGs to write",
     "resume": "continue the run in --out-dir from its checkpoint.pt",
+    "overwrite": "start over in an --out-dir that already holds a run (its checkpoint is replaced)",
     "quiet": "no progress bars or per-epoch lines",
     "model": "fine-tuned model.pt (from volmae-train)",
     "cases": "evaluate these case ids instead of the held-out fold",
     "num_overlays": "overlay PNGs to write (first N cases)",
     "save_predictions": "also write each prediction as NIfTI under predictions/",
-    "recipe": "demo recipe: cpu (about 20 min on 2 cores) or full (long GPU schedule)",
+    "recipe": "demo recipe: cpu (about 20 min on 2 cores), full (long GPU schedule) or smoke (1-minute pipeline check)",
     "download": "download Task04_Hippocampus with MONAI when no local copy is found",
 }

@@ -16,7 +16,7 @@ from monai.networks.blocks import TransformerBlock
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 
 from volmae.networks.patching import patchify, unpatchify
-from volmae.networks.vit import ViTEncoder
+from volmae.networks.vit import ViTEncoder, quiet_meshgrid
 
 __all__ = ["MaskedAutoencoder"]
 
@@ -61,7 +61,8 @@ class MaskedAutoencoder(nn.Module):
 
         self.decoder_embed = nn.Linear(encoder.hidden_size, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.decoder_pos_embed = build_sincos_position_embedding(list(self.grid_size), decoder_dim, 3)
+        with quiet_meshgrid():
+            self.decoder_pos_embed = build_sincos_position_embedding(list(self.grid_size), decoder_dim, 3)
         self.decoder_blocks = nn.ModuleList(
             TransformerBlock(
                 decoder_dim, int(decoder_dim * mlp_ratio), decoder_heads, 0.0, True, use_flash_attention=True

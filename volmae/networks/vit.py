@@ -8,7 +8,9 @@ intermediate layers. The building blocks are MONAI's, so state-dict keys match `
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -17,7 +19,16 @@ from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 
 from volmae.networks.patching import as_tuple, grid_size
 
-__all__ = ["ViTEncoder"]
+__all__ = ["ViTEncoder", "quiet_meshgrid"]
+
+
+@contextlib.contextmanager
+def quiet_meshgrid() -> Iterator[None]:
+    """MONAI's sin-cos embedding calls ``torch.meshgrid`` without ``indexing`` (the default, 'ij', is what it
+    means); silence torch's warning about it instead of showing it to every user at every start."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+        yield
 
 
 class ViTEncoder(nn.Module):
@@ -72,17 +83,18 @@ class ViTEncoder(nn.Module):
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.pos_embed_type = pos_embed_type
-        self.patch_embedding = PatchEmbeddingBlock(
-            in_channels=in_channels,
-            img_size=self.img_size,
-            patch_size=self.patch_size,
-            hidden_size=hidden_size,
-            num_heads=num_heads,
-            proj_type="conv",
-            pos_embed_type=pos_embed_type,
-            dropout_rate=dropout_rate,
-            spatial_dims=3,
-        )
+        with quiet_meshgrid():
+            self.patch_embedding = PatchEmbeddingBlock(
+                in_channels=in_channels,
+                img_size=self.img_size,
+                patch_size=self.patch_size,
+                hidden_size=hidden_size,
+                num_heads=num_heads,
+                proj_type="conv",
+                pos_embed_type=pos_embed_type,
+                dropout_rate=dropout_rate,
+                spatial_dims=3,
+            )
         use_sdpa = dropout_rate == 0.0
         self.blocks = nn.ModuleList(
             TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, use_flash_attention=use_sdpa)

@@ -102,6 +102,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         kind="mae",
         model_config=model.volmae_config,
         run_config=asdict(cfg),
+        task={"preprocessing": asdict(prep), "in_channels": datalist.in_channels, "dataset": datalist.name},
     )
 
     def step(batch):

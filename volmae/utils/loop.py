@@ -310,7 +310,7 @@ class TrainLoop:
                 "epoch": st.epoch + 1,
                 "step": st.step,
                 "loss": float(np.mean(losses)) if losses else float("nan"),
-                "lr": self.optimizer.param_groups[0]["lr"],
+                "lr": cfg.lr * warmup_cosine(max(0, st.step - 1), total, warmup, cfg.min_lr_ratio),
                 "seconds": time.time() - t0,
             }
         )
