@@ -62,8 +62,9 @@ RECIPES: dict[str, dict[str, dict]] = {
     # A one-minute check that the whole pipeline runs (tiny ROI, one epoch each); numbers are meaningless.
     "smoke": {
         "pretrain": dict(preset="vit-tiny", roi_size=(24, 32, 24), epochs=1, batch_size=4, num_samples=1),
-        "finetune": dict(preset="vit-tiny", roi_size=(24, 32, 24), epochs=1, batch_size=4, num_samples=1,
-                         feature_size=8, val_every=0),
+        "finetune": dict(
+            preset="vit-tiny", roi_size=(24, 32, 24), epochs=1, batch_size=4, num_samples=1, feature_size=8, val_every=0
+        ),
     },
     # The SelfMedMAE-sized recipe for a GPU: ViT-B/16 needs 96^3 inputs, so hippocampus uses ViT-S-like depth at
     # patch 8 with longer schedules.
@@ -134,8 +135,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     data = str(find_hippocampus(cfg.dataset_dir, cfg.cache_dir, cfg.download))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    common = dict(dataset_dir=data, device=cfg.device, seed=cfg.seed, fold=cfg.fold, quiet=cfg.quiet,
-                  overwrite=cfg.overwrite)
+    common = dict(
+        dataset_dir=data, device=cfg.device, seed=cfg.seed, fold=cfg.fold, quiet=cfg.quiet, overwrite=cfg.overwrite
+    )
     recipe = RECIPES[cfg.recipe]
     pre_cfg = PretrainConfig(out_dir=str(out / "pretrain"), **common, **recipe["pretrain"])
     ft_cfg = FinetuneConfig(out_dir=str(out / "finetune"), **common, **recipe["finetune"])

@@ -50,3 +50,41 @@ def test_pretraining_checkpoint_is_not_a_segmentation_model(tmp_path):
     torch.save({"format": "volmae-checkpoint", "kind": "mae", "config": {}, "model": {}}, path)
     with pytest.raises(CheckpointError, match="MAE pretraining checkpoint"):
         load_segmentation_model(path, torch.device("cpu"))
+
+
+def test_largest_component_drops_islands():
+    from volmae.inference.predictor import largest_component
+
+    m = np.zeros((10, 10, 10), bool)
+    m[1:5, 1:5, 1:5] = True
+    m[8, 8, 8] = True
+    m[5, 5, 5] = True  # touches the big block diagonally: 26-connected, kept
+    out = largest_component(m)
+    assert out.sum() == 4**3 + 1 and not out[8, 8, 8]
+    assert not largest_component(np.zeros((3, 3, 3), bool)).any()
+
+
+def test_tta_averages_flipped_probabilities():
+    prep = get_preprocessing("mri", roi_size=(16, 16, 16))
+    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL)
+    x = torch.randn(1, 1, 16, 16, 16)
+    plain = Predictor(model, prep, torch.device("cpu"))
+    tta = Predictor(model, prep, torch.device("cpu"), tta_flips=(0, 2))
+    p = lambda t: torch.softmax(plain.logits(t), 1)  # noqa: E731
+    expected = (p(x) + p(x.flip(2)).flip(2) + p(x.flip(4)).flip(4)) / 3
+    assert torch.allclose(tta.probabilities(x), expected, atol=1e-5)
+    assert torch.allclose(tta.probabilities(x).sum(1), torch.ones(1, 16, 16, 16), atol=1e-5)
+    with pytest.raises(ValueError, match="tta_flips"):
+        Predictor(model, prep, torch.device("cpu"), tta_flips=(3,))
+
+
+def test_largest_component_in_segment_output():
+    prep = get_preprocessing("mri", roi_size=(16, 16, 16))
+    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL)
+    pred = Predictor(model, prep, torch.device("cpu"), largest_component=True)
+    probs = torch.zeros(1, 3, 8, 8, 8)
+    probs[:, 0] = 1
+    probs[:, 1, 1:4, 1:4, 1:4], probs[:, 0, 1:4, 1:4, 1:4] = 1, 0
+    probs[:, 1, 7, 7, 7], probs[:, 0, 7, 7, 7] = 1, 0
+    seg = pred.discretize(probs)
+    assert int((seg == 1).sum()) == 27

@@ -46,6 +46,8 @@ HELPS: dict[str, str] = {
     "quiet": "no progress bars or per-epoch lines",
     "model": "fine-tuned model.pt (from volmae-train)",
     "cases": "evaluate these case ids instead of the held-out fold",
+    "tta_flips": "mirroring test-time augmentation over these spatial axes (e.g. 0 for left-right)",
+    "largest_component": "keep only the largest connected component of each class",
     "num_overlays": "overlay PNGs to write (first N cases)",
     "save_predictions": "also write each prediction as NIfTI under predictions/",
     "recipe": "demo recipe: cpu (about 20 min on 2 cores), full (long GPU schedule) or smoke (1-minute pipeline check)",

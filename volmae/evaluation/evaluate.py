@@ -36,6 +36,8 @@ class EvaluateConfig:
     sw_batch_size: int = 4
     overlap: float = 0.5
     amp: bool = True
+    tta_flips: list[int] | None = None
+    largest_component: bool = False
     num_overlays: int = 4
     save_predictions: bool = False
     quiet: bool = False
@@ -49,7 +51,13 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     """Segment the held-out cases of ``fold`` (or ``cases``) and write per-case / per-class Dice and HD95."""
     device = resolve_device(cfg.device)
     predictor = Predictor.from_checkpoint(
-        cfg.model, device, sw_batch_size=cfg.sw_batch_size, overlap=cfg.overlap, amp=cfg.amp
+        cfg.model,
+        device,
+        sw_batch_size=cfg.sw_batch_size,
+        overlap=cfg.overlap,
+        amp=cfg.amp,
+        tta_flips=cfg.tta_flips or (),
+        largest_component=cfg.largest_component,
     )
     labels = {int(k): v for k, v in predictor.task["labels"].items()}
     datalist = load_msd_datalist(cfg.dataset_dir)
@@ -96,6 +104,11 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
             "model": str(cfg.model),
             "dataset": datalist.name,
             "fold": cfg.fold,
+            "inference": {
+                "overlap": cfg.overlap,
+                "tta_flips": cfg.tta_flips or [],
+                "largest_component": cfg.largest_component,
+            },
             "seconds": round(time.time() - t0, 1),
         },
     )

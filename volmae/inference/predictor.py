@@ -7,9 +7,10 @@ step (``Invertd``: spacing, orientation, crops) so the label map has the input's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
@@ -21,7 +22,23 @@ from volmae.networks.registry import build_from_config
 from volmae.networks.weights import read_checkpoint
 from volmae.utils.runtime import autocast
 
-__all__ = ["Predictor", "Prediction", "load_segmentation_model"]
+__all__ = ["Predictor", "Prediction", "load_segmentation_model", "largest_component"]
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean mask (any leading singleton axes kept).
+
+    Ours because MONAI's ``KeepLargestConnectedComponent`` needs scikit-image (or cuCIM), which volmae does not
+    depend on; ``scipy.ndimage.label`` does the same job.
+    """
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))
+    if n <= 1:
+        return mask.astype(bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == sizes.argmax()
 
 
 def load_segmentation_model(path, device: torch.device) -> tuple[torch.nn.Module, dict]:
@@ -58,6 +75,10 @@ class Predictor:
         device: where the network runs; windows are stitched on ``stitch_device`` (default: same device).
         sw_batch_size: windows per forward pass. overlap: window overlap in [0, 1). mode: ``gaussian`` or
         ``constant`` blending. multilabel: sigmoid + 0.5 threshold per channel instead of softmax + argmax.
+        tta_flips: mirroring test-time augmentation: probabilities are averaged over the unflipped input and one
+        flip per listed spatial axis (use only axes the model was trained to be symmetric under).
+        largest_component: keep only the largest connected component of each class (MONAI
+        ``KeepLargestConnectedComponent``), for single-structure organs.
     """
 
     def __init__(
@@ -71,6 +92,8 @@ class Predictor:
         amp: bool = True,
         multilabel: bool = False,
         stitch_device: torch.device | None = None,
+        tta_flips: Sequence[int] = (),
+        largest_component: bool = False,
     ) -> None:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap={overlap}: must be in [0, 1)")
@@ -78,10 +101,14 @@ class Predictor:
             raise ValueError(f"mode={mode!r}: expected 'gaussian' or 'constant'")
         if sw_batch_size < 1:
             raise ValueError(f"sw_batch_size={sw_batch_size}: must be >= 1")
+        if any(a not in (0, 1, 2) for a in tta_flips):
+            raise ValueError(f"tta_flips={tuple(tta_flips)}: spatial axes are 0, 1 and 2")
         self.model, self.prep, self.device = model, prep, device
         self.sw_batch_size, self.overlap, self.mode, self.amp = sw_batch_size, overlap, mode, amp
         self.multilabel = multilabel
         self.stitch_device = stitch_device or device
+        self.tta_flips = tuple(tta_flips)
+        self.largest_component = largest_component
         self._transform = infer_transforms(prep)
 
     @classmethod
@@ -112,14 +139,40 @@ class Predictor:
             )
         return out.float()
 
-    def discretize(self, logits: torch.Tensor) -> torch.Tensor:
-        """Logits -> ``B 1 D H W`` label map (softmax tasks) or ``B K D H W`` uint8 masks (multi-label)."""
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """``B K D H W`` class probabilities (softmax, or sigmoid when multi-label), averaged over TTA flips."""
+        act = torch.sigmoid if self.multilabel else (lambda t: torch.softmax(t, dim=1))
+        dims = [(), *[(a + 2,) for a in self.tta_flips]]
+        total = None
+        for d in dims:
+            x = image.flip(d) if d else image
+            p = act(self.logits(x))
+            p = p.flip(d) if d else p
+            total = p if total is None else total.add_(p)
+        return total / len(dims)
+
+    def discretize(self, probs: torch.Tensor) -> torch.Tensor:
+        """Probabilities -> ``B 1 D H W`` label map (softmax tasks) or ``B K D H W`` uint8 masks (multi-label)."""
+        seg = (probs > 0.5).to(torch.uint8) if self.multilabel else probs.argmax(dim=1, keepdim=True).to(torch.uint8)
+        if self.largest_component:
+            seg = torch.stack([self._keep_largest(s) for s in seg])
+        return seg
+
+    def _keep_largest(self, seg: torch.Tensor) -> torch.Tensor:
+        """``K D H W`` -> the same with each class / channel reduced to its largest 26-connected component."""
+        arr = seg.cpu().numpy()
         if self.multilabel:
-            return (logits > 0).to(torch.uint8)
-        return logits.argmax(dim=1, keepdim=True).to(torch.uint8)
+            out = np.stack([largest_component(ch > 0).astype(arr.dtype) for ch in arr])
+        else:
+            out = np.zeros_like(arr)
+            for c in np.unique(arr):
+                if c > 0:
+                    out[largest_component(arr == c)] = c
+        return torch.from_numpy(out).to(seg.device)
 
     def segment(self, image: torch.Tensor) -> torch.Tensor:
-        return self.discretize(self.logits(image))
+        """``B C D H W`` preprocessed image -> discrete segmentation (see :meth:`discretize`)."""
+        return self.discretize(self.probabilities(image))
 
     def preprocess(self, image: str | list[str] | Mapping) -> dict:
         data = {"image": image} if not isinstance(image, Mapping) else {"image": image["image"]}
