@@ -9,7 +9,7 @@ import json
 import nibabel as nib
 import numpy as np
 
-from tests.cli.test_cli_errors import assert_clean_error, run_main, task  # noqa: F401 - the fixture
+from tests.cli.conftest import assert_clean_error, run_main
 
 TRAIN = ["--device", "cpu", "--quiet", "--val-every", "0", "--roi-size", "16", "16", "16", "--batch-size", "4"]
 
