@@ -78,6 +78,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             num_samples=2,
             lr=1.5e-3,
             warmup_epochs=20,
+            num_workers=4,
         ),
         "finetune": dict(
             preset="vit-small",
@@ -89,6 +90,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             lr=5e-4,
             warmup_epochs=10,
             val_every=10,
+            num_workers=4,
         ),
     },
 }
