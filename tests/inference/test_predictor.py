@@ -88,3 +88,16 @@ def test_largest_component_in_segment_output():
     probs[:, 1, 7, 7, 7], probs[:, 0, 7, 7, 7] = 1, 0
     seg = pred.discretize(probs)
     assert int((seg == 1).sum()) == 27
+
+
+@pytest.mark.realdata
+def test_predict_a_dicom_series_folder(dicom_crops):
+    """A real DICOM study folder (one series inside) is segmented on its own grid, affine from the DICOM tags."""
+    from volmae.data.readers import load_volume
+
+    prep = get_preprocessing("hippocampus", roi_size=(16, 16, 16))
+    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL)
+    pred = Predictor(model, prep, torch.device("cpu"), sw_batch_size=8).predict_file(str(dicom_crops / "Study1"))
+    data, affine = load_volume(dicom_crops / "Study1")
+    assert tuple(pred.labels.shape[1:]) == data.shape == (35, 51, 32)  # PROVENANCE.md: 35 x 51 x 32
+    assert np.allclose(pred.affine.numpy(), affine, atol=1e-4)
