@@ -33,6 +33,7 @@ def test_patch16_is_monai_unetr_layer_for_layer():
         roi,
         16,
         kw["feature_size"],
+        skip_norm=False,
         hidden_size=48,
         mlp_dim=96,
         num_heads=4,
@@ -58,3 +59,17 @@ def test_bad_arguments(patch, kwargs, match):
     enc = ViTEncoder(1, 24, patch, hidden_size=24, mlp_dim=48, num_layers=4, num_heads=2)
     with pytest.raises(ValueError, match=match):
         UNETR(enc, **{"out_channels": 2, **kwargs})
+
+
+def test_skip_norm_makes_the_decoder_blind_to_the_residual_stream_scale():
+    """An MAE-pretrained residual stream can be ~25x its initial scale; with the skip LayerNorms the decoder sees
+    the same skip features whatever that scale, without them it does not."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 16, 16, 16)
+    for skip_norm, same in ((True, True), (False, False)):
+        enc = ViTEncoder(1, 16, 8, hidden_size=24, mlp_dim=48, num_layers=3, num_heads=2)
+        net = UNETR(enc, 2, feature_size=4, skip_norm=skip_norm).eval()
+        ref = net(x)
+        original = enc.forward_intermediates
+        enc.forward_intermediates = lambda t, idx: (lambda f, h: (f, [v * 50 for v in h]))(*original(t, idx))
+        assert torch.allclose(net(x), ref, atol=1e-3) is same

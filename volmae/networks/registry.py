@@ -123,6 +123,7 @@ def build_unetr(
     feature_size: int | None = None,
     pretrained: str | Path | None = None,
     norm_name: str = "instance",
+    skip_norm: bool = True,
     **encoder_overrides: Any,
 ) -> UNETR:
     """A UNETR on a preset encoder; with ``pretrained`` (a volmae/MONAI checkpoint path) the encoder is loaded
@@ -133,6 +134,7 @@ def build_unetr(
         out_channels=out_channels,
         feature_size=p.feature_size if feature_size is None else feature_size,
         norm_name=norm_name,
+        skip_norm=skip_norm,
     )
     model = UNETR(enc, **unetr_kwargs)
     model.volmae_config = {"kind": "unetr", "preset": preset, "encoder": enc.volmae_config, "unetr": unetr_kwargs}

@@ -4,7 +4,7 @@ Why not ``monai.networks.nets.UNETR``: it hard-codes patch 16 (four up-sampling 
 and builds its own ViT. Small volumes such as the MSD hippocampus crops (~35 x 50 x 35 voxels) need patch 8, and
 MAE fine-tuning needs the pretrained encoder passed in. The decoder blocks are MONAI's own
 (``UnetrBasicBlock``, ``UnetrPrUpBlock``, ``UnetrUpBlock``, ``UnetOutBlock``), so for patch 16 and 12 blocks this
-network is MONAI's UNETR layer for layer (same skip layers, same block shapes).
+network is MONAI's UNETR layer for layer (same skip layers, same block shapes) when built with ``skip_norm=False``.
 
 Layout for patch ``2**k`` (``k`` up-sampling stages): the final encoder output (``/2**k``) is decoded upwards; stage
 ``s = k-1 .. 1`` concatenates a skip made from encoder block ``skip_indices[s-1]`` (up-sampled ``k-s`` times to
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+from einops import rearrange
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 
 from volmae.networks.vit import ViTEncoder
@@ -43,6 +44,10 @@ class UNETR(nn.Module):
         skip_indices: encoder blocks feeding the ``k - 1`` ViT skips, shallow to deep (default evenly spaced).
         norm_name: MONAI norm for the decoder blocks (``"instance"``, ``"batch"``, ...).
         res_block: residual conv blocks in the decoder (MONAI default True).
+        skip_norm: a LayerNorm on each intermediate encoder output before its skip path (default True). The
+            residual stream of an MAE-pretrained ViT grows large (per-channel std ~25 after 60 epochs on the
+            hippocampus, vs ~2 at initialisation) and would swamp the decoder; MONAI's UNETR has no such norm, so
+            ``skip_norm=False`` gives MONAI's exact layout.
     """
 
     def __init__(
@@ -53,6 +58,7 @@ class UNETR(nn.Module):
         skip_indices: Sequence[int] | None = None,
         norm_name: tuple | str = "instance",
         res_block: bool = True,
+        skip_norm: bool = True,
     ) -> None:
         super().__init__()
         p = encoder.patch_size
@@ -106,6 +112,7 @@ class UNETR(nn.Module):
             for s in range(levels)
         )
         self.head = UnetOutBlock(3, fs, out_channels)
+        self.skip_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in skips) if skip_norm else None
 
     @property
     def roi_size(self) -> tuple[int, ...]:
@@ -113,6 +120,11 @@ class UNETR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         deep, hidden = self.encoder.forward_intermediates(x, self.skip_indices)  # B E d h w each
+        if self.skip_norms is not None:
+            hidden = [
+                rearrange(norm(rearrange(h, "b e d h w -> b d h w e")), "b d h w e -> b e d h w")
+                for norm, h in zip(self.skip_norms, hidden)
+            ]
         skips = [self.stem(x)] + [blk(h) for blk, h in zip(self.skips, hidden)]  # scale /1, /2, ..., /2**(k-1)
         out = deep
         for s in reversed(range(self.levels)):
