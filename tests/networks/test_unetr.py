@@ -71,5 +71,10 @@ def test_skip_norm_makes_the_decoder_blind_to_the_residual_stream_scale():
         net = UNETR(enc, 2, feature_size=4, skip_norm=skip_norm).eval()
         ref = net(x)
         original = enc.forward_intermediates
-        enc.forward_intermediates = lambda t, idx: (lambda f, h: (f, [v * 50 for v in h]))(*original(t, idx))
+
+        def scaled(t, idx, original=original):
+            deep, hidden = original(t, idx)
+            return deep, [v * 50 for v in hidden]
+
+        enc.forward_intermediates = scaled
         assert torch.allclose(net(x), ref, atol=1e-3) is same
