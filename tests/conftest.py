@@ -38,6 +38,18 @@ def dicom_crops() -> Path:
     return require_dataset("dicom_hippocampus_crops")
 
 
+@pytest.fixture(scope="session")
+def ircadb_ct() -> Path:
+    """``<data>/ircadb01_ct`` (3 real abdominal CTs, BTCV label numbering, MSD layout)."""
+    return require_dataset("ircadb01_ct")
+
+
+@pytest.fixture(scope="session")
+def brats2013() -> Path:
+    """``<data>/brats2013_deepmedic`` (4 BraTS 2013 cases, FLAIR + T1c, DeepMedic's folder layout)."""
+    return require_dataset("brats2013_deepmedic")
+
+
 def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
