@@ -8,6 +8,7 @@ HELPS: dict[str, str] = {
     "roi_size": "network input / crop size D H W (multiples of the patch size)",
     "patch_size": "ViT patch size (8 or 16; default from the preset)",
     "feature_size": "UNETR decoder width at full resolution (default from the preset)",
+    "skip_norm": "LayerNorm on each ViT skip of UNETR (--no-skip-norm: MONAI's exact UNETR, exportable to MONAI)",
     "pretrained": "MAE checkpoint (model.pt from volmae-pretrain) or MONAI UNETR/ViT weights for the encoder",
     "fold": "held-out fold (the folder's splits.json, else a seeded 5-fold split)",
     "include_unlabeled": "also pretrain on the dataset's unlabeled test images",

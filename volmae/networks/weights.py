@@ -28,10 +28,12 @@ __all__ = [
     "resample_pos_embed",
     "load_encoder_weights",
     "POS_EMBED_KEY",
+    "CHECKPOINT_FORMAT",
     "monai_unetr_to_volmae",
     "volmae_unetr_to_monai",
 ]
 
+CHECKPOINT_FORMAT = "volmae-checkpoint"  # the "format" field of every checkpoint volmae writes
 POS_EMBED_KEY = "patch_embedding.position_embeddings"
 PATCH_WEIGHT_KEY = "patch_embedding.patch_embeddings.weight"
 # Prefixes under which an encoder lives in the networks we know, tried in order.

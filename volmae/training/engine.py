@@ -47,6 +47,7 @@ class FinetuneConfig(StageConfig):
     weight_decay: float = 1e-4
     grad_clip: float | None = 1.0
     feature_size: int | None = None
+    skip_norm: bool = True
     pretrained: str | None = None
     fold: int = 0
     label_fraction: float = 1.0
@@ -102,6 +103,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         cfg.patch_size,
         cfg.feature_size,
         pretrained=cfg.pretrained,
+        skip_norm=cfg.skip_norm,
     ).to(device)
     if model.load_report is not None:
         atomic_write_text(out / "pretrained_load_report.txt", model.load_report.summary() + "\n")

@@ -31,14 +31,13 @@ from tqdm import tqdm
 
 from volmae.data.loading import epoch_seed
 from volmae.errors import CheckpointError, VolmaeError
-from volmae.networks.weights import read_checkpoint
+from volmae.networks.weights import CHECKPOINT_FORMAT, read_checkpoint
 from volmae.utils.io import atomic_save, atomic_write_json
 from volmae.utils.runtime import autocast, make_scaler, seed_all
 
 __all__ = ["LoopConfig", "TrainLoop", "TrainingError", "TrainingInterrupted", "warmup_cosine", "batch_cases"]
 
 CHECKPOINT = "checkpoint.pt"
-FORMAT = "volmae-checkpoint"
 
 
 class TrainingError(VolmaeError, RuntimeError):
@@ -160,7 +159,7 @@ class TrainLoop:
     def weights(self) -> dict:
         """What a user loads later: format, kind, network config and weights (no optimizer)."""
         return {
-            "format": FORMAT,
+            "format": CHECKPOINT_FORMAT,
             "version": 1,
             "kind": self.kind,
             "config": self.model_config,
@@ -184,7 +183,7 @@ class TrainLoop:
 
     def load_checkpoint(self) -> dict:
         ckpt = read_checkpoint(self.checkpoint_path)
-        if ckpt.get("format") != FORMAT or ckpt.get("kind") != self.kind:
+        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("kind") != self.kind:
             raise CheckpointError(f"{self.checkpoint_path}: not a volmae {self.kind} training checkpoint")
         try:
             self.model.load_state_dict(ckpt["model"])
