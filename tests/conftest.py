@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +49,17 @@ def ircadb_ct() -> Path:
 def brats2013() -> Path:
     """``<data>/brats2013_deepmedic`` (4 BraTS 2013 cases, FLAIR + T1c, DeepMedic's folder layout)."""
     return require_dataset("brats2013_deepmedic")
+
+
+@pytest.fixture
+def two_series_folder(dicom_crops, tmp_path) -> Path:
+    """Two real DICOM series (Study1, Study2) copied into one folder ``mixed/``."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for study, sub in [("Study1", "13_HCropVolume"), ("Study2", "14_HCropVolume")]:
+        for f in sorted((dicom_crops / study / sub).iterdir()):
+            shutil.copy(f, folder / f"{study}_{f.name}")
+    return folder
 
 
 def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> Path:

@@ -4,7 +4,6 @@ every unreadable input."""
 from __future__ import annotations
 
 import gzip
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -130,16 +129,6 @@ def test_dicom_study_folder_through_loadimaged(dicom_crops):
     arr, aff = load_volume(dicom_crops / "Study1")
     assert arr.shape == (35, 51, 32)
     np.testing.assert_allclose(aff, series.affine)
-
-
-@pytest.fixture
-def two_series_folder(dicom_crops, tmp_path) -> Path:
-    folder = tmp_path / "mixed"
-    folder.mkdir()
-    for study, sub in [("Study1", "13_HCropVolume"), ("Study2", "14_HCropVolume")]:
-        for f in sorted((dicom_crops / study / sub).iterdir()):
-            shutil.copy(f, folder / f"{study}_{f.name}")
-    return folder
 
 
 @pytest.mark.realdata

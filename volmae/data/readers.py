@@ -32,6 +32,16 @@ def is_dicom_dir(path: str | os.PathLike) -> bool:
     return Path(path).is_dir()
 
 
+def dicom_series_ids(folder: str | os.PathLike) -> list[str]:
+    """The DICOM series stored directly in ``folder`` (not its sub-folders); ``[]`` for anything else."""
+    import SimpleITK as sitk
+
+    if not Path(folder).is_dir():
+        return []
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
+
+
 def _lps_to_ras(affine: np.ndarray) -> np.ndarray:
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])
     return flip @ affine

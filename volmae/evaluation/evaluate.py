@@ -18,7 +18,7 @@ from volmae.data import load_msd_datalist, load_volume, preflight, split_fold
 from volmae.errors import DataError
 from volmae.evaluation.metrics import EvaluationReport, case_metrics, label_masks, summarise
 from volmae.evaluation.pictures import save_overlay_png
-from volmae.inference.predictor import Predictor
+from volmae.inference.predictor import predictor_for
 from volmae.utils.io import atomic_save_nifti
 from volmae.utils.runtime import resolve_device
 
@@ -50,15 +50,7 @@ def _spacing(affine: np.ndarray) -> list[float]:
 def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     """Segment the held-out cases of ``fold`` (or ``cases``) and write per-case / per-class Dice and HD95."""
     device = resolve_device(cfg.device)
-    predictor = Predictor.from_checkpoint(
-        cfg.model,
-        device,
-        sw_batch_size=cfg.sw_batch_size,
-        overlap=cfg.overlap,
-        amp=cfg.amp,
-        tta_flips=cfg.tta_flips or (),
-        largest_component=cfg.largest_component,
-    )
+    predictor = predictor_for(cfg, device)
     labels = {int(k): v for k, v in predictor.task["labels"].items()}
     datalist = load_msd_datalist(cfg.dataset_dir)
     items = datalist.by_case(cfg.cases) if cfg.cases else split_fold(datalist, cfg.fold)[1]

@@ -7,6 +7,7 @@ step (``Invertd``: spacing, orientation, crops) so the label map has the input's
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,10 +20,10 @@ from monai.transforms import Invertd
 from volmae.data.transforms import Preprocessing, infer_transforms
 from volmae.errors import CheckpointError
 from volmae.networks.registry import build_from_config
-from volmae.networks.weights import read_checkpoint
+from volmae.networks.weights import load_encoder_weights, read_checkpoint
 from volmae.utils.runtime import autocast
 
-__all__ = ["Predictor", "Prediction", "load_segmentation_model", "largest_component"]
+__all__ = ["Predictor", "Prediction", "load_segmentation_model", "largest_component", "predictor_for"]
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -41,29 +42,58 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == sizes.argmax()
 
 
-def load_segmentation_model(path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """Rebuild a fine-tuned network from its checkpoint; returns ``(model in eval mode, task dict)``."""
+def load_segmentation_model(
+    path, device: torch.device, roi_size: Sequence[int] | None = None
+) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a fine-tuned network from its checkpoint; returns ``(model in eval mode, task dict)``.
+
+    ``roi_size`` rebuilds the network for another window: the ViT's token grid changes, so its position embedding
+    is regenerated (sin-cos) or trilinearly resampled (learnable) by :func:`load_encoder_weights`; everything else
+    loads unchanged. Accuracy at a window the model was not trained with is the caller's to check.
+    """
     ckpt = read_checkpoint(path)
     if ckpt.get("kind") != "unetr" or "config" not in ckpt or "task" not in ckpt:
         what = "an MAE pretraining checkpoint" if ckpt.get("kind") == "mae" else "not a volmae segmentation model"
         raise CheckpointError(f"{path}: {what}; pass the model.pt written by fine-tuning (volmae-train)")
-    model = build_from_config(ckpt["config"])
+    config = copy.deepcopy(ckpt["config"])
+    task = dict(ckpt["task"])
+    state = ckpt["model"]
+    trained_roi = list(config["encoder"]["img_size"])
+    if roi_size is not None and list(roi_size) != trained_roi:
+        config["encoder"]["img_size"] = [int(s) for s in roi_size]
+        task["preprocessing"] = {**task["preprocessing"], "roi_size": [int(s) for s in roi_size]}
     try:
-        model.load_state_dict(ckpt["model"])
+        model = build_from_config(config)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: cannot build the network for roi_size={roi_size} ({e})") from None
+    try:
+        if config["encoder"]["img_size"] != trained_roi:
+            report = load_encoder_weights(model.encoder, {"model": state, "config": ckpt["config"]})
+            if not report.ok:
+                raise RuntimeError(report.summary())
+            rest = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+            missing, unexpected = model.load_state_dict(rest, strict=False)
+            bad = [k for k in missing if not k.startswith("encoder.")] + list(unexpected)
+            if bad:
+                raise RuntimeError(f"mismatched keys {bad[:3]}")
+        else:
+            model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(
             f"{path}: weights do not fit the stored network config ({str(e).splitlines()[0]})"
         ) from None
-    return model.to(device).eval(), dict(ckpt["task"])
+    return model.to(device).eval(), task
 
 
 @dataclass
 class Prediction:
     """A label map in the original image space: ``labels`` ``1 X Y Z`` (or ``K X Y Z`` for multi-label), with
-    ``affine`` the input's 4x4 affine."""
+    ``affine`` the input's 4x4 affine; ``probabilities`` (when asked for) ``K D H W`` on the network's grid
+    (the preset's orientation and spacing), its own affine in ``probabilities.affine``."""
 
     labels: MetaTensor
     affine: torch.Tensor
+    probabilities: MetaTensor | None = None
 
 
 class Predictor:
@@ -72,7 +102,9 @@ class Predictor:
     Args:
         model: network mapping ``B C roi -> B K roi`` logits.
         prep: the task's preprocessing (its ``roi_size`` is the window).
-        device: where the network runs; windows are stitched on ``stitch_device`` (default: same device).
+        device: where the network runs; windows are stitched on ``stitch_device`` (default: same device;
+            ``"auto"``: on the CPU when the stitched volume would take more than half the free GPU memory, MONAI's
+            ``sw_device`` / ``device`` split, so a 512 x 512 x 300 CT fits a small GPU).
         sw_batch_size: windows per forward pass. overlap: window overlap in [0, 1). mode: ``gaussian`` or
         ``constant`` blending. multilabel: sigmoid + 0.5 threshold per channel instead of softmax + argmax.
         tta_flips: mirroring test-time augmentation: probabilities are averaged over the unflipped input and one
@@ -91,7 +123,7 @@ class Predictor:
         mode: str = "gaussian",
         amp: bool = True,
         multilabel: bool = False,
-        stitch_device: torch.device | None = None,
+        stitch_device: torch.device | str | None = None,
         tta_flips: Sequence[int] = (),
         largest_component: bool = False,
     ) -> None:
@@ -106,15 +138,16 @@ class Predictor:
         self.model, self.prep, self.device = model, prep, device
         self.sw_batch_size, self.overlap, self.mode, self.amp = sw_batch_size, overlap, mode, amp
         self.multilabel = multilabel
-        self.stitch_device = stitch_device or device
+        self.stitch_device = stitch_device or device  # torch.device or "auto"
         self.tta_flips = tuple(tta_flips)
         self.largest_component = largest_component
         self._transform = infer_transforms(prep)
 
     @classmethod
-    def from_checkpoint(cls, path, device: torch.device, **kwargs) -> Predictor:
-        """A predictor from a fine-tuned volmae checkpoint (network, preprocessing and task read from the file)."""
-        model, task = load_segmentation_model(path, device)
+    def from_checkpoint(cls, path, device: torch.device, roi_size: Sequence[int] | None = None, **kwargs) -> Predictor:
+        """A predictor from a fine-tuned volmae checkpoint (network, preprocessing and task read from the file);
+        ``roi_size`` re-grids the network for another sliding window (see :func:`load_segmentation_model`)."""
+        model, task = load_segmentation_model(path, device, roi_size)
         prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in task["preprocessing"].items()})
         kwargs.setdefault("multilabel", bool(task.get("multilabel", False)))
         pred = cls(model, prep, device, **kwargs)
@@ -135,9 +168,23 @@ class Predictor:
                 overlap=self.overlap,
                 mode=self.mode,
                 sw_device=self.device,
-                device=self.stitch_device,
+                device=self._stitch_on(x),
             )
         return out.float()
+
+    def _stitch_on(self, x: torch.Tensor) -> torch.device:
+        if self.stitch_device != "auto":
+            return self.stitch_device
+        if self.device.type != "cuda":
+            return self.device
+        free, _ = torch.cuda.mem_get_info(self.device)
+        # stitched logits + weight map + the TTA sum, float32
+        need = 4 * x.shape[0] * (self.model_out_channels + 2) * x[0, 0].numel()
+        return self.device if need < free / 2 else torch.device("cpu")
+
+    @property
+    def model_out_channels(self) -> int:
+        return int(getattr(self.model, "out_channels", 1))
 
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """``B K D H W`` class probabilities (softmax, or sigmoid when multi-label), averaged over TTA flips."""
@@ -178,12 +225,31 @@ class Predictor:
         data = {"image": image} if not isinstance(image, Mapping) else {"image": image["image"]}
         return self._transform(data)
 
-    def predict_file(self, image: str | list[str] | Mapping) -> Prediction:
+    def predict_file(self, image: str | list[str] | Mapping, keep_probabilities: bool = False) -> Prediction:
         """Preprocess, segment and invert back to the original grid of ``image`` (path, channel list or item)."""
         data = self.preprocess(image)
         img = data["image"]
-        seg = self.segment(img[None])[0].cpu()
+        probs = self.probabilities(img[None])
+        seg = self.discretize(probs)[0].cpu()
+        kept = MetaTensor(probs[0].cpu(), affine=img.affine) if keep_probabilities else None
+        del probs
         data["pred"] = MetaTensor(seg, meta=dict(img.meta), applied_operations=list(img.applied_operations))
         inverted = Invertd("pred", self._transform, orig_keys="image", nearest_interp=True, to_tensor=True)(data)
-        pred = inverted["pred"]
-        return Prediction(pred, torch.as_tensor(pred.affine))
+        pred = inverted["pred"]  # nearest-neighbour resampled, but float: back to integer labels
+        pred = pred.round().to(torch.uint8 if self.model_out_channels < 256 else torch.int16)
+        return Prediction(pred, torch.as_tensor(pred.affine), kept)
+
+
+def predictor_for(cfg, device: torch.device, **extra) -> Predictor:
+    """A :class:`Predictor` for ``cfg.model`` from a stage config's window / TTA fields (``sw_batch_size``,
+    ``overlap``, ``amp``, ``tta_flips``, ``largest_component``), as ``volmae-evaluate`` and ``volmae-infer`` share."""
+    return Predictor.from_checkpoint(
+        cfg.model,
+        device,
+        sw_batch_size=cfg.sw_batch_size,
+        overlap=cfg.overlap,
+        amp=cfg.amp,
+        tta_flips=cfg.tta_flips or (),
+        largest_component=cfg.largest_component,
+        **extra,
+    )

@@ -1,0 +1,182 @@
+"""volmae-infer's API and console script: outputs in the input's space, naming, refusals, real DICOM / NIfTI."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from tests.cli.conftest import assert_clean_error
+from volmae.cli.infer import main as infer_main
+from volmae.data.transforms import get_preprocessing
+from volmae.errors import ConfigError, DataError
+from volmae.inference.infer import InferConfig, collect_inputs, infer
+from volmae.networks.registry import build_unetr
+
+SMALL = dict(hidden_size=24, mlp_dim=48, num_layers=3, num_heads=2)
+LPS = np.array([[-0.8, 0, 0, 120.0], [0, -0.8, 0, 95.0], [0, 0, 2.5, -300.0], [0, 0, 0, 1]])
+LABELS = {0: "background", 1: "left hippocampus", 2: "right/other"}
+
+
+def model_checkpoint(path: Path, preprocessing="mri", roi=(16, 16, 16), in_channels=1) -> Path:
+    torch.manual_seed(0)
+    prep = get_preprocessing(preprocessing, roi_size=roi)
+    net = build_unetr("vit-tiny", in_channels, 3, roi, 8, 4, **SMALL)
+    task = {"preprocessing": asdict(prep), "labels": LABELS, "in_channels": in_channels, "multilabel": False}
+    ckpt = {"format": "volmae-checkpoint", "kind": "unetr", "config": net.volmae_config, "task": task}
+    torch.save({**ckpt, "model": net.state_dict()}, path)
+    return path
+
+
+def scan(path: Path, shape=(30, 26, 11), affine=LPS, channels: int | None = None) -> Path:
+    rng = np.random.default_rng(len(str(path)))
+    arr = rng.normal(100, 20, shape if channels is None else (*shape, channels)).astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(arr, affine), str(path))
+    return path
+
+
+@pytest.fixture
+def model(tmp_path) -> Path:
+    return model_checkpoint(tmp_path / "model.pt")
+
+
+def test_one_scan_default_output_in_its_own_space(tmp_path, model, monkeypatch):
+    src = scan(tmp_path / "in" / "patient 7.nii.gz")
+    before = src.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    (done,) = infer(InferConfig([str(src)], str(model), per_class=True, save_probabilities=True, quiet=True))
+    assert done.label_map == tmp_path / "patient_7_seg.nii.gz"
+    out = nib.load(done.label_map)
+    assert out.shape == (30, 26, 11) and np.allclose(out.affine, LPS, atol=1e-4)
+    assert out.get_data_dtype() == np.uint8
+    seg = np.asarray(out.dataobj)
+    masks = sorted((tmp_path / "patient_7_seg_classes").iterdir())
+    assert [m.name for m in masks] == ["left_hippocampus.nii.gz", "right_other.nii.gz"]
+    assert np.array_equal(np.asarray(nib.load(masks[0]).dataobj), (seg == 1).astype(np.uint8))
+    probs = nib.load(tmp_path / "patient_7_seg_probabilities.nii.gz")
+    assert probs.shape[-1] == 3 and np.allclose(np.asarray(probs.dataobj).sum(-1), 1, atol=1e-4)
+    assert done.voxels_per_class == {n: int((seg == k).sum()) for k, n in LABELS.items() if k}
+    assert src.read_bytes() == before  # the input is only read
+
+
+def test_folder_in_folder_out_and_the_overwrite_rule(tmp_path, model):
+    for name in ("a.nii.gz", "b.nii"):
+        scan(tmp_path / "scans" / name)
+    (tmp_path / "scans" / "notes.txt").write_text("ignored")
+    cfg = InferConfig([str(tmp_path / "scans")], str(model), output=str(tmp_path / "out"), quiet=True)
+    done = infer(cfg)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.nii.gz", "b.nii.gz"]
+    stamp = [d.label_map.stat().st_mtime_ns for d in done]
+    with pytest.raises(ConfigError, match="already exist; pass --overwrite"):
+        infer(cfg)
+    assert [d.label_map.stat().st_mtime_ns for d in done] == stamp
+    cfg.overwrite = True
+    assert len(infer(cfg)) == 2
+
+
+def test_explicit_file_output_and_regridded_window(tmp_path, model):
+    src = scan(tmp_path / "s.nii.gz")
+    cfg = InferConfig([str(src)], str(model), output=str(tmp_path / "x" / "seg.nii.gz"), roi_size=(24, 16, 16))
+    (done,) = infer(cfg)
+    assert nib.load(done.label_map).shape == (30, 26, 11)
+
+
+def _bad_input(d: Path, kind: str) -> list[str]:
+    if kind == "missing":
+        return [str(d / "missing.nii.gz")]
+    if kind == "text":
+        (d / "m.txt").write_text("x")
+        return [str(d / "m.txt")]
+    if kind == "empty folder":
+        (d / "empty").mkdir()
+        return [str(d / "empty")]
+    if kind == "2d":
+        return [str(scan(d / "flat.nii.gz", shape=(30, 26, 1)))]
+    if kind == "channels":
+        return [str(scan(d / "two.nii.gz", channels=2))]
+    if kind == "same case":
+        return [str(scan(d / "a" / "x.nii.gz")), str(scan(d / "b" / "x.nii"))]
+    return []
+
+
+@pytest.mark.parametrize(
+    "kind, match",
+    [
+        ("missing", "missing.nii.gz: input not found"),
+        ("text", "m.txt: unsupported input"),
+        ("empty folder", "empty: no NIfTI files or DICOM series"),
+        ("2d", "flat.nii.gz: image shape (30, 26, 1) is not a 3D volume"),
+        ("channels", "two.nii.gz: has 2 channel(s), the task expects 1"),
+        ("same case", "would both be written as case 'x'"),
+        ("none", "no input given"),
+    ],
+)
+def test_bad_inputs_are_named_and_nothing_written(tmp_path, model, kind, match):
+    d = tmp_path / "inputs"
+    d.mkdir()
+    with pytest.raises(DataError, match=re.escape(match)):
+        infer(InferConfig(_bad_input(d, kind), str(model), output=str(tmp_path / "out"), quiet=True))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_output_refusals(tmp_path, model):
+    a, b = scan(tmp_path / "a.nii.gz"), scan(tmp_path / "b.nii.gz")
+    with pytest.raises(ConfigError, match="is one file but there are 2 scans"):
+        infer(InferConfig([str(a), str(b)], str(model), output=str(tmp_path / "o.nii.gz")))
+    with pytest.raises(ConfigError, match="would replace an input"):
+        infer(InferConfig([str(a)], str(model), output=str(a), overwrite=True))
+    with pytest.raises(ConfigError, match="cannot create the output folder"):
+        infer(InferConfig([str(a)], str(model), output=str(tmp_path / "a.nii.gz" / "sub" / "o.nii.gz")))
+
+
+def test_console_script(tmp_path, model, capsys, monkeypatch):
+    src = scan(tmp_path / "case.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    assert infer_main(["--list-classes", "--model", str(model)]) == 0
+    assert "1  left hippocampus" in capsys.readouterr().out
+    assert infer_main([str(src), "--model", str(model), "--tta-flips", "0", "--no-amp"]) == 0
+    assert (tmp_path / "case_seg.nii.gz").is_file()
+    assert "1 scan(s) segmented" in capsys.readouterr().out
+    rc = infer_main([str(src), "--model", str(model), "-q"])
+    assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", "already exist; pass --overwrite")
+    rc = infer_main([str(src), "--model", str(tmp_path / "nope.pt"), "-o", "out"])
+    assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", "checkpoint file not found")
+    mae = tmp_path / "mae.pt"
+    torch.save({"format": "volmae-checkpoint", "kind": "mae", "config": {}, "model": {}}, mae)
+    rc = infer_main([str(src), "--model", str(mae), "-o", "out"])
+    assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", "MAE pretraining checkpoint")
+
+
+@pytest.mark.realdata
+def test_real_dicom_series_and_nifti(tmp_path, dicom_crops, msd_hippocampus):
+    """A real DICOM study folder and a real MSD NIfTI (uint8 or float32 on disk) come back on their own grids."""
+    model = model_checkpoint(tmp_path / "model.pt", "hippocampus", roi=(40, 56, 40))
+    study = sorted(p for p in dicom_crops.iterdir() if p.is_dir())[0]
+    nifti = msd_hippocampus / "imagesTr" / "hippocampus_001.nii.gz"
+    done = infer(InferConfig([str(study), str(nifti)], str(model), output=str(tmp_path / "out"), quiet=True))
+    assert [d.case for d in done] == [study.name, "hippocampus_001"]
+    ref = nib.load(nifti)
+    out = nib.load(done[1].label_map)
+    assert out.shape == ref.shape and np.allclose(out.affine, ref.affine, atol=1e-4)
+    from volmae.data.readers import read_dicom_series
+
+    dcm = read_dicom_series(study)
+    out = nib.load(done[0].label_map)
+    assert out.shape == dcm.shape[:3] and np.allclose(out.affine, dcm.affine, atol=1e-3)
+    assert collect_inputs([str(dicom_crops)])[0][1] == str(study)  # a folder of studies: one case per series
+    assert os.path.basename(done[0].label_map) == f"{study.name}.nii.gz"
+
+
+@pytest.mark.realdata
+def test_folder_with_two_dicom_series_is_refused(tmp_path, two_series_folder):
+    model = model_checkpoint(tmp_path / "model.pt", "hippocampus", roi=(40, 56, 40))
+    with pytest.raises(DataError, match="mixed: holds 2 DICOM series; pass the folder of one series"):
+        infer(InferConfig([str(two_series_folder)], str(model), output=str(tmp_path / "out"), quiet=True))
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,48 @@
+"""``volmae-infer``: segment scans (NIfTI files, folders of them, DICOM series folders) with a trained model and write
+each label map as NIfTI in its input's original space.
+
+Examples:
+  volmae-infer scan.nii.gz --model runs/train/model.pt                  -> ./scan_seg.nii.gz
+  volmae-infer scans/ -o predictions/ --model model.pt --tta-flips 0     -> predictions/<case>.nii.gz
+  volmae-infer dicom_study/ -o seg.nii.gz --model model.pt --per-class --save-probabilities
+  volmae-infer --list-classes --model model.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from volmae.cli.common import add_config_args, config_from_args, run_main
+from volmae.cli.helps import HELPS
+from volmae.inference.infer import InferConfig, infer, model_classes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        "volmae-infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("inputs", nargs="*", help="NIfTI file(s), DICOM series folder(s) or folder(s) of scans")
+    parser.add_argument("-o", "--output", default=None, help=HELPS["output"])
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-scan lines")
+    parser.add_argument("--list-classes", action="store_true", help="print the model's classes and exit")
+    add_config_args(parser, InferConfig, HELPS, required=["model"], skip=["inputs", "output", "quiet"])
+    args = parser.parse_args(argv)
+
+    def body() -> None:
+        if args.list_classes:
+            for k, name in model_classes(args.model).items():
+                print(f"{k:3d}  {name}")
+            return
+        if not args.inputs:
+            parser.error("give at least one input scan (or --list-classes)")
+        cfg = config_from_args(InferConfig, args)
+        done = infer(cfg)
+        if not cfg.quiet:
+            print(f"{len(done)} scan(s) segmented")
+
+    return run_main("volmae-infer", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

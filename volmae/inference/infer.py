@@ -1,0 +1,200 @@
+"""Segment scans with a trained model: NIfTI files, folders of them, DICOM series folders -> NIfTI label maps.
+
+The API behind ``volmae-infer``. Each label map is written in its input's original space (same shape, orientation,
+spacing and affine; ``Predictor.predict_file`` inverts every preprocessing step). Inputs are only read; an output
+that exists is replaced only with ``overwrite=True``; every file is written atomically, so an interrupted run
+leaves whole files or none.
+
+Output naming (after nnU-Net / TotalSegmentator): one input and ``output`` ending in ``.nii[.gz]`` -> that file;
+otherwise ``output`` is a folder (default: the current folder) receiving ``<case>.nii.gz`` (one input given without
+``output``: ``<case>_seg.nii.gz``). ``per_class`` adds ``<case>_classes/<class name>.nii.gz`` binary masks and
+``save_probabilities`` ``<case>_probabilities.nii.gz`` (float32, ``X Y Z K`` on the network's grid with its own
+affine: resampling K channels back to a 512 x 512 x 300 CT grid would cost gigabytes for no new information).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from volmae.data.checks import preflight
+from volmae.data.datalist import case_id
+from volmae.data.readers import NIFTI_SUFFIXES, dicom_series_ids
+from volmae.errors import ConfigError, DataError
+from volmae.inference.predictor import Predictor, predictor_for
+from volmae.utils.io import atomic_save_nifti
+from volmae.utils.runtime import resolve_device
+
+__all__ = ["InferConfig", "InferredCase", "collect_inputs", "plan_outputs", "infer", "model_classes"]
+
+
+@dataclass
+class InferConfig:
+    """Settings of ``volmae-infer`` (the flags map onto these names)."""
+
+    inputs: list[str]
+    model: str
+    output: str | None = None
+    device: str = "auto"
+    roi_size: tuple[int, int, int] | None = None
+    sw_batch_size: int = 4
+    overlap: float = 0.5
+    mode: str = "gaussian"
+    amp: bool = True
+    tta_flips: list[int] | None = None
+    largest_component: bool = False
+    per_class: bool = False
+    save_probabilities: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class InferredCase:
+    case: str
+    source: str
+    label_map: Path
+    extra: list[Path] = field(default_factory=list)
+    shape: tuple[int, ...] = ()
+    voxels_per_class: dict[str, int] = field(default_factory=dict)
+
+
+def _is_nifti(p: Path) -> bool:
+    return p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def _has_dicom(p: Path) -> bool:
+    return bool(dicom_series_ids(p)) or any(dicom_series_ids(d) for d in p.rglob("*") if d.is_dir())
+
+
+def _scans_in_folder(p: Path) -> list[tuple[str, str]]:
+    """A folder is one DICOM series (in it or below it), or holds scans: NIfTI files and one series per
+    sub-folder (a folder of studies)."""
+    direct = dicom_series_ids(p)
+    if len(direct) > 1:
+        raise DataError(f"{p}: holds {len(direct)} DICOM series; pass the folder of one series")
+    nifti = sorted(c for c in p.iterdir() if _is_nifti(c))
+    if direct and not nifti:
+        return [(case_id(p.name), str(p))]
+    subs = sorted(c for c in p.iterdir() if c.is_dir() and _has_dicom(c))
+    if not nifti and len(subs) == 1 and not direct:
+        return [(case_id(p.name), str(p))]  # a study folder wrapping one series folder
+    found = [(case_id(c), str(c)) for c in nifti] + [(case_id(c.name), str(c)) for c in subs]
+    if not found:
+        raise DataError(f"{p}: no NIfTI files or DICOM series in this folder")
+    return found
+
+
+def collect_inputs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
+    """``[(case id, path)]`` from NIfTI files, DICOM series folders, and folders of scans (see above)."""
+    if not paths:
+        raise DataError("no input given: pass a .nii/.nii.gz file, a DICOM series folder or a folder of scans")
+    found: list[tuple[str, str]] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if not p.exists():
+            raise DataError(f"{p}: input not found")
+        if p.is_file():
+            if not p.name.lower().endswith(NIFTI_SUFFIXES):
+                raise DataError(f"{p}: unsupported input (expected .nii, .nii.gz or a DICOM series folder)")
+            found.append((case_id(p), str(p)))
+        else:
+            found += _scans_in_folder(p)
+    seen: dict[str, str] = {}
+    for cid, src in found:
+        if cid in seen:
+            raise DataError(f"{src} and {seen[cid]} would both be written as case {cid!r}; segment them separately")
+        seen[cid] = src
+    return found
+
+
+def _is_nifti_name(p: str | None) -> bool:
+    return p is not None and p.lower().endswith(NIFTI_SUFFIXES)
+
+
+def plan_outputs(cases: list[tuple[str, str]], output: str | None, single_input: bool) -> dict[str, Path]:
+    """Where each case's label map goes (see the module docstring)."""
+    if _is_nifti_name(output):
+        if len(cases) != 1:
+            raise ConfigError(f"output={output!r} is one file but there are {len(cases)} scans; give a folder")
+        return {cases[0][0]: Path(output).expanduser()}
+    folder = Path(output).expanduser() if output else Path.cwd()
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"output={output!r} exists and is not a folder")
+    suffix = "_seg" if (single_input and output is None) else ""
+    return {cid: folder / f"{cid}{suffix}.nii.gz" for cid, _ in cases}
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "class"
+
+
+def model_classes(path: str, device: str = "cpu") -> dict[int, str]:
+    """The class names stored in a model checkpoint (``--list-classes``)."""
+    return {int(k): v for k, v in Predictor.from_checkpoint(path, resolve_device(device)).task["labels"].items()}
+
+
+def _check_writable(targets: list[Path], sources: set[Path], overwrite: bool) -> None:
+    for t in targets:
+        if t.resolve() in sources:
+            raise ConfigError(f"{t}: the output would replace an input; choose another output")
+    existing = [t for t in targets if t.exists()]
+    if existing and not overwrite:
+        raise ConfigError(f"{existing[0]} (and {len(existing) - 1} more) already exist; pass --overwrite to replace")
+    for parent in sorted({t.parent for t in targets}):
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"{parent}: cannot create the output folder ({e.strerror})") from None
+        if not os.access(parent, os.W_OK):
+            raise ConfigError(f"{parent}: output folder is not writable")
+
+
+def infer(cfg: InferConfig) -> list[InferredCase]:
+    """Segment every input of ``cfg``; returns what was written for each case."""
+    cases = collect_inputs(cfg.inputs)
+    outputs = plan_outputs(cases, cfg.output, single_input=len(cfg.inputs) == 1 and Path(cfg.inputs[0]).is_file())
+    device = resolve_device(cfg.device)
+    predictor = predictor_for(cfg, device, roi_size=cfg.roi_size, mode=cfg.mode, stitch_device="auto")
+    labels = {int(k): str(v) for k, v in predictor.task["labels"].items()}
+    in_channels = predictor.task.get("in_channels")
+    preflight([{"image": src} for _, src in cases], in_channels, need_label=False, what="input scans")
+    extras: dict[str, list[Path]] = {}
+    for cid, _ in cases:
+        out = outputs[cid]
+        stem = out.name[: -len(".nii.gz")] if out.name.endswith(".gz") else out.stem
+        extras[cid] = [out.parent / f"{stem}_classes" / f"{_safe_name(labels[k])}.nii.gz" for k in labels if k > 0]
+        extras[cid] = extras[cid] if cfg.per_class else []
+        if cfg.save_probabilities:
+            extras[cid].append(out.parent / f"{stem}_probabilities.nii.gz")
+    _check_writable(
+        [p for cid, _ in cases for p in (outputs[cid], *extras[cid])],
+        {Path(src).resolve() for _, src in cases},
+        cfg.overwrite,
+    )
+    done = []
+    for cid, src in tqdm(cases, desc="volmae-infer", unit="scan", disable=cfg.quiet or len(cases) < 2):
+        pred = predictor.predict_file(src, keep_probabilities=cfg.save_probabilities)
+        seg = pred.labels[0].numpy()
+        affine = pred.affine.numpy()
+        atomic_save_nifti(seg, affine, outputs[cid])
+        written = []
+        if cfg.per_class:
+            for k, path in zip([k for k in labels if k > 0], extras[cid]):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                written.append(atomic_save_nifti((seg == k).astype(np.uint8), affine, path))
+        if pred.probabilities is not None:
+            probs = np.moveaxis(pred.probabilities.numpy(), 0, -1)  # K D H W -> D H W K (NIfTI: channels last)
+            written.append(atomic_save_nifti(probs, pred.probabilities.affine.numpy(), extras[cid][-1], np.float32))
+        counts = {labels[k]: int((seg == k).sum()) for k in labels if k > 0}
+        done.append(InferredCase(cid, src, outputs[cid], written, tuple(seg.shape), counts))
+        if not cfg.quiet:
+            found = ", ".join(f"{n} {v}" for n, v in counts.items() if v) or "nothing found"
+            print(f"  {cid}: {outputs[cid]} {tuple(seg.shape)} ({found} voxels)", flush=True)
+    return done
