@@ -38,3 +38,10 @@ volmae-train "${COMMON[@]}" --out-dir "$run" --epochs 24 --batch-size 2 --num-sa
   --warmup-epochs 1 --val-every 4
 evaluate "$run"
 evaluate "$run" --tta-flips 0 --largest-component
+
+# Exploratory, looked at after the results above (see the study): layer decay 1.0 instead of 0.75, subset 0.
+run="$OUT/frac10_seed0_mae_ld1"
+volmae-train "${COMMON[@]}" --out-dir "$run" --label-fraction 0.1 --fraction-seed 0 --epochs 40 --batch-size 2 \
+  --num-samples 2 --lr 5e-4 --warmup-epochs 2 --val-every 0 --pretrained "$OUT/mae100/model.pt" --layer-decay 1.0
+evaluate "$run"
+python -m volmae.evaluation.compare "$run/eval" "$OUT/frac10_seed0_scratch/eval"
