@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from volmae.data.checks import preflight
+from volmae.data.checks import check_label_array, preflight
 from volmae.data.datalist import case_id, make_folds
-from volmae.data.readers import open_nifti
+from volmae.data.readers import NIFTI_SUFFIXES, open_nifti
 from volmae.errors import DataError
 from volmae.utils.io import atomic_save_nifti, atomic_write, atomic_write_json
 
@@ -186,8 +186,13 @@ BRATS_LAYOUTS: dict[str, BratsLayout] = {
 }
 
 
+def _ends_in(p: Path, suffix: str) -> bool:
+    """``p`` is a NIfTI file whose name, without ``.nii[.gz]``, ends in ``suffix``."""
+    return p.name.endswith(tuple(suffix + ext for ext in NIFTI_SUFFIXES))
+
+
 def _find(folder: Path, suffix: str) -> Path | None:
-    hits = [p for p in folder.iterdir() if p.name.endswith((f"{suffix}.nii.gz", f"{suffix}.nii"))]
+    hits = [p for p in folder.iterdir() if _ends_in(p, suffix)]
     if len(hits) > 1:
         raise DataError(f"{folder}: several files end in {suffix!r}: {[h.name for h in hits]}")
     return hits[0] if hits else None
@@ -196,23 +201,20 @@ def _find(folder: Path, suffix: str) -> Path | None:
 def _nifti_files(src: Path) -> list[Path]:
     """Every ``.nii[.gz]`` under ``src``, following symlinked folders (``Path.rglob`` does not before 3.13)."""
     return sorted(
-        Path(d) / f for d, _, files in os.walk(src, followlinks=True) for f in files if f.endswith((".nii", ".nii.gz"))
+        Path(d) / f for d, _, files in os.walk(src, followlinks=True) for f in files if f.endswith(NIFTI_SUFFIXES)
     )
 
 
-def _detect_layout(src: Path) -> str:
-    files = _nifti_files(src)
+def _detect_layout(src: Path, files: Sequence[Path]) -> str:
     for name, lay in BRATS_LAYOUTS.items():
-        first = lay.channels[0][1]
-        if any(p.name.endswith((f"{first}.nii.gz", f"{first}.nii")) for p in files):
+        if any(_ends_in(p, lay.channels[0][1]) for p in files):
             return name
     raise DataError(f"{src}: no BraTS files recognised (layouts: {', '.join(BRATS_LAYOUTS)})")
 
 
-def _brats_cases(src: Path, lay: BratsLayout) -> dict[str, dict[str, Path | list[Path] | None]]:
+def _brats_cases(src: Path, files: Sequence[Path], lay: BratsLayout) -> dict[str, dict[str, Path | list[Path] | None]]:
     """``{case id: {"channels": [paths], "seg": path or None}}`` for every folder holding the first channel."""
-    first = lay.channels[0][1]
-    folders = sorted({p.parent for p in _nifti_files(src) if p.name.endswith((f"{first}.nii.gz", f"{first}.nii"))})
+    folders = sorted({p.parent for p in files if _ends_in(p, lay.channels[0][1])})
     cases: dict[str, dict] = {}
     for f in folders:
         chans = [_find(f, suffix) for _, suffix in lay.channels]
@@ -227,16 +229,15 @@ def _brats_cases(src: Path, lay: BratsLayout) -> dict[str, dict[str, Path | list
 
 
 def _remap(label: np.ndarray, remap: Mapping[int, int], name: str) -> np.ndarray:
-    values = np.unique(label)
-    if not np.allclose(values, np.round(values)):
-        raise DataError(f"{name}: label map has non-integer values")
-    extra = sorted(int(v) for v in values if int(round(v)) not in remap)
+    # float32 holds every label value exactly and spares torch unsigned types it lacks ops for (uint16, uint32)
+    values = check_label_array(label.astype(np.float32), name, None)  # NaN / non-integer / negative: named
+    extra = sorted(int(v) for v in values.unique().tolist() if int(v) not in remap)
     if extra:
         raise DataError(f"{name}: label values {extra} are not in this BraTS layout ({sorted(remap)})")
     lut = np.zeros(max(remap) + 1, dtype=np.uint8)
     for k, v in remap.items():
         lut[k] = v
-    return lut[np.round(label).astype(np.int64)]
+    return lut[values.numpy().astype(np.int64)]
 
 
 def convert_brats(src: str | Path, dst: str | Path, layout: str = "auto", overwrite: bool = False) -> dict:
@@ -247,11 +248,12 @@ def convert_brats(src: str | Path, dst: str | Path, layout: str = "auto", overwr
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if not src.is_dir():
         raise DataError(f"{src}: BraTS folder not found")
-    name = _detect_layout(src) if layout == "auto" else layout
+    files = _nifti_files(src)
+    name = _detect_layout(src, files) if layout == "auto" else layout
     if name not in BRATS_LAYOUTS:
         raise DataError(f"layout={layout!r}: choose auto or one of {', '.join(BRATS_LAYOUTS)}")
     lay = BRATS_LAYOUTS[name]
-    cases = _brats_cases(src, lay)
+    cases = _brats_cases(src, files, lay)
     if not cases:
         raise DataError(f"{src}: no {name} cases found")
     items = [{"image": [str(p) for p in c["channels"]], "label": c["seg"] and str(c["seg"])} for c in cases.values()]

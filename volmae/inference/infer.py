@@ -27,7 +27,7 @@ from volmae.data.checks import preflight
 from volmae.data.datalist import case_id
 from volmae.data.readers import NIFTI_SUFFIXES, dicom_series_ids
 from volmae.errors import ConfigError, DataError
-from volmae.inference.predictor import Predictor, predictor_for
+from volmae.inference.predictor import predictor_for, segmentation_checkpoint
 from volmae.utils.io import atomic_save_nifti
 from volmae.utils.runtime import resolve_device
 
@@ -65,8 +65,8 @@ class InferredCase:
     voxels_per_class: dict[str, int] = field(default_factory=dict)
 
 
-def _is_nifti(p: Path) -> bool:
-    return p.is_file() and p.name.lower().endswith(NIFTI_SUFFIXES)
+def _is_nifti_name(name: str | None) -> bool:
+    return name is not None and name.lower().endswith(NIFTI_SUFFIXES)
 
 
 def _has_dicom(p: Path) -> bool:
@@ -79,7 +79,7 @@ def _scans_in_folder(p: Path) -> list[tuple[str, str]]:
     direct = dicom_series_ids(p)
     if len(direct) > 1:
         raise DataError(f"{p}: holds {len(direct)} DICOM series; pass the folder of one series")
-    nifti = sorted(c for c in p.iterdir() if _is_nifti(c))
+    nifti = sorted(c for c in p.iterdir() if c.is_file() and _is_nifti_name(c.name))
     if direct and not nifti:
         return [(case_id(p.name), str(p))]
     subs = sorted(c for c in p.iterdir() if c.is_dir() and _has_dicom(c))
@@ -101,7 +101,7 @@ def collect_inputs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
         if not p.exists():
             raise DataError(f"{p}: input not found")
         if p.is_file():
-            if not p.name.lower().endswith(NIFTI_SUFFIXES):
+            if not _is_nifti_name(p.name):
                 raise DataError(f"{p}: unsupported input (expected .nii, .nii.gz or a DICOM series folder)")
             found.append((case_id(p), str(p)))
         else:
@@ -112,10 +112,6 @@ def collect_inputs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, str]]:
             raise DataError(f"{src} and {seen[cid]} would both be written as case {cid!r}; segment them separately")
         seen[cid] = src
     return found
-
-
-def _is_nifti_name(p: str | None) -> bool:
-    return p is not None and p.lower().endswith(NIFTI_SUFFIXES)
 
 
 def plan_outputs(cases: list[tuple[str, str]], output: str | None, single_input: bool) -> dict[str, Path]:
@@ -135,9 +131,9 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "class"
 
 
-def model_classes(path: str, device: str = "cpu") -> dict[int, str]:
-    """The class names stored in a model checkpoint (``--list-classes``)."""
-    return {int(k): v for k, v in Predictor.from_checkpoint(path, resolve_device(device)).task["labels"].items()}
+def model_classes(path: str) -> dict[int, str]:
+    """The class names stored in a model checkpoint (``--list-classes``; the network is not built)."""
+    return {int(k): str(v) for k, v in segmentation_checkpoint(path)["task"]["labels"].items()}
 
 
 def _check_writable(targets: list[Path], sources: set[Path], overwrite: bool) -> None:
@@ -169,8 +165,9 @@ def infer(cfg: InferConfig) -> list[InferredCase]:
     for cid, _ in cases:
         out = outputs[cid]
         stem = out.name[: -len(".nii.gz")] if out.name.endswith(".gz") else out.stem
-        extras[cid] = [out.parent / f"{stem}_classes" / f"{_safe_name(labels[k])}.nii.gz" for k in labels if k > 0]
-        extras[cid] = extras[cid] if cfg.per_class else []
+        extras[cid] = []
+        if cfg.per_class:
+            extras[cid] += [out.parent / f"{stem}_classes" / f"{_safe_name(labels[k])}.nii.gz" for k in labels if k > 0]
         if cfg.save_probabilities:
             extras[cid].append(out.parent / f"{stem}_probabilities.nii.gz")
     _check_writable(

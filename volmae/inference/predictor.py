@@ -23,7 +23,14 @@ from volmae.networks.registry import build_from_config
 from volmae.networks.weights import load_encoder_weights, read_checkpoint
 from volmae.utils.runtime import autocast
 
-__all__ = ["Predictor", "Prediction", "load_segmentation_model", "largest_component", "predictor_for"]
+__all__ = [
+    "Predictor",
+    "Prediction",
+    "load_segmentation_model",
+    "largest_component",
+    "predictor_for",
+    "segmentation_checkpoint",
+]
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -42,6 +49,15 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == sizes.argmax()
 
 
+def segmentation_checkpoint(path) -> dict:
+    """Read a fine-tuned model's checkpoint (``kind="unetr"`` with network config and task), or say what it is."""
+    ckpt = read_checkpoint(path)
+    if ckpt.get("kind") != "unetr" or "config" not in ckpt or "task" not in ckpt:
+        what = "an MAE pretraining checkpoint" if ckpt.get("kind") == "mae" else "not a volmae segmentation model"
+        raise CheckpointError(f"{path}: {what}; pass the model.pt written by fine-tuning (volmae-train)")
+    return ckpt
+
+
 def load_segmentation_model(
     path, device: torch.device, roi_size: Sequence[int] | None = None
 ) -> tuple[torch.nn.Module, dict]:
@@ -51,10 +67,7 @@ def load_segmentation_model(
     is regenerated (sin-cos) or trilinearly resampled (learnable) by :func:`load_encoder_weights`; everything else
     loads unchanged. Accuracy at a window the model was not trained with is the caller's to check.
     """
-    ckpt = read_checkpoint(path)
-    if ckpt.get("kind") != "unetr" or "config" not in ckpt or "task" not in ckpt:
-        what = "an MAE pretraining checkpoint" if ckpt.get("kind") == "mae" else "not a volmae segmentation model"
-        raise CheckpointError(f"{path}: {what}; pass the model.pt written by fine-tuning (volmae-train)")
+    ckpt = segmentation_checkpoint(path)
     config = copy.deepcopy(ckpt["config"])
     task = dict(ckpt["task"])
     state = ckpt["model"]
