@@ -2,10 +2,12 @@
 each label map as NIfTI in its input's original space.
 
 Examples:
+  volmae-infer scan.nii.gz                                               -> ./scan_seg.nii.gz (bundles/btcv model)
+  volmae-infer t1.nii.gz --bundle hippocampus -o t1_seg.nii.gz
   volmae-infer scan.nii.gz --model runs/train/model.pt                  -> ./scan_seg.nii.gz
   volmae-infer scans/ -o predictions/ --model model.pt --tta-flips 0     -> predictions/<case>.nii.gz
   volmae-infer dicom_study/ -o seg.nii.gz --model model.pt --per-class --save-probabilities
-  volmae-infer --list-classes --model model.pt
+  volmae-infer --list-classes --bundle brats
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", default=None, help=HELPS["output"])
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-scan lines")
     parser.add_argument("--list-classes", action="store_true", help="print the model's classes and exit")
-    add_config_args(parser, InferConfig, HELPS, required=["model"], skip=["inputs", "output", "quiet"])
+    add_config_args(parser, InferConfig, HELPS, skip=["inputs", "output", "quiet"])
     args = parser.parse_args(argv)
 
     def body() -> None:
         if args.list_classes:
-            for k, name in model_classes(args.model).items():
+            for k, name in model_classes(args.model, args.bundle).items():
                 print(f"{k:3d}  {name}")
             return
         if not args.inputs:

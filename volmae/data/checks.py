@@ -137,8 +137,9 @@ def check_label_array(arr: np.ndarray | torch.Tensor, name: str, num_classes: in
 class CheckVolumed(MapTransform):
     """Check loaded image/label voxels (place right after ``LoadImaged``).
 
-    Image: finite and not constant. Label: integral values in ``0..num_classes-1`` (float label files are rounded,
-    so float32 labels with 0.9999 values behave), spatial shape equal to the image's.
+    Image: finite and not constant, with ``in_channels`` channels when that is given. Label: integral values in
+    ``0..num_classes-1`` (float label files are rounded, so float32 labels with 0.9999 values behave), spatial shape
+    equal to the image's.
     """
 
     def __init__(
@@ -147,10 +148,12 @@ class CheckVolumed(MapTransform):
         label_key: str | None = "label",
         num_classes: int | None = None,
         allow_missing_keys: bool = True,
+        in_channels: int | None = None,
     ) -> None:
         keys: KeysCollection = [image_key] + ([label_key] if label_key else [])
         super().__init__(keys, allow_missing_keys)
         self.image_key, self.label_key, self.num_classes = image_key, label_key, num_classes
+        self.in_channels = in_channels
 
     @staticmethod
     def _name(d: Mapping, key: Hashable) -> str:
@@ -161,6 +164,11 @@ class CheckVolumed(MapTransform):
         d = dict(data)
         img = d[self.image_key]
         check_image_array(img, self._name(d, self.image_key))
+        if self.in_channels is not None and img.shape[0] != self.in_channels:
+            raise DataError(
+                f"{self._name(d, self.image_key)}: image has {img.shape[0]} channel(s), the model expects "
+                f"{self.in_channels} (give one file per channel, in the order of the task's modalities)"
+            )
         if self.label_key and self.label_key in d:
             lab = d[self.label_key]
             name = self._name(d, self.label_key)

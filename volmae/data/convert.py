@@ -42,6 +42,8 @@ __all__ = [
     "BRATS_LAYOUTS",
     "convert_btcv",
     "convert_brats",
+    "TOTALSEG_TO_BTCV",
+    "totalseg_to_btcv",
 ]
 
 BTCV_LABELS = {
@@ -63,7 +65,12 @@ BTCV_LABELS = {
 # The validation half of UNETR's / SelfMedMAE's ``dataset_0.json``; the other 24 labeled cases train.
 BTCV_VALIDATION = [f"img{i:04d}" for i in range(35, 41)]
 
-BRATS_LABELS = {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}
+# TotalSegmentator v2 ``total`` task value -> BTCV value, for the 13 BTCV organs (names in TotalSegmentator's
+# ``map_to_binary.class_map``: 15 esophagus, 52 aorta, 63 inferior_vena_cava, 64 portal_vein_and_splenic_vein ...).
+# Every other TotalSegmentator class becomes background.
+TOTALSEG_TO_BTCV = {1: 1, 2: 2, 3: 3, 4: 4, 15: 5, 5: 6, 6: 7, 52: 8, 63: 9, 64: 10, 7: 11, 8: 12, 9: 13}
+
+BRATS_LABELS = {0: "background", 1: "edema", 2: "non-enhancing tumour", 3: "enhancing tumour"}
 BRATS_REGIONS = {"TC": [2, 3], "WT": [1, 2, 3], "ET": [3]}
 
 _BTCV_FILE = re.compile(r"^(img|label)(\d+)\.nii(\.gz)?$")
@@ -238,6 +245,16 @@ def _remap(label: np.ndarray, remap: Mapping[int, int], name: str) -> np.ndarray
     for k, v in remap.items():
         lut[k] = v
     return lut[values.numpy().astype(np.int64)]
+
+
+def totalseg_to_btcv(label: np.ndarray, name: str = "label") -> np.ndarray:
+    """A TotalSegmentator ``total`` label map in BTCV numbering (uint8; non-BTCV structures -> 0). For pipeline
+    tests on TotalSegmentator's model-made examples; never a substitute for manual BTCV labels."""
+    values = check_label_array(label.astype(np.float32), name, None).numpy().astype(np.int64)
+    lut = np.zeros(max(int(values.max()), max(TOTALSEG_TO_BTCV)) + 1, dtype=np.uint8)
+    for k, v in TOTALSEG_TO_BTCV.items():
+        lut[k] = v
+    return lut[values]
 
 
 def convert_brats(src: str | Path, dst: str | Path, layout: str = "auto", overwrite: bool = False) -> dict:

@@ -35,6 +35,7 @@ from monai.transforms import (
 
 from volmae.data.checks import CheckVolumed
 from volmae.data.readers import LoadVolumed
+from volmae.data.regions import LabelToRegionsd
 from volmae.errors import ConfigError
 
 __all__ = [
@@ -92,12 +93,15 @@ def get_preprocessing(name: str, **overrides) -> Preprocessing:
     return replace(PREPROCESSING[name], **overrides) if overrides else PREPROCESSING[name]
 
 
-def preprocess_transforms(p: Preprocessing, with_label: bool, num_classes: int | None = None) -> list:
-    """Deterministic part: load, check, RAS, spacing, intensity normalisation (and CT body crop)."""
+def preprocess_transforms(
+    p: Preprocessing, with_label: bool, num_classes: int | None = None, in_channels: int | None = None
+) -> list:
+    """Deterministic part: load, check (channel count when ``in_channels`` is given), RAS, spacing, intensity
+    normalisation (and CT body crop)."""
     keys = ["image", "label"] if with_label else ["image"]
     out: list = [
         LoadVolumed(keys, ensure_channel_first=True, image_only=True, allow_missing_keys=False),
-        CheckVolumed("image", "label" if with_label else None, num_classes),
+        CheckVolumed("image", "label" if with_label else None, num_classes, in_channels=in_channels),
         EnsureTyped(keys, track_meta=True),
         Orientationd(keys, axcodes="RAS", labels=None),
     ]
@@ -122,11 +126,14 @@ def _augment(p: Preprocessing, keys: list[str]) -> list:
     ]
 
 
-def train_transforms(p: Preprocessing, num_classes: int | None = None) -> Compose:
-    """Preprocess, pad to the ROI, ``num_samples`` pos/neg-balanced crops per volume, augmentation."""
+def train_transforms(
+    p: Preprocessing, num_classes: int | None = None, in_channels: int | None = None, regions=None
+) -> Compose:
+    """Preprocess, pad to the ROI, ``num_samples`` pos/neg-balanced crops per volume, augmentation; with
+    ``regions`` the label map becomes one channel per region (sigmoid training, see :mod:`volmae.data.regions`)."""
     keys = ["image", "label"]
     return Compose(
-        preprocess_transforms(p, True, num_classes)
+        preprocess_transforms(p, True, num_classes, in_channels)
         + [
             SpatialPadd(keys, spatial_size=p.roi_size),
             RandCropByPosNegLabeld(
@@ -142,18 +149,25 @@ def train_transforms(p: Preprocessing, num_classes: int | None = None) -> Compos
             ),
         ]
         + _augment(p, keys)
+        + _to_regions(regions)
     )
 
 
-def eval_transforms(p: Preprocessing, num_classes: int | None = None) -> Compose:
+def _to_regions(regions) -> list:
+    return [LabelToRegionsd("label", regions)] if regions else []
+
+
+def eval_transforms(
+    p: Preprocessing, num_classes: int | None = None, in_channels: int | None = None, regions=None
+) -> Compose:
     """Whole preprocessed volumes with labels, for sliding-window validation / evaluation."""
-    return Compose(preprocess_transforms(p, True, num_classes))
+    return Compose(preprocess_transforms(p, True, num_classes, in_channels) + _to_regions(regions))
 
 
-def pretrain_transforms(p: Preprocessing) -> Compose:
+def pretrain_transforms(p: Preprocessing, in_channels: int | None = None) -> Compose:
     """Image-only: preprocess, pad to the ROI, ``num_samples`` uniform random crops per volume, flips."""
     return Compose(
-        preprocess_transforms(p, False)
+        preprocess_transforms(p, False, in_channels=in_channels)
         + [
             SpatialPadd("image", spatial_size=p.roi_size),
             RandSpatialCropSamplesd("image", roi_size=p.roi_size, num_samples=p.num_samples, random_size=False),
@@ -162,6 +176,6 @@ def pretrain_transforms(p: Preprocessing) -> Compose:
     )
 
 
-def infer_transforms(p: Preprocessing) -> Compose:
+def infer_transforms(p: Preprocessing, in_channels: int | None = None) -> Compose:
     """Image-only preprocessing for inference; invertible with ``monai.transforms.Invertd``."""
-    return Compose(preprocess_transforms(p, False))
+    return Compose(preprocess_transforms(p, False, in_channels=in_channels))

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from volmae.bundle.loading import DEFAULT_BUNDLE, bundle_classes
 from volmae.data.checks import preflight
 from volmae.data.datalist import case_id
 from volmae.data.readers import NIFTI_SUFFIXES, dicom_series_ids
@@ -39,7 +40,8 @@ class InferConfig:
     """Settings of ``volmae-infer`` (the flags map onto these names)."""
 
     inputs: list[str]
-    model: str
+    model: str | None = None
+    bundle: str | None = None
     output: str | None = None
     device: str = "auto"
     roi_size: tuple[int, int, int] | None = None
@@ -131,9 +133,17 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "class"
 
 
-def model_classes(path: str) -> dict[int, str]:
-    """The class names stored in a model checkpoint (``--list-classes``; the network is not built)."""
-    return {int(k): str(v) for k, v in segmentation_checkpoint(path)["task"]["labels"].items()}
+def model_classes(model: str | None = None, bundle: str | None = None) -> dict[int, str]:
+    """The class names of a model checkpoint or a bundle (``--list-classes``; the network is not built)."""
+    _check_source(model, bundle)
+    if not model:
+        return bundle_classes(bundle or DEFAULT_BUNDLE)
+    return {int(k): str(v) for k, v in segmentation_checkpoint(model)["task"]["labels"].items()}
+
+
+def _check_source(model: str | None, bundle: str | None) -> None:
+    if model and bundle:
+        raise ConfigError(f"model={model!r} and bundle={bundle!r}: give one of --model and --bundle")
 
 
 def _check_writable(targets: list[Path], sources: set[Path], overwrite: bool) -> None:
@@ -154,6 +164,7 @@ def _check_writable(targets: list[Path], sources: set[Path], overwrite: bool) ->
 
 def infer(cfg: InferConfig) -> list[InferredCase]:
     """Segment every input of ``cfg``; returns what was written for each case."""
+    _check_source(cfg.model, cfg.bundle)
     cases = collect_inputs(cfg.inputs)
     outputs = plan_outputs(cases, cfg.output, single_input=len(cfg.inputs) == 1 and Path(cfg.inputs[0]).is_file())
     device = resolve_device(cfg.device)

@@ -17,6 +17,7 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.transforms import Invertd
 
+from volmae.data.regions import check_regions, regions_to_labels
 from volmae.data.transforms import Preprocessing, infer_transforms
 from volmae.errors import CheckpointError
 from volmae.networks.registry import build_from_config
@@ -50,8 +51,10 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def segmentation_checkpoint(path) -> dict:
-    """Read a fine-tuned model's checkpoint (``kind="unetr"`` with network config and task), or say what it is."""
-    ckpt = read_checkpoint(path)
+    """Read a fine-tuned model's checkpoint (``kind="unetr"`` with network config and task), or say what it is; a
+    checkpoint already in memory (e.g. :func:`volmae.bundle.loading.bundle_checkpoint`) is checked the same way."""
+    ckpt = path if isinstance(path, Mapping) else read_checkpoint(path)
+    path = ckpt.get("source", "checkpoint") if isinstance(path, Mapping) else path
     if ckpt.get("kind") != "unetr" or "config" not in ckpt or "task" not in ckpt:
         what = "an MAE pretraining checkpoint" if ckpt.get("kind") == "mae" else "not a volmae segmentation model"
         raise CheckpointError(f"{path}: {what}; pass the model.pt written by fine-tuning (volmae-train)")
@@ -68,6 +71,7 @@ def load_segmentation_model(
     loads unchanged. Accuracy at a window the model was not trained with is the caller's to check.
     """
     ckpt = segmentation_checkpoint(path)
+    path = ckpt.get("source", path) if isinstance(path, Mapping) else path  # name it in errors
     config = copy.deepcopy(ckpt["config"])
     task = dict(ckpt["task"])
     state = ckpt["model"]
@@ -124,6 +128,9 @@ class Predictor:
         flip per listed spatial axis (use only axes the model was trained to be symmetric under).
         largest_component: keep only the largest connected component of each class (MONAI
         ``KeepLargestConnectedComponent``), for single-structure organs.
+        regions: for a multi-label network whose channels are nested label regions (BraTS TC / WT / ET), the label
+        values of each channel; the thresholded regions are then turned back into one label map
+        (:func:`volmae.data.regions.regions_to_labels`).
     """
 
     def __init__(
@@ -139,6 +146,7 @@ class Predictor:
         stitch_device: torch.device | str | None = None,
         tta_flips: Sequence[int] = (),
         largest_component: bool = False,
+        regions=None,
     ) -> None:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap={overlap}: must be in [0, 1)")
@@ -154,6 +162,9 @@ class Predictor:
         self.stitch_device = stitch_device or device  # torch.device or "auto"
         self.tta_flips = tuple(tta_flips)
         self.largest_component = largest_component
+        self.regions = check_regions(regions) if regions else None
+        if self.regions and not multilabel:
+            raise ValueError("regions are given but multilabel=False: region channels are sigmoid outputs")
         self._transform = infer_transforms(prep)
 
     @classmethod
@@ -163,6 +174,7 @@ class Predictor:
         model, task = load_segmentation_model(path, device, roi_size)
         prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in task["preprocessing"].items()})
         kwargs.setdefault("multilabel", bool(task.get("multilabel", False)))
+        kwargs.setdefault("regions", task.get("regions"))
         pred = cls(model, prep, device, **kwargs)
         pred.task = task
         return pred
@@ -211,9 +223,20 @@ class Predictor:
             total = p if total is None else total.add_(p)
         return total / len(dims)
 
+    @property
+    def _masks(self) -> bool:
+        """Whether segmentations are per-channel masks (multi-label without regions) rather than a label map."""
+        return self.multilabel and not self.regions
+
     def discretize(self, probs: torch.Tensor) -> torch.Tensor:
-        """Probabilities -> ``B 1 D H W`` label map (softmax tasks) or ``B K D H W`` uint8 masks (multi-label)."""
-        seg = (probs > 0.5).to(torch.uint8) if self.multilabel else probs.argmax(dim=1, keepdim=True).to(torch.uint8)
+        """Probabilities -> ``B 1 D H W`` label map (softmax tasks, region tasks) or ``B K D H W`` uint8 masks
+        (other multi-label tasks)."""
+        if self.multilabel:
+            seg = (probs > 0.5).to(torch.uint8)
+            if self.regions:
+                seg = torch.stack([regions_to_labels(s, self.regions) for s in seg])
+        else:
+            seg = probs.argmax(dim=1, keepdim=True).to(torch.uint8)
         if self.largest_component:
             seg = torch.stack([self._keep_largest(s) for s in seg])
         return seg
@@ -221,7 +244,7 @@ class Predictor:
     def _keep_largest(self, seg: torch.Tensor) -> torch.Tensor:
         """``K D H W`` -> the same with each class / channel reduced to its largest 26-connected component."""
         arr = seg.cpu().numpy()
-        if self.multilabel:
+        if self._masks:
             out = np.stack([largest_component(ch > 0).astype(arr.dtype) for ch in arr])
         else:
             out = np.zeros_like(arr)
@@ -254,10 +277,16 @@ class Predictor:
 
 
 def predictor_for(cfg, device: torch.device, **extra) -> Predictor:
-    """A :class:`Predictor` for ``cfg.model`` from a stage config's window / TTA fields (``sw_batch_size``,
-    ``overlap``, ``amp``, ``tta_flips``, ``largest_component``), as ``volmae-evaluate`` and ``volmae-infer`` share."""
+    """A :class:`Predictor` for ``cfg.model`` (or, when the config has one and no model is given, its trained
+    ``cfg.bundle``) from a stage config's window / TTA fields (``sw_batch_size``, ``overlap``, ``amp``,
+    ``tta_flips``, ``largest_component``), as ``volmae-evaluate`` and ``volmae-infer`` share."""
+    source = cfg.model
+    if not source:
+        from volmae.bundle.loading import DEFAULT_BUNDLE, bundle_checkpoint
+
+        source = bundle_checkpoint(getattr(cfg, "bundle", None) or DEFAULT_BUNDLE)
     return Predictor.from_checkpoint(
-        cfg.model,
+        source,
         device,
         sw_batch_size=cfg.sw_batch_size,
         overlap=cfg.overlap,

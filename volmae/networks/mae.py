@@ -16,7 +16,7 @@ from monai.networks.blocks import TransformerBlock
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 
 from volmae.networks.patching import patchify, unpatchify
-from volmae.networks.vit import ViTEncoder, quiet_meshgrid
+from volmae.networks.vit import ViTEncoder, freeze_unused_norms, quiet_meshgrid
 
 __all__ = ["MaskedAutoencoder"]
 
@@ -69,6 +69,7 @@ class MaskedAutoencoder(nn.Module):
             )
             for _ in range(decoder_depth)
         )
+        freeze_unused_norms(self.decoder_blocks)
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, patch_dim)
         nn.init.normal_(self.mask_token, std=0.02)

@@ -19,7 +19,7 @@ from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 
 from volmae.networks.patching import as_tuple, grid_size
 
-__all__ = ["ViTEncoder", "quiet_meshgrid"]
+__all__ = ["freeze_unused_norms", "ViTEncoder", "quiet_meshgrid"]
 
 
 @contextlib.contextmanager
@@ -29,6 +29,18 @@ def quiet_meshgrid() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
         yield
+
+
+def freeze_unused_norms(blocks: nn.ModuleList) -> None:
+    """Freeze ``norm_cross_attn`` of MONAI ``TransformerBlock`` s built without cross-attention.
+
+    MONAI creates that LayerNorm in every block but only uses it for cross-attention, so it never gets a gradient:
+    ``DistributedDataParallel`` refuses such parameters and the optimiser has nothing to do with them. They stay in
+    the state dict, so weights remain interchangeable with MONAI's ViT / UNETR.
+    """
+    for block in blocks:
+        if hasattr(block, "norm_cross_attn") and not getattr(block, "with_cross_attention", False):
+            block.norm_cross_attn.requires_grad_(False)
 
 
 class ViTEncoder(nn.Module):
@@ -100,6 +112,7 @@ class ViTEncoder(nn.Module):
             TransformerBlock(hidden_size, mlp_dim, num_heads, dropout_rate, qkv_bias, use_flash_attention=use_sdpa)
             for _ in range(num_layers)
         )
+        freeze_unused_norms(self.blocks)
         self.norm = nn.LayerNorm(hidden_size)
         self._init_weights()
 

@@ -1,0 +1,43 @@
+"""Bundle test helpers: a private copy of a shipped bundle (so runs never write into the repository) and a
+``ConfigWorkflow`` runner with overrides."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigWorkflow
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLES = REPO / "bundles"
+
+
+def copy_bundle(name: str, dest: Path) -> Path:
+    """``bundles/<name>`` copied to ``dest/<name>`` with its top-level links, without models / runs."""
+    out = dest / name
+    shutil.copytree(
+        BUNDLES / name, out, symlinks=True, ignore=shutil.ignore_patterns("models", "runs", "predictions")
+    )
+    return out
+
+
+def run_workflow(config_file, workflow_type: str = "train", **override) -> ConfigWorkflow:
+    """Initialise and run a bundle config the way ``python -m monai.bundle run`` does."""
+    wf = ConfigWorkflow(config_file=config_file, workflow_type=workflow_type, **override)
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+def items(dataset_dir: Path) -> list[dict]:
+    from volmae.data import load_msd_datalist
+
+    return [{"image": it["image"], "label": it["label"]} for it in load_msd_datalist(dataset_dir).items]
+
+
+@pytest.fixture
+def bundle_dir(tmp_path):
+    """``bundle_dir("hippocampus")`` -> a fresh copy of that bundle under ``tmp_path``."""
+    return lambda name: copy_bundle(name, tmp_path / "bundles")

@@ -1,0 +1,144 @@
+"""The three shipped bundles as data: what differs between ``bundles/hippocampus``, ``bundles/btcv`` and
+``bundles/brats``. :mod:`volmae.bundle.make` renders each spec into the bundle's JSON configs, metadata and README, so
+the three bundles cannot drift apart (``python tools/make_bundles.py`` rewrites them; a test checks they are current).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from volmae.data.convert import BRATS_LABELS, BRATS_REGIONS, BTCV_LABELS
+
+__all__ = ["BundleSpec", "BUNDLES", "get_bundle_spec"]
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """One task. ``labels``: final label values of the written label map (``channel_def``); ``regions``: for
+    sigmoid multi-label tasks, the label values each network output channel covers (None: softmax over ``labels``)."""
+
+    name: str
+    task: str
+    description: str
+    preprocessing: str
+    roi_size: tuple[int, int, int]
+    preset: str
+    modality: str
+    channels: tuple[str, ...]
+    labels: dict[int, str]
+    data_source: str
+    dataset: str
+    regions: dict[str, list[int]] | None = None
+    learning_rate: float = 1e-4
+    max_epochs: int = 300
+    batch_size: int = 1
+    num_samples: int = 4
+    val_interval: int = 10
+    sw_batch_size: int = 4
+    pretrain_epochs: int = 400
+    pretrain_lr: float = 1.5e-3
+    references: tuple[str, ...] = ()
+    prepare: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.regions) if self.regions else max(self.labels) + 1
+
+
+_SELFMEDMAE = (
+    "Zhou et al., Self Pre-training with Masked Autoencoders for Medical Image Classification and Segmentation, "
+    "ISBI 2023 (arXiv 2203.05573)"
+)
+_UNETR = "Hatamizadeh et al., UNETR: Transformers for 3D Medical Image Segmentation, WACV 2022"
+
+BUNDLES: dict[str, BundleSpec] = {
+    "hippocampus": BundleSpec(
+        name="hippocampus",
+        task="Anterior and posterior hippocampus segmentation in T1 MRI crops (MSD Task04)",
+        description=(
+            "UNETR on a ViT-Ti encoder (patch 8) that can start from volmae's masked-autoencoder pretraining, for the "
+            "anterior and posterior hippocampus in the ~35 x 50 x 35 voxel T1 MRI crops of MSD Task04. RAS, 1 mm, "
+            "percentile clip and z-score on non-zero voxels; 40 x 56 x 40 sliding window; the label map is written in "
+            "the input's original space."
+        ),
+        preprocessing="hippocampus",
+        roi_size=(40, 56, 40),
+        preset="vit-tiny",
+        modality="MR",
+        channels=("T1",),
+        labels={0: "background", 1: "anterior", 2: "posterior"},
+        data_source="Medical Segmentation Decathlon Task04_Hippocampus, http://medicaldecathlon.com/ (CC BY-SA 4.0)",
+        dataset="msd_hippocampus",
+        learning_rate=5e-4,
+        max_epochs=100,
+        batch_size=2,
+        num_samples=2,
+        val_interval=5,
+        references=(_SELFMEDMAE, _UNETR, "Antonelli et al., The Medical Segmentation Decathlon, Nat Commun 2022"),
+        prepare="The MSD Task04_Hippocampus folder as distributed (dataset.json, imagesTr, labelsTr) works as is.",
+    ),
+    "btcv": BundleSpec(
+        name="btcv",
+        task="Multi-organ segmentation of abdominal CT: 13 BTCV organs",
+        description=(
+            "UNETR on a ViT-B/16 encoder (MAE-pretrainable, SelfMedMAE recipe) for the 13 organs of the BTCV "
+            "(Synapse multi-atlas) challenge. RAS, 1.5 x 1.5 x 2.0 mm, HU -175..250 -> [0, 1], crop to the body; "
+            "96^3 sliding window with Gaussian blending; the label map is written in the input's original space."
+        ),
+        preprocessing="ct",
+        roi_size=(96, 96, 96),
+        preset="vit-base",
+        modality="CT",
+        channels=("CT",),
+        labels=dict(BTCV_LABELS),
+        data_source="Multi-Atlas Labeling Beyond the Cranial Vault (BTCV), https://www.synapse.org/#!Synapse:syn3193805",
+        dataset="btcv",
+        learning_rate=1e-4,
+        max_epochs=1000,
+        batch_size=1,
+        num_samples=4,
+        val_interval=50,
+        references=(_SELFMEDMAE, _UNETR, "Landman et al., MICCAI Multi-Atlas Labeling Beyond the Cranial Vault, 2015"),
+        prepare=(
+            "Convert the Synapse download (RawData/Training/img, label) to the MSD layout with the standard 24 / 6 "
+            "split: `python tools/convert_btcv.py RawData /data/btcv`."
+        ),
+    ),
+    "brats": BundleSpec(
+        name="brats",
+        task="Brain-tumour sub-region segmentation in multi-parametric MRI (tumour core, whole tumour, enhancing)",
+        description=(
+            "UNETR on a ViT-B/16 encoder (MAE-pretrainable) with one sigmoid output per nested region (TC, WT, ET) "
+            "for BraTS / MSD Task01 brain-tumour MRI; the number of input channels is the `in_channels` parameter "
+            "(4 for BraTS: FLAIR, T1, T1c, T2). RAS, 1 mm, per-channel percentile clip and z-score on non-zero "
+            "voxels; 96^3 sliding window. Post-processing turns the three region masks back into one label map: "
+            "1 edema, 2 non-enhancing tumour, 3 enhancing tumour."
+        ),
+        preprocessing="mri",
+        roi_size=(96, 96, 96),
+        preset="vit-base",
+        modality="MR",
+        channels=("FLAIR", "T1", "T1c", "T2"),
+        labels=dict(BRATS_LABELS),
+        regions={k: list(v) for k, v in BRATS_REGIONS.items()},
+        data_source="BraTS 2021 (RSNA-ASNR-MICCAI), https://www.synapse.org/brats2021 ; MSD Task01_BrainTumour",
+        dataset="brats",
+        learning_rate=1e-4,
+        max_epochs=300,
+        batch_size=1,
+        num_samples=2,
+        val_interval=10,
+        references=(_SELFMEDMAE, _UNETR, "Baid et al., The RSNA-ASNR-MICCAI BraTS 2021 Benchmark, arXiv 2107.02314"),
+        prepare=(
+            "Stack the per-modality files and remap labels to MSD Task01 values (1 edema, 2 non-enhancing, "
+            "3 enhancing): `python tools/convert_brats.py BraTS2021_Training_Data /data/brats`."
+        ),
+    ),
+}
+
+
+def get_bundle_spec(name: str) -> BundleSpec:
+    if name not in BUNDLES:
+        raise KeyError(f"unknown bundle {name!r}; choose one of {', '.join(BUNDLES)}")
+    return BUNDLES[name]
