@@ -41,3 +41,19 @@ def items(dataset_dir: Path) -> list[dict]:
 def bundle_dir(tmp_path):
     """``bundle_dir("hippocampus")`` -> a fresh copy of that bundle under ``tmp_path``."""
     return lambda name: copy_bundle(name, tmp_path / "bundles")
+
+
+def edit_bundle(root: Path, configs=("train.json", "inference.json"), **values) -> None:
+    """Set top-level / ``#``-id values in a bundle copy's configs, as a user adapting the bundle would."""
+    import json
+
+    for name in configs:
+        path = root / "configs" / name
+        cfg = json.loads(path.read_text())
+        for key, value in values.items():
+            *parents, leaf = key.split("#")
+            node = cfg
+            for p in parents:
+                node = node[int(p) if isinstance(node, list) else p]
+            node[leaf] = value
+        path.write_text(json.dumps(cfg, indent=4))

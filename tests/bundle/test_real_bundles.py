@@ -1,0 +1,219 @@
+"""Each bundle driven end to end on real volumes: hippocampus (MSD Task04), BraTS 2013 (FLAIR + T1c, converted), and
+BTCV on real CT (3D-IRCADb-01, BTCV numbering) plus TotalSegmentator's example CT with its model-made organs mapped
+to the 13 BTCV labels (a pipeline check, never an accuracy figure). Small ROIs / presets and few epochs keep it to
+CPU minutes; ``slow`` runs the shipped ViT-B/16 at 96^3."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from tests.bundle.conftest import copy_bundle, edit_bundle, items, run_workflow
+from volmae.inference.infer import InferConfig, infer
+
+LIMITS = {
+    "train#dataset#data": "$volmae.bundle.fold_items(@dataset_dir, @fold, 'train', limit=4)",
+    "validate#dataset#data": "$volmae.bundle.fold_items(@dataset_dir, @fold, 'val', limit=2)",
+}
+
+
+def _bundle_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def _overrides(values: dict) -> list[str]:
+    return [a for k, v in values.items() for a in (f"--{k}", str(v))]
+
+
+def test_hippocampus_literal_commands_write_into_the_bundle(msd_hippocampus, tmp_path):
+    root = copy_bundle("hippocampus", tmp_path / "bundles")
+    run = tmp_path / "elsewhere"
+    run.mkdir()
+    limits = _overrides({**LIMITS, "train#trainer#max_epochs": 1, "val_interval": 1, "device": "cpu"})
+    for run_id, config in [("training", "train.json"), ("run", "configs/train.json")]:
+        out = _bundle_cli(tmp_path, "run", run_id, "--config_file", f"bundles/hippocampus/{config}", *limits)
+        assert out.returncode == 0, out.stderr[-3000:]
+    assert (root / "models" / "model.pt").is_file() and (root / "models" / "model_final.pt").is_file()
+    assert not list(tmp_path.glob("models")) and not list(run.iterdir())
+
+    scan = msd_hippocampus / "imagesTr" / "hippocampus_001.nii.gz"
+    out = _bundle_cli(run, "run", "inference", "--config_file", str(root / "inference.json"), "--input", str(scan))
+    assert out.returncode == 0, out.stderr[-3000:]
+    seg = nib.load(root / "predictions" / "hippocampus_001_seg.nii.gz")
+    ref = nib.load(scan)
+    assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
+
+    # TorchScript: the ViT's einops reshapes need tracing; the traced model equals the eager one at the ROI
+    ts = root / "models" / "model.ts"
+    out = _bundle_cli(
+        run, "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(root / "models" / "model.pt"),
+        "--meta_file", str(root / "configs" / "metadata.json"), "--config_file", str(root / "configs" / "inference.json"),
+        "--use_trace", "True", "--input_shape", "[1, 1, 40, 56, 40]",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    from volmae.networks import build_unetr
+
+    eager = build_unetr("vit-tiny", 1, 3, (40, 56, 40))
+    eager.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    x = torch.randn(1, 1, 40, 56, 40)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(ts))(x), eager.eval()(x), atol=1e-4)
+
+
+def _mini_task(src: Path, dst: Path, n: int) -> Path:
+    """An MSD folder linking the first ``n`` cases of ``src`` (so pretraining reads few volumes)."""
+    meta = json.loads((src / "dataset.json").read_text())
+    for sub in ("imagesTr", "labelsTr"):
+        (dst / sub).mkdir(parents=True)
+    meta["training"] = meta["training"][:n]
+    meta["test"] = []
+    for e in meta["training"]:
+        for key in ("image", "label"):
+            (dst / e[key]).symlink_to((src / e[key]).resolve())
+    (dst / "dataset.json").write_text(json.dumps(meta))
+    return dst
+
+
+def test_hippocampus_pretrain_then_finetune_from_it(msd_hippocampus, tmp_path):
+    root = copy_bundle("hippocampus", tmp_path / "bundles")
+    task = _mini_task(msd_hippocampus, tmp_path / "task", 10)
+    run_workflow(str(root / "pretrain.json"), None, dataset_dir=str(task), **{"pretrain#epochs": 1, "pretrain#quiet": True})
+    mae = root / "models" / "mae" / "model.pt"
+    assert mae.is_file() and list((root / "models" / "mae" / "pictures").glob("*.png"))
+    wf = run_workflow(
+        str(root / "train.json"), dataset_dir=str(task), pretrained=str(mae),
+        **{**LIMITS, "train#trainer#max_epochs": 1, "val_interval": 1, "device": "cpu"},
+    )  # fmt: skip
+    report = wf.parser.get_parsed_content("network").load_report
+    assert report.ok and len(report.loaded) > 100
+    assert wf.parser.get_parsed_content("layer_decay") == 0.75
+
+
+def test_hippocampus_multi_process_training(msd_hippocampus, tmp_path):
+    """multi_gpu_train.json under torchrun: two gloo processes on the CPU (NCCL + one GPU each when present)."""
+    root = copy_bundle("hippocampus", tmp_path / "bundles")
+    cfg = f"['{root}/configs/train.json','{root}/configs/multi_gpu_train.json']"
+    limits = _overrides({**LIMITS, "train#trainer#max_epochs": 1, "val_interval": 1})
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    out = subprocess.run(
+        [*torchrun, "-m", "monai.bundle", "run", "training", "--config_file", cfg, *limits],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    state = torch.load(root / "models" / "model_final.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)  # the DDP wrapper is not saved
+
+
+def _cropped_task(src: Path, dst: Path, size: tuple[int, int, int]) -> Path:
+    """The task's cases cut to their central ``size`` voxels (affines shifted to match): real voxels, CPU-test size."""
+    meta = json.loads((src / "dataset.json").read_text())
+    for e in meta["training"]:
+        for key in ("image", "label"):
+            img = nib.load(src / e[key])
+            box = tuple(slice(max(0, (n - s) // 2), max(0, (n - s) // 2) + s) for n, s in zip(img.shape[:3], size))
+            (dst / e[key]).parent.mkdir(parents=True, exist_ok=True)
+            nib.save(img.slicer[box], dst / e[key])
+    (dst / "dataset.json").write_text(json.dumps({**meta, "test": []}))
+    return dst
+
+
+SMALL = {"preset": "vit-tiny", "roi_size": [64, 64, 64], "validate#inferer#overlap": 0.25}
+
+
+@pytest.fixture(scope="module")
+def brats_task(tmp_path_factory, brats2013):
+    from volmae.data.convert import convert_brats
+
+    tmp = tmp_path_factory.mktemp("brats")
+    convert_brats(brats2013, tmp / "full")
+    return _cropped_task(tmp / "full", tmp / "task", (128, 128, 96))
+
+
+def test_brats_two_channel_regions(brats_task, tmp_path):
+    root = copy_bundle("brats", tmp_path / "bundles")
+    edit_bundle(root, ("train.json",), in_channels=2, **SMALL)
+    edit_bundle(root, ("inference.json",), in_channels=2, preset="vit-tiny", roi_size=[64, 64, 64])
+    data = items(brats_task)
+    run_workflow(
+        str(root / "train.json"), dataset_dir=str(brats_task),
+        **{"train#dataset#data": data[:3], "validate#dataset#data": data[3:], "train#trainer#max_epochs": 1},
+        **{"val_interval": 1, "device": "cpu"},
+    )  # fmt: skip
+    assert (root / "models" / "model.pt").is_file()
+    scan = data[3]["image"]
+    done = infer(InferConfig([scan], bundle=str(root), output=str(tmp_path / "seg.nii.gz"), overlap=0.25, quiet=True))
+    seg, ref = nib.load(done[0].label_map), nib.load(scan)
+    assert seg.shape == ref.shape[:3] and np.allclose(seg.affine, ref.affine)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+
+
+def _btcv_small(root: Path) -> None:
+    edit_bundle(root, ("train.json",), **SMALL)
+    edit_bundle(root, ("inference.json",), preset="vit-tiny", roi_size=[64, 64, 64])
+
+
+def test_btcv_on_real_ct(ircadb_ct, tmp_path):
+    root = copy_bundle("btcv", tmp_path / "bundles")
+    _btcv_small(root)
+    task = _cropped_task(ircadb_ct, tmp_path / "task", (256, 256, 120))
+    data = items(task)
+    run_workflow(
+        str(root / "train.json"), dataset_dir=str(task),
+        **{"train#dataset#data": data[:2], "validate#dataset#data": data[2:], "train#trainer#max_epochs": 1},
+        **{"val_interval": 1, "device": "cpu"},
+    )  # fmt: skip
+    scan = data[2]["image"]
+    done = infer(InferConfig([scan], bundle=str(root), output=str(tmp_path / "o"), overlap=0.25, quiet=True))
+    seg, ref = nib.load(done[0].label_map), nib.load(scan)
+    assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
+    assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(14))
+
+
+def test_btcv_on_totalsegmentator_example_mapped_to_btcv(tmp_path):
+    from tests.conftest import require_dataset
+    from volmae.data.convert import BTCV_LABELS, totalseg_to_btcv
+
+    src = require_dataset("totalseg_examples")
+    task = tmp_path / "task"
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "labelsTr").mkdir()
+    (task / "imagesTr" / "ts_ct.nii.gz").symlink_to(src / "example_ct_sm.nii.gz")
+    seg = nib.load(src / "example_seg.nii.gz")
+    mapped = totalseg_to_btcv(np.asarray(seg.dataobj))
+    nib.save(nib.Nifti1Image(mapped, seg.affine), task / "labelsTr" / "ts_ct.nii.gz")
+    entry = {"image": "./imagesTr/ts_ct.nii.gz", "label": "./labelsTr/ts_ct.nii.gz"}
+    meta = {"name": "ts", "modality": {"0": "CT"}, "labels": {str(k): v for k, v in BTCV_LABELS.items()}}
+    (task / "dataset.json").write_text(json.dumps({**meta, "training": [entry]}))
+    root = copy_bundle("btcv", tmp_path / "bundles")
+    _btcv_small(root)
+    data = items(task)
+    run_workflow(
+        str(root / "train.json"), dataset_dir=str(task),
+        **{"train#dataset#data": data, "validate#dataset#data": data, "train#trainer#max_epochs": 1},
+        **{"val_interval": 1, "device": "cpu"},
+    )  # fmt: skip
+    assert (root / "models" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_btcv_shipped_configuration_on_real_ct(ircadb_ct, tmp_path):
+    """The bundle as shipped (UNETR ViT-B/16, 96^3 ROI): one epoch on two IRCADb CTs, validation on the third."""
+    root = copy_bundle("btcv", tmp_path / "bundles")
+    data = items(ircadb_ct)
+    run_workflow(
+        str(root / "train.json"), dataset_dir=str(ircadb_ct),
+        **{"train#dataset#data": data[:2], "validate#dataset#data": data[2:], "train#trainer#max_epochs": 1},
+        **{"val_interval": 1, "device": "cpu"},
+    )  # fmt: skip
+    done = infer(InferConfig([data[2]["image"]], bundle=str(root), output=str(tmp_path / "o"), quiet=True))
+    assert nib.load(done[0].label_map).shape == nib.load(data[2]["image"]).shape

@@ -1,0 +1,152 @@
+"""``volmae.bundle`` helpers and a whole bundle round on synthetic volumes (runs in CI without real data):
+train -> evaluate -> inference through MONAI's ``ConfigWorkflow``, then the same model through ``volmae-infer``."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from tests.bundle.conftest import items, run_workflow
+from tests.conftest import save_nifti
+from volmae.bundle import fold_items, input_items, model_file, optimizer, unlabeled_items, with_pretrained
+from volmae.cli.common import find_volmae_error
+from volmae.errors import ConfigError, DataError
+from volmae.inference.infer import InferConfig, infer
+from volmae.networks import build_unetr
+
+
+def test_fold_items(synthetic_task):
+    train, val = fold_items(synthetic_task, 0, "train"), fold_items(synthetic_task, 0, "val")
+    assert len(train) + len(val) == 6 and not {t["image"] for t in train} & {v["image"] for v in val}
+    assert all(set(t) == {"image", "label"} for t in train)
+    assert len(fold_items(synthetic_task, 0, "train", fraction=0.5)) == round(0.5 * len(train))
+    assert len(fold_items(synthetic_task, 0, "train", limit=2)) == 2
+    with pytest.raises(ConfigError, match="part='test'"):
+        fold_items(synthetic_task, 0, "test")
+    with pytest.raises(ConfigError, match="dataset_dir is not set"):
+        fold_items("", 0)
+
+
+def test_unlabeled_and_input_items(synthetic_task):
+    assert len(unlabeled_items(synthetic_task, fold=None)) == 6
+    assert len(unlabeled_items(synthetic_task, fold=0)) == len(fold_items(synthetic_task, 0))
+    assert all(set(i) == {"image"} for i in unlabeled_items(synthetic_task))
+    assert len(input_items(synthetic_task / "imagesTr")) == 6
+    with pytest.raises(DataError, match="input not found"):
+        input_items(synthetic_task / "nothing")
+
+
+def test_optimizer_layer_decay_sets_each_group_lr():
+    net = build_unetr("vit-tiny", 1, 3, (16, 16, 16))
+    opt = optimizer(net, 1e-3, 1e-4, layer_decay=0.5)
+    lrs = sorted({g["lr"] for g in opt.param_groups})
+    assert lrs[-1] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-3 * 0.5**13)
+    assert {g["lr"] for g in optimizer(net, 1e-3).param_groups} == {1e-3}
+    with pytest.raises(ConfigError, match="lr=0"):
+        optimizer(net, 0)
+
+
+def test_with_pretrained_loads_the_encoder_of_a_bundle_model(tmp_path):
+    src = build_unetr("vit-tiny", 1, 3, (16, 16, 16))
+    torch.save(src.state_dict(), tmp_path / "model.pt")
+    net = build_unetr("vit-tiny", 1, 5, (16, 16, 16))
+    assert with_pretrained(net, None) is net and getattr(net, "load_report", None) is None
+    with_pretrained(net, str(tmp_path / "model.pt"))
+    assert net.load_report.ok
+    assert torch.equal(net.encoder.blocks[3].mlp.linear1.weight, src.encoder.blocks[3].mlp.linear1.weight)
+
+
+def test_model_file_says_how_to_get_weights(tmp_path):
+    with pytest.raises(ConfigError, match="no trained weights in the bundle; train it first"):
+        model_file(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(b"x")
+    assert model_file(tmp_path) == str(tmp_path / "models" / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The hippocampus bundle trained for 2 epochs on a synthetic task (its own copy)."""
+    from tests.bundle.conftest import copy_bundle
+    from tests.conftest import make_msd_folder
+
+    tmp = tmp_path_factory.mktemp("bundle")
+    task = make_msd_folder(tmp / "task", shape=(20, 28, 20))
+    root = copy_bundle("hippocampus", tmp / "bundles")
+    data = items(task)
+    run_workflow(
+        str(root / "train.json"),
+        dataset_dir=str(task),
+        **{"train#dataset#data": data[:4], "validate#dataset#data": data[4:]},
+        **{"train#trainer#max_epochs": 2, "val_interval": 1, "device": "cpu"},
+    )
+    return root, task
+
+
+def test_training_writes_plain_state_dicts_into_the_bundle(trained):
+    root, _ = trained
+    for name in ("model.pt", "model_final.pt"):
+        state = torch.load(root / "models" / name, weights_only=True)
+        assert all(isinstance(v, torch.Tensor) for v in state.values()) and "encoder.norm.weight" in state
+        build_unetr("vit-tiny", 1, 3, (40, 56, 40)).load_state_dict(state)
+    assert list((root / "runs" / "train").glob("events.out.tfevents.*"))
+
+
+def test_evaluate_writes_per_case_metrics(trained):
+    root, task = trained
+    run_workflow(
+        [str(root / "configs" / "train.json"), str(root / "configs" / "evaluate.json")],
+        dataset_dir=str(task),
+        **{"validate#dataset#data": items(task)[4:], "device": "cpu"},
+    )
+    raw = (root / "runs" / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert raw[0].startswith("filename") and len(raw) == 3
+    assert (root / "runs" / "eval" / "val_hd95_raw.csv").is_file()
+
+
+def test_bundle_inference_and_volmae_infer_write_the_same_label_map(trained, tmp_path):
+    root, task = trained
+    src = task / "imagesTr" / "case_000.nii.gz"
+    run_workflow(
+        str(root / "configs" / "inference.json"), "infer", input=str(src), device="cpu", amp=False
+    )
+    bundle_out = nib.load(root / "predictions" / "case_000_seg.nii.gz")
+    ref = nib.load(src)
+    assert bundle_out.shape == ref.shape and np.allclose(bundle_out.affine, ref.affine)
+    done = infer(InferConfig([str(src)], bundle=str(root), output=str(tmp_path / "seg.nii.gz"), device="cpu", quiet=True))
+    cli_out = nib.load(done[0].label_map)
+    assert np.array_equal(np.asarray(cli_out.dataobj), np.asarray(bundle_out.dataobj))
+
+
+def test_wrong_channel_count_is_named(trained, tmp_path):
+    root, task = trained
+    two = save_nifti(tmp_path / "two.nii.gz", np.random.default_rng(0).normal(size=(20, 28, 20, 2)).astype(np.float32))
+    with pytest.raises(DataError, match="two.nii.gz: has 2 channel\\(s\\), the task expects 1"):
+        infer(InferConfig([str(two)], bundle=str(root), output=str(tmp_path / "o"), device="cpu", quiet=True))
+    with pytest.raises(RuntimeError) as err:
+        run_workflow(str(root / "configs" / "inference.json"), "infer", input=str(two), device="cpu")
+    assert "image has 2 channel(s), the model expects 1" in str(find_volmae_error(err.value))
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_missing_weights(bundle_dir, synthetic_task, tmp_path):
+    root = bundle_dir("hippocampus")
+    with pytest.raises(ConfigError, match="no trained weights"):
+        infer(InferConfig([str(synthetic_task / "imagesTr")], bundle=str(root), output=str(tmp_path / "o")))
+    with pytest.raises(RuntimeError) as err:
+        run_workflow(str(root / "configs" / "inference.json"), "infer", input=str(synthetic_task / "imagesTr"))
+    assert "no trained weights" in str(find_volmae_error(err.value))
+    assert not (root / "predictions").exists()
+
+
+def test_metadata_labels_reach_volmae_infer(trained):
+    from volmae.inference.infer import model_classes
+
+    root, _ = trained
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    names = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
+    assert model_classes(bundle=str(root)) == {int(k): v for k, v in names.items()}
