@@ -16,9 +16,7 @@ BUNDLES = REPO / "bundles"
 def copy_bundle(name: str, dest: Path) -> Path:
     """``bundles/<name>`` copied to ``dest/<name>`` with its top-level links, without models / runs."""
     out = dest / name
-    shutil.copytree(
-        BUNDLES / name, out, symlinks=True, ignore=shutil.ignore_patterns("models", "runs", "predictions")
-    )
+    shutil.copytree(BUNDLES / name, out, symlinks=True, ignore=shutil.ignore_patterns("models", "runs", "predictions"))
     return out
 
 

@@ -27,7 +27,9 @@ LIMITS = {
 
 def _bundle_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
 
 
 def _overrides(values: dict) -> list[str]:
@@ -87,7 +89,9 @@ def _mini_task(src: Path, dst: Path, n: int) -> Path:
 def test_hippocampus_pretrain_then_finetune_from_it(msd_hippocampus, tmp_path):
     root = copy_bundle("hippocampus", tmp_path / "bundles")
     task = _mini_task(msd_hippocampus, tmp_path / "task", 10)
-    run_workflow(str(root / "pretrain.json"), None, dataset_dir=str(task), **{"pretrain#epochs": 1, "pretrain#quiet": True})
+    run_workflow(
+        str(root / "pretrain.json"), None, dataset_dir=str(task), **{"pretrain#epochs": 1, "pretrain#quiet": True}
+    )
     mae = root / "models" / "mae" / "model.pt"
     assert mae.is_file() and list((root / "models" / "mae" / "pictures").glob("*.png"))
     wf = run_workflow(

@@ -111,13 +111,13 @@ def test_evaluate_writes_per_case_metrics(trained):
 def test_bundle_inference_and_volmae_infer_write_the_same_label_map(trained, tmp_path):
     root, task = trained
     src = task / "imagesTr" / "case_000.nii.gz"
-    run_workflow(
-        str(root / "configs" / "inference.json"), "infer", input=str(src), device="cpu", amp=False
-    )
+    run_workflow(str(root / "configs" / "inference.json"), "infer", input=str(src), device="cpu", amp=False)
     bundle_out = nib.load(root / "predictions" / "case_000_seg.nii.gz")
     ref = nib.load(src)
     assert bundle_out.shape == ref.shape and np.allclose(bundle_out.affine, ref.affine)
-    done = infer(InferConfig([str(src)], bundle=str(root), output=str(tmp_path / "seg.nii.gz"), device="cpu", quiet=True))
+    done = infer(
+        InferConfig([str(src)], bundle=str(root), output=str(tmp_path / "seg.nii.gz"), device="cpu", quiet=True)
+    )
     cli_out = nib.load(done[0].label_map)
     assert np.array_equal(np.asarray(cli_out.dataobj), np.asarray(bundle_out.dataobj))
 

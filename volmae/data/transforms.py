@@ -29,8 +29,10 @@ from monai.transforms import (
     RandShiftIntensityd,
     RandSpatialCropSamplesd,
     ScaleIntensityRanged,
-    Spacingd,
     SpatialPadd,
+)
+from monai.transforms import (
+    Spacingd as _MonaiSpacingd,
 )
 
 from volmae.data.checks import CheckVolumed
@@ -91,6 +93,27 @@ def get_preprocessing(name: str, **overrides) -> Preprocessing:
         raise ConfigError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(PREPROCESSING)}")
     overrides = {k: (tuple(int(x) for x in v) if k == "roi_size" else v) for k, v in overrides.items() if v is not None}
     return replace(PREPROCESSING[name], **overrides) if overrides else PREPROCESSING[name]
+
+
+class Spacingd(_MonaiSpacingd):
+    """MONAI's ``Spacingd`` that leaves non-dictionary ``<key>_*`` entries alone.
+
+    After resampling a NIfTI image, MONAI 1.6's ``Spacingd`` calls ``.update`` on *every* entry whose name starts with
+    ``"<key>_"``, taking them for meta dicts. MONAI Label puts the study path under ``image_path`` (a string), so a
+    bundle with plain ``Spacingd`` fails in MONAI Label with "'str' object has no attribute 'update'". Such entries
+    are set aside for the call and put back unchanged.
+    """
+
+    def __call__(self, data, lazy: bool | None = None):
+        d = dict(data)
+        aside = {
+            k: d.pop(k)
+            for k in list(d)
+            if isinstance(k, str) and any(k.startswith(f"{key}_") for key in self.keys) and not isinstance(d[k], dict)
+        }
+        out = super().__call__(d, lazy=lazy)
+        out.update(aside)
+        return out
 
 
 def preprocess_transforms(
