@@ -57,9 +57,10 @@ def test_hippocampus_literal_commands_write_into_the_bundle(msd_hippocampus, tmp
 
     # TorchScript: the ViT's einops reshapes need tracing; the traced model equals the eager one at the ROI
     ts = root / "models" / "model.ts"
+    cfg = root / "configs"
     out = _bundle_cli(
         run, "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", str(root / "models" / "model.pt"),
-        "--meta_file", str(root / "configs" / "metadata.json"), "--config_file", str(root / "configs" / "inference.json"),
+        "--meta_file", str(cfg / "metadata.json"), "--config_file", str(cfg / "inference.json"),
         "--use_trace", "True", "--input_shape", "[1, 1, 40, 56, 40]",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
