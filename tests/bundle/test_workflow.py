@@ -150,3 +150,27 @@ def test_metadata_labels_reach_volmae_infer(trained):
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     names = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
     assert model_classes(bundle=str(root)) == {int(k): v for k, v in names.items()}
+
+
+def test_volmae_infer_bundle_errors_exit_2(bundle_dir, synthetic_task, tmp_path, capsys, monkeypatch):
+    from volmae.cli.infer import main
+
+    scan = str(synthetic_task / "imagesTr" / "case_000.nii.gz")
+    monkeypatch.chdir(tmp_path)
+    assert main([scan, "--model", "m.pt", "--bundle", "btcv"]) == 2
+    assert "give one of --model and --bundle" in capsys.readouterr().err
+    assert main(["--list-classes", "--bundle", "no_such_bundle"]) == 2
+    err = capsys.readouterr().err
+    assert "bundle 'no_such_bundle' not found" in err and "brats, btcv, hippocampus" in err
+    assert main([scan, "--bundle", str(bundle_dir("hippocampus"))]) == 2
+    assert "no trained weights in the bundle" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.nii.gz"))  # nothing written
+    assert main([scan, "--bundle", str(synthetic_task)]) == 2
+    assert "not a MONAI bundle" in capsys.readouterr().err
+
+
+def test_list_classes_of_a_shipped_bundle(capsys):
+    from volmae.cli.infer import main
+
+    assert main(["--list-classes", "--bundle", "brats"]) == 0
+    assert "3  enhancing tumour" in capsys.readouterr().out
