@@ -73,15 +73,17 @@ def test_monailabel_serves_the_hippocampus_bundle(msd_hippocampus, tmp_path):
     shutil.copytree(src_app, app)
     shutil.copytree(root, app / "model" / "hippocampus", symlinks=False, ignore=shutil.ignore_patterns("runs"))
     studies = tmp_path / "studies"
-    studies.mkdir()
+    (studies / "labels" / "final").mkdir(parents=True)
     scan = msd_hippocampus / "imagesTr" / "hippocampus_001.nii.gz"
-    shutil.copy(scan, studies / scan.name)
+    for case in ("hippocampus_001", "hippocampus_003", "hippocampus_004"):  # labeled studies for app training
+        shutil.copy(msd_hippocampus / "imagesTr" / f"{case}.nii.gz", studies)
+        shutil.copy(msd_hippocampus / "labelsTr" / f"{case}.nii.gz", studies / "labels" / "final")
 
     port = _free_port()
     env = {**os.environ, "PATH": f"{Path(py).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = [py, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
            "--host", "127.0.0.1", "--port", str(port), "--conf", "models", "hippocampus",
-           "--conf", "zoo_source", "github", "--conf", "sam2", "false", "--conf", "skip_trainers", "true"]  # fmt: skip
+           "--conf", "zoo_source", "github", "--conf", "sam2", "false"]  # fmt: skip
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -101,6 +103,18 @@ def test_monailabel_serves_the_hippocampus_bundle(msd_hippocampus, tmp_path):
         req = urllib.request.Request(f"{base}/infer/hippocampus?image=hippocampus_001&output=image", method="POST")
         with urllib.request.urlopen(req, timeout=300) as r:
             (tmp_path / "ml_seg.nii.gz").write_bytes(r.read())
+
+        # training from the app: configs/train.json with MONAI Label's overrides (datalist, epochs, device ...)
+        final = app / "model" / "hippocampus" / "models" / "model_final.pt"
+        before = final.stat().st_mtime_ns
+        body = json.dumps({"max_epochs": 1, "device": "cpu", "val_split": 0.34, "multi_gpu": False}).encode()
+        req = urllib.request.Request(
+            f"{base}/train/hippocampus?run_sync=true", data=body, method="POST",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=600) as r:
+            assert r.status == 200
+        assert final.stat().st_mtime_ns > before, (tmp_path / "server.log").read_text()[-3000:]
     finally:
         server.terminate()
         server.wait(30)

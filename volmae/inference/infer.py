@@ -168,7 +168,9 @@ def infer(cfg: InferConfig) -> list[InferredCase]:
     cases = collect_inputs(cfg.inputs)
     outputs = plan_outputs(cases, cfg.output, single_input=len(cfg.inputs) == 1 and Path(cfg.inputs[0]).is_file())
     device = resolve_device(cfg.device)
-    predictor = predictor_for(cfg, device, roi_size=cfg.roi_size, mode=cfg.mode, stitch_device="auto")
+    predictor = predictor_for(
+        cfg, device, roi_size=cfg.roi_size, mode=cfg.mode, stitch_device="auto", progress=not cfg.quiet
+    )
     labels = {int(k): str(v) for k, v in predictor.task["labels"].items()}
     in_channels = predictor.task.get("in_channels")
     preflight([{"image": src} for _, src in cases], in_channels, need_label=False, what="input scans")

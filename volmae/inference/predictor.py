@@ -131,6 +131,7 @@ class Predictor:
         regions: for a multi-label network whose channels are nested label regions (BraTS TC / WT / ET), the label
         values of each channel; the thresholded regions are then turned back into one label map
         (:func:`volmae.data.regions.regions_to_labels`).
+        progress: a progress bar over the sliding windows (MONAI's, tqdm).
     """
 
     def __init__(
@@ -147,6 +148,7 @@ class Predictor:
         tta_flips: Sequence[int] = (),
         largest_component: bool = False,
         regions=None,
+        progress: bool = False,
     ) -> None:
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap={overlap}: must be in [0, 1)")
@@ -163,6 +165,7 @@ class Predictor:
         self.tta_flips = tuple(tta_flips)
         self.largest_component = largest_component
         self.regions = check_regions(regions) if regions else None
+        self.progress = progress
         if self.regions and not multilabel:
             raise ValueError("regions are given but multilabel=False: region channels are sigmoid outputs")
         self._transform = infer_transforms(prep)
@@ -194,6 +197,7 @@ class Predictor:
                 mode=self.mode,
                 sw_device=self.device,
                 device=self._stitch_on(x),
+                progress=self.progress,
             )
         return out.float()
 
