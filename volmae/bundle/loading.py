@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from volmae.errors import CheckpointError, ConfigError
+from volmae.networks.weights import model_state
 
 __all__ = ["DEFAULT_BUNDLE", "bundle_search_path", "find_bundle", "bundle_classes", "bundle_checkpoint"]
 
@@ -66,8 +67,8 @@ def _state_dict(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
         raise CheckpointError(f"{path}: unreadable weights ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]  # a CheckpointSaver file with several entries
+    if isinstance(state, dict):
+        state = dict(model_state(state))  # a CheckpointSaver file with several entries keeps the net under "model"
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a state dict of the bundle's network_def")
     return state

@@ -25,8 +25,8 @@ from volmae.errors import CheckpointError
 from volmae.networks.registry import build_from_config
 from volmae.networks.weights import (
     CHECKPOINT_FORMAT,
-    _model_state,
     encoder_state_from,
+    model_state,
     monai_unetr_to_volmae,
     volmae_unetr_to_monai,
 )
@@ -95,7 +95,7 @@ def export_to_monai(ckpt: Mapping, encoder_only: bool = False) -> tuple[str, dic
 
 def monai_unetr_sizes(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """What a MONAI ``UNETR`` state dict says about its sizes (everything but heads and ROI shape)."""
-    state = {k.removeprefix("module."): v for k, v in _model_state(state).items()}
+    state = {k.removeprefix("module."): v for k, v in model_state(state).items()}
     try:
         patch = state["vit.patch_embedding.patch_embeddings.weight"]
         blocks = {int(k.split(".")[2]) for k in state if k.startswith("vit.blocks.")}

@@ -24,6 +24,7 @@ from volmae.networks.vit import ViTEncoder
 __all__ = [
     "LoadReport",
     "read_checkpoint",
+    "model_state",
     "encoder_state_from",
     "resample_pos_embed",
     "load_encoder_weights",
@@ -108,7 +109,8 @@ def read_checkpoint(path: str | Path) -> dict:
     return dict(obj)
 
 
-def _model_state(ckpt: Mapping) -> Mapping[str, torch.Tensor]:
+def model_state(ckpt: Mapping) -> Mapping[str, torch.Tensor]:
+    """The network state inside a checkpoint (under ``model`` / ``state_dict`` / ``net``), or the mapping itself."""
     for key in ("model", "state_dict", "net"):
         if isinstance(ckpt.get(key), Mapping):
             return ckpt[key]
@@ -117,7 +119,7 @@ def _model_state(ckpt: Mapping) -> Mapping[str, torch.Tensor]:
 
 def encoder_state_from(ckpt: Mapping) -> dict[str, torch.Tensor]:
     """Filter a checkpoint (or state dict) down to ViT-encoder keys, renamed to ``ViTEncoder``'s own names."""
-    state = {k.removeprefix("module."): v for k, v in _model_state(ckpt).items() if isinstance(v, torch.Tensor)}
+    state = {k.removeprefix("module."): v for k, v in model_state(ckpt).items() if isinstance(v, torch.Tensor)}
     for prefix in ENCODER_PREFIXES:
         found = {
             k[len(prefix) :]: v
@@ -235,9 +237,9 @@ def _rename(state: Mapping[str, torch.Tensor], table: Mapping[str, str]) -> dict
 
 def monai_unetr_to_volmae(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a ``monai.networks.nets.UNETR`` state dict to volmae ``UNETR`` keys (patch 16, 12 blocks)."""
-    return _rename(_model_state(state), _MONAI_UNETR_NAMES)
+    return _rename(model_state(state), _MONAI_UNETR_NAMES)
 
 
 def volmae_unetr_to_monai(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of :func:`monai_unetr_to_volmae`: a volmae patch-16 UNETR as MONAI ``UNETR`` keys."""
-    return _rename(_model_state(state), {v: k for k, v in _MONAI_UNETR_NAMES.items()})
+    return _rename(model_state(state), {v: k for k, v in _MONAI_UNETR_NAMES.items()})
