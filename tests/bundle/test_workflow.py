@@ -174,3 +174,16 @@ def test_list_classes_of_a_shipped_bundle(capsys):
 
     assert main(["--list-classes", "--bundle", "brats"]) == 0
     assert "3  enhancing tumour" in capsys.readouterr().out
+
+
+def test_volmae_evaluate_scores_a_bundle_in_original_space(trained, tmp_path):
+    from volmae.evaluation.evaluate import EvaluateConfig, evaluate
+
+    root, task = trained
+    report = evaluate(
+        EvaluateConfig(None, str(task), bundle=str(root), out_dir=str(tmp_path / "ev"), cases=["case_004"], quiet=True)
+    )
+    assert [c.case for c in report.cases] == ["case_004"] and set(report.cases[0].dice) == {"anterior", "posterior"}
+    assert (tmp_path / "ev" / "metrics.csv").is_file()
+    with pytest.raises(ConfigError, match="give one of --model and --bundle"):
+        evaluate(EvaluateConfig("m.pt", str(task), bundle=str(root), out_dir=str(tmp_path / "ev2")))

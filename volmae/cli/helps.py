@@ -45,7 +45,7 @@ HELPS: dict[str, str] = {
     "resume": "continue the run in --out-dir from its checkpoint.pt",
     "overwrite": "replace what is already there (a run's checkpoint in --out-dir; label maps for volmae-infer)",
     "quiet": "no progress bars or per-epoch lines",
-    "model": "fine-tuned model.pt (from volmae-train); for volmae-infer, instead of --bundle",
+    "model": "fine-tuned model.pt (from volmae-train); volmae-infer / volmae-evaluate: or --bundle instead",
     "bundle": "trained MONAI bundle: btcv, brats, hippocampus (looked up in $VOLMAE_BUNDLES, then the repository's "
     "bundles/) or a bundle folder; its models/model.pt segments the scans (default btcv when --model is not given)",
     "cases": "evaluate these case ids instead of the held-out fold",

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from volmae.bundle.loading import DEFAULT_BUNDLE
 from volmae.data import load_msd_datalist, load_volume, preflight, split_fold
 from volmae.errors import DataError
 from volmae.evaluation.metrics import EvaluationReport, case_metrics, label_masks, summarise
@@ -27,8 +28,9 @@ __all__ = ["EvaluateConfig", "evaluate"]
 
 @dataclass
 class EvaluateConfig:
-    model: str
+    model: str | None
     dataset_dir: str
+    bundle: str | None = None
     out_dir: str = "runs/evaluate"
     fold: int = 0
     cases: list[str] | None = None
@@ -93,7 +95,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     report.write(
         out,
         extra={
-            "model": str(cfg.model),
+            "model": str(cfg.model or f"bundle {cfg.bundle or DEFAULT_BUNDLE}"),
             "dataset": datalist.name,
             "fold": cfg.fold,
             "inference": {

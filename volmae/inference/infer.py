@@ -28,7 +28,7 @@ from volmae.data.checks import preflight
 from volmae.data.datalist import case_id
 from volmae.data.readers import NIFTI_SUFFIXES, dicom_series_ids
 from volmae.errors import ConfigError, DataError
-from volmae.inference.predictor import predictor_for, segmentation_checkpoint
+from volmae.inference.predictor import check_model_source, predictor_for, segmentation_checkpoint
 from volmae.utils.io import atomic_save_nifti
 from volmae.utils.runtime import resolve_device
 
@@ -135,15 +135,10 @@ def _safe_name(name: str) -> str:
 
 def model_classes(model: str | None = None, bundle: str | None = None) -> dict[int, str]:
     """The class names of a model checkpoint or a bundle (``--list-classes``; the network is not built)."""
-    _check_source(model, bundle)
+    check_model_source(model, bundle)
     if not model:
         return bundle_classes(bundle or DEFAULT_BUNDLE)
     return {int(k): str(v) for k, v in segmentation_checkpoint(model)["task"]["labels"].items()}
-
-
-def _check_source(model: str | None, bundle: str | None) -> None:
-    if model and bundle:
-        raise ConfigError(f"model={model!r} and bundle={bundle!r}: give one of --model and --bundle")
 
 
 def _check_writable(targets: list[Path], sources: set[Path], overwrite: bool) -> None:
@@ -164,7 +159,7 @@ def _check_writable(targets: list[Path], sources: set[Path], overwrite: bool) ->
 
 def infer(cfg: InferConfig) -> list[InferredCase]:
     """Segment every input of ``cfg``; returns what was written for each case."""
-    _check_source(cfg.model, cfg.bundle)
+    check_model_source(cfg.model, cfg.bundle)
     cases = collect_inputs(cfg.inputs)
     outputs = plan_outputs(cases, cfg.output, single_input=len(cfg.inputs) == 1 and Path(cfg.inputs[0]).is_file())
     device = resolve_device(cfg.device)

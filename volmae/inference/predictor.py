@@ -19,7 +19,7 @@ from monai.transforms import Invertd
 
 from volmae.data.regions import check_regions, regions_to_labels
 from volmae.data.transforms import Preprocessing, infer_transforms
-from volmae.errors import CheckpointError
+from volmae.errors import CheckpointError, ConfigError
 from volmae.networks.registry import build_from_config
 from volmae.networks.weights import load_encoder_weights, read_checkpoint
 from volmae.utils.runtime import autocast
@@ -30,6 +30,7 @@ __all__ = [
     "load_segmentation_model",
     "largest_component",
     "predictor_for",
+    "check_model_source",
     "segmentation_checkpoint",
 ]
 
@@ -280,10 +281,17 @@ class Predictor:
         return Prediction(pred, torch.as_tensor(pred.affine), kept)
 
 
+def check_model_source(model, bundle) -> None:
+    """At most one of a model checkpoint and a bundle (neither: the default bundle)."""
+    if model and bundle:
+        raise ConfigError(f"model={model!r} and bundle={bundle!r}: give one of --model and --bundle")
+
+
 def predictor_for(cfg, device: torch.device, **extra) -> Predictor:
     """A :class:`Predictor` for ``cfg.model`` (or, when the config has one and no model is given, its trained
     ``cfg.bundle``) from a stage config's window / TTA fields (``sw_batch_size``, ``overlap``, ``amp``,
     ``tta_flips``, ``largest_component``), as ``volmae-evaluate`` and ``volmae-infer`` share."""
+    check_model_source(cfg.model, getattr(cfg, "bundle", None))
     source = cfg.model
     if not source:
         from volmae.bundle.loading import DEFAULT_BUNDLE, bundle_checkpoint
