@@ -30,7 +30,6 @@ __all__ = ["EvaluateConfig", "evaluate"]
 class EvaluateConfig:
     model: str | None
     dataset_dir: str
-    bundle: str | None = None
     out_dir: str = "runs/evaluate"
     fold: int = 0
     cases: list[str] | None = None
@@ -43,6 +42,7 @@ class EvaluateConfig:
     num_overlays: int = 4
     save_predictions: bool = False
     quiet: bool = False
+    bundle: str | None = None  # instead of ``model``: a trained bundle (name or folder)
 
 
 def _spacing(affine: np.ndarray) -> list[float]:
