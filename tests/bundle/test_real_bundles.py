@@ -160,6 +160,13 @@ def test_brats_two_channel_regions(brats_task, tmp_path):
     seg, ref = nib.load(done[0].label_map), nib.load(scan)
     assert seg.shape == ref.shape[:3] and np.allclose(seg.affine, ref.affine)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2, 3}
+    from volmae.evaluation.evaluate import EvaluateConfig, evaluate
+
+    case = Path(scan).name.split(".")[0]
+    report = evaluate(
+        EvaluateConfig(None, str(brats_task), str(tmp_path / "ev"), cases=[case], overlap=0.25, bundle=str(root))
+    )
+    assert list(report.cases[0].dice) == ["TC", "WT", "ET"]  # scored per region, as BraTS is
 
 
 def _btcv_small(root: Path) -> None:

@@ -118,6 +118,16 @@ def test_label_masks():
     assert torch.equal(label_masks(lm[None], [1, 2, 3]), m)  # 1 D H W accepted
 
 
+def test_label_masks_of_regions():
+    lm = torch.tensor([0, 1, 2, 3, 2]).reshape(1, 1, 5)
+    m = label_masks(lm, [[2, 3], [1, 2, 3], [3]])  # BraTS TC, WT, ET
+    assert m.flatten(1).tolist() == [
+        [False, False, True, True, True],
+        [False, True, True, True, True],
+        [False, False, False, True, False],
+    ]
+
+
 # --------------------------------------------------------------------------------------------------- reports
 
 

@@ -50,15 +50,20 @@ def _spacing(affine: np.ndarray) -> list[float]:
 
 
 def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
-    """Segment the held-out cases of ``fold`` (or ``cases``) and write per-case / per-class Dice and HD95."""
+    """Segment the held-out cases of ``fold`` (or ``cases``) and write per-case / per-class Dice and HD95 (per region
+    for models with label regions, e.g. BraTS TC / WT / ET)."""
     device = resolve_device(cfg.device)
     predictor = predictor_for(cfg, device)
     labels = {int(k): v for k, v in predictor.task["labels"].items()}
     datalist = load_msd_datalist(cfg.dataset_dir)
     items = datalist.by_case(cfg.cases) if cfg.cases else split_fold(datalist, cfg.fold)[1]
     preflight(items, predictor.task.get("in_channels"), need_label=True, what="evaluation datalist")
-    classes = sorted(k for k in labels if k > 0)
-    names = [labels[k] for k in classes]
+    regions = predictor.task.get("regions")
+    if regions:  # nested tumour regions are what BraTS is scored on: one mask per region
+        classes, names = [list(v) for v in regions.values()], list(regions)
+    else:
+        classes = sorted(k for k in labels if k > 0)
+        names = [labels[k] for k in classes]
     out = Path(cfg.out_dir)
     results, t0 = [], time.time()
     for i, item in enumerate(items):
@@ -80,6 +85,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
             atomic_save_nifti(seg, pred.affine.numpy(), out / "predictions" / f"{item['case']}.nii.gz")
         if i < cfg.num_overlays:
             img, _ = load_volume(item["image"] if isinstance(item["image"], str) else item["image"][0])
+            img = img[..., 0] if img.ndim == 4 else img  # stacked channels (X Y Z C): picture the first
             mean_dice = float(np.mean(list(res.dice.values())))
             save_overlay_png(
                 img,

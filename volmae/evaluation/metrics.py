@@ -24,11 +24,14 @@ from volmae.utils.io import atomic_write_json, atomic_write_text
 __all__ = ["CaseMetrics", "EvaluationReport", "case_metrics", "label_masks", "summarise"]
 
 
-def label_masks(label_map: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
-    """``D H W`` integer map -> ``K D H W`` bool masks for ``classes``."""
+def label_masks(label_map: torch.Tensor, classes: Sequence[int | Sequence[int]]) -> torch.Tensor:
+    """``D H W`` integer map -> ``K D H W`` bool masks, one per entry of ``classes``: a label value, or a list of
+    values for a region (BraTS tumour core = ``[2, 3]``)."""
     lm = torch.as_tensor(label_map)
     lm = lm[0] if lm.ndim == 4 else lm
-    return torch.stack([lm == c for c in classes])
+    return torch.stack(
+        [torch.isin(lm, torch.tensor(list(c), dtype=lm.dtype)) if isinstance(c, Sequence) else lm == c for c in classes]
+    )
 
 
 @dataclass
