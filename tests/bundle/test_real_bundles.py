@@ -229,3 +229,22 @@ def test_btcv_shipped_configuration_on_real_ct(ircadb_ct, tmp_path):
     )  # fmt: skip
     done = infer(InferConfig([data[2]["image"]], bundle=str(root), output=str(tmp_path / "o"), quiet=True))
     assert nib.load(done[0].label_map).shape == nib.load(data[2]["image"]).shape
+
+
+@pytest.mark.slow
+def test_brats_shipped_configuration_with_two_channels(brats2013, tmp_path):
+    """The brats bundle as shipped (UNETR ViT-B/16, 96^3) but for the 2-channel (FLAIR, T1c) BraTS 2013 cases:
+    one epoch on three whole converted volumes, validation and inference on the fourth."""
+    from volmae.data.convert import convert_brats
+
+    convert_brats(brats2013, tmp_path / "task")
+    root = copy_bundle("brats", tmp_path / "bundles")
+    edit_bundle(root, ("train.json", "inference.json"), in_channels=2)
+    data = items(tmp_path / "task")
+    run_workflow(
+        str(root / "train.json"), dataset_dir=str(tmp_path / "task"),
+        **{"train#dataset#data": data[:3], "validate#dataset#data": data[3:], "train#trainer#max_epochs": 1},
+        **{"val_interval": 1, "device": "cpu"},
+    )  # fmt: skip
+    done = infer(InferConfig([data[3]["image"]], bundle=str(root), output=str(tmp_path / "o"), quiet=True))
+    assert nib.load(done[0].label_map).shape == nib.load(data[3]["image"]).shape[:3]
