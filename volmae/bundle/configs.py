@@ -114,6 +114,7 @@ def train_config(s: BundleSpec) -> dict:
             "weight_decay": 1e-4,
             "layer_decay": "$0.75 if @pretrained else 1.0",
             "warmup_epochs": 1,
+            "grad_clip": 1.0,
             "val_interval": s.val_interval,
             "network": "$volmae.bundle.with_pretrained(@network_def, @pretrained).to(@device)",
             "loss": {
@@ -150,6 +151,7 @@ def train_config(s: BundleSpec) -> dict:
                 "epoch_level": False,
                 "print_lr": False,
             },
+            {"_target_": "volmae.bundle.handlers.GradClipHandler", "max_norm": "@grad_clip"},
             {
                 "_target_": "ValidationHandler",
                 "validator": "@validate#evaluator",
