@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from volmae.errors import CheckpointError, ConfigError
-from volmae.networks.weights import model_state
+from volmae.networks.weights import model_state, read_checkpoint
 
 __all__ = ["DEFAULT_BUNDLE", "bundle_search_path", "find_bundle", "bundle_classes", "bundle_checkpoint"]
 
@@ -51,25 +51,21 @@ def find_bundle(bundle: str | os.PathLike) -> Path:
     )
 
 
-def _metadata(root: Path) -> dict:
-    return json.loads((root / "configs" / "metadata.json").read_text())
+def _channel_def(root: Path) -> dict[int, str]:
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    return {int(k): str(v) for k, v in meta["network_data_format"]["outputs"]["pred"]["channel_def"].items()}
 
 
 def bundle_classes(bundle: str | os.PathLike) -> dict[int, str]:
     """Label value -> name of the bundle's written label map (``channel_def`` of its ``pred`` output)."""
-    meta = _metadata(find_bundle(bundle))
-    channel_def = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-    return {int(k): str(v) for k, v in channel_def.items()}
+    return _channel_def(find_bundle(bundle))
 
 
 def _state_dict(path: Path) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many kinds for a damaged file
-        raise CheckpointError(f"{path}: unreadable weights ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if isinstance(state, dict):
-        state = dict(model_state(state))  # a CheckpointSaver file with several entries keeps the net under "model"
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    # read_checkpoint: safe load with named errors; model_state: a CheckpointSaver file with several entries keeps
+    # the network under "model"
+    state = dict(model_state(read_checkpoint(path)))
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a state dict of the bundle's network_def")
     return state
 
@@ -96,7 +92,7 @@ def bundle_checkpoint(bundle: str | os.PathLike) -> dict:
     regions = parser.get("regions")
     task = {
         "preprocessing": asdict(prep),
-        "labels": bundle_classes(root),
+        "labels": _channel_def(root),
         "in_channels": int(parser["in_channels"]),
         "multilabel": bool(regions),
         "regions": regions,

@@ -89,8 +89,7 @@ def metadata(s: BundleSpec) -> dict:
             "outputs": {"pred": pred},
         },
     }
-    if s.regions:
-        pred["channel_def"] = labels  # MONAI Label names the final label values from here
+    if s.regions:  # pred's channel_def names the final label values (MONAI Label reads it), not the region channels
         out["network_data_format"]["post_processed_outputs"] = {"pred": {**pred, "num_channels": 1}}
         out["pred_classes"] = f"network channels {', '.join(s.regions)} (sigmoid); written label map: {desc}"
     return out

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from volmae.data.datalist import label_fraction, load_msd_datalist, split_fold
+from volmae.data.datalist import label_fraction, load_msd_datalist, pretraining_items, split_fold
 from volmae.errors import ConfigError
 from volmae.utils.optim import param_groups
 
@@ -85,9 +85,8 @@ def fold_items(
 def unlabeled_items(dataset_dir: str | os.PathLike, fold: int | None = 0, limit: int | None = None) -> list[dict]:
     """Images for MAE pretraining: every image of the task (labels ignored) except the fold's validation cases, plus
     the unlabeled ``test`` images; ``fold=None`` uses all training images."""
-    dl = _datalist(dataset_dir)
-    items = dl.items if fold is None else split_fold(dl, int(fold))[0]
-    out = [{"image": it["image"]} for it in [*items, *dl.unlabeled]]
+    fold = None if fold is None else int(fold)
+    out = [{"image": it["image"]} for it in pretraining_items(_datalist(dataset_dir), fold)]
     return out[:limit] if limit else out
 
 

@@ -1,7 +1,15 @@
 """Data: readers (NIfTI, DICOM), MSD datalists and folds, input checks, preprocessing presets, loaders."""
 
 from volmae.data.checks import CheckVolumed, preflight
-from volmae.data.datalist import Datalist, case_id, label_fraction, load_msd_datalist, make_folds, split_fold
+from volmae.data.datalist import (
+    Datalist,
+    case_id,
+    label_fraction,
+    load_msd_datalist,
+    make_folds,
+    pretraining_items,
+    split_fold,
+)
 from volmae.data.loading import epoch_loader, make_dataset
 from volmae.data.paths import data_root, dataset_path
 from volmae.data.readers import VolumeReader, load_volume, read_dicom_series
@@ -24,6 +32,7 @@ __all__ = [
     "load_msd_datalist",
     "make_folds",
     "split_fold",
+    "pretraining_items",
     "epoch_loader",
     "make_dataset",
     "data_root",

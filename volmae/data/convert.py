@@ -241,20 +241,21 @@ def _remap(label: np.ndarray, remap: Mapping[int, int], name: str) -> np.ndarray
     extra = sorted(int(v) for v in values.unique().tolist() if int(v) not in remap)
     if extra:
         raise DataError(f"{name}: label values {extra} are not in this BraTS layout ({sorted(remap)})")
-    lut = np.zeros(max(remap) + 1, dtype=np.uint8)
-    for k, v in remap.items():
+    return _lookup(values.numpy().astype(np.int64), remap)
+
+
+def _lookup(values: np.ndarray, table: Mapping[int, int]) -> np.ndarray:
+    """``values`` (non-negative ints) mapped through ``table`` as uint8; values not in the table become 0."""
+    lut = np.zeros(max(int(values.max(initial=0)), max(table)) + 1, dtype=np.uint8)
+    for k, v in table.items():
         lut[k] = v
-    return lut[values.numpy().astype(np.int64)]
+    return lut[values]
 
 
 def totalseg_to_btcv(label: np.ndarray, name: str = "label") -> np.ndarray:
     """A TotalSegmentator ``total`` label map in BTCV numbering (uint8; non-BTCV structures -> 0). For pipeline
     tests on TotalSegmentator's model-made examples; never a substitute for manual BTCV labels."""
-    values = check_label_array(label.astype(np.float32), name, None).numpy().astype(np.int64)
-    lut = np.zeros(max(int(values.max()), max(TOTALSEG_TO_BTCV)) + 1, dtype=np.uint8)
-    for k, v in TOTALSEG_TO_BTCV.items():
-        lut[k] = v
-    return lut[values]
+    return _lookup(check_label_array(label.astype(np.float32), name, None).numpy().astype(np.int64), TOTALSEG_TO_BTCV)
 
 
 def convert_brats(src: str | Path, dst: str | Path, layout: str = "auto", overwrite: bool = False) -> dict:

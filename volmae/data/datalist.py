@@ -17,7 +17,15 @@ from pathlib import Path
 
 from volmae.errors import DataError
 
-__all__ = ["Datalist", "load_msd_datalist", "case_id", "make_folds", "split_fold", "label_fraction"]
+__all__ = [
+    "Datalist",
+    "load_msd_datalist",
+    "case_id",
+    "make_folds",
+    "split_fold",
+    "label_fraction",
+    "pretraining_items",
+]
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -158,3 +166,12 @@ def label_fraction(items: Sequence[dict], fraction: float, seed: int = 0) -> lis
     random.Random(seed).shuffle(order)
     keep = sorted(order[:n])
     return [items[i] for i in keep]
+
+
+def pretraining_items(datalist: Datalist, fold: int | None = 0, include_unlabeled: bool = True) -> list[dict]:
+    """``[{"image", "case"}]`` for self-supervised pretraining (labels unused): the training side of ``fold`` (every
+    labeled case when ``fold`` is None, so the held-out fold's images stay unseen otherwise), plus the unlabeled
+    ``test`` images when ``include_unlabeled``."""
+    items = split_fold(datalist, fold)[0] if fold is not None else list(datalist.items)
+    items = [{"image": it["image"], "case": it["case"]} for it in items]
+    return items + list(datalist.unlabeled) if include_unlabeled else items

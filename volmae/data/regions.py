@@ -70,8 +70,10 @@ def regions_to_labels(masks: torch.Tensor, regions) -> torch.Tensor:
     return _like(out[None], masks)
 
 
-class LabelToRegionsd(MapTransform):
-    """Dictionary transform: integer label map -> one float channel per region (for sigmoid training)."""
+class _Regionsd(MapTransform):
+    """Apply ``convert(tensor, regions)`` to each key."""
+
+    convert = staticmethod(labels_to_regions)
 
     def __init__(self, keys: KeysCollection, regions, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -80,20 +82,16 @@ class LabelToRegionsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = labels_to_regions(d[key], self.regions)
+            d[key] = self.convert(d[key], self.regions)
         return d
 
 
-class RegionsToLabeld(MapTransform):
+class LabelToRegionsd(_Regionsd):
+    """Dictionary transform: integer label map -> one float channel per region (for sigmoid training)."""
+
+
+class RegionsToLabeld(_Regionsd):
     """Dictionary transform: thresholded region masks -> single-channel label map (what files and MONAI Label
     carry)."""
 
-    def __init__(self, keys: KeysCollection, regions, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.regions = check_regions(regions)
-
-    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = regions_to_labels(d[key], self.regions)
-        return d
+    convert = staticmethod(regions_to_labels)

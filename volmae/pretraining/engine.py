@@ -19,7 +19,7 @@ from volmae.data import (
     make_dataset,
     preflight,
     pretrain_transforms,
-    split_fold,
+    pretraining_items,
 )
 from volmae.data.transforms import infer_transforms
 from volmae.evaluation.pictures import save_reconstruction_png
@@ -60,10 +60,7 @@ class PretrainResult:
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run (or resume) MAE pretraining; returns where the pretrained weights are."""
     device, prep, datalist, out = prepare_stage(cfg)
-    items = split_fold(datalist, cfg.fold)[0] if cfg.fold is not None else list(datalist.items)
-    items = [{"image": it["image"], "case": it["case"]} for it in items]
-    if cfg.include_unlabeled:
-        items += datalist.unlabeled
+    items = pretraining_items(datalist, cfg.fold, cfg.include_unlabeled)
     preflight(items, datalist.in_channels, need_label=False, what="pretraining image list")
 
     torch.manual_seed(cfg.seed)
