@@ -35,7 +35,10 @@ CANDIDATES = [
 
 def _monailabel_python() -> str:
     for py in filter(None, CANDIDATES):
-        ok = subprocess.run([py, "-c", "import monailabel, volmae"], capture_output=True).returncode == 0
+        try:  # a copied or half-built venv can hold a dangling bin/python
+            ok = subprocess.run([py, "-c", "import monailabel, volmae"], capture_output=True).returncode == 0
+        except OSError:
+            continue
         if ok:
             return py
     pytest.skip(
