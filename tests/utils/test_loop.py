@@ -101,3 +101,12 @@ def test_warmup_cosine():
     assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
     assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
     assert warmup_cosine(100, 100, 10, min_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_resume_with_other_parameter_groups_is_explained(tmp_path):
+    toy_run(tmp_path / "run", epochs=1)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    ckpt["optimizer"]["param_groups"][0]["params"] = ckpt["optimizer"]["param_groups"][0]["params"][:1]
+    torch.save(ckpt, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="optimizer state does not fit"):
+        toy_run(tmp_path / "run", resume=True)

@@ -192,7 +192,13 @@ class TrainLoop:
                 f"{self.checkpoint_path}: its network differs from this run's ({str(e).splitlines()[0]}); "
                 "resume with the same settings or use another output folder"
             ) from None
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:  # same weights, other trainable set or parameter groups (e.g. an older volmae)
+            raise CheckpointError(
+                f"{self.checkpoint_path}: its optimizer state does not fit this run's ({e}); "
+                "resume with the volmae version and settings that wrote it, or start a new output folder"
+            ) from None
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = LoopState(**ckpt["state"])
         return ckpt
