@@ -176,7 +176,7 @@ def test_evaluate_missing_model(capsys, task, tmp_path):
         (b"PK\x03\x04 truncated zip", "not a readable PyTorch checkpoint"),
         ("list", "expected a dict checkpoint"),
         ("dict", "not a volmae segmentation model"),
-        ("mae", "an MAE pretraining checkpoint"),
+        ("mae", "a pretraining checkpoint (encoder only)"),
     ],
     ids=["empty", "bad-zip", "list", "foreign-dict", "mae"],
 )

@@ -151,7 +151,7 @@ def test_console_script(tmp_path, model, capsys, monkeypatch):
     mae = tmp_path / "mae.pt"
     torch.save({"format": "volmae-checkpoint", "kind": "mae", "config": {}, "model": {}}, mae)
     rc = infer_main([str(src), "--model", str(mae), "-o", "out"])
-    assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", "MAE pretraining checkpoint")
+    assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", "a pretraining checkpoint")
 
 
 @pytest.mark.realdata

@@ -48,7 +48,7 @@ def test_bad_arguments(kw, match):
 def test_pretraining_checkpoint_is_not_a_segmentation_model(tmp_path):
     path = tmp_path / "mae.pt"
     torch.save({"format": "volmae-checkpoint", "kind": "mae", "config": {}, "model": {}}, path)
-    with pytest.raises(CheckpointError, match="MAE pretraining checkpoint"):
+    with pytest.raises(CheckpointError, match="a pretraining checkpoint"):
         load_segmentation_model(path, torch.device("cpu"))
 
 

@@ -83,7 +83,7 @@ def test_monai_style_and_ddp_prefixes():
 
 
 def test_wrong_family_and_garbage(tmp_path):
-    with pytest.raises(CheckpointError, match="another network family"):
+    with pytest.raises(CheckpointError, match="another kind of network"):
         encoder_state_from({"conv1.weight": torch.zeros(1)})
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -99,3 +99,42 @@ def test_checkpoint_config_rebuilds_the_network():
     again.load_state_dict(net.state_dict(), strict=True)
     x = torch.randn(1, 1, 16, 24, 16)
     assert torch.equal(net.eval()(x), again.eval()(x))
+
+
+# ----------------------------------------------------------------------------------------------- nnFormer family
+def _nnformer_ckpt(tmp_path, roi):
+    from volmae.networks.registry import build_mae
+
+    mae = build_mae("nnformer-tiny", 1, roi, embed_dim=12, num_heads=(2, 2, 4))
+    path = tmp_path / "mvm.pt"
+    torch.save({"format": "volmae-checkpoint", "kind": "masked-volume", "config": mae.volmae_config,
+                "model": mae.state_dict()}, path)  # fmt: skip
+    return mae, path
+
+
+def test_masked_volume_weights_load_into_nnformer_with_windows_resampled(tmp_path):
+    from volmae.networks.registry import build_segmenter
+
+    mae, path = _nnformer_ckpt(tmp_path, (16, 24, 16))
+    same = build_segmenter("nnformer-tiny", 1, 3, (16, 24, 16), pretrained=path, embed_dim=12, num_heads=(2, 2, 4))
+    assert same.load_report.ok and not same.load_report.resampled and not same.load_report.unexpected
+    for k, v in same.encoder.state_dict().items():
+        assert torch.equal(v, mae.encoder.state_dict()[k]), k
+    # another ROI: the global stages' windows grow with their grids, so their bias tables are resampled
+    other = build_segmenter("nnformer-tiny", 1, 3, (24, 24, 32), pretrained=path, embed_dim=12, num_heads=(2, 2, 4))
+    rep = other.load_report
+    assert rep.ok and rep.resampled and all("stages.1." in k or "stages.2." in k for k in rep.resampled)
+    assert "stages.0.blocks.0.attn.qkv.weight" in rep.loaded  # the local windows did not change
+
+
+def test_encoder_families_never_mix(tmp_path):
+    from volmae.networks.registry import build_mae, build_segmenter
+
+    _, mvm = _nnformer_ckpt(tmp_path, (16, 16, 16))
+    with pytest.raises(CheckpointError, match="holds a nnformer encoder but this network has a vit encoder"):
+        build_segmenter("vit-tiny", 1, 3, 16, pretrained=mvm, num_layers=3)
+    vit_mae = build_mae("vit-tiny", 1, 16, num_layers=2, decoder_depth=1)
+    vit = tmp_path / "mae.pt"
+    torch.save({"model": vit_mae.state_dict(), "config": vit_mae.volmae_config, "kind": "mae"}, vit)
+    with pytest.raises(CheckpointError, match="holds a vit encoder but this network has a nnformer encoder"):
+        build_segmenter("nnformer-tiny", 1, 3, 16, pretrained=vit)

@@ -50,12 +50,14 @@ def _common(s: BundleSpec) -> dict:
         "roi_size": "@roi_size",
         "num_samples": s.num_samples,
     }
+    # UNETR for a ViT preset, nnFormer for an nnFormer preset (--preset switches); ignite's trainer wants one output
     out["network_def"] = {
-        "_target_": "volmae.networks.build_unetr",
+        "_target_": "volmae.networks.build_segmenter",
         "preset": "@preset",
         "in_channels": "@in_channels",
         "out_channels": "@out_channels",
         "img_size": "@roi_size",
+        "deep_supervision": False,
     }
     return out
 

@@ -71,7 +71,7 @@ def _state_dict(path: Path) -> dict:
 
 
 def bundle_checkpoint(bundle: str | os.PathLike) -> dict:
-    """The trained bundle as ``{"kind": "unetr", "config", "task", "model"}`` (see the module docstring)."""
+    """The trained bundle as ``{"kind", "config", "task", "model"}`` (see the module docstring)."""
     from monai.bundle import ConfigParser
 
     from volmae.bundle.workflow import model_file
@@ -98,4 +98,4 @@ def bundle_checkpoint(bundle: str | os.PathLike) -> dict:
         "regions": regions,
         "dataset": root.name,
     }
-    return {"kind": "unetr", "config": config, "task": task, "model": _state_dict(weights), "source": str(weights)}
+    return {"kind": config["kind"], "config": config, "task": task, "model": _state_dict(weights), "source": str(weights)}

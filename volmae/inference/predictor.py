@@ -20,7 +20,7 @@ from monai.transforms import Invertd
 from volmae.data.regions import check_regions, regions_to_labels
 from volmae.data.transforms import Preprocessing, infer_transforms
 from volmae.errors import CheckpointError, ConfigError
-from volmae.networks.registry import build_from_config
+from volmae.networks.registry import PRETRAINING_KINDS, SEGMENTATION_KINDS, build_from_config
 from volmae.networks.weights import load_encoder_weights, read_checkpoint
 from volmae.utils.runtime import autocast
 
@@ -52,12 +52,13 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def segmentation_checkpoint(path) -> dict:
-    """Read a fine-tuned model's checkpoint (``kind="unetr"`` with network config and task), or say what it is; a
+    """Read a fine-tuned model's checkpoint (a segmentation ``kind`` with network config and task), or say what it is; a
     checkpoint already in memory (e.g. :func:`volmae.bundle.loading.bundle_checkpoint`) is checked the same way."""
     ckpt = path if isinstance(path, Mapping) else read_checkpoint(path)
     path = ckpt.get("source", "checkpoint") if isinstance(path, Mapping) else path
-    if ckpt.get("kind") != "unetr" or "config" not in ckpt or "task" not in ckpt:
-        what = "an MAE pretraining checkpoint" if ckpt.get("kind") == "mae" else "not a volmae segmentation model"
+    if ckpt.get("kind") not in SEGMENTATION_KINDS or "config" not in ckpt or "task" not in ckpt:
+        pretraining = ckpt.get("kind") in PRETRAINING_KINDS
+        what = "a pretraining checkpoint (encoder only)" if pretraining else "not a volmae segmentation model"
         raise CheckpointError(f"{path}: {what}; pass the model.pt written by fine-tuning (volmae-train)")
     return ckpt
 

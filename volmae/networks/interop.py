@@ -54,6 +54,8 @@ def export_to_monai(ckpt: Mapping, encoder_only: bool = False) -> tuple[str, dic
     """``(MONAI class name, constructor kwargs, state dict)`` for a volmae checkpoint (MAE or segmentation)."""
     config = ckpt.get("config")
     kind = ckpt.get("kind")
+    if kind in ("nnformer", "masked-volume"):
+        raise CheckpointError(f"a volmae {kind} checkpoint: MONAI has no nnFormer network to export it to")
     if kind not in ("mae", "unetr") or not isinstance(config, Mapping) or "encoder" not in config:
         raise CheckpointError("not a volmae checkpoint (no 'kind' / network 'config'); pass a volmae model.pt")
     enc = config["encoder"]

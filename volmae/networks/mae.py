@@ -1,7 +1,6 @@
 """Masked autoencoder around a :class:`~volmae.networks.vit.ViTEncoder` (He et al. 2021; SelfMedMAE, Zhou et al. 2022).
 
-Mask convention (used everywhere in volmae): ``mask`` is ``B L`` with **1 = masked (hidden from the encoder, to be
-reconstructed)** and **0 = visible**; token order is that of :mod:`volmae.networks.patching`.
+Mask convention: that of :mod:`volmae.networks.reconstruction` (``mask`` ``B L``, 1 = masked, 0 = visible).
 
 Why not ``monai.networks.nets.MaskedAutoEncoderViT``: it draws the mask indices on the CPU with
 ``torch.multinomial`` (a host round trip per step), has no normalised-pixel loss, no reconstruction for pictures
@@ -15,13 +14,13 @@ import torch.nn as nn
 from monai.networks.blocks import TransformerBlock
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 
-from volmae.networks.patching import patchify, unpatchify
+from volmae.networks.reconstruction import MaskedReconstruction, random_mask
 from volmae.networks.vit import ViTEncoder, freeze_unused_norms, quiet_meshgrid
 
 __all__ = ["MaskedAutoencoder"]
 
 
-class MaskedAutoencoder(nn.Module):
+class MaskedAutoencoder(MaskedReconstruction):
     """MAE: encode visible tokens only, decode all tokens with a light transformer, predict voxel patches.
 
     Args:
@@ -88,20 +87,11 @@ class MaskedAutoencoder(nn.Module):
         Returns ``visible`` ``B K E`` (``K = round(L * (1 - ratio))``, at least 1), ``mask`` ``B L`` (1 = masked)
         and ``ids_restore`` ``B L`` (the permutation that puts ``[visible, masked]`` back in token order).
         """
-        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        if not 0.0 <= ratio < 1.0:
-            raise ValueError(f"mask_ratio={ratio}: must be in [0, 1)")
         b, n, e = tokens.shape
-        keep = max(1, int(round(n * (1.0 - ratio))))
-        noise = torch.rand(b, n, device=tokens.device, generator=generator)
-        ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise is kept
-        ids_restore = torch.argsort(ids_shuffle, dim=1)
-        ids_keep = ids_shuffle[:, :keep]
-        visible = torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, e))
-        mask = torch.ones(b, n, device=tokens.device, dtype=tokens.dtype)
-        mask[:, :keep] = 0
-        mask = torch.gather(mask, 1, ids_restore)
-        return visible, mask, ids_restore
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        m = random_mask(b, n, ratio, tokens.device, generator)
+        visible = torch.gather(tokens, 1, m.ids_shuffle[:, : m.keep].unsqueeze(-1).expand(-1, -1, e))
+        return visible, m.mask.to(tokens.dtype), m.ids_restore
 
     # ------------------------------------------------------------------------------------------------ passes
     def forward_encoder(
@@ -124,20 +114,6 @@ class MaskedAutoencoder(nn.Module):
             x = blk(x)
         return self.decoder_pred(self.decoder_norm(x))
 
-    def patch_targets(self, x: torch.Tensor) -> torch.Tensor:
-        """Regression targets ``B L P``: voxel patches, per-patch normalised when ``norm_pix_loss``."""
-        target = patchify(x, self.patch_size)
-        if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
-            target = (target - mean) / (var + 1.0e-6).sqrt()
-        return target
-
-    def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean squared error over the **masked** patches only (visible patches do not count)."""
-        per_patch = (pred.float() - self.patch_targets(x.float())).pow(2).mean(dim=-1)  # B L
-        return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
-
     def forward(
         self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -145,32 +121,3 @@ class MaskedAutoencoder(nn.Module):
         latent, mask, ids_restore = self.forward_encoder(x, mask_ratio, generator)
         pred = self.forward_decoder(latent, ids_restore)
         return self.forward_loss(x, pred, mask), pred, mask
-
-    # ------------------------------------------------------------------------------------------------ pictures
-    @torch.no_grad()
-    def reconstruct(
-        self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
-    ) -> dict[str, torch.Tensor]:
-        """Full-volume views for pictures, each ``B C D H W`` in the input's intensity scale.
-
-        ``masked``: the input with masked patches zeroed; ``reconstruction``: the decoder's prediction for every
-        patch (de-normalised with each patch's own mean/std when ``norm_pix_loss``); ``pasted``: visible patches
-        from the input and reconstructed masked patches; ``mask``: 1 where a voxel was masked.
-        """
-        loss, pred, mask = self.forward(x, mask_ratio, generator)
-        target = patchify(x.float(), self.patch_size)
-        pred = pred.float()
-        if self.norm_pix_loss:
-            mean = target.mean(dim=-1, keepdim=True)
-            std = (target.var(dim=-1, keepdim=True) + 1.0e-6).sqrt()
-            pred = pred * std + mean
-        m = mask.unsqueeze(-1)
-        unp = lambda t: unpatchify(t, self.patch_size, self.grid_size, self.in_channels)  # noqa: E731
-        return {
-            "original": x.float(),
-            "masked": unp(target * (1 - m)),
-            "reconstruction": unp(pred),
-            "pasted": unp(target * (1 - m) + pred * m),
-            "mask": unp(m.expand_as(target).contiguous()),
-            "loss": loss.detach(),
-        }

@@ -14,23 +14,37 @@ from typing import Any
 
 from volmae.errors import ConfigError
 from volmae.networks.mae import MaskedAutoencoder
+from volmae.networks.masked_volume import MaskedVolumeModel
+from volmae.networks.nnformer import NnFormer
+from volmae.networks.nnformer_encoder import NnFormerEncoder
 from volmae.networks.unetr import UNETR
 from volmae.networks.vit import ViTEncoder
 
 __all__ = [
     "Preset",
+    "NnFormerPreset",
     "PRESETS",
     "get_preset",
     "build_encoder",
     "build_mae",
     "build_unetr",
+    "build_nnformer",
+    "build_segmenter",
     "build_from_config",
     "list_presets",
+    "SEGMENTATION_KINDS",
+    "PRETRAINING_KINDS",
 ]
+
+# Checkpoint ``kind`` s: the network a checkpoint holds (a segmentation network or a pretraining model).
+SEGMENTATION_KINDS = ("unetr", "nnformer")
+PRETRAINING_KINDS = ("mae", "masked-volume")
 
 
 @dataclass(frozen=True)
 class Preset:
+    """A ViT preset (UNETR for segmentation, MAE for pretraining)."""
+
     hidden_size: int
     num_layers: int
     num_heads: int
@@ -41,25 +55,62 @@ class Preset:
     decoder_heads: int
     feature_size: int
     description: str
+    family: str = "vit"
 
 
-PRESETS: dict[str, Preset] = {
+@dataclass(frozen=True)
+class NnFormerPreset:
+    """An nnFormer preset (the nnFormer decoder for segmentation, masked-volume pretraining)."""
+
+    patch_size: tuple[int, int, int]
+    embed_dim: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    window_sizes: tuple[int, ...]
+    deep_supervision: bool
+    description: str
+    family: str = "nnformer"
+
+
+PRESETS: dict[str, Preset | NnFormerPreset] = {
     # CPU-sized: the hippocampus demo on 2 cores.
     "vit-tiny": Preset(192, 12, 3, 768, 8, 192, 4, 6, 16, "ViT-Ti (192 wide, 12 blocks), patch 8; CPU demo size"),
     "vit-small": Preset(384, 12, 6, 1536, 16, 384, 8, 12, 16, "ViT-S (384 wide, 12 blocks), patch 16"),
     # SelfMedMAE / UNETR paper configuration.
     "vit-base": Preset(768, 12, 12, 3072, 16, 384, 8, 12, 16, "ViT-B/16 with the SelfMedMAE decoder (384 x 8)"),
+    # CPU-sized nnFormer: any ROI of multiples of 8 (e.g. the hippocampus 40 x 56 x 40); local windows at stage 0,
+    # global attention on the two coarser stages.
+    "nnformer-tiny": NnFormerPreset(
+        (2, 2, 2), 48, (2, 2, 2), (3, 6, 12), (4, 0, 0), True, "nnFormer, 48 wide, 3 stages, patch 2; CPU size"
+    ),
+    # nnFormer paper: Synapse / BTCV (crop 64 x 128 x 128) and brain tumour (crop 128^3) configurations.
+    "nnformer-synapse": NnFormerPreset(
+        (2, 4, 4), 192, (2, 2, 2, 2), (6, 12, 24, 48), (4, 4, 8, 4), True, "nnFormer Synapse/BTCV, 64x128x128"
+    ),
+    "nnformer-tumor": NnFormerPreset(
+        (4, 4, 4), 96, (2, 2, 2, 2), (3, 6, 12, 24), (4, 4, 8, 4), True, "nnFormer brain tumour, 128^3"
+    ),
 }
 
 
 def list_presets() -> str:
-    return "\n".join(f"{k:10s} {v.description}" for k, v in PRESETS.items())
+    return "\n".join(f"{k:17s} {v.description}" for k, v in PRESETS.items())
 
 
-def get_preset(name: str) -> Preset:
+def get_preset(name: str, family: str | None = None) -> Preset | NnFormerPreset:
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
+    p = PRESETS[name]
+    if family is not None and p.family != family:
+        others = ", ".join(k for k, v in PRESETS.items() if v.family == family)
+        raise ConfigError(f"preset {name!r} is an {p.family} preset; this needs a {family} one ({others})")
+    return p
+
+
+def _config_of(module, kwargs: dict[str, Any]) -> dict[str, Any]:
+    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
+    cfg.update(img_size=list(module.img_size), patch_size=list(module.patch_size))
+    return cfg
 
 
 def build_encoder(
@@ -68,22 +119,36 @@ def build_encoder(
     img_size: Sequence[int] | int = 96,
     patch_size: Sequence[int] | int | None = None,
     **overrides: Any,
-) -> ViTEncoder:
-    """A :class:`ViTEncoder` from a preset; ``overrides`` replace any ``ViTEncoder`` argument."""
+) -> ViTEncoder | NnFormerEncoder:
+    """The encoder of a preset (:class:`ViTEncoder` or :class:`NnFormerEncoder`); ``overrides`` replace any of its
+    constructor arguments."""
     p = get_preset(preset)
-    kwargs: dict[str, Any] = dict(
-        in_channels=in_channels,
-        img_size=img_size,
-        patch_size=p.patch_size if patch_size is None else patch_size,
-        hidden_size=p.hidden_size,
-        mlp_dim=p.mlp_dim,
-        num_layers=p.num_layers,
-        num_heads=p.num_heads,
-    )
-    kwargs.update(overrides)
-    enc = ViTEncoder(**kwargs)
-    enc.volmae_config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
-    enc.volmae_config.update(img_size=list(enc.img_size), patch_size=list(enc.patch_size))
+    kwargs: dict[str, Any]
+    if isinstance(p, NnFormerPreset):
+        kwargs = dict(
+            in_channels=in_channels,
+            img_size=img_size,
+            patch_size=p.patch_size if patch_size is None else patch_size,
+            embed_dim=p.embed_dim,
+            depths=p.depths,
+            num_heads=p.num_heads,
+            window_sizes=p.window_sizes,
+        )
+        kwargs.update(overrides)
+        enc = NnFormerEncoder(**kwargs)
+    else:
+        kwargs = dict(
+            in_channels=in_channels,
+            img_size=img_size,
+            patch_size=p.patch_size if patch_size is None else patch_size,
+            hidden_size=p.hidden_size,
+            mlp_dim=p.mlp_dim,
+            num_layers=p.num_layers,
+            num_heads=p.num_heads,
+        )
+        kwargs.update(overrides)
+        enc = ViTEncoder(**kwargs)
+    enc.volmae_config = _config_of(enc, kwargs)
     return enc
 
 
@@ -92,25 +157,40 @@ def build_mae(
     in_channels: int = 1,
     img_size: Sequence[int] | int = 96,
     patch_size: Sequence[int] | int | None = None,
-    mask_ratio: float = 0.75,
+    mask_ratio: float | None = None,
     norm_pix_loss: bool = True,
     decoder_dim: int | None = None,
     decoder_depth: int | None = None,
     decoder_heads: int | None = None,
     **encoder_overrides: Any,
-) -> MaskedAutoencoder:
-    """An MAE whose encoder and decoder come from ``preset`` (decoder sizes overridable)."""
+) -> MaskedAutoencoder | MaskedVolumeModel:
+    """The pretraining model of a preset: an MAE for a ViT (mask ratio 0.75 by default, decoder sizes from the
+    preset), masked-volume reconstruction for nnFormer (mask ratio 0.6, linear head unless ``decoder_dim``)."""
     p = get_preset(preset)
     enc = build_encoder(preset, in_channels, img_size, patch_size, **encoder_overrides)
-    mae_kwargs = dict(
-        decoder_dim=p.decoder_dim if decoder_dim is None else decoder_dim,
-        decoder_depth=p.decoder_depth if decoder_depth is None else decoder_depth,
-        decoder_heads=p.decoder_heads if decoder_heads is None else decoder_heads,
-        mask_ratio=mask_ratio,
-        norm_pix_loss=norm_pix_loss,
-    )
-    model = MaskedAutoencoder(enc, **mae_kwargs)
-    model.volmae_config = {"kind": "mae", "preset": preset, "encoder": enc.volmae_config, "mae": mae_kwargs}
+    model: MaskedAutoencoder | MaskedVolumeModel
+    if isinstance(p, NnFormerPreset):
+        if decoder_depth is not None or decoder_heads is not None:
+            raise ConfigError(
+                "decoder_depth / decoder_heads set the MAE's transformer decoder; masked-volume pretraining "
+                "(nnFormer presets) has a linear head, sized by decoder_dim only"
+            )
+        kwargs = dict(
+            mask_ratio=0.6 if mask_ratio is None else mask_ratio,
+            norm_pix_loss=norm_pix_loss,
+            decoder_dim=decoder_dim or 0,
+        )
+        model, kind = MaskedVolumeModel(enc, **kwargs), "masked-volume"
+    else:
+        kwargs = dict(
+            decoder_dim=p.decoder_dim if decoder_dim is None else decoder_dim,
+            decoder_depth=p.decoder_depth if decoder_depth is None else decoder_depth,
+            decoder_heads=p.decoder_heads if decoder_heads is None else decoder_heads,
+            mask_ratio=0.75 if mask_ratio is None else mask_ratio,
+            norm_pix_loss=norm_pix_loss,
+        )
+        model, kind = MaskedAutoencoder(enc, **kwargs), "mae"
+    model.volmae_config = {"kind": kind, "preset": preset, "encoder": enc.volmae_config, _HEAD_KEY[kind]: kwargs}
     return model
 
 
@@ -126,9 +206,9 @@ def build_unetr(
     skip_norm: bool = True,
     **encoder_overrides: Any,
 ) -> UNETR:
-    """A UNETR on a preset encoder; with ``pretrained`` (a volmae/MONAI checkpoint path) the encoder is loaded
+    """A UNETR on a ViT preset encoder; with ``pretrained`` (a volmae/MONAI checkpoint path) the encoder is loaded
     from it and the load report is kept in ``model.load_report``."""
-    p = get_preset(preset)
+    p = get_preset(preset, "vit")
     enc = build_encoder(preset, in_channels, img_size, patch_size, **encoder_overrides)
     unetr_kwargs = dict(
         out_channels=out_channels,
@@ -138,11 +218,70 @@ def build_unetr(
     )
     model = UNETR(enc, **unetr_kwargs)
     model.volmae_config = {"kind": "unetr", "preset": preset, "encoder": enc.volmae_config, "unetr": unetr_kwargs}
+    return _with_pretrained(model, pretrained)
+
+
+def build_nnformer(
+    preset: str = "nnformer-tiny",
+    in_channels: int = 1,
+    out_channels: int = 2,
+    img_size: Sequence[int] | int = 96,
+    patch_size: Sequence[int] | int | None = None,
+    pretrained: str | Path | None = None,
+    deep_supervision: bool | None = None,
+    decoder_depths: Sequence[int] | None = None,
+    **encoder_overrides: Any,
+) -> NnFormer:
+    """An nnFormer on an nnFormer preset encoder (``deep_supervision`` defaults to the preset's); ``pretrained``
+    as in :func:`build_unetr`."""
+    p = get_preset(preset, "nnformer")
+    enc = build_encoder(preset, in_channels, img_size, patch_size, **encoder_overrides)
+    kwargs = dict(
+        out_channels=out_channels,
+        decoder_depths=None if decoder_depths is None else list(decoder_depths),
+        deep_supervision=p.deep_supervision if deep_supervision is None else deep_supervision,
+    )
+    model = NnFormer(enc, **kwargs)
+    model.volmae_config = {"kind": "nnformer", "preset": preset, "encoder": enc.volmae_config, "nnformer": kwargs}
+    return _with_pretrained(model, pretrained)
+
+
+def build_segmenter(
+    preset: str = "vit-base",
+    in_channels: int = 1,
+    out_channels: int = 2,
+    img_size: Sequence[int] | int = 96,
+    patch_size: Sequence[int] | int | None = None,
+    pretrained: str | Path | None = None,
+    feature_size: int | None = None,
+    skip_norm: bool = True,
+    deep_supervision: bool | None = None,
+    **encoder_overrides: Any,
+) -> UNETR | NnFormer:
+    """The segmentation network of any preset: UNETR for a ViT preset, nnFormer for an nnFormer one. The options
+    of the other family must stay at their defaults (``feature_size``/``skip_norm`` are UNETR's,
+    ``deep_supervision`` nnFormer's)."""
+    p = get_preset(preset)
+    if isinstance(p, NnFormerPreset):
+        if feature_size is not None or not skip_norm:
+            raise ConfigError(f"feature_size / skip_norm are UNETR options; preset {preset!r} builds an nnFormer")
+        return build_nnformer(
+            preset, in_channels, out_channels, img_size, patch_size, pretrained, deep_supervision, **encoder_overrides
+        )
+    if deep_supervision:
+        raise ConfigError(f"deep_supervision is an nnFormer option; preset {preset!r} builds a UNETR")
+    return build_unetr(
+        preset, in_channels, out_channels, img_size, patch_size, feature_size, pretrained, skip_norm=skip_norm,
+        **encoder_overrides,
+    )  # fmt: skip
+
+
+def _with_pretrained(model, pretrained: str | Path | None):
     model.load_report = None
     if pretrained:
         from volmae.networks.weights import load_encoder_weights
 
-        model.load_report = load_encoder_weights(enc, pretrained)
+        model.load_report = load_encoder_weights(model.encoder, pretrained)
     return model
 
 
@@ -150,14 +289,24 @@ def preset_as_dict(name: str) -> dict[str, Any]:
     return asdict(get_preset(name))
 
 
-def build_from_config(config: dict[str, Any]) -> MaskedAutoencoder | UNETR:
+# kind -> (encoder class, network class, key of the network's own arguments in the config)
+_NETWORKS = {
+    "mae": (ViTEncoder, MaskedAutoencoder, "mae"),
+    "unetr": (ViTEncoder, UNETR, "unetr"),
+    "masked-volume": (NnFormerEncoder, MaskedVolumeModel, "masked_volume"),
+    "nnformer": (NnFormerEncoder, NnFormer, "nnformer"),
+}
+_HEAD_KEY = {k: v[2] for k, v in _NETWORKS.items()}
+
+
+def build_from_config(config: dict[str, Any]) -> MaskedAutoencoder | UNETR | MaskedVolumeModel | NnFormer:
     """Rebuild a network from the ``volmae_config`` stored in a checkpoint (no preset lookup needed)."""
     kind = config.get("kind")
-    if kind not in ("mae", "unetr") or "encoder" not in config:
+    if kind not in _NETWORKS or "encoder" not in config:
         raise ConfigError(f"checkpoint config describes no volmae network (kind={kind!r})")
-    enc = ViTEncoder(**config["encoder"])
+    enc_cls, net_cls, key = _NETWORKS[kind]
+    enc = enc_cls(**config["encoder"])
     enc.volmae_config = dict(config["encoder"])
-    model: MaskedAutoencoder | UNETR
-    model = MaskedAutoencoder(enc, **config["mae"]) if kind == "mae" else UNETR(enc, **config["unetr"])
+    model = net_cls(enc, **config[key])
     model.volmae_config = config
     return model

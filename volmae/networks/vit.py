@@ -126,6 +126,14 @@ class ViTEncoder(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    def layer_id(self, name: str) -> int:
+        """Layer-wise learning-rate decay depth of parameter ``name``: patch embedding 0, block ``i`` ``i + 1``,
+        the final norm ``num_layers + 1``."""
+        root, _, rest = name.partition(".")
+        if root == "patch_embedding":
+            return 0
+        return int(rest.partition(".")[0]) + 1 if root == "blocks" else self.num_layers + 1
+
     @property
     def num_tokens(self) -> int:
         d, h, w = self.grid_size

@@ -1,8 +1,9 @@
 """Moving pretrained encoder weights between networks: key filters, position-embedding resampling, a load report.
 
-Sources understood by :func:`encoder_state_from`: a volmae checkpoint (MAE or segmentation, ``{"model": ...}``),
-a plain ``state_dict`` of a volmae ``MaskedAutoencoder`` / ``UNETR`` / ``ViTEncoder``, and MONAI ``UNETR`` / ``ViT``
-state dicts (``vit.*`` keys), optionally wrapped by DDP (``module.*``).
+Sources understood by :func:`encoder_state_from`: a volmae checkpoint (pretraining or segmentation,
+``{"model": ...}``), a plain ``state_dict`` of a volmae network or encoder, and MONAI ``UNETR`` / ``ViT`` state dicts
+(``vit.*`` keys), optionally wrapped by DDP (``module.*``). Two encoder families exist, ``vit`` and ``nnformer``;
+weights of one never load into the other (a clear error says so).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from volmae.errors import CheckpointError
+from volmae.networks.nnformer_encoder import NnFormerEncoder, stage_windows
 from volmae.networks.vit import ViTEncoder
 
 __all__ = [
@@ -39,7 +41,17 @@ POS_EMBED_KEY = "patch_embedding.position_embeddings"
 PATCH_WEIGHT_KEY = "patch_embedding.patch_embeddings.weight"
 # Prefixes under which an encoder lives in the networks we know, tried in order.
 ENCODER_PREFIXES = ("encoder.", "vit.", "")
-ENCODER_ROOTS = ("patch_embedding.", "blocks.", "norm.")
+# Per encoder family: the roots of its state-dict keys, the root that proves it is there, its first conv weight.
+FAMILIES = {
+    "vit": (("patch_embedding.", "blocks.", "norm."), "blocks.", PATCH_WEIGHT_KEY),
+    "nnformer": (("embed.", "downs.", "stages.", "norms."), "stages.", "embed.0.0.weight"),
+}
+ENCODER_ROOTS = FAMILIES["vit"][0]
+BIAS_TABLE = "attn.relative_position_bias_table"
+
+
+def encoder_family(encoder: torch.nn.Module) -> str:
+    return "nnformer" if isinstance(encoder, NnFormerEncoder) else "vit"
 
 
 @dataclass
@@ -66,7 +78,7 @@ class LoadReport:
             f"{len(self.unexpected)} unused"
         ]
         for k in self.resampled:
-            lines.append(f"  resampled  {k} (position grid changed with the ROI)")
+            lines.append(f"  resampled  {k} (position grid or attention window changed with the ROI)")
         for k in self.regenerated:
             lines.append(f"  regenerated {k} (fixed sin-cos embedding rebuilt for the new grid)")
         for k in self.adapted:
@@ -117,20 +129,33 @@ def model_state(ckpt: Mapping) -> Mapping[str, torch.Tensor]:
     return ckpt
 
 
-def encoder_state_from(ckpt: Mapping) -> dict[str, torch.Tensor]:
-    """Filter a checkpoint (or state dict) down to ViT-encoder keys, renamed to ``ViTEncoder``'s own names."""
+def encoder_state_from(ckpt: Mapping, family: str = "vit") -> dict[str, torch.Tensor]:
+    """Filter a checkpoint (or state dict) down to the keys of a ``family`` encoder, renamed to its own names."""
     state = {k.removeprefix("module."): v for k, v in model_state(ckpt).items() if isinstance(v, torch.Tensor)}
-    for prefix in ENCODER_PREFIXES:
-        found = {
-            k[len(prefix) :]: v
-            for k, v in state.items()
-            if k.startswith(prefix) and k[len(prefix) :].startswith(ENCODER_ROOTS)
-        }
-        if any(k.startswith("blocks.") for k in found):
-            return found
+
+    def find(fam: str) -> dict[str, torch.Tensor]:
+        roots, marker, _ = FAMILIES[fam]
+        for prefix in ENCODER_PREFIXES:
+            found = {
+                k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :].startswith(roots)
+            }
+            if any(k.startswith(marker) for k in found):
+                return found
+        return {}
+
+    found = find(family)
+    if found:
+        return found
+    for other in FAMILIES:
+        if other != family and find(other):
+            raise CheckpointError(
+                f"the checkpoint holds a {other} encoder but this network has a {family} encoder; use a {other} "
+                f"preset with it, or pretrain a {family} encoder (e.g. volmae-pretrain --preset "
+                f"{'nnformer-tiny' if family == 'nnformer' else 'vit-tiny'})"
+            )
     raise CheckpointError(
-        "no ViT encoder weights found in the checkpoint (looked for keys under 'encoder.', 'vit.' or bare "
-        "'patch_embedding.' / 'blocks.'); is it from another network family?"
+        f"no {family} encoder weights found in the checkpoint (looked for keys under 'encoder.', 'vit.' or bare "
+        f"{' / '.join(repr(r) for r in FAMILIES[family][0])}); is it from another kind of network?"
     )
 
 
@@ -155,8 +180,26 @@ def resample_pos_embed(pos: torch.Tensor, old_grid: Sequence[int], new_grid: Seq
     return rearrange(vol, "1 e d h w -> 1 (d h w) e").to(pos.dtype)
 
 
+def resample_bias_table(table: torch.Tensor, old_window: Sequence[int], new_window: Sequence[int]) -> torch.Tensor:
+    """Trilinearly resample a relative-position bias table ``((2w1-1)(2w2-1)(2w3-1), heads)`` to another window."""
+    old = [2 * w - 1 for w in old_window]
+    if table.shape[0] != math.prod(old):
+        raise ValueError(f"bias table with {table.shape[0]} rows does not fit window {tuple(old_window)}")
+    vol = rearrange(table.float(), "(d h w) n -> 1 n d h w", d=old[0], h=old[1], w=old[2])
+    vol = F.interpolate(vol, size=tuple(2 * w - 1 for w in new_window), mode="trilinear", align_corners=True)
+    return rearrange(vol, "1 n d h w -> (d h w) n").to(table.dtype)
+
+
+def _source_windows(ckpt: Mapping) -> list[tuple[int, ...]] | None:
+    """The per-stage windows of the nnFormer encoder a checkpoint was trained with, from its stored config."""
+    cfg = ckpt.get("config", {}).get("encoder", {}) if isinstance(ckpt.get("config"), Mapping) else {}
+    if not {"img_size", "patch_size", "window_sizes"} <= set(cfg):
+        return None
+    return stage_windows(cfg["img_size"], cfg["patch_size"], cfg["window_sizes"])[1]
+
+
 def load_encoder_weights(
-    encoder: ViTEncoder,
+    encoder: ViTEncoder | NnFormerEncoder,
     source: str | Path | Mapping,
     source_grid: Sequence[int] | None = None,
 ) -> LoadReport:
@@ -165,10 +208,15 @@ def load_encoder_weights(
     Position embeddings: when the ROI (token grid) differs, a learnable embedding is trilinearly resampled and the
     fixed sin-cos one is kept as rebuilt by the model (exact). Patch projections pretrained on 1 channel are
     repeated over the model's input channels (scaled by ``1/C``). Anything else with a different shape is reported
-    and left at its initialisation. Raises :class:`CheckpointError` only when no encoder is found at all.
+    and left at its initialisation. nnFormer window-attention bias tables whose window changed with the ROI are
+    trilinearly resampled (the old windows come from the checkpoint's config). Raises :class:`CheckpointError` when
+    no encoder of this family is found, or one of the other family.
     """
     ckpt = read_checkpoint(source) if isinstance(source, (str, Path)) else source
-    src = encoder_state_from(ckpt)
+    family = encoder_family(encoder)
+    src = encoder_state_from(ckpt, family)
+    first_conv = FAMILIES[family][2]
+    old_windows = _source_windows(ckpt) if family == "nnformer" else None
     if source_grid is None and isinstance(ckpt.get("config"), Mapping):
         enc_cfg = ckpt["config"].get("encoder", {})
         if "img_size" in enc_cfg and "patch_size" in enc_cfg:
@@ -184,6 +232,12 @@ def load_encoder_weights(
         if value.shape == target.shape:
             to_load[key] = value
             report.loaded.append(key)
+        elif key.endswith(".relative_position_index"):
+            continue  # a fixed buffer of the window size, rebuilt by the model
+        elif key.endswith(BIAS_TABLE) and old_windows and value.shape[1] == target.shape[1]:
+            stage = int(key.split(".")[1])
+            to_load[key] = resample_bias_table(value, old_windows[stage], encoder.windows[stage])
+            report.resampled.append(key)
         elif key == POS_EMBED_KEY and value.shape[-1] == target.shape[-1]:
             if encoder.pos_embed_type == "sincos":
                 report.regenerated.append(key)
@@ -192,7 +246,7 @@ def load_encoder_weights(
                 to_load[key] = resample_pos_embed(value, grid, encoder.grid_size)
                 report.resampled.append(key)
         elif (
-            key == PATCH_WEIGHT_KEY
+            key == first_conv
             and value.shape[1] == 1
             and value.shape[0] == target.shape[0]
             and (value.shape[2:] == target.shape[2:])
@@ -201,7 +255,8 @@ def load_encoder_weights(
             report.adapted.append(key)
         else:
             report.shape_mismatch[key] = (tuple(value.shape), tuple(target.shape))
-    fixed = {POS_EMBED_KEY} if encoder.pos_embed_type == "sincos" else set()
+    fixed = {POS_EMBED_KEY} if getattr(encoder, "pos_embed_type", None) == "sincos" else set()
+    fixed |= {k for k in own if k.endswith(".relative_position_index")}
     report.missing = [k for k in own if k not in src and k not in fixed]
     encoder.load_state_dict(to_load, strict=False)
     return report

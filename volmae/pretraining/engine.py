@@ -41,7 +41,7 @@ class PretrainConfig(StageConfig):
     warmup_epochs: float = 5.0
     fold: int | None = 0
     include_unlabeled: bool = True
-    mask_ratio: float = 0.75
+    mask_ratio: float | None = None
     norm_pix_loss: bool = True
     decoder_dim: int | None = None
     decoder_depth: int | None = None
@@ -96,7 +96,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             quiet=cfg.quiet,
             desc="pretrain",
         ),
-        kind="mae",
+        kind=model.volmae_config["kind"],
         model_config=model.volmae_config,
         run_config=asdict(cfg),
         task={"preprocessing": asdict(prep), "in_channels": datalist.in_channels, "dataset": datalist.name},

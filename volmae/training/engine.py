@@ -1,4 +1,5 @@
-"""Supervised fine-tuning of UNETR (from scratch or from MAE weights) with sliding-window validation.
+"""Supervised fine-tuning of UNETR or nnFormer (from scratch or from pretrained weights) with sliding-window
+validation; the preset picks the network.
 
 ``finetune(FinetuneConfig(...))`` writes to ``out_dir``: ``checkpoint.pt`` (resumable), ``model_best.pt`` (best
 validation Dice), ``model.pt`` (the model to use: the last epoch's, or with ``select_best`` the best validated
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
+from monai.losses import DeepSupervisionLoss, DiceCELoss
 
 from volmae.config import StageConfig, prepare_stage
 from volmae.data import (
@@ -31,7 +32,7 @@ from volmae.data import (
 from volmae.errors import ConfigError
 from volmae.evaluation.metrics import label_masks
 from volmae.inference.predictor import Predictor
-from volmae.networks.registry import build_unetr
+from volmae.networks.registry import build_segmenter
 from volmae.utils.io import atomic_write, atomic_write_text
 from volmae.utils.loop import LoopConfig, TrainLoop
 from volmae.utils.optim import param_groups
@@ -48,6 +49,7 @@ class FinetuneConfig(StageConfig):
     grad_clip: float | None = 1.0
     feature_size: int | None = None
     skip_norm: bool = True
+    deep_supervision: bool | None = None
     pretrained: str | None = None
     fold: int = 0
     label_fraction: float = 1.0
@@ -80,7 +82,7 @@ def dice_per_class(pred: torch.Tensor, label: torch.Tensor, classes: list[int]) 
 
 
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
-    """Fine-tune (or resume fine-tuning) a UNETR on one fold of an MSD-layout dataset."""
+    """Fine-tune (or resume fine-tuning) a UNETR or nnFormer on one fold of an MSD-layout dataset."""
     if cfg.val_every < 0:
         raise ConfigError(f"val_every={cfg.val_every}: must be >= 0 (0 disables validation)")
     device, prep, datalist, out = prepare_stage(cfg)
@@ -95,15 +97,16 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         preflight(val_items, datalist.in_channels, need_label=True, what="validation datalist")
 
     torch.manual_seed(cfg.seed)
-    model = build_unetr(
+    model = build_segmenter(
         cfg.preset,
         datalist.in_channels,
         datalist.num_classes,
         prep.roi_size,
         cfg.patch_size,
+        cfg.pretrained,
         cfg.feature_size,
-        pretrained=cfg.pretrained,
-        skip_norm=cfg.skip_norm,
+        cfg.skip_norm,
+        cfg.deep_supervision,
     ).to(device)
     if model.load_report is not None:
         atomic_write_text(out / "pretrained_load_report.txt", model.load_report.summary() + "\n")
@@ -135,7 +138,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
             quiet=cfg.quiet,
             desc="finetune",
         ),
-        kind="unetr",
+        kind=model.volmae_config["kind"],
         model_config=model.volmae_config,
         run_config=asdict(cfg),
         task=task,
@@ -148,7 +151,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         if cfg.val_every
         else None
     )
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    # a deep-supervision network returns [full, /2, ...] in training; the loss then weighs them 1, 1/2, ...
+    loss_fn = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))
     predictor = Predictor(model, prep, device, cfg.sw_batch_size, cfg.overlap, amp=cfg.amp)
     classes = sorted(k for k in datalist.labels if k > 0)
     names = [datalist.labels[k] for k in classes]

@@ -1,0 +1,99 @@
+"""What every masked-reconstruction pretraining model shares: the random mask, normalised-pixel targets, the loss on
+masked patches, and full-volume pictures.
+
+Mask convention (used everywhere in volmae): ``mask`` is ``B L`` with **1 = masked (hidden from the encoder, to be
+reconstructed)** and **0 = visible**; ``L`` counts the model's mask units (its ``patch_size`` cubes) in the token
+order of :mod:`volmae.networks.patching`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from volmae.networks.patching import patchify, unpatchify
+
+__all__ = ["MaskedReconstruction", "RandomMask", "random_mask"]
+
+
+class RandomMask(NamedTuple):
+    ids_shuffle: torch.Tensor  # B L, the first ``keep`` are the visible units
+    ids_restore: torch.Tensor  # B L, puts ``[visible, masked]`` back in unit order
+    mask: torch.Tensor  # B L, 1 = masked
+    keep: int  # visible units per sample
+
+
+def random_mask(
+    b: int, n: int, ratio: float, device: torch.device, generator: torch.Generator | None = None
+) -> RandomMask:
+    """Per-sample uniform masking of ``n`` units by argsort of noise drawn on ``device`` (no host sync);
+    ``keep = round(n * (1 - ratio))``, at least 1."""
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask_ratio={ratio}: must be in [0, 1)")
+    keep = max(1, int(round(n * (1.0 - ratio))))
+    noise = torch.rand(b, n, device=device, generator=generator)
+    ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise is kept
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    mask = torch.ones(b, n, device=device)
+    mask[:, :keep] = 0
+    return RandomMask(ids_shuffle, ids_restore, torch.gather(mask, 1, ids_restore), keep)
+
+
+class MaskedReconstruction(nn.Module):
+    """Base of :class:`~volmae.networks.mae.MaskedAutoencoder` and
+    :class:`~volmae.networks.masked_volume.MaskedVolumeModel`.
+
+    Subclasses set ``patch_size`` (the mask unit), ``grid_size``, ``in_channels``, ``mask_ratio``,
+    ``norm_pix_loss`` and implement ``forward(x, mask_ratio, generator) -> (loss, pred B L P, mask B L)``.
+    """
+
+    patch_size: Sequence[int]
+    grid_size: Sequence[int]
+    in_channels: int
+    mask_ratio: float
+    norm_pix_loss: bool
+
+    def patch_targets(self, x: torch.Tensor) -> torch.Tensor:
+        """Regression targets ``B L P``: voxel patches, per-patch normalised when ``norm_pix_loss``."""
+        target = patchify(x, self.patch_size)
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            target = (target - mean) / (var + 1.0e-6).sqrt()
+        return target
+
+    def forward_loss(self, x: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean squared error over the **masked** patches only (visible patches do not count)."""
+        per_patch = (pred.float() - self.patch_targets(x.float())).pow(2).mean(dim=-1)  # B L
+        return (per_patch * mask).sum() / mask.sum().clamp_min(1.0)
+
+    @torch.no_grad()
+    def reconstruct(
+        self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Full-volume views for pictures, each ``B C D H W`` in the input's intensity scale.
+
+        ``masked``: the input with masked patches zeroed; ``reconstruction``: the prediction for every patch
+        (de-normalised with each patch's own mean/std when ``norm_pix_loss``); ``pasted``: visible patches from the
+        input and reconstructed masked patches; ``mask``: 1 where a voxel was masked.
+        """
+        loss, pred, mask = self.forward(x, mask_ratio, generator)
+        target = patchify(x.float(), self.patch_size)
+        pred = pred.float()
+        if self.norm_pix_loss:
+            mean = target.mean(dim=-1, keepdim=True)
+            std = (target.var(dim=-1, keepdim=True) + 1.0e-6).sqrt()
+            pred = pred * std + mean
+        m = mask.unsqueeze(-1)
+        unp = lambda t: unpatchify(t, self.patch_size, self.grid_size, self.in_channels)  # noqa: E731
+        return {
+            "original": x.float(),
+            "masked": unp(target * (1 - m)),
+            "reconstruction": unp(pred),
+            "pasted": unp(target * (1 - m) + pred * m),
+            "mask": unp(m.expand_as(target).contiguous()),
+            "loss": loss.detach(),
+        }
