@@ -57,3 +57,37 @@ def test_pretrain_finetune_evaluate_on_real_mri(msd_hippocampus, tmp_path):
     for case in report.cases:
         assert (tmp_path / "ev" / "predictions" / f"{case.case}.nii.gz").is_file()
         assert (tmp_path / "ev" / "pictures" / f"overlay_{case.case}.png").is_file()
+
+
+@pytest.mark.realdata
+def test_nnformer_masked_volume_pretrain_finetune_evaluate_infer_on_real_mri(msd_hippocampus, tmp_path):
+    """The same four stages with the nnFormer family, chosen by the preset alone."""
+    from volmae.errors import CheckpointError
+    from volmae.inference.infer import InferConfig, infer
+
+    task = small_task(msd_hippocampus, tmp_path / "task")
+    common = dict(dataset_dir=str(task), roi_size=(24, 32, 24), device="cpu", quiet=True, preset="nnformer-tiny")
+    pre = pretrain(PretrainConfig(out_dir=str(tmp_path / "pre"), epochs=2, batch_size=3, **common))
+    ckpt = torch.load(pre.model_path, weights_only=True)
+    assert ckpt["kind"] == "masked-volume" and ckpt["config"]["masked_volume"]["mask_ratio"] == 0.6
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pre.pictures)
+    ft = finetune(
+        FinetuneConfig(out_dir=str(tmp_path / "ft"), epochs=2, pretrained=str(pre.model_path), val_every=1, **common)
+    )
+    report_text = (tmp_path / "ft" / "pretrained_load_report.txt").read_text()
+    assert "0 missing" in report_text and "0 shape mismatches" in report_text
+    assert torch.load(ft.model_path, weights_only=True)["kind"] == "nnformer"
+    report = evaluate(EvaluateConfig(str(ft.model_path), str(task), str(tmp_path / "ev"), device="cpu", quiet=True))
+    assert set(report.names) == {"Anterior", "Posterior"}
+    scan = msd_hippocampus / "imagesTr" / "hippocampus_001.nii.gz"
+    out = infer(InferConfig([str(scan)], model=str(ft.model_path), output=str(tmp_path / "seg.nii.gz"), device="cpu"))
+    assert len(out) == 1 and out[0].label_map.is_file()
+
+    # a ViT preset cannot take the nnFormer pretraining, and says what to do instead
+    with pytest.raises(CheckpointError, match="use a nnformer preset"):
+        finetune(
+            FinetuneConfig(
+                out_dir=str(tmp_path / "vit"), epochs=1, pretrained=str(pre.model_path),
+                **{**common, "preset": "vit-tiny"},
+            )
+        )  # fmt: skip

@@ -102,3 +102,15 @@ def test_bundle_root_outside_a_workflow():
     parser = ConfigParser({"imports": ["$import volmae.bundle", "$import volmae"], "r": "$volmae.bundle.bundle_root()"})
     with pytest.raises(RuntimeError):
         parser.get_parsed_content("r")
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_the_documented_nnformer_option_builds(name):
+    from volmae.networks import PRESETS, NnFormer, build_segmenter
+
+    s = SPECS[name]
+    preset, roi = s.nnformer
+    depths = (1,) * len(PRESETS[preset].depths)
+    net = build_segmenter(preset, len(s.channels), s.out_channels, roi, deep_supervision=False, depths=depths)
+    assert isinstance(net, NnFormer) and net.roi_size == roi
+    assert f"--preset {preset}" in (BUNDLES / name / "docs" / "README.md").read_text()

@@ -187,3 +187,35 @@ def test_volmae_evaluate_scores_a_bundle_in_original_space(trained, tmp_path):
     assert (tmp_path / "ev" / "metrics.csv").is_file()
     with pytest.raises(ConfigError, match="give one of --model and --bundle"):
         evaluate(EvaluateConfig("m.pt", str(task), bundle=str(root), out_dir=str(tmp_path / "ev2")))
+
+
+def test_nnformer_by_configuration_alone(tmp_path, synthetic_task):
+    """The hippocampus bundle switched to nnFormer by its ``preset``: masked-volume pretraining, fine-tuning from it,
+    bundle inference and ``volmae-infer --bundle`` all follow."""
+    from tests.bundle.conftest import copy_bundle, edit_bundle
+    from tests.conftest import make_msd_folder
+
+    task = make_msd_folder(tmp_path / "task", shape=(20, 28, 20))
+    root = copy_bundle("hippocampus", tmp_path / "bundles")
+    edit_bundle(root, ("train.json", "inference.json", "pretrain.json"), preset="nnformer-tiny")
+    run_workflow(
+        str(root / "pretrain.json"), "train", dataset_dir=str(task),
+        **{"pretrain#epochs": 1, "pretrain#device": "cpu", "pretrain#quiet": True},
+    )  # fmt: skip
+    mvm = root / "models" / "mae" / "model.pt"
+    assert torch.load(mvm, weights_only=True)["kind"] == "masked-volume"
+    data = items(task)
+    run_workflow(
+        str(root / "train.json"), dataset_dir=str(task), pretrained=str(mvm),
+        **{"train#dataset#data": data[:4], "validate#dataset#data": data[4:]},
+        **{"train#trainer#max_epochs": 1, "val_interval": 1, "device": "cpu"},
+    )  # fmt: skip
+    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert "encoder.stages.0.blocks.0.attn.qkv.weight" in state
+    src = task / "imagesTr" / "case_000.nii.gz"
+    run_workflow(str(root / "configs" / "inference.json"), "infer", input=str(src), device="cpu", amp=False)
+    bundle_out = nib.load(root / "predictions" / "case_000_seg.nii.gz")
+    done = infer(
+        InferConfig([str(src)], bundle=str(root), output=str(tmp_path / "seg.nii.gz"), device="cpu", quiet=True)
+    )
+    assert np.array_equal(np.asarray(nib.load(done[0].label_map).dataobj), np.asarray(bundle_out.dataobj))

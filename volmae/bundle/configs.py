@@ -384,7 +384,7 @@ def pretrain_config(s: BundleSpec) -> dict:
             "lr": s.pretrain_lr,
             "warmup_epochs": 5,
             "fold": 0,
-            "mask_ratio": 0.75,
+            "mask_ratio": None,  # the preset's: 0.75 for a ViT MAE, 0.6 for nnFormer
             "device": "auto",
             "resume": False,
             "overwrite": False,

@@ -68,6 +68,13 @@ volmae-infer scan.nii.gz --bundle {s.name} -o scan_seg.nii.gz      # the same mo
 `--pretrain#epochs 100`, `--pretrain#resume true`. Training runs on the first GPU with mixed precision when
 there is one and on the CPU otherwise.
 
+### nnFormer instead of UNETR
+
+The preset picks the network family: with an nnFormer preset the same four runs pretrain the nnFormer encoder by
+masked-volume reconstruction and fine-tune the nnFormer decoder on it. Give `--preset {s.nnformer[0]} --roi_size
+"{list(s.nnformer[1])}"` to each run (or set `preset` / `roi_size` in the configs once). An ROI that does not fit
+nnFormer's windows stops with an error naming the nearest sizes that do.
+
 Multi-GPU (one process per GPU; on a CPU-only machine the same command runs gloo processes):
 
 ```bash

@@ -23,6 +23,7 @@ class BundleSpec:
     preprocessing: str
     roi_size: tuple[int, int, int]
     preset: str
+    nnformer: tuple[str, tuple[int, int, int]]  # the nnFormer option: preset and an ROI its windows fit
     modality: str
     channels: tuple[str, ...]
     labels: dict[int, str]
@@ -65,6 +66,7 @@ BUNDLES: dict[str, BundleSpec] = {
         preprocessing="hippocampus",
         roi_size=(40, 56, 40),
         preset="vit-tiny",
+        nnformer=("nnformer-tiny", (40, 56, 40)),
         modality="MR",
         channels=("T1",),
         labels={0: "background", 1: "anterior", 2: "posterior"},
@@ -99,6 +101,7 @@ BUNDLES: dict[str, BundleSpec] = {
         preprocessing="ct",
         roi_size=(96, 96, 96),
         preset="vit-base",
+        nnformer=("nnformer-synapse", (64, 128, 128)),
         modality="CT",
         channels=("CT",),
         labels=dict(BTCV_LABELS),
@@ -128,6 +131,7 @@ BUNDLES: dict[str, BundleSpec] = {
         preprocessing="mri",
         roi_size=(96, 96, 96),
         preset="vit-base",
+        nnformer=("nnformer-tumor", (128, 128, 128)),
         modality="MR",
         channels=("FLAIR", "T1", "T1c", "T2"),
         labels=dict(BRATS_LABELS),
