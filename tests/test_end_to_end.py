@@ -66,7 +66,7 @@ def test_nnformer_masked_volume_pretrain_finetune_evaluate_infer_on_real_mri(msd
     from volmae.inference.infer import InferConfig, infer
 
     task = small_task(msd_hippocampus, tmp_path / "task")
-    common = dict(dataset_dir=str(task), roi_size=(24, 32, 24), device="cpu", quiet=True, preset="nnformer-tiny")
+    common = dict(dataset_dir=str(task), roi_size=(16, 32, 16), device="cpu", quiet=True, preset="nnformer-tiny")
     pre = pretrain(PretrainConfig(out_dir=str(tmp_path / "pre"), epochs=2, batch_size=3, **common))
     ckpt = torch.load(pre.model_path, weights_only=True)
     assert ckpt["kind"] == "masked-volume" and ckpt["config"]["masked_volume"]["mask_ratio"] == 0.6

@@ -197,7 +197,7 @@ def test_nnformer_by_configuration_alone(tmp_path, synthetic_task):
 
     task = make_msd_folder(tmp_path / "task", shape=(20, 28, 20))
     root = copy_bundle("hippocampus", tmp_path / "bundles")
-    edit_bundle(root, ("train.json", "inference.json", "pretrain.json"), preset="nnformer-tiny")
+    edit_bundle(root, ("train.json", "inference.json", "pretrain.json"), preset="nnformer-tiny", roi_size=[16, 32, 16])
     run_workflow(
         str(root / "pretrain.json"), "train", dataset_dir=str(task),
         **{"pretrain#epochs": 1, "pretrain#device": "cpu", "pretrain#quiet": True},

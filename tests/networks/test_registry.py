@@ -28,7 +28,7 @@ def test_every_vit_preset_builds(name):
 
 
 @pytest.mark.parametrize(
-    "name, roi", [("nnformer-tiny", (40, 56, 40)), ("nnformer-synapse", (64, 128, 128)), ("nnformer-tumor", 128)]
+    "name, roi", [("nnformer-tiny", (48, 64, 48)), ("nnformer-synapse", (64, 128, 128)), ("nnformer-tumor", 128)]
 )
 def test_every_nnformer_preset_builds_at_its_paper_roi(name, roi):
     enc = build_encoder(name, 1, roi, depths=(1,) * len(PRESETS[name].depths))

@@ -115,15 +115,15 @@ def _nnformer_ckpt(tmp_path, roi):
 def test_masked_volume_weights_load_into_nnformer_with_windows_resampled(tmp_path):
     from volmae.networks.registry import build_segmenter
 
-    mae, path = _nnformer_ckpt(tmp_path, (16, 24, 16))
-    same = build_segmenter("nnformer-tiny", 1, 3, (16, 24, 16), pretrained=path, embed_dim=12, num_heads=(2, 2, 4))
+    mae, path = _nnformer_ckpt(tmp_path, (16, 32, 16))
+    same = build_segmenter("nnformer-tiny", 1, 3, (16, 32, 16), pretrained=path, embed_dim=12, num_heads=(2, 2, 4))
     assert same.load_report.ok and not same.load_report.resampled and not same.load_report.unexpected
     for k, v in same.encoder.state_dict().items():
         assert torch.equal(v, mae.encoder.state_dict()[k]), k
-    # another ROI: the global stages' windows grow with their grids, so their bias tables are resampled
-    other = build_segmenter("nnformer-tiny", 1, 3, (24, 24, 32), pretrained=path, embed_dim=12, num_heads=(2, 2, 4))
+    # another ROI: the global stage's window grows with its grid, so its bias tables are resampled
+    other = build_segmenter("nnformer-tiny", 1, 3, (32, 32, 32), pretrained=path, embed_dim=12, num_heads=(2, 2, 4))
     rep = other.load_report
-    assert rep.ok and rep.resampled and all("stages.1." in k or "stages.2." in k for k in rep.resampled)
+    assert rep.ok and rep.resampled and all(k.startswith("stages.2.") for k in rep.resampled)
     assert "stages.0.blocks.0.attn.qkv.weight" in rep.loaded  # the local windows did not change
 
 
