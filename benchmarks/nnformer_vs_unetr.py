@@ -95,12 +95,12 @@ def main() -> int:
     step_times: dict[str, list[float]] = {k: [] for k in nets}
     infer_times: dict[str, list[float]] = {k: [] for k in nets}
     for name in nets:  # warm-up
-        timed(lambda: train_step(name), 0, args.warmup)
+        timed(lambda n=name: train_step(n), 0, args.warmup)
     for _ in range(args.repeats):  # interleaved
         for name in nets:
-            step_times[name] += timed(lambda: train_step(name), 1, 0)
+            step_times[name] += timed(lambda n=name: train_step(n), 1, 0)
             if volumes:
-                infer_times[name] += [t / len(volumes) for t in timed(lambda: infer_all(name), 1, 0)]
+                infer_times[name] += [t / len(volumes) for t in timed(lambda n=name: infer_all(n), 1, 0)]
 
     rows = {}
     for name, model in nets.items():

@@ -58,7 +58,9 @@ def test_reconstruction_pictures_and_gradients():
     assert m.mask_token.grad is not None and m.mask_token.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("kwargs, message", [(dict(ratio=1.0), "mask_ratio=1.0"), (dict(decoder_dim=-1), "decoder_dim")])
+@pytest.mark.parametrize(
+    "kwargs, message", [(dict(ratio=1.0), "mask_ratio=1.0"), (dict(decoder_dim=-1), "decoder_dim")]
+)
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         model(**kwargs)

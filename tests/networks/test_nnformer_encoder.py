@@ -45,7 +45,7 @@ def test_shifted_windows_carry_information_across_window_borders():
     t = enc.embed_input(x)
     y = enc.stages[0](t)
     t2 = t.clone()
-    t2[..., 0, 0, 0] += 10.0 * torch.randn(12)  # token (0,0,0) lives in window (0,0,0): tokens of other windows must not change
+    t2[..., 0, 0, 0] += 10.0 * torch.randn(12)  # token (0,0,0) is in window (0,0,0): other windows must not change
     y2 = enc.stages[0](t2)
     assert torch.allclose(y[..., 2:, 2:, 2:], y2[..., 2:, 2:, 2:], atol=1e-5)
     shifted = NnFormerEncoder(1, (8, 8, 8), 2, 12, depths=(2,), num_heads=(2,), window_sizes=(2,)).eval()

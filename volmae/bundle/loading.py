@@ -98,4 +98,5 @@ def bundle_checkpoint(bundle: str | os.PathLike) -> dict:
         "regions": regions,
         "dataset": root.name,
     }
-    return {"kind": config["kind"], "config": config, "task": task, "model": _state_dict(weights), "source": str(weights)}
+    state = _state_dict(weights)
+    return {"kind": config["kind"], "config": config, "task": task, "model": state, "source": str(weights)}

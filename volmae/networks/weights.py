@@ -136,9 +136,8 @@ def encoder_state_from(ckpt: Mapping, family: str = "vit") -> dict[str, torch.Te
     def find(fam: str) -> dict[str, torch.Tensor]:
         roots, marker, _ = FAMILIES[fam]
         for prefix in ENCODER_PREFIXES:
-            found = {
-                k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix) :].startswith(roots)
-            }
+            found = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            found = {k: v for k, v in found.items() if k.startswith(roots)}
             if any(k.startswith(marker) for k in found):
                 return found
         return {}
