@@ -138,3 +138,13 @@ def test_encoder_families_never_mix(tmp_path):
     torch.save({"model": vit_mae.state_dict(), "config": vit_mae.volmae_config, "kind": "mae"}, vit)
     with pytest.raises(CheckpointError, match="holds a vit encoder but this network has a nnformer encoder"):
         build_segmenter("nnformer-tiny", 1, 3, 16, pretrained=vit)
+
+
+def test_single_channel_nnformer_pretraining_adapts_to_multichannel_input(tmp_path):
+    from volmae.networks.registry import build_segmenter
+
+    mae, path = _nnformer_ckpt(tmp_path, (16, 32, 16))
+    net = build_segmenter("nnformer-tiny", 2, 4, (16, 32, 16), pretrained=path, embed_dim=12, num_heads=(2, 2, 4))
+    assert net.load_report.ok and net.load_report.adapted == ["embed.0.0.weight"]
+    w = mae.encoder.state_dict()["embed.0.0.weight"]
+    assert torch.allclose(net.encoder.embed[0][0].weight, w.repeat(1, 2, 1, 1, 1) / 2)
