@@ -40,9 +40,6 @@ class MaskedAutoencoder(MaskedReconstruction):
         mask_ratio: float = 0.75,
         norm_pix_loss: bool = True,
     ) -> None:
-        super().__init__()
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio={mask_ratio}: must be in (0, 1)")
         if decoder_dim % decoder_heads or decoder_dim % 6:
             raise ValueError(
                 f"decoder_dim={decoder_dim}: must be divisible by decoder_heads={decoder_heads} and by 6 "
@@ -50,13 +47,7 @@ class MaskedAutoencoder(MaskedReconstruction):
             )
         if decoder_depth < 1:
             raise ValueError(f"decoder_depth={decoder_depth}: must be >= 1")
-        self.encoder = encoder
-        self.mask_ratio = mask_ratio
-        self.norm_pix_loss = norm_pix_loss
-        self.patch_size = encoder.patch_size
-        self.grid_size = encoder.grid_size
-        self.in_channels = encoder.in_channels
-        patch_dim = self.patch_size[0] * self.patch_size[1] * self.patch_size[2] * self.in_channels
+        super().__init__(encoder, encoder.patch_size, encoder.grid_size, mask_ratio, norm_pix_loss)
 
         self.decoder_embed = nn.Linear(encoder.hidden_size, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
@@ -70,7 +61,7 @@ class MaskedAutoencoder(MaskedReconstruction):
         )
         freeze_unused_norms(self.decoder_blocks)
         self.decoder_norm = nn.LayerNorm(decoder_dim)
-        self.decoder_pred = nn.Linear(decoder_dim, patch_dim)
+        self.decoder_pred = nn.Linear(decoder_dim, self.patch_dim)
         nn.init.normal_(self.mask_token, std=0.02)
         for m in [self.decoder_embed, self.decoder_pred, *self.decoder_blocks.modules()]:
             if isinstance(m, nn.Linear):

@@ -46,27 +46,18 @@ class MaskedVolumeModel(MaskedReconstruction):
     def __init__(
         self, encoder: NnFormerEncoder, mask_ratio: float = 0.6, norm_pix_loss: bool = True, decoder_dim: int = 0
     ) -> None:
-        super().__init__()
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio={mask_ratio}: must be in (0, 1)")
+        super().__init__(encoder, encoder.total_stride, encoder.grids[-1], mask_ratio, norm_pix_loss)
         if decoder_dim < 0:
             raise ValueError(f"decoder_dim={decoder_dim}: must be >= 0 (0 = linear head)")
-        self.encoder = encoder
-        self.mask_ratio = mask_ratio
-        self.norm_pix_loss = norm_pix_loss
-        self.patch_size = encoder.total_stride
-        self.grid_size = encoder.grids[-1]
-        self.in_channels = encoder.in_channels
         # stage-0 tokens per mask unit, per axis
         self.unit_in_tokens = tuple(t // p for t, p in zip(self.patch_size, encoder.patch_size))
         self.mask_token = nn.Parameter(torch.zeros(1, encoder.dims[0], 1, 1, 1))
         nn.init.normal_(self.mask_token, std=0.02)
-        patch_dim = self.in_channels * self.patch_size[0] * self.patch_size[1] * self.patch_size[2]
         deep = encoder.dims[-1]
         self.decoder = (
-            nn.Linear(deep, patch_dim)
+            nn.Linear(deep, self.patch_dim)
             if decoder_dim == 0
-            else nn.Sequential(nn.Linear(deep, decoder_dim), nn.GELU(), nn.Linear(decoder_dim, patch_dim))
+            else nn.Sequential(nn.Linear(deep, decoder_dim), nn.GELU(), nn.Linear(decoder_dim, self.patch_dim))
         )
 
     def _expand(self, mask: torch.Tensor, unit: tuple[int, ...]) -> torch.Tensor:

@@ -46,15 +46,30 @@ class MaskedReconstruction(nn.Module):
     """Base of :class:`~volmae.networks.mae.MaskedAutoencoder` and
     :class:`~volmae.networks.masked_volume.MaskedVolumeModel`.
 
-    Subclasses set ``patch_size`` (the mask unit), ``grid_size``, ``in_channels``, ``mask_ratio``,
-    ``norm_pix_loss`` and implement ``forward(x, mask_ratio, generator) -> (loss, pred B L P, mask B L)``.
+    Subclasses pass their encoder, mask unit ``patch_size``, unit ``grid_size``, ``mask_ratio`` and ``norm_pix_loss``
+    and implement ``forward(x, mask_ratio, generator) -> (loss, pred B L P, mask B L)``.
     """
 
-    patch_size: Sequence[int]
-    grid_size: Sequence[int]
-    in_channels: int
-    mask_ratio: float
-    norm_pix_loss: bool
+    def __init__(
+        self,
+        encoder: nn.Module,
+        patch_size: Sequence[int],
+        grid_size: Sequence[int],
+        mask_ratio: float,
+        norm_pix_loss: bool,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={mask_ratio}: must be in (0, 1)")
+        self.encoder = encoder
+        self.patch_size, self.grid_size = tuple(patch_size), tuple(grid_size)
+        self.in_channels: int = encoder.in_channels
+        self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
+
+    @property
+    def patch_dim(self) -> int:
+        """Values in one flattened mask unit, ``P = pD pH pW C``."""
+        return self.patch_size[0] * self.patch_size[1] * self.patch_size[2] * self.in_channels
 
     def patch_targets(self, x: torch.Tensor) -> torch.Tensor:
         """Regression targets ``B L P``: voxel patches, per-patch normalised when ``norm_pix_loss``."""
