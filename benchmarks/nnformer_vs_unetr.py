@@ -1,13 +1,14 @@
 """Cost of nnFormer vs UNETR at one ROI, measured side by side in one run: parameters, FLOPs per forward, training
 step time and sliding-window inference time per real volume, with the ratio nnFormer / UNETR.
 
-Defaults: the hippocampus head-to-head (``vit-tiny`` UNETR vs ``nnformer-tiny``, ROI 40 x 56 x 40, 3 classes, a
-training step = forward + backward + AdamW on ``--batch`` crops; inference = ``Predictor.segment`` with 50 % overlap
-on the first ``--cases`` real hippocampus volumes, preprocessed beforehand). Times are medians over ``--repeats``
+Defaults: the hippocampus head-to-head (``vit-tiny`` UNETR at ROI 40 x 56 x 40 vs ``nnformer-tiny`` at 48 x 64 x 48,
+the nearest ROI its windows fit; 3 classes; a training step = forward + backward + AdamW on ``--batch`` crops;
+inference = ``Predictor.segment`` with 50 % overlap on the first ``--cases`` real hippocampus volumes, each network
+with its own ROI, preprocessed beforehand). Times are medians over ``--repeats``
 after ``--warmup`` untimed runs, the two networks interleaved so that machine load hits both alike. Run by hand:
 
     python benchmarks/nnformer_vs_unetr.py [--unetr vit-tiny] [--nnformer nnformer-tiny] [--roi 40 56 40]
-        [--threads 1] [--out-json FILE]
+        [--nnformer-roi 48 64 48] [--threads 1] [--out-json FILE]
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--unetr", default="vit-tiny")
     ap.add_argument("--nnformer", default="nnformer-tiny")
-    ap.add_argument("--roi", type=int, nargs=3, default=[40, 56, 40])
+    ap.add_argument("--roi", type=int, nargs=3, default=[40, 56, 40], help="UNETR's ROI")
+    ap.add_argument("--nnformer-roi", type=int, nargs=3, default=[48, 64, 48])
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--cases", type=int, default=5)
@@ -61,35 +63,37 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    roi = tuple(args.roi)
+    rois = {"UNETR": tuple(args.roi), "nnFormer": tuple(args.nnformer_roi)}
     nets = {
-        "UNETR": build_segmenter(args.unetr, 1, args.classes, roi),
-        "nnFormer": build_segmenter(args.nnformer, 1, args.classes, roi, deep_supervision=False),
+        "UNETR": build_segmenter(args.unetr, 1, args.classes, rois["UNETR"]),
+        "nnFormer": build_segmenter(args.nnformer, 1, args.classes, rois["nnFormer"], deep_supervision=False),
     }
-    x1 = torch.randn(1, 1, *roi)
-    xb, yb = torch.randn(args.batch, 1, *roi), torch.randint(0, args.classes, (args.batch, roi[0], roi[1], roi[2]))
+    batches = {
+        k: (torch.randn(args.batch, 1, *r), torch.randint(0, args.classes, (args.batch, *r))) for k, r in rois.items()
+    }
     opts = {k: torch.optim.AdamW(param_groups(m, 1e-4), lr=1e-4) for k, m in nets.items()}
 
     def train_step(name):
         model, opt = nets[name], opts[name]
         model.train()
         opt.zero_grad(set_to_none=True)
+        xb, yb = batches[name]
         torch.nn.functional.cross_entropy(model(xb), yb).backward()
         opt.step()
 
     hippo = dataset_path("msd_hippocampus")
-    volumes = []
-    if hippo is not None:
-        prep = get_preprocessing("hippocampus", roi_size=roi)
-        tf = infer_transforms(prep)
-        volumes = [tf({"image": it["image"]})["image"][None] for it in load_msd_datalist(hippo).items[: args.cases]]
-    predictors = {
-        k: Predictor(m, get_preprocessing("hippocampus", roi_size=roi), torch.device("cpu"), amp=False)
-        for k, m in nets.items()
-    }
+    volumes: dict[str, list] = {k: [] for k in nets}
+    predictors = {}
+    for name, model in nets.items():
+        prep = get_preprocessing("hippocampus", roi_size=rois[name])
+        predictors[name] = Predictor(model, prep, torch.device("cpu"), amp=False)
+        if hippo is not None:
+            tf = infer_transforms(prep)
+            items = load_msd_datalist(hippo).items[: args.cases]
+            volumes[name] = [tf({"image": it["image"]})["image"][None] for it in items]
 
     def infer_all(name):
-        for v in volumes:
+        for v in volumes[name]:
             predictors[name].segment(v)
 
     step_times: dict[str, list[float]] = {k: [] for k in nets}
@@ -99,33 +103,39 @@ def main() -> int:
     for _ in range(args.repeats):  # interleaved
         for name in nets:
             step_times[name] += timed(lambda n=name: train_step(n), 1, 0)
-            if volumes:
-                infer_times[name] += [t / len(volumes) for t in timed(lambda n=name: infer_all(n), 1, 0)]
+            if volumes[name]:
+                infer_times[name] += [t / len(volumes[name]) for t in timed(lambda n=name: infer_all(n), 1, 0)]
 
     rows = {}
     for name, model in nets.items():
         rows[name] = {
             "preset": args.unetr if name == "UNETR" else args.nnformer,
+            "roi": list(rois[name]),
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-            "gflops_forward": flops(model, x1) / 1e9,
+            "gflops_forward": flops(model, torch.randn(1, 1, *rois[name])) / 1e9,
             "train_step_s": statistics.median(step_times[name]),
-            "infer_s_per_volume": statistics.median(infer_times[name]) if volumes else None,
+            "infer_s_per_volume": statistics.median(infer_times[name]) if infer_times[name] else None,
         }
-    ratio = {k: rows["nnFormer"][k] / rows["UNETR"][k] for k in rows["UNETR"] if k != "preset" and rows["UNETR"][k]}
+    numeric = ("params_M", "gflops_forward", "train_step_s", "infer_s_per_volume")
+    ratio = {k: rows["nnFormer"][k] / rows["UNETR"][k] for k in numeric if rows["UNETR"][k]}
     result = {
-        "roi": list(roi),
         "batch": args.batch,
         "threads": args.threads,
-        "inference_volumes": len(volumes),
+        "inference_volumes": len(volumes["UNETR"]),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
         "networks": rows,
         "ratio_nnformer_over_unetr": ratio,
     }
-    print(f"ROI {roi}, batch {args.batch}, {args.threads} thread(s), {len(volumes)} real volumes for inference")
-    print(f"{'':10s} {'params (M)':>11s} {'GFLOPs/fwd':>11s} {'train step (s)':>15s} {'infer s/volume':>15s}")
+    n = len(volumes["UNETR"])
+    print(f"batch {args.batch}, {args.threads} thread(s), {n} real volumes for inference")
+    print(f"{'':10s} {'ROI':>12s} {'params (M)':>11s} {'GFLOPs/fwd':>11s} {'train step (s)':>15s} {'infer s/vol':>12s}")
     for name, r in rows.items():
         inf = f"{r['infer_s_per_volume']:.3f}" if r["infer_s_per_volume"] is not None else "n/a"
-        print(f"{name:10s} {r['params_M']:11.2f} {r['gflops_forward']:11.2f} {r['train_step_s']:15.3f} {inf:>15s}")
+        roi = "x".join(map(str, r["roi"]))
+        print(
+            f"{name:10s} {roi:>12s} {r['params_M']:11.2f} {r['gflops_forward']:11.2f} {r['train_step_s']:15.3f} "
+            f"{inf:>12s}"
+        )
     print("nnFormer / UNETR: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()))
     if args.out_json:
         with open(args.out_json, "w") as f:
