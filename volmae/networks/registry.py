@@ -57,6 +57,10 @@ class Preset:
     description: str
     family: str = "vit"
 
+    def encoder_kwargs(self) -> dict[str, Any]:
+        keys = ("patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads")
+        return {k: getattr(self, k) for k in keys}
+
 
 @dataclass(frozen=True)
 class NnFormerPreset:
@@ -70,6 +74,10 @@ class NnFormerPreset:
     deep_supervision: bool
     description: str
     family: str = "nnformer"
+
+    def encoder_kwargs(self) -> dict[str, Any]:
+        keys = ("patch_size", "embed_dim", "depths", "num_heads", "window_sizes")
+        return {k: getattr(self, k) for k in keys}
 
 
 PRESETS: dict[str, Preset | NnFormerPreset] = {
@@ -124,31 +132,11 @@ def build_encoder(
     """The encoder of a preset (:class:`ViTEncoder` or :class:`NnFormerEncoder`); ``overrides`` replace any of its
     constructor arguments."""
     p = get_preset(preset)
-    kwargs: dict[str, Any]
-    if isinstance(p, NnFormerPreset):
-        kwargs = dict(
-            in_channels=in_channels,
-            img_size=img_size,
-            patch_size=p.patch_size if patch_size is None else patch_size,
-            embed_dim=p.embed_dim,
-            depths=p.depths,
-            num_heads=p.num_heads,
-            window_sizes=p.window_sizes,
-        )
-        kwargs.update(overrides)
-        enc = NnFormerEncoder(**kwargs)
-    else:
-        kwargs = dict(
-            in_channels=in_channels,
-            img_size=img_size,
-            patch_size=p.patch_size if patch_size is None else patch_size,
-            hidden_size=p.hidden_size,
-            mlp_dim=p.mlp_dim,
-            num_layers=p.num_layers,
-            num_heads=p.num_heads,
-        )
-        kwargs.update(overrides)
-        enc = ViTEncoder(**kwargs)
+    kwargs: dict[str, Any] = dict(in_channels=in_channels, img_size=img_size, **p.encoder_kwargs())
+    if patch_size is not None:
+        kwargs["patch_size"] = patch_size
+    kwargs.update(overrides)
+    enc = (NnFormerEncoder if isinstance(p, NnFormerPreset) else ViTEncoder)(**kwargs)
     enc.volmae_config = _config_of(enc, kwargs)
     return enc
 
