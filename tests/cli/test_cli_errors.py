@@ -249,3 +249,19 @@ def test_usage_errors_are_argparse_exits(capsys):
     with pytest.raises(SystemExit) as info:
         MAINS["volmae-train"](["--dataset-dir", "x", "--epochs", "many"])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "preset, roi, nearest",
+    [
+        ("nnformer-tiny", ["40", "56", "40"], "(32, 48, 32) or (48, 64, 48)"),
+        ("vit-tiny", ["40", "56", "44"], "or (40, 56, 48)"),
+    ],
+)
+def test_roi_that_the_network_cannot_tile_names_the_nearest_sizes(synthetic_task, tmp_path, preset, roi, nearest):
+    p = run_script(
+        "volmae-train", "--dataset-dir", str(synthetic_task), "--out-dir", str(tmp_path / "out"), "--device", "cpu",
+        "--preset", preset, "--roi-size", *roi,
+    )  # fmt: skip
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.startswith(f"volmae-train: error: preset '{preset}': img_size=") and nearest in p.stderr

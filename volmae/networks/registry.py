@@ -7,12 +7,13 @@ channels, ROI, classes) are arguments. Every builder returns a model whose full 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from volmae.errors import ConfigError
+from volmae.errors import ConfigError, VolmaeError
 from volmae.networks.mae import MaskedAutoencoder
 from volmae.networks.masked_volume import MaskedVolumeModel
 from volmae.networks.nnformer import NnFormer
@@ -116,6 +117,18 @@ def get_preset(name: str, family: str | None = None) -> Preset | NnFormerPreset:
     return p
 
 
+@contextlib.contextmanager
+def _named(preset: str) -> Iterator[None]:
+    """A size or argument the network refuses (e.g. an ROI its patches / windows do not tile) becomes a
+    :class:`ConfigError` naming the preset, so the console scripts print one line instead of a traceback."""
+    try:
+        yield
+    except ValueError as e:
+        if isinstance(e, VolmaeError):
+            raise
+        raise ConfigError(f"preset {preset!r}: {e}") from None
+
+
 def _config_of(module, kwargs: dict[str, Any]) -> dict[str, Any]:
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
     cfg.update(img_size=list(module.img_size), patch_size=list(module.patch_size))
@@ -136,7 +149,8 @@ def build_encoder(
     if patch_size is not None:
         kwargs["patch_size"] = patch_size
     kwargs.update(overrides)
-    enc = (NnFormerEncoder if isinstance(p, NnFormerPreset) else ViTEncoder)(**kwargs)
+    with _named(preset):
+        enc = (NnFormerEncoder if isinstance(p, NnFormerPreset) else ViTEncoder)(**kwargs)
     enc.volmae_config = _config_of(enc, kwargs)
     return enc
 
@@ -169,7 +183,8 @@ def build_mae(
             norm_pix_loss=norm_pix_loss,
             decoder_dim=decoder_dim or 0,
         )
-        model, kind = MaskedVolumeModel(enc, **kwargs), "masked-volume"
+        with _named(preset):
+            model, kind = MaskedVolumeModel(enc, **kwargs), "masked-volume"
     else:
         kwargs = dict(
             decoder_dim=p.decoder_dim if decoder_dim is None else decoder_dim,
@@ -178,7 +193,8 @@ def build_mae(
             mask_ratio=0.75 if mask_ratio is None else mask_ratio,
             norm_pix_loss=norm_pix_loss,
         )
-        model, kind = MaskedAutoencoder(enc, **kwargs), "mae"
+        with _named(preset):
+            model, kind = MaskedAutoencoder(enc, **kwargs), "mae"
     model.volmae_config = {"kind": kind, "preset": preset, "encoder": enc.volmae_config, _HEAD_KEY[kind]: kwargs}
     return model
 
@@ -205,7 +221,8 @@ def build_unetr(
         norm_name=norm_name,
         skip_norm=skip_norm,
     )
-    model = UNETR(enc, **unetr_kwargs)
+    with _named(preset):
+        model = UNETR(enc, **unetr_kwargs)
     model.volmae_config = {"kind": "unetr", "preset": preset, "encoder": enc.volmae_config, "unetr": unetr_kwargs}
     return _with_pretrained(model, pretrained)
 
@@ -230,7 +247,8 @@ def build_nnformer(
         decoder_depths=None if decoder_depths is None else list(decoder_depths),
         deep_supervision=p.deep_supervision if deep_supervision is None else deep_supervision,
     )
-    model = NnFormer(enc, **kwargs)
+    with _named(preset):
+        model = NnFormer(enc, **kwargs)
     model.volmae_config = {"kind": "nnformer", "preset": preset, "encoder": enc.volmae_config, "nnformer": kwargs}
     return _with_pretrained(model, pretrained)
 
