@@ -30,6 +30,8 @@ class MaskedAutoencoder(MaskedReconstruction):
         norm_pix_loss: regress per-patch normalised voxels (mean 0, var 1 per patch), as MAE / SelfMedMAE.
     """
 
+    method = "MAE"
+
     def __init__(
         self,
         encoder: ViTEncoder,

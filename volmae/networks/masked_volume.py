@@ -43,6 +43,8 @@ class MaskedVolumeModel(MaskedReconstruction):
         decoder_dim: 0 (default) for a linear prediction head, else the width of one hidden GELU layer.
     """
 
+    method = "masked volume"
+
     def __init__(
         self, encoder: NnFormerEncoder, mask_ratio: float = 0.6, norm_pix_loss: bool = True, decoder_dim: int = 0
     ) -> None:

@@ -87,8 +87,8 @@ class NnFormer(nn.Module):
             raise ValueError(f"the nnFormer decoder needs an encoder with >= 2 stages, got {n}")
         if out_channels < 1:
             raise ValueError(f"out_channels={out_channels}: must be >= 1")
-        heads = [blk.blocks[0].num_heads for blk in encoder.stages]
-        depths = list(decoder_depths) if decoder_depths is not None else [len(s.blocks) for s in encoder.stages][:-1]
+        heads = encoder.num_heads
+        depths = list(decoder_depths) if decoder_depths is not None else list(encoder.depths[:-1])
         if len(depths) != n - 1 or any(d < 1 for d in depths):
             raise ValueError(f"decoder_depths={depths}: need {n - 1} entries >= 1 (stages 0 .. {n - 2})")
         self.encoder = encoder

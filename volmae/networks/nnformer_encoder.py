@@ -134,12 +134,15 @@ class WindowStage(nn.Module):
             )
             for i, shifted in enumerate(self.shifted)
         )
+        # the shifted windows' attention mask depends on the fixed grid only: built once, moves with .to(device)
+        mask = compute_mask(self.grid, self.window, self.shift, None) if any(self.shifted) else None
+        self.register_buffer("attn_mask", mask, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = rearrange(x, "b c d h w -> b d h w c")
-        mask = compute_mask(self.grid, self.window, self.shift, x.device) if any(self.shifted) else None
+        mask = self.attn_mask.to(x.dtype) if self.attn_mask is not None else None
         for blk in self.blocks:
-            x = blk(x, mask.to(x.dtype) if mask is not None else None)
+            x = blk(x, mask)
         return rearrange(x, "b d h w c -> b c d h w")
 
 
@@ -171,6 +174,8 @@ class NnFormerEncoder(nn.Module):
         drop_path_rate: stochastic depth, linearly increasing over all blocks up to this rate.
         spatial_dims: must be 3.
     """
+
+    family = "nnformer"  # the encoder family: weights load only between encoders of one family
 
     def __init__(
         self,
@@ -209,6 +214,7 @@ class NnFormerEncoder(nn.Module):
         self.img_size = as_tuple(img_size, 3, "img_size")
         self.grids, self.windows = stage_windows(self.img_size, self.patch_size, window_sizes)
         self.num_stages = self.num_layers = len(depths)
+        self.depths, self.num_heads = tuple(depths), tuple(num_heads)
         self.total_stride = tuple(p * 2 ** (self.num_stages - 1) for p in self.patch_size)
 
         stride1 = tuple(p // 2 for p in self.patch_size)

@@ -50,6 +50,8 @@ class MaskedReconstruction(nn.Module):
     and implement ``forward(x, mask_ratio, generator) -> (loss, pred B L P, mask B L)``.
     """
 
+    method = "masked reconstruction"  # what the pictures call it
+
     def __init__(
         self,
         encoder: nn.Module,

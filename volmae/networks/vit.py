@@ -61,6 +61,8 @@ class ViTEncoder(nn.Module):
         spatial_dims: must be 3 (kept for MONAI-style signatures).
     """
 
+    family = "vit"  # the encoder family: weights load only between encoders of one family
+
     def __init__(
         self,
         in_channels: int,

@@ -46,12 +46,7 @@ FAMILIES = {
     "vit": (("patch_embedding.", "blocks.", "norm."), "blocks.", PATCH_WEIGHT_KEY),
     "nnformer": (("embed.", "downs.", "stages.", "norms."), "stages.", "embed.0.0.weight"),
 }
-ENCODER_ROOTS = FAMILIES["vit"][0]
 BIAS_TABLE = "attn.relative_position_bias_table"
-
-
-def encoder_family(encoder: torch.nn.Module) -> str:
-    return "nnformer" if isinstance(encoder, NnFormerEncoder) else "vit"
 
 
 @dataclass
@@ -212,7 +207,7 @@ def load_encoder_weights(
     no encoder of this family is found, or one of the other family.
     """
     ckpt = read_checkpoint(source) if isinstance(source, (str, Path)) else source
-    family = encoder_family(encoder)
+    family = encoder.family
     src = encoder_state_from(ckpt, family)
     first_conv = FAMILIES[family][2]
     old_windows = _source_windows(ckpt) if family == "nnformer" else None

@@ -117,9 +117,6 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     return PretrainResult(out, model_path, state.history, pictures)
 
 
-_METHOD = {"MaskedAutoencoder": "MAE", "MaskedVolumeModel": "masked volume"}
-
-
 @torch.no_grad()
 def reconstruction_pictures(model, items, prep, folder: Path, device, seed: int = 0) -> list[Path]:
     """Centre-crop each case to the ROI, mask it, reconstruct, and save the three-row PNG."""
@@ -134,8 +131,7 @@ def reconstruction_pictures(model, items, prep, folder: Path, device, seed: int 
         img = CenterSpatialCrop(prep.roi_size)(SpatialPad(prep.roi_size)(img))
         views = model.reconstruct(img.as_tensor()[None].to(device), generator=gen)
         p = folder / f"reconstruction_{it['case']}.png"
-        method = _METHOD.get(type(model).__name__, "masked reconstruction")
-        title = f"{it['case']}: {method}, {model.mask_ratio:.0%} masked, loss {views['loss'].item():.3f}"
+        title = f"{it['case']}: {model.method}, {model.mask_ratio:.0%} masked, loss {views['loss'].item():.3f}"
         save_reconstruction_png(views, p, title=title)
         paths.append(p)
     return paths
