@@ -108,3 +108,17 @@ def test_bad_arguments(kwargs, match):
     enc = ViTEncoder(1, 16, 8, hidden_size=24, mlp_dim=48, num_layers=1, num_heads=2)
     with pytest.raises(ValueError, match=match):
         MaskedAutoencoder(enc, **{**dict(decoder_dim=24, decoder_depth=1, decoder_heads=2), **kwargs})
+
+
+def test_encoder_input_is_the_embedding_of_the_visible_patches():
+    """forward_encoder embeds only the visible patches; the result must equal embedding all, then masking."""
+    mae = make_mae(size=(32, 32, 32), ratio=0.75)
+    x = torch.randn(2, 1, 32, 32, 32)
+    seen = []
+    mae.encoder.blocks[0].register_forward_pre_hook(lambda m, i: seen.append(i[0]))
+    _, mask, ids_restore = mae.forward_encoder(x, generator=torch.Generator().manual_seed(3))
+    full = mae.encoder.embed(x)
+    for b in range(2):
+        visible_ids = ids_restore.argsort(dim=1)[b, : seen[0].shape[1]]  # ids_shuffle[:keep]
+        assert torch.all(mask[b, visible_ids] == 0)
+        assert torch.allclose(seen[0][b], full[b, visible_ids], atol=1e-5)

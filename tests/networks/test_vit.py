@@ -80,3 +80,16 @@ def test_wrong_input_shape_is_explained():
         enc(torch.zeros(1, 1, 24, 16, 16))
     with pytest.raises(ValueError, match="out of range"):
         enc.forward_intermediates(torch.zeros(1, 1, 16, 16, 16), [5])
+
+
+@pytest.mark.parametrize("channels,patch", [(1, 8), (2, (4, 8, 8))])
+def test_embed_tokens_equals_embed_then_gather(channels, patch):
+    torch.manual_seed(0)
+    enc = ViTEncoder(channels, (16, 32, 32), patch, hidden_size=24, mlp_dim=48, num_layers=1, num_heads=2)
+    x = torch.randn(3, channels, 16, 32, 32)
+    full = enc.embed(x)
+    ids = torch.stack([torch.randperm(full.shape[1])[:5] for _ in range(3)])
+    expect = torch.gather(full, 1, ids.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    assert torch.allclose(enc.embed_tokens(x, ids), expect, atol=1e-5)
+    with pytest.raises(ValueError, match="expected input"):
+        enc.embed_tokens(x[:, :, :8], ids)

@@ -5,7 +5,7 @@ import torch
 
 from volmae.networks.registry import build_unetr
 from volmae.utils.io import atomic_save, atomic_write, atomic_write_json
-from volmae.utils.optim import param_groups
+from volmae.utils.optim import adamw, param_groups
 
 
 def test_layer_decay_scales_and_no_decay_groups():
@@ -23,6 +23,26 @@ def test_layer_decay_scales_and_no_decay_groups():
     assert sum(len(g["params"]) for g in groups) == len(trainable)  # fixed sin-cos embedding left out
     with pytest.raises(ValueError, match="layer_decay"):
         param_groups(net, 0.05, layer_decay=1.5)
+
+
+def test_adamw_is_fused_where_torch_can_and_steps_like_the_plain_loop():
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(6, 4) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fused = adamw(param_groups(nets[0], 0.05), lr=1e-2)
+    plain = torch.optim.AdamW(param_groups(nets[1], 0.05), lr=1e-2)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(8, 6)
+    for _ in range(3):
+        for net, opt in zip(nets, (fused, plain)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    plain.load_state_dict(fused.state_dict())  # checkpoints move between the two
+    double = torch.nn.Linear(2, 2).double()  # no fused kernel for float64: the plain loop
+    assert not adamw([{"params": list(double.parameters())}], lr=1e-3).defaults["fused"]
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

@@ -18,7 +18,7 @@ import torch
 
 from volmae.data.datalist import label_fraction, load_msd_datalist, pretraining_items, split_fold
 from volmae.errors import ConfigError
-from volmae.utils.optim import param_groups
+from volmae.utils.optim import adamw, param_groups
 
 __all__ = [
     "bundle_root",
@@ -124,7 +124,7 @@ def optimizer(
     groups = param_groups(getattr(network, "module", network), weight_decay, layer_decay)  # DDP-wrapped or not
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    return adamw(groups, lr=lr, weight_decay=weight_decay)
 
 
 def model_file(root: str | os.PathLike, name: str = "model.pt") -> str:

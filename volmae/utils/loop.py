@@ -33,6 +33,7 @@ from volmae.data.loading import epoch_seed
 from volmae.errors import CheckpointError, VolmaeError
 from volmae.networks.weights import CHECKPOINT_FORMAT, read_checkpoint
 from volmae.utils.io import atomic_save, atomic_write_json
+from volmae.utils.optim import adamw
 from volmae.utils.runtime import autocast, make_scaler, seed_all
 
 __all__ = ["LoopConfig", "TrainLoop", "TrainingError", "TrainingInterrupted", "warmup_cosine", "batch_cases"]
@@ -143,7 +144,7 @@ class TrainLoop:
         for g in param_groups:
             g.setdefault("lr_scale", 1.0)
             g["lr"] = cfg.lr * g["lr_scale"]
-        self.optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.optimizer = adamw(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.scaler = make_scaler(cfg.device, cfg.amp)
         self.state = LoopState()
         self.out_dir = Path(cfg.out_dir)

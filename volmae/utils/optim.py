@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["param_groups"]
+__all__ = ["adamw", "param_groups"]
 
 _NO_DECAY = ("position_embeddings", "pos_embed", "mask_token", "cls_token", "relative_position_bias_table")
 
@@ -46,3 +46,20 @@ def param_groups(
             }
         groups[key]["params"].append(p)
     return list(groups.values())
+
+
+def adamw(groups: list[dict], lr: float, **kwargs) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` with its fused kernel (one multi-tensor kernel per step instead of ~10 elementwise ops
+    per parameter: the step on ViT-B's 100 M parameters falls from ~0.35 s to ~0.1 s on 2 CPU cores,
+    ``benchmarks/mae_step.py``) wherever torch has it for the parameters' device and dtype; the plain loop
+    otherwise. State dicts are the same either way, so checkpoints resume across the two."""
+    params = [p for g in groups for p in g["params"]]
+    fusable = (
+        bool(params)
+        and all(
+            p.device.type in ("cpu", "cuda", "mps", "xpu") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            for p in params
+        )
+        and len({p.device for p in params}) == 1
+    )
+    return torch.optim.AdamW(groups, lr=lr, fused=fusable or None, **kwargs)

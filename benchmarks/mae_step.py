@@ -1,0 +1,258 @@
+"""MAE pretraining step, volmae vs MONAI's ``MaskedAutoEncoderViT``, measured side by side in one run.
+
+A step is forward + backward + optimizer on one batch. The reference is what a MONAI user writes:
+``monai.networks.nets.MaskedAutoEncoderViT`` with volmae's sizes (encoder, SelfMedMAE decoder, qkv bias), the
+norm-pix loss on masked patches in a few lines of einops, and ``torch.optim.AdamW(model.parameters())``, in fp32.
+volmae is ``build_mae(preset)`` with the optimizer its engine makes (``volmae.utils.optim.adamw``) and, on CUDA,
+the engine's autocast (bf16). Both start from the same weights (volmae's, copied into MONAI's layout; MONAI's extra
+class token stays) and see the same batches: random crops of the real MNI152 T1 (``$VOLMAE_DATA/mni152_nilearn``,
+z-scored) or, without it, smoothed noise. Each variant runs in its own child process (clean peak memory), the two
+alternating ``--rounds`` times; a round times ``--steps`` steps after ``--warmup``.
+
+Printed per configuration: median step time, volumes/s, peak memory (CPU: the child's peak RSS; CUDA: peak
+allocated), mean loss over the timed steps (equal objectives: the two should agree within a few %), the ratio
+MONAI / volmae, and on CUDA the achieved TFLOP/s (FLOPs of one step counted by ``torch.utils.flop_counter``).
+Run by hand:
+
+    python benchmarks/mae_step.py [--config vit-base:96:2 vit-tiny:40x56x40:4] [--device cpu] [--out-json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_config(text: str) -> tuple[str, tuple[int, int, int], int]:
+    """``preset:ROI:batch`` with ROI ``96`` or ``40x56x40``."""
+    try:
+        preset, roi, batch = text.split(":")
+        sizes = [int(s) for s in roi.split("x")]
+        return preset, tuple(sizes * 3 if len(sizes) == 1 else sizes), int(batch)
+    except ValueError:
+        raise SystemExit(f"--config {text!r}: expected preset:ROI:batch, e.g. vit-base:96:2") from None
+
+
+def batches(roi, batch: int, n: int, seed: int = 0) -> list[torch.Tensor]:
+    """``n`` batches ``B 1 roi`` of random crops of the real MNI152 T1 (z-scored), or of smoothed noise."""
+    from scipy import ndimage
+
+    from volmae.data.paths import dataset_path
+
+    rng = np.random.default_rng(seed)
+    src = dataset_path("mni152_nilearn")
+    if src is not None:
+        import nibabel as nib
+
+        vol = np.asarray(nib.load(src / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz").dataobj, np.float32)
+        vol = (vol - vol[vol > 0].mean()) / vol[vol > 0].std()
+    else:
+        vol = ndimage.gaussian_filter(rng.normal(size=[2 * r for r in roi]).astype(np.float32), 3)
+    out = []
+    for _ in range(n):
+        crops = []
+        for _ in range(batch):
+            o = [rng.integers(0, s - r + 1) for s, r in zip(vol.shape, roi)]
+            crops.append(vol[o[0] : o[0] + roi[0], o[1] : o[1] + roi[1], o[2] : o[2] + roi[2]])
+        out.append(torch.from_numpy(np.stack(crops)[:, None].copy()))
+    return out
+
+
+def reference_model(ours):
+    """MONAI's MaskedAutoEncoderViT with the sizes of volmae's MAE ``ours`` and its weights."""
+    from monai.networks.nets import MaskedAutoEncoderViT
+
+    enc = ours.encoder
+    blk = enc.blocks[0]
+    dec = ours.decoder_blocks[0]
+    ref = MaskedAutoEncoderViT(
+        enc.in_channels,
+        enc.img_size,
+        enc.patch_size,
+        hidden_size=enc.hidden_size,
+        mlp_dim=blk.mlp.linear1.out_features,
+        num_layers=enc.num_layers,
+        num_heads=blk.attn.num_heads,
+        masking_ratio=ours.mask_ratio,
+        decoder_hidden_size=ours.decoder_embed.out_features,
+        decoder_mlp_dim=dec.mlp.linear1.out_features,
+        decoder_num_layers=len(ours.decoder_blocks),
+        decoder_num_heads=dec.attn.num_heads,
+        qkv_bias=True,
+    )
+    src = ours.state_dict()
+    mapped = {}
+    for k, v in src.items():
+        k = k.removeprefix("encoder.")
+        k = k.replace("norm.", f"blocks.{enc.num_layers}.", 1) if k.startswith("norm.") else k
+        k = k.replace("decoder_norm.", f"decoder_blocks.{len(ours.decoder_blocks)}.")
+        k = {"mask_token": "mask_tokens", "decoder_pos_embed": "decoder_pos_embedding"}.get(k, k)
+        mapped[k] = v
+    missing, unexpected = ref.load_state_dict(mapped, strict=False)
+    if set(missing) - {"cls_token"} or unexpected:
+        raise RuntimeError(f"weight mapping failed: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    return ref
+
+
+def reference_loss(model, x: torch.Tensor) -> torch.Tensor:
+    """The norm-pix masked loss as a MONAI user writes it (MONAI's MAE returns predictions and the mask only)."""
+    pred, mask = model(x)
+    p1, p2, p3 = model.patch_size
+    target = rearrange(x, "b c (d p1) (h p2) (w p3) -> b (d h w) (p1 p2 p3 c)", p1=p1, p2=p2, p3=p3)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    per_patch = ((pred - target) ** 2).mean(-1)
+    return (per_patch * mask).sum() / mask.sum()
+
+
+def child(args) -> dict:
+    """One variant in this process: build, warm up, time; returns figures as a dict."""
+    from volmae.networks import build_mae
+    from volmae.utils.optim import adamw, param_groups
+    from volmae.utils.runtime import autocast
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    preset, roi, batch = parse_config(args.child_config)
+    torch.manual_seed(0)
+    ours = build_mae(preset, 1, roi)
+    if args.child == "monai":
+        model = reference_model(ours).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+
+        def loss_of(x):
+            return reference_loss(model, x)
+
+    else:
+        model = ours.to(device)
+        opt = adamw(param_groups(model, 0.05), lr=1e-4)
+
+        def loss_of(x):
+            with autocast(device, device.type == "cuda"):
+                return model(x)[0]
+
+    del ours
+    data = [b.to(device) for b in batches(roi, batch, args.warmup + args.steps)]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step(x):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_of(x)
+        loss.backward()
+        opt.step()
+        return loss
+
+    model.train()
+    for x in data[: args.warmup]:
+        step(x)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times, losses = [], []
+    for x in data[args.warmup :]:
+        sync()
+        t = time.perf_counter()
+        loss = step(x)
+        sync()
+        times.append(time.perf_counter() - t)
+        losses.append(float(loss))
+    out = {"times": times, "losses": losses}
+    if device.type == "cuda":
+        out["peak_bytes"] = torch.cuda.max_memory_allocated(device)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            step(data[0])
+        out["flops_per_step"] = counter.get_total_flops()
+    else:
+        out["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return out
+
+
+def run_child(args, variant: str, config: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", variant, "--child-config", config, "--device", args.device]
+    cmd += ["--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if res.returncode:
+        raise SystemExit(f"{variant} {config} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", nargs="+", default=["vit-base:96:2", "vit-tiny:40x56x40:4"], help="preset:ROI:batch")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out-json", default=None)
+    ap.add_argument("--child", choices=["monai", "volmae"], help=argparse.SUPPRESS)
+    ap.add_argument("--child-config", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return 0
+    results = []
+    head = "| config | variant | step s (median) | volumes/s | peak memory GiB | mean loss |"
+    print(head + "\n|---|---|---|---|---|---|")
+    for config in args.config:
+        preset, roi, batch = parse_config(config)
+        runs = {"monai": {"times": [], "losses": []}, "volmae": {"times": [], "losses": []}}
+        for _ in range(args.rounds):
+            for variant in runs:
+                r = run_child(args, variant, config)
+                runs[variant]["times"] += r["times"]
+                runs[variant]["losses"] += r["losses"]
+                runs[variant]["peak_bytes"] = max(runs[variant].get("peak_bytes", 0), r["peak_bytes"])
+                if "flops_per_step" in r:
+                    runs[variant]["flops_per_step"] = r["flops_per_step"]
+        row = {"config": config, "preset": preset, "roi": roi, "batch": batch}
+        for variant, r in runs.items():
+            med = statistics.median(r["times"])
+            row[variant] = {
+                "step_s_median": med,
+                "step_s_all": r["times"],
+                "volumes_per_s": batch / med,
+                "peak_gib": r["peak_bytes"] / 2**30,
+                "mean_loss": statistics.mean(r["losses"]),
+            }
+            if "flops_per_step" in r:
+                row[variant]["tflops_per_s"] = r["flops_per_step"] / med / 1e12
+            print(
+                f"| {config} | {variant} | {med:.3f} | {batch / med:.2f} | {r['peak_bytes'] / 2**30:.2f} | "
+                f"{statistics.mean(r['losses']):.4f} |"
+            )
+        row["speedup_monai_over_volmae"] = row["monai"]["step_s_median"] / row["volmae"]["step_s_median"]
+        row["loss_rel_diff"] = abs(row["monai"]["mean_loss"] - row["volmae"]["mean_loss"]) / row["monai"]["mean_loss"]
+        print(
+            f"| {config} | ratio MONAI / volmae | **{row['speedup_monai_over_volmae']:.2f}x** | | | "
+            f"loss differs {100 * row['loss_rel_diff']:.1f} % |"
+        )
+        results.append(row)
+    if args.out_json:
+        meta = {
+            "command": " ".join(["python", "benchmarks/mae_step.py", *sys.argv[1:]]),
+            "device": args.device,
+            "threads": args.threads,
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
+        }
+        Path(args.out_json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
