@@ -36,6 +36,23 @@ def test_logits_cover_volumes_larger_and_smaller_than_the_roi():
         assert p.logits(torch.randn(1, 1, *size)).shape == (1, 2, *size)
 
 
+def test_compiled_predictor_runs_windows_through_one_batch_shape(monkeypatch):
+    shapes = []
+
+    def fake_compile(net, **kwargs):  # the wiring, not inductor (tests/inference/test_compiled.py compiles)
+        assert kwargs["dynamic"] is False
+        return lambda x: shapes.append(tuple(x.shape)) or net(x)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    prep = get_preprocessing("mri", roi_size=(16, 16, 16))
+    model = build_unetr("vit-tiny", 1, 2, prep.roi_size, 8, 4, **SMALL)
+    x = torch.randn(1, 1, 20, 30, 16)  # 2 x 3 windows at overlap 0.25: batches of 4 and 2
+    eager = Predictor(model, prep, torch.device("cpu"), overlap=0.25).logits(x)
+    fast = Predictor(model, prep, torch.device("cpu"), overlap=0.25, compile=True).logits(x)
+    assert torch.allclose(fast, eager, atol=1e-5)
+    assert set(shapes) == {(4, 1, 16, 16, 16)} and len(shapes) == 2
+
+
 @pytest.mark.parametrize(
     "kw,match", [(dict(overlap=1.0), "overlap"), (dict(mode="mean"), "mode"), (dict(sw_batch_size=0), "sw_batch_size")]
 )

@@ -37,6 +37,7 @@ HELPS: dict[str, str] = {
     "same held-out fold)",
     "val_cases": "validate on the first N held-out cases only",
     "sw_batch_size": "sliding-window batch size",
+    "compile": "torch.compile the network for the sliding windows (faster windows after a one-off compilation)",
     "overlap": "sliding-window overlap in [0, 1)",
     "seed": "random seed (data order, crops, masking, initialisation)",
     "device": "auto, cpu, cuda or cuda:N",

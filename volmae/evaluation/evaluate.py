@@ -39,6 +39,7 @@ class EvaluateConfig:
     amp: bool = True
     tta_flips: list[int] | None = None
     largest_component: bool = False
+    compile: bool = False
     num_overlays: int = 4
     save_predictions: bool = False
     quiet: bool = False

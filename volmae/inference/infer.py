@@ -51,6 +51,7 @@ class InferConfig:
     amp: bool = True
     tta_flips: list[int] | None = None
     largest_component: bool = False
+    compile: bool = False
     per_class: bool = False
     save_probabilities: bool = False
     overwrite: bool = False
