@@ -66,6 +66,18 @@ def test_one_scan_default_output_in_its_own_space(tmp_path, model, monkeypatch):
     assert src.read_bytes() == before  # the input is only read
 
 
+def test_phase_timings_and_the_logits_route_gives_the_probability_route_labels(tmp_path, model):
+    src = scan(tmp_path / "in" / "a.nii.gz")
+    (fast,) = infer(InferConfig([str(src)], str(model), output=str(tmp_path / "fast.nii.gz"), quiet=True))
+    (slow,) = infer(
+        InferConfig([str(src)], str(model), output=str(tmp_path / "slow.nii.gz"), save_probabilities=True, quiet=True)
+    )
+    assert np.array_equal(np.asarray(nib.load(fast.label_map).dataobj), np.asarray(nib.load(slow.label_map).dataobj))
+    phases = ["load", "preprocess", "network", "postprocess", "stitch", "invert", "save"]
+    assert sorted(fast.timings) == sorted(phases)
+    assert all(v >= 0 for v in fast.timings.values()) and fast.timings["network"] > 0
+
+
 def test_folder_in_folder_out_and_the_overwrite_rule(tmp_path, model):
     for name in ("a.nii.gz", "b.nii"):
         scan(tmp_path / "scans" / name)

@@ -36,6 +36,15 @@ def test_logits_cover_volumes_larger_and_smaller_than_the_roi():
         assert p.logits(torch.randn(1, 1, *size)).shape == (1, 2, *size)
 
 
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_discretize_from_logits_equals_from_probabilities(multilabel):
+    model = build_unetr("vit-tiny", 1, 3, 16, 8, 4, **SMALL)
+    p = Predictor(model, get_preprocessing("mri", roi_size=(16, 16, 16)), torch.device("cpu"), multilabel=multilabel)
+    logits = torch.randn(2, 3, 9, 10, 11) * 3
+    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)
+    assert torch.equal(p.discretize(logits, logits=True), p.discretize(probs))
+
+
 def test_compiled_predictor_runs_windows_through_one_batch_shape(monkeypatch):
     shapes = []
 

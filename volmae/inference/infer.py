@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,7 @@ class InferredCase:
     extra: list[Path] = field(default_factory=list)
     shape: tuple[int, ...] = ()
     voxels_per_class: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase (Predictor.predict_file + save)
 
 
 def _is_nifti_name(name: str | None) -> bool:
@@ -186,7 +188,9 @@ def infer(cfg: InferConfig) -> list[InferredCase]:
     )
     done = []
     for cid, src in tqdm(cases, desc="volmae-infer", unit="scan", disable=cfg.quiet or len(cases) < 2):
+        predictor.timings = {}
         pred = predictor.predict_file(src, keep_probabilities=cfg.save_probabilities)
+        timings, saved = predictor.timings, time.perf_counter()
         seg = pred.labels[0].numpy()
         affine = pred.affine.numpy()
         atomic_save_nifti(seg, affine, outputs[cid])
@@ -198,9 +202,11 @@ def infer(cfg: InferConfig) -> list[InferredCase]:
         if pred.probabilities is not None:
             probs = np.moveaxis(pred.probabilities.numpy(), 0, -1)  # K D H W -> D H W K (NIfTI: channels last)
             written.append(atomic_save_nifti(probs, pred.probabilities.affine.numpy(), extras[cid][-1], np.float32))
+        timings["save"] = time.perf_counter() - saved
         counts = {labels[k]: int((seg == k).sum()) for k in labels if k > 0}
-        done.append(InferredCase(cid, src, outputs[cid], written, tuple(seg.shape), counts))
+        done.append(InferredCase(cid, src, outputs[cid], written, tuple(seg.shape), counts, timings))
         if not cfg.quiet:
             found = ", ".join(f"{n} {v}" for n, v in counts.items() if v) or "nothing found"
             print(f"  {cid}: {outputs[cid]} {tuple(seg.shape)} ({found} voxels)", flush=True)
+            print("    seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), flush=True)
     return done

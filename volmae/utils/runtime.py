@@ -10,7 +10,7 @@ import torch
 
 from volmae.errors import ConfigError
 
-__all__ = ["resolve_device", "autocast", "make_scaler", "seed_all"]
+__all__ = ["resolve_device", "autocast", "make_scaler", "seed_all", "sync"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -50,6 +50,12 @@ def autocast(device: torch.device, enabled: bool):
 def make_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     """A gradient scaler that is active only for fp16 autocast (bf16 and fp32 need none)."""
     return torch.amp.GradScaler(device.type, enabled=enabled and amp_dtype(device) == torch.float16)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued work on ``device`` (CUDA); nothing on the CPU. For wall-clock timing of device work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def seed_all(seed: int) -> None:
