@@ -4,7 +4,7 @@ one line and exit with status 2 instead of a traceback."""
 
 from __future__ import annotations
 
-__all__ = ["VolmaeError", "DataError", "CheckpointError", "ConfigError"]
+__all__ = ["VolmaeError", "DataError", "CheckpointError", "ConfigError", "find_volmae_error"]
 
 
 class VolmaeError(Exception):
@@ -21,3 +21,15 @@ class CheckpointError(VolmaeError, ValueError):
 
 class ConfigError(VolmaeError, ValueError):
     """A configuration value is invalid or a required path / setting is missing."""
+
+
+def find_volmae_error(exc: BaseException | None) -> VolmaeError | None:
+    """The first :class:`VolmaeError` in ``exc``'s cause/context chain (MONAI wraps transform errors in
+    "applying transform ..." ``RuntimeError`` s)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, VolmaeError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

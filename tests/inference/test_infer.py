@@ -138,6 +138,31 @@ def test_bad_inputs_are_named_and_nothing_written(tmp_path, model, kind, match):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+def test_a_batch_goes_on_past_bad_scans(tmp_path, model, capsys):
+    d = tmp_path / "scans"
+    good = [scan(d / f"good{i}.nii.gz") for i in range(2)]
+    scan(d / "flat.nii.gz", shape=(30, 26, 1))
+    whole = scan(tmp_path / "whole.nii.gz").read_bytes()
+    (d / "truncated.nii.gz").write_bytes(whole[: len(whole) // 2])
+    (d / "empty.nii.gz").write_bytes(b"")
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    out = tmp_path / "out"
+    done = infer(InferConfig([str(d)], str(model), output=str(out), per_class=True))
+    status = {c.case: c.status for c in done}
+    assert status == {"empty": "failed", "flat": "failed", "good0": "ok", "good1": "ok", "truncated": "failed"}
+    errors = {c.case: c.error for c in done if c.status == "failed"}
+    assert "not a 3D volume" in errors["flat"] and "truncated.nii.gz" in errors["truncated"]
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == ["good0.nii.gz", "good1.nii.gz"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["good0_classes", "good1_classes"]
+    assert all(c.rss_gib > 0 for c in done)
+    table = capsys.readouterr().out
+    assert "2 of 5 scan(s) segmented, 3 failed" in table and "good1 | ok" in table
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before and len(good) == 2  # inputs only read
+    rc = infer_main([str(d), "--model", str(model), "-o", str(tmp_path / "out2"), "-q"])
+    assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", "3 of 5 scan(s) failed (the others were written)")
+    assert (tmp_path / "out2" / "good0.nii.gz").is_file()
+
+
 def test_output_refusals(tmp_path, model):
     a, b = scan(tmp_path / "a.nii.gz"), scan(tmp_path / "b.nii.gz")
     with pytest.raises(ConfigError, match="is one file but there are 2 scans"):

@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from volmae.errors import VolmaeError
+from volmae.errors import VolmaeError, find_volmae_error  # noqa: F401 - find_volmae_error re-exported
 
 __all__ = ["add_config_args", "config_from_args", "run_main", "find_volmae_error", "stage_main"]
 
@@ -72,17 +72,6 @@ def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any):
     values = {k: (tuple(v) if isinstance(v, list) and k.endswith("_size") else v) for k, v in values.items()}
     values.update(fixed)
     return cls(**values)
-
-
-def find_volmae_error(exc: BaseException) -> VolmaeError | None:
-    """The first :class:`VolmaeError` in ``exc``'s cause/context chain (MONAI wraps transform errors)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, VolmaeError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def run_main(prog: str, body: Callable[[], int | None]) -> int:

@@ -17,6 +17,7 @@ import sys
 
 from volmae.cli.common import add_config_args, config_from_args, run_main
 from volmae.cli.helps import HELPS
+from volmae.errors import DataError
 from volmae.inference.infer import InferConfig, infer, model_classes
 
 
@@ -40,6 +41,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give at least one input scan (or --list-classes)")
         cfg = config_from_args(InferConfig, args)
         done = infer(cfg)
+        failed = [c for c in done if c.status != "ok"]
+        if failed:
+            raise DataError(
+                f"{len(failed)} of {len(done)} scan(s) failed (the others were written): "
+                + "; ".join(f"{c.case}: {c.error}" for c in failed[:5])
+                + (" ..." if len(failed) > 5 else "")
+            )
         if not cfg.quiet:
             print(f"{len(done)} scan(s) segmented")
 

@@ -18,7 +18,7 @@ from monai.transforms import MapTransform
 from volmae.data.readers import is_dicom_dir, open_nifti
 from volmae.errors import DataError
 
-__all__ = ["preflight", "CheckVolumed", "check_image_array", "check_label_array"]
+__all__ = ["preflight", "check_item", "CheckVolumed", "check_image_array", "check_label_array"]
 
 AFFINE_TOL = 1e-3  # mm / direction-cosine tolerance for "same grid"
 
@@ -36,7 +36,9 @@ def _header(path: str) -> tuple[tuple[int, ...], np.ndarray] | None:
     return tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=float)
 
 
-def _check_item(item: Mapping, in_channels: int | None, need_label: bool) -> None:
+def check_item(item: Mapping, in_channels: int | None = None, need_label: bool = True) -> None:
+    """Header-level check of one datalist item (image channel files, optional label); raises a ``DataError``
+    naming the file and the problem."""
     images = _paths(item["image"])
     headers = [(p, _header(p)) for p in images]
     ref = None
@@ -92,7 +94,7 @@ def preflight(
             problems.append(f"an item has no 'image' key: {dict(item)}")
             continue
         try:
-            _check_item(item, in_channels, need_label)
+            check_item(item, in_channels, need_label)
         except DataError as e:
             problems.append(str(e))
     if problems:

@@ -14,6 +14,7 @@ affine: resampling K channels back to a 512 x 512 x 300 CT grid would cost gigab
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -25,13 +26,13 @@ import numpy as np
 from tqdm import tqdm
 
 from volmae.bundle.loading import DEFAULT_BUNDLE, bundle_classes
-from volmae.data.checks import preflight
+from volmae.data.checks import check_item, preflight
 from volmae.data.datalist import case_id
 from volmae.data.readers import NIFTI_SUFFIXES, dicom_series_ids
-from volmae.errors import ConfigError, DataError
+from volmae.errors import ConfigError, DataError, find_volmae_error
 from volmae.inference.predictor import check_model_source, predictor_for, segmentation_checkpoint
 from volmae.utils.io import atomic_save_nifti
-from volmae.utils.runtime import resolve_device
+from volmae.utils.runtime import resolve_device, rss_bytes
 
 __all__ = ["InferConfig", "InferredCase", "collect_inputs", "plan_outputs", "infer", "model_classes"]
 
@@ -68,6 +69,9 @@ class InferredCase:
     shape: tuple[int, ...] = ()
     voxels_per_class: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase (Predictor.predict_file + save)
+    status: str = "ok"  # "ok" or "failed" (then ``error`` says why and nothing of this case is left written)
+    error: str = ""
+    rss_gib: float = 0.0  # the process's resident memory after this scan
 
 
 def _is_nifti_name(name: str | None) -> bool:
@@ -160,8 +164,45 @@ def _check_writable(targets: list[Path], sources: set[Path], overwrite: bool) ->
             raise ConfigError(f"{parent}: output folder is not writable")
 
 
+def _segment_case(cfg, predictor, labels, in_channels, cid, src, out: Path, extras: list[Path]) -> InferredCase:
+    """One scan: header check, segmentation, label map (+ per-class masks, probabilities) written atomically."""
+    check_item({"image": src}, in_channels, need_label=False)
+    predictor.timings = {}
+    pred = predictor.predict_file(src, keep_probabilities=cfg.save_probabilities)
+    timings, saved = predictor.timings, time.perf_counter()
+    seg = pred.labels[0].numpy()
+    affine = pred.affine.numpy()
+    atomic_save_nifti(seg, affine, out)
+    written = []
+    if cfg.per_class:
+        for k, path in zip([k for k in labels if k > 0], extras):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            written.append(atomic_save_nifti((seg == k).astype(np.uint8), affine, path))
+    if pred.probabilities is not None:
+        probs = np.moveaxis(pred.probabilities.numpy(), 0, -1)  # K D H W -> D H W K (NIfTI: channels last)
+        written.append(atomic_save_nifti(probs, pred.probabilities.affine.numpy(), extras[-1], np.float32))
+    timings["save"] = time.perf_counter() - saved
+    counts = {labels[k]: int((seg == k).sum()) for k in labels if k > 0}
+    return InferredCase(cid, src, out, written, tuple(seg.shape), counts, timings)
+
+
+def status_table(done: Sequence[InferredCase]) -> str:
+    """The per-scan status table printed after a run of several scans."""
+    rows = ["case | status | seconds | RSS GiB | output or problem", "---|---|---|---|---"]
+    for c in done:
+        what = str(c.label_map) if c.status == "ok" else c.error
+        rows.append(f"{c.case} | {c.status} | {sum(c.timings.values()):.1f} | {c.rss_gib:.2f} | {what}")
+    failed = sum(c.status != "ok" for c in done)
+    rows.append(f"{len(done) - failed} of {len(done)} scan(s) segmented" + (f", {failed} failed" if failed else ""))
+    return "\n".join(rows)
+
+
 def infer(cfg: InferConfig) -> list[InferredCase]:
-    """Segment every input of ``cfg``; returns what was written for each case."""
+    """Segment every input of ``cfg``; returns what was written for each case.
+
+    A single scan that cannot be segmented raises (nothing written). With several scans, a bad one (unreadable,
+    wrong shape or channels, NaN voxels, ...) is reported as ``status="failed"`` with its ``error``, anything
+    written for it removed, and the run goes on; the console script then exits non-zero."""
     check_model_source(cfg.model, cfg.bundle)
     cases = collect_inputs(cfg.inputs)
     outputs = plan_outputs(cases, cfg.output, single_input=len(cfg.inputs) == 1 and Path(cfg.inputs[0]).is_file())
@@ -171,7 +212,8 @@ def infer(cfg: InferConfig) -> list[InferredCase]:
     )
     labels = {int(k): str(v) for k, v in predictor.task["labels"].items()}
     in_channels = predictor.task.get("in_channels")
-    preflight([{"image": src} for _, src in cases], in_channels, need_label=False, what="input scans")
+    if len(cases) == 1:  # one scan: its problem is the run's error, before anything is written
+        preflight([{"image": src} for _, src in cases], in_channels, need_label=False, what="input scans")
     extras: dict[str, list[Path]] = {}
     for cid, _ in cases:
         out = outputs[cid]
@@ -188,25 +230,28 @@ def infer(cfg: InferConfig) -> list[InferredCase]:
     )
     done = []
     for cid, src in tqdm(cases, desc="volmae-infer", unit="scan", disable=cfg.quiet or len(cases) < 2):
-        predictor.timings = {}
-        pred = predictor.predict_file(src, keep_probabilities=cfg.save_probabilities)
-        timings, saved = predictor.timings, time.perf_counter()
-        seg = pred.labels[0].numpy()
-        affine = pred.affine.numpy()
-        atomic_save_nifti(seg, affine, outputs[cid])
-        written = []
-        if cfg.per_class:
-            for k, path in zip([k for k in labels if k > 0], extras[cid]):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                written.append(atomic_save_nifti((seg == k).astype(np.uint8), affine, path))
-        if pred.probabilities is not None:
-            probs = np.moveaxis(pred.probabilities.numpy(), 0, -1)  # K D H W -> D H W K (NIfTI: channels last)
-            written.append(atomic_save_nifti(probs, pred.probabilities.affine.numpy(), extras[cid][-1], np.float32))
-        timings["save"] = time.perf_counter() - saved
-        counts = {labels[k]: int((seg == k).sum()) for k in labels if k > 0}
-        done.append(InferredCase(cid, src, outputs[cid], written, tuple(seg.shape), counts, timings))
+        try:
+            case = _segment_case(cfg, predictor, labels, in_channels, cid, src, outputs[cid], extras[cid])
+        except Exception as e:  # noqa: BLE001 - a batch goes on past a bad scan; one scan fails the run
+            if len(cases) == 1:
+                raise
+            for p in (outputs[cid], *extras[cid]):  # nothing half-done of this case may look like a result
+                p.unlink(missing_ok=True)
+            for folder in {p.parent for p in extras[cid]} - {outputs[cid].parent}:
+                with contextlib.suppress(OSError):  # the per-class folder, if empty
+                    folder.rmdir()
+            err = find_volmae_error(e)
+            reason = str(err) if err is not None else f"{type(e).__name__}: {e}"
+            case = InferredCase(cid, src, outputs[cid], status="failed", error=reason)
+        case.rss_gib = rss_bytes() / 2**30
+        done.append(case)
         if not cfg.quiet:
-            found = ", ".join(f"{n} {v}" for n, v in counts.items() if v) or "nothing found"
-            print(f"  {cid}: {outputs[cid]} {tuple(seg.shape)} ({found} voxels)", flush=True)
-            print("    seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), flush=True)
+            if case.status == "ok":
+                found = ", ".join(f"{n} {v}" for n, v in case.voxels_per_class.items() if v) or "nothing found"
+                print(f"  {cid}: {outputs[cid]} {case.shape} ({found} voxels)", flush=True)
+                print("    seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in case.timings.items()), flush=True)
+            else:
+                print(f"  {cid}: FAILED, {case.error}", flush=True)
+    if not cfg.quiet and len(done) > 1:
+        print(status_table(done), flush=True)
     return done

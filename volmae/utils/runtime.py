@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import sys
 
 import numpy as np
 import torch
 
 from volmae.errors import ConfigError
 
-__all__ = ["resolve_device", "autocast", "make_scaler", "seed_all", "sync"]
+__all__ = ["resolve_device", "autocast", "make_scaler", "seed_all", "sync", "rss_bytes"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -56,6 +58,18 @@ def sync(device: torch.device) -> None:
     """Wait for queued work on ``device`` (CUDA); nothing on the CPU. For wall-clock timing of device work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux ``/proc/self/statm``); elsewhere its peak (``ru_maxrss``)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
 
 
 def seed_all(seed: int) -> None:
