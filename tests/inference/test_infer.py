@@ -217,3 +217,26 @@ def test_folder_with_two_dicom_series_is_refused(tmp_path, two_series_folder):
     with pytest.raises(DataError, match="mixed: holds 2 DICOM series; pass the folder of one series"):
         infer(InferConfig([str(two_series_folder)], str(model), output=str(tmp_path / "out"), quiet=True))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.realdata
+def test_fifty_scans_with_a_bad_one_and_flat_memory(tmp_path, dicom_crops, msd_hippocampus):
+    """50 scans (real MSD NIfTI, real DICOM series, synthetic, one corrupt): a status per scan, the run goes on past
+    the bad one, and resident memory does not grow from scan to scan."""
+    model = model_checkpoint(tmp_path / "model.pt", "hippocampus", roi=(40, 56, 40))
+    d = tmp_path / "scans"
+    d.mkdir()
+    studies = sorted(p for p in dicom_crops.iterdir() if p.is_dir())
+    for src in sorted((msd_hippocampus / "imagesTr").glob("hippocampus_*.nii.gz"))[:36]:
+        (d / src.name).symlink_to(src)
+    for i in range(10):
+        scan(d / f"synthetic_{i:02d}.nii.gz", shape=(36 + i, 50, 35), affine=np.diag([1.0, 1.0, 1.0, 1.0]))
+    (d / "corrupt.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    inputs = [str(d), *map(str, studies)]
+    done = infer(InferConfig(inputs, str(model), output=str(tmp_path / "out"), quiet=True))
+    assert len(done) == 50
+    assert [c.case for c in done if c.status != "ok"] == ["corrupt"]
+    assert "corrupt.nii.gz" in next(c.error for c in done if c.status != "ok")
+    assert sum(1 for p in (tmp_path / "out").glob("*.nii.gz")) == 49
+    rss = [c.rss_gib for c in done]
+    assert max(rss[25:]) - max(rss[:25]) < 0.1, f"RSS grew from scan to scan: {[round(r, 3) for r in rss]}"
