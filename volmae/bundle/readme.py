@@ -119,6 +119,15 @@ which ends in a single-channel label map) and label names from `channel_def`; tr
 `configs/train.json` through the ids it overrides (`train#trainer#max_epochs`, `train#dataset#data`,
 `validate#dataset#data`, `train#handlers`, `device`, `bundle_root`, `network`).
 {notes}
+## Bundles from elsewhere run code
+
+A MONAI bundle config is a program: every `_target_` names a Python callable that `monai.bundle` imports and calls,
+and `$`-expressions are evaluated with Python's `eval`. Run bundles only from sources you trust, and read a
+bundle's configs before running it: list what it would call with
+`grep -rhoE '"_target_": *"[^"]+"|"\$[^"]*"' {b}/configs | sort -u`, and look for unfamiliar modules, `$`-expressions
+that reach `os`, `subprocess`, `open` or the network, and `_requires_` entries. volmae's own checkpoints load with
+`torch.load(weights_only=True)` (no code runs from a `.pt`); a MONAI bundle's configs are another matter.
+
 ## Files
 
 `configs/` holds the MONAI configs (`metadata.json`, `train.json`, `evaluate.json`, `inference.json`,
