@@ -1,12 +1,15 @@
 """The whole pipeline on real hippocampus MRI at tiny size: MAE pretraining -> UNETR fine-tuning -> evaluation."""
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from volmae.data.datalist import load_msd_datalist
 from volmae.evaluation.evaluate import EvaluateConfig, evaluate
+from volmae.inference.infer import InferConfig, infer
 from volmae.pretraining.engine import PretrainConfig, pretrain
 from volmae.training.engine import FinetuneConfig, finetune
 
@@ -23,11 +26,21 @@ def small_task(src, dst, n_train=6, n_val=2):
     return dst
 
 
+def input_digests(task: Path) -> dict[str, str]:
+    """sha256 of every file a stage reads: the task's dataset.json / splits.json and each image and label."""
+    files = [task / "dataset.json", task / "splits.json"]
+    for it in json.loads((task / "dataset.json").read_text())["training"]:
+        files += [Path(it["image"]), Path(it["label"])]
+    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
 @pytest.mark.realdata
 def test_pretrain_finetune_evaluate_on_real_mri(msd_hippocampus, tmp_path):
     task = small_task(msd_hippocampus, tmp_path / "task")
+    before = input_digests(task)
     common = dict(dataset_dir=str(task), roi_size=(24, 32, 24), device="cpu", quiet=True)
     pre = pretrain(PretrainConfig(out_dir=str(tmp_path / "pre"), epochs=2, batch_size=3, **common))
+    assert input_digests(task) == before, "pretraining modified an input"
     assert pre.model_path.is_file() and len(pre.history) == 2
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pre.pictures)
     ft = finetune(
@@ -40,6 +53,7 @@ def test_pretrain_finetune_evaluate_on_real_mri(msd_hippocampus, tmp_path):
             **common,
         )
     )
+    assert input_digests(task) == before, "fine-tuning modified an input"
     assert "0 missing" in (tmp_path / "ft" / "pretrained_load_report.txt").read_text()
     assert 0.0 <= ft.best_dice <= 1.0 and ft.best_epoch in (1, 2)
     last = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)["model"]
@@ -50,6 +64,7 @@ def test_pretrain_finetune_evaluate_on_real_mri(msd_hippocampus, tmp_path):
             str(ft.model_path), str(task), str(tmp_path / "ev"), device="cpu", save_predictions=True, quiet=True
         )
     )
+    assert input_digests(task) == before, "evaluation modified an input"
     assert [c.case for c in report.cases] == json.loads((task / "splits.json").read_text())["folds"][0]
     assert set(report.names) == {"Anterior", "Posterior"}
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
@@ -57,6 +72,10 @@ def test_pretrain_finetune_evaluate_on_real_mri(msd_hippocampus, tmp_path):
     for case in report.cases:
         assert (tmp_path / "ev" / "predictions" / f"{case.case}.nii.gz").is_file()
         assert (tmp_path / "ev" / "pictures" / f"overlay_{case.case}.png").is_file()
+    images = [it["image"] for it in json.loads((task / "dataset.json").read_text())["training"]]
+    done = infer(InferConfig(images, str(ft.model_path), output=str(tmp_path / "seg"), quiet=True, device="cpu"))
+    assert all(c.status == "ok" for c in done) and len(done) == len(images)
+    assert input_digests(task) == before, "volmae-infer modified an input"
 
 
 @pytest.mark.realdata
