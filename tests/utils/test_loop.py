@@ -110,3 +110,32 @@ def test_resume_with_other_parameter_groups_is_explained(tmp_path):
     torch.save(ckpt, tmp_path / "run" / "checkpoint.pt")
     with pytest.raises(CheckpointError, match="optimizer state does not fit"):
         toy_run(tmp_path / "run", resume=True)
+
+
+def test_disk_full_keeps_the_last_good_checkpoint_and_says_so(tmp_path, monkeypatch):
+    """ENOSPC while writing a checkpoint: the previous checkpoint survives intact, the run stops with a message
+    naming the file and what to do, and --resume continues to the same final weights as an uninterrupted run."""
+    import volmae.utils.io as io
+
+    reference, _ = toy_run(tmp_path / "ref")
+    real_save = torch.save
+
+    def full_disk(loop, n):
+        if n == 4:
+
+            def no_space(obj, f, *a, **k):
+                real_save(obj, f, *a, **k)  # half a file written, then the disk fills up
+                raise OSError(28, "No space left on device")
+
+            monkeypatch.setattr(io.torch, "save", no_space)
+
+    with pytest.raises(TrainingError, match=r"checkpoint.pt: cannot write \(No space left on device\)") as err:
+        toy_run(tmp_path / "run", on_step=full_disk)
+    assert "the previous checkpoint.pt is unchanged" in str(err.value) and "--resume" in str(err.value)
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []  # no temp left
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["state"]["step"] == 3  # the step before the disk filled up
+    monkeypatch.setattr(io.torch, "save", real_save)
+    resumed, _ = toy_run(tmp_path / "run", resume=True)
+    for k in reference:
+        assert torch.equal(reference[k], resumed[k]), k

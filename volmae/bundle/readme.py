@@ -124,7 +124,7 @@ which ends in a single-channel label map) and label names from `channel_def`; tr
 A MONAI bundle config is a program: every `_target_` names a Python callable that `monai.bundle` imports and calls,
 and `$`-expressions are evaluated with Python's `eval`. Run bundles only from sources you trust, and read a
 bundle's configs before running it: list what it would call with
-`grep -rhoE '"_target_": *"[^"]+"|"\$[^"]*"' {b}/configs | sort -u`, and look for unfamiliar modules, `$`-expressions
+`grep -rhoE '"_target_": *"[^"]+"|"\\$[^"]*"' {b}/configs | sort -u`, and look for unfamiliar modules, `$`-expressions
 that reach `os`, `subprocess`, `open` or the network, and `_requires_` entries. volmae's own checkpoints load with
 `torch.load(weights_only=True)` (no code runs from a `.pt`); a MONAI bundle's configs are another matter.
 

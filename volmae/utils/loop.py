@@ -177,10 +177,23 @@ class TrainLoop:
             rng=_rng_state(),
             run_config=self.run_config,
         )
-        return atomic_save(ckpt, self.checkpoint_path)
+        return self._save(ckpt, self.checkpoint_path)
 
     def save_weights(self, name: str) -> Path:
-        return atomic_save(self.weights(), self.out_dir / name)
+        return self._save(self.weights(), self.out_dir / name)
+
+    def _save(self, obj: dict, path: Path) -> Path:
+        """Atomic save; a failed write (disk full, quota, permissions) leaves the previous file untouched and stops
+        the run with a message saying so."""
+        try:
+            return atomic_save(obj, path)
+        except OSError as e:
+            kept = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written yet"
+            resume = " and continue with --resume" if self.checkpoint_path.exists() else ""
+            raise TrainingError(
+                f"{path}: cannot write ({e.strerror or e}) at epoch {self.state.epoch}, step {self.state.step}; "
+                f"{kept}. Free space in {path.parent}{resume}"
+            ) from None
 
     def load_checkpoint(self) -> dict:
         ckpt = read_checkpoint(self.checkpoint_path)
