@@ -78,6 +78,25 @@ def test_pretraining_checkpoint_is_not_a_segmentation_model(tmp_path):
         load_segmentation_model(path, torch.device("cpu"))
 
 
+def test_weights_that_do_not_fit_name_the_keys(tmp_path):
+    from dataclasses import asdict
+
+    net = build_unetr("vit-tiny", 1, 3, 16, 8, 4, **SMALL)
+    state = net.state_dict()
+    state["head.conv.conv.weight"] = state["head.conv.conv.weight"][:2]  # a 2-class head in a 3-class config
+    del state["encoder.norm.weight"]
+    state["extra.bias"] = torch.zeros(1)
+    task = {"preprocessing": asdict(get_preprocessing("mri", roi_size=(16, 16, 16))), "labels": {0: "a"}}
+    path = tmp_path / "m.pt"
+    torch.save({"format": "volmae-checkpoint", "kind": "unetr", "config": net.volmae_config, "task": task,
+                "model": state}, path)  # fmt: skip
+    with pytest.raises(CheckpointError) as err:
+        load_segmentation_model(path, torch.device("cpu"))
+    msg = str(err.value)
+    assert "1 missing: encoder.norm.weight" in msg and "1 unexpected: extra.bias" in msg
+    assert "head.conv.conv.weight (2, 4, 1, 1, 1) vs (3, 4, 1, 1, 1)" in msg
+
+
 def test_largest_component_drops_islands():
     from volmae.inference.predictor import largest_component
 

@@ -139,3 +139,13 @@ def test_disk_full_keeps_the_last_good_checkpoint_and_says_so(tmp_path, monkeypa
     resumed, _ = toy_run(tmp_path / "run", resume=True)
     for k in reference:
         assert torch.equal(reference[k], resumed[k]), k
+
+
+def test_resume_into_another_network_names_the_keys(tmp_path):
+    toy_run(tmp_path / "run", epochs=1)
+    model = torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.Dropout(0.3), torch.nn.Conv3d(8, 1, 1))
+    loop = TrainLoop(
+        model, param_groups(model, 0.01), LoopConfig(tmp_path / "run", 1, 1e-2, quiet=True), "toy", model_config={}
+    )
+    with pytest.raises(CheckpointError, match=r"shape \(file vs network\): 0.weight \(4, 1, 3, 3, 3\) vs \(8, 1"):
+        loop.load_checkpoint()

@@ -24,7 +24,7 @@ from volmae.data.transforms import Preprocessing, infer_transforms
 from volmae.errors import CheckpointError, ConfigError
 from volmae.inference.compiled import CompiledWindows
 from volmae.networks.registry import PRETRAINING_KINDS, SEGMENTATION_KINDS, build_from_config
-from volmae.networks.weights import load_encoder_weights, read_checkpoint
+from volmae.networks.weights import load_encoder_weights, read_checkpoint, state_mismatch
 from volmae.utils.runtime import autocast, sync
 
 __all__ = [
@@ -101,9 +101,8 @@ def load_segmentation_model(
         else:
             model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(
-            f"{path}: weights do not fit the stored network config ({str(e).splitlines()[0]})"
-        ) from None
+        why = state_mismatch(model, state) or str(e).splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not fit the stored network config ({why})") from None
     return model.to(device).eval(), task
 
 

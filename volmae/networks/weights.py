@@ -100,6 +100,25 @@ def _load_failure(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0] if lines else 'no details'}"
 
 
+def state_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor], limit: int = 3) -> str:
+    """What keeps ``state`` from loading into ``model``, by key: up to ``limit`` missing, unexpected and
+    shape-mismatched keys each (``""`` when it fits)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    parts = []
+    for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape (file vs network)", shapes)):
+        if keys:
+            more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+            parts.append(f"{len(keys)} {what}: {', '.join(keys[:limit])}{more}")
+    return "; ".join(parts)
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint file safely (``weights_only=True``: no code runs) with a clear error on failure."""
     path = Path(path)

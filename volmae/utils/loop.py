@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from volmae.data.loading import epoch_seed
 from volmae.errors import CheckpointError, VolmaeError
-from volmae.networks.weights import CHECKPOINT_FORMAT, read_checkpoint
+from volmae.networks.weights import CHECKPOINT_FORMAT, read_checkpoint, state_mismatch
 from volmae.utils.io import atomic_save, atomic_write_json
 from volmae.utils.optim import adamw
 from volmae.utils.runtime import autocast, make_scaler, seed_all
@@ -202,8 +202,9 @@ class TrainLoop:
         try:
             self.model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
+            why = state_mismatch(self.model, ckpt["model"]) or str(e).splitlines()[0]
             raise CheckpointError(
-                f"{self.checkpoint_path}: its network differs from this run's ({str(e).splitlines()[0]}); "
+                f"{self.checkpoint_path}: its network differs from this run's ({why}); "
                 "resume with the same settings or use another output folder"
             ) from None
         try:
