@@ -135,6 +135,24 @@ def test_singular_affine(case, tmp_path):
     assert str(path) in msg and "singular" in msg
 
 
+@pytest.mark.parametrize("spacing, refused", [(300.0, True), (3.0, False), (0.01, False)])
+def test_absurd_spacing_that_would_explode_the_resampled_grid(case, tmp_path, spacing, refused):
+    """A header claiming 300 mm voxels would resample 8 x 9 x 10 voxels to a 2400 x 2700 x 3000 grid at 1 mm:
+    refused from the header, before any allocation; plausible or tiny spacings pass."""
+    import nibabel as nib
+
+    path = tmp_path / "big.nii.gz"
+    img = np.random.default_rng(0).normal(size=SHAPE).astype(np.float32)
+    nib.save(nib.Nifti1Image(img, np.diag([spacing, spacing, spacing, 1.0])), str(path))
+    items = [{"image": str(path)}]
+    if refused:
+        msg = _preflight_error(items, need_label=False, target_spacing=(1.0, 1.0, 1.0))
+        assert str(path) in msg and "(300.0, 300.0, 300.0) mm" in msg and "spacing is probably wrong" in msg
+    else:
+        preflight(items, need_label=False, target_spacing=(1.0, 1.0, 1.0))
+    preflight(items, need_label=False)  # no target spacing (no resampling): nothing to refuse
+
+
 def test_missing_label_when_needed(case):
     item = case(label=False)
     msg = _preflight_error([item])

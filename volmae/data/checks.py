@@ -7,6 +7,7 @@ label values, image/label agreement) inside the MONAI pipeline, so cached datase
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from volmae.data.readers import is_dicom_dir, open_nifti
+from volmae.data.readers import MAX_VOXELS, is_dicom_dir, open_nifti
 from volmae.errors import DataError
 
 __all__ = ["preflight", "check_item", "CheckVolumed", "check_image_array", "check_label_array"]
@@ -36,9 +37,17 @@ def _header(path: str) -> tuple[tuple[int, ...], np.ndarray] | None:
     return tuple(int(s) for s in img.shape), np.asarray(img.affine, dtype=float)
 
 
-def check_item(item: Mapping, in_channels: int | None = None, need_label: bool = True) -> None:
+def check_item(
+    item: Mapping,
+    in_channels: int | None = None,
+    need_label: bool = True,
+    target_spacing: Sequence[float] | None = None,
+) -> None:
     """Header-level check of one datalist item (image channel files, optional label); raises a ``DataError``
-    naming the file and the problem."""
+    naming the file and the problem. With ``target_spacing`` (the preprocessing's mm per voxel), an image whose
+    header spacing would make the resampled grid larger than :data:`~volmae.data.readers.MAX_VOXELS` is refused
+    before anything is allocated (a spacing of 100 mm where 1 mm was meant turns 35 x 50 x 35 voxels into
+    3500 x 5000 x 3500)."""
     images = _paths(item["image"])
     headers = [(p, _header(p)) for p in images]
     ref = None
@@ -53,6 +62,15 @@ def check_item(item: Mapping, in_channels: int | None = None, need_label: bool =
             raise DataError(f"{p}: image shape {shape} is not a 3D volume (an axis has size 1)")
         if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
             raise DataError(f"{p}: singular or non-finite affine (voxel spacing 0 or a corrupt header)")
+        if target_spacing is not None:
+            spacing = np.linalg.norm(affine[:3, :3], axis=0)
+            grid = [int(np.ceil(n * s / t)) for n, s, t in zip(squeezed[:3], spacing, target_spacing)]
+            if math.prod(grid) > MAX_VOXELS:
+                raise DataError(
+                    f"{p}: voxel spacing {tuple(round(float(s), 4) for s in spacing)} mm resampled to "
+                    f"{tuple(target_spacing)} mm gives a {' x '.join(map(str, grid))} grid (more than "
+                    f"{MAX_VOXELS:,} voxels); the header's spacing is probably wrong"
+                )
         if ref is None:
             ref = (p, squeezed[:3], affine)
         elif squeezed[:3] != ref[1] or not np.allclose(affine, ref[2], atol=AFFINE_TOL):
@@ -83,9 +101,13 @@ def check_item(item: Mapping, in_channels: int | None = None, need_label: bool =
 
 
 def preflight(
-    items: Sequence[Mapping], in_channels: int | None = None, need_label: bool = True, what: str = "datalist"
+    items: Sequence[Mapping],
+    in_channels: int | None = None,
+    need_label: bool = True,
+    what: str = "datalist",
+    target_spacing: Sequence[float] | None = None,
 ) -> None:
-    """Header-level check of every item; raises one ``DataError`` listing up to 10 problems."""
+    """Header-level check of every item (:func:`check_item`); raises one ``DataError`` listing up to 10 problems."""
     if not items:
         raise DataError(f"the {what} is empty: no cases to use")
     problems = []
@@ -94,7 +116,7 @@ def preflight(
             problems.append(f"an item has no 'image' key: {dict(item)}")
             continue
         try:
-            check_item(item, in_channels, need_label)
+            check_item(item, in_channels, need_label, target_spacing)
         except DataError as e:
             problems.append(str(e))
     if problems:

@@ -58,7 +58,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     labels = {int(k): v for k, v in predictor.task["labels"].items()}
     datalist = load_msd_datalist(cfg.dataset_dir)
     items = datalist.by_case(cfg.cases) if cfg.cases else split_fold(datalist, cfg.fold)[1]
-    preflight(items, predictor.task.get("in_channels"), need_label=True, what="evaluation datalist")
+    preflight(items, predictor.task.get("in_channels"), True, "evaluation datalist", predictor.prep.pixdim)
     regions = predictor.task.get("regions")
     if regions:  # nested tumour regions are what BraTS is scored on: one mask per region
         classes, names = [list(v) for v in regions.values()], list(regions)

@@ -166,7 +166,7 @@ def _check_writable(targets: list[Path], sources: set[Path], overwrite: bool) ->
 
 def _segment_case(cfg, predictor, labels, in_channels, cid, src, out: Path, extras: list[Path]) -> InferredCase:
     """One scan: header check, segmentation, label map (+ per-class masks, probabilities) written atomically."""
-    check_item({"image": src}, in_channels, need_label=False)
+    check_item({"image": src}, in_channels, need_label=False, target_spacing=predictor.prep.pixdim)
     predictor.timings = {}
     pred = predictor.predict_file(src, keep_probabilities=cfg.save_probabilities)
     timings, saved = predictor.timings, time.perf_counter()
@@ -213,7 +213,7 @@ def infer(cfg: InferConfig) -> list[InferredCase]:
     labels = {int(k): str(v) for k, v in predictor.task["labels"].items()}
     in_channels = predictor.task.get("in_channels")
     if len(cases) == 1:  # one scan: its problem is the run's error, before anything is written
-        preflight([{"image": src} for _, src in cases], in_channels, need_label=False, what="input scans")
+        preflight([{"image": src} for _, src in cases], in_channels, False, "input scans", predictor.prep.pixdim)
     extras: dict[str, list[Path]] = {}
     for cid, _ in cases:
         out = outputs[cid]

@@ -61,7 +61,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run (or resume) MAE pretraining; returns where the pretrained weights are."""
     device, prep, datalist, out = prepare_stage(cfg)
     items = pretraining_items(datalist, cfg.fold, cfg.include_unlabeled)
-    preflight(items, datalist.in_channels, need_label=False, what="pretraining image list")
+    preflight(items, datalist.in_channels, False, "pretraining image list", prep.pixdim)
 
     torch.manual_seed(cfg.seed)
     model = build_mae(

@@ -92,9 +92,9 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     train_items = label_fraction(train_items, cfg.label_fraction, cfg.fraction_seed)
     if cfg.val_cases is not None:
         val_items = val_items[: cfg.val_cases]
-    preflight(train_items, datalist.in_channels, need_label=True, what="training datalist")
+    preflight(train_items, datalist.in_channels, True, "training datalist", prep.pixdim)
     if cfg.val_every:
-        preflight(val_items, datalist.in_channels, need_label=True, what="validation datalist")
+        preflight(val_items, datalist.in_channels, True, "validation datalist", prep.pixdim)
 
     torch.manual_seed(cfg.seed)
     model = build_segmenter(
