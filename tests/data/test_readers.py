@@ -161,6 +161,28 @@ def test_series_id_picks_one_series(two_series_folder, dicom_crops):
     assert str(two_series_folder) in str(info.value)
 
 
+@pytest.mark.realdata
+@pytest.mark.parametrize("fault", ["missing", "duplicate"])
+def test_series_with_a_missing_or_duplicated_slice_is_refused(dicom_crops, tmp_path, fault):
+    """ITK would stack the slices at one uniform spacing and silently shrink (or stretch) the anatomy."""
+    import shutil
+
+    import SimpleITK as sitk
+
+    series = tmp_path / "study"
+    shutil.copytree(dicom_crops / "Study1", series)
+    (sub,) = [p for p in series.rglob("*") if p.is_dir()]
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(sub))
+    middle = Path(files[len(files) // 2])
+    if fault == "missing":
+        middle.unlink()
+    else:
+        shutil.copy(middle, sub / "copy_of_middle.dcm")
+    with pytest.raises(DataError, match="slices are not evenly spaced") as info:
+        load_volume(series)
+    assert str(series) in str(info.value)
+
+
 def test_folder_without_dicom_is_refused(tmp_path):
     folder = tmp_path / "nothing_here"
     (folder / "sub").mkdir(parents=True)

@@ -47,6 +47,38 @@ def _lps_to_ras(affine: np.ndarray) -> np.ndarray:
     return flip @ affine
 
 
+def _check_slice_positions(folder: Path, files: Sequence[str], tolerance: float = 0.1) -> None:
+    """Refuse a series whose slices are not evenly spaced along their normal (a missing slice, a duplicate, a
+    mixed acquisition): ITK would stack them at one uniform spacing and every distance in the volume would be
+    wrong without a word. ``tolerance`` is relative to the median slice gap."""
+    import SimpleITK as sitk
+
+    if len(files) < 3:
+        return
+    positions, normal = [], None
+    for f in files:
+        r = sitk.ImageFileReader()
+        r.SetFileName(f)
+        try:
+            r.ReadImageInformation()
+            pos = [float(v) for v in r.GetMetaData("0020|0032").split("\\")]
+            if normal is None:
+                cosines = [float(v) for v in r.GetMetaData("0020|0037").split("\\")]
+                normal = np.cross(cosines[:3], cosines[3:])
+        except RuntimeError:  # no position / orientation tags: nothing to check against
+            return
+        positions.append(float(np.dot(pos, normal)))
+    gaps = np.diff(np.sort(positions))
+    step = float(np.median(gaps))
+    bad = np.flatnonzero(np.abs(gaps - step) > tolerance * max(abs(step), 1e-6))
+    if step <= 0 or bad.size:
+        at = ", ".join(f"{gaps[i]:.3g} mm after slice {i + 1}" for i in bad[:3])
+        raise DataError(
+            f"{folder}: slices are not evenly spaced (median gap {step:.3g} mm; {at or 'duplicate positions'}): "
+            "a slice is missing or the series mixes acquisitions"
+        )
+
+
 def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -> nib.Nifti1Image:
     """Read one DICOM series folder into a RAS ``Nifti1Image`` (array axes x, y, z as in NIfTI)."""
     import SimpleITK as sitk
@@ -74,6 +106,7 @@ def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -
         )
     series_dir, sid = found[0]
     files = reader.GetGDCMSeriesFileNames(series_dir, sid)
+    _check_slice_positions(folder, files)
     reader.SetFileNames(files)
     try:
         img = reader.Execute()
