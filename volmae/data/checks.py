@@ -56,8 +56,11 @@ def check_item(
             continue
         shape, affine = hdr
         squeezed = tuple(s for i, s in enumerate(shape) if i < 3 or s != 1)
-        if len(squeezed) not in (3, 4):
-            raise DataError(f"{p}: image has {len(shape)} dimensions {shape}; expected a 3D volume (or 3D x channels)")
+        if len(squeezed) not in (3, 4) or any(s != 1 for s in shape[4:]):  # channels only in the 4th dimension
+            raise DataError(
+                f"{p}: image has {len(shape)} dimensions {shape}; expected a 3D volume (or 3D x channels in the "
+                "4th dimension)"
+            )
         if min(squeezed[:3]) < 2:
             raise DataError(f"{p}: image shape {shape} is not a 3D volume (an axis has size 1)")
         if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:

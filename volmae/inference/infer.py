@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from volmae.bundle.loading import DEFAULT_BUNDLE, bundle_classes
-from volmae.data.checks import check_item, preflight
+from volmae.data.checks import check_item
 from volmae.data.datalist import case_id
 from volmae.data.readers import NIFTI_SUFFIXES, dicom_series_ids
 from volmae.errors import ConfigError, DataError, find_volmae_error
@@ -213,7 +213,7 @@ def infer(cfg: InferConfig) -> list[InferredCase]:
     labels = {int(k): str(v) for k, v in predictor.task["labels"].items()}
     in_channels = predictor.task.get("in_channels")
     if len(cases) == 1:  # one scan: its problem is the run's error, before anything is written
-        preflight([{"image": src} for _, src in cases], in_channels, False, "input scans", predictor.prep.pixdim)
+        check_item({"image": cases[0][1]}, in_channels, need_label=False, target_spacing=predictor.prep.pixdim)
     extras: dict[str, list[Path]] = {}
     for cid, _ in cases:
         out = outputs[cid]
