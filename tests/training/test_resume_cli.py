@@ -1,41 +1,24 @@
-"""SIGKILL a real ``volmae-train`` process mid-run, ``--resume`` it, and get the uninterrupted run's weights."""
+"""SIGKILL a real ``volmae-train`` / ``volmae-pretrain`` process at a random point, ``--resume`` it, and get the
+uninterrupted run's weights, bitwise."""
 
+import random
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 
-def train_cmd(task, out, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "volmae.cli.train",
-        "--dataset-dir",
-        str(task),
-        "--out-dir",
-        str(out),
-        "--roi-size",
-        "16",
-        "16",
-        "16",
-        "--feature-size",
-        "4",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "2",
-        "--val-every",
-        "0",
-        "--checkpoint-every-steps",
-        "1",
-        "--device",
-        "cpu",
-        "--quiet",
-        *extra,
-    ]
+def stage_cmd(stage, task, out, *extra):
+    """A tiny 3-epoch run (2 steps per epoch) of ``stage`` that checkpoints after every step."""
+    cmd = [sys.executable, "-m", f"volmae.cli.{stage}", "--dataset-dir", str(task), "--out-dir", str(out)]
+    cmd += ["--roi-size", "16", "16", "16", "--epochs", "3", "--batch-size", "2", "--checkpoint-every-steps", "1"]
+    cmd += ["--device", "cpu", "--quiet"]
+    if stage == "train":
+        cmd += ["--feature-size", "4", "--val-every", "0"]
+    return [*cmd, *extra]
 
 
 def step_of(ckpt_path):
@@ -45,23 +28,27 @@ def step_of(ckpt_path):
         return -1
 
 
-def test_sigkill_then_resume_matches_uninterrupted(synthetic_task, tmp_path):
-    ref = subprocess.run(train_cmd(synthetic_task, tmp_path / "ref"), capture_output=True, text=True, timeout=600)
+@pytest.mark.parametrize("stage", ["train", "pretrain"])
+def test_sigkill_at_a_random_point_then_resume_matches_uninterrupted(synthetic_task, tmp_path, stage):
+    kill_after = random.randint(1, 4)  # a checkpointed step; the kill lands while later steps run or write
+    reference = stage_cmd(stage, synthetic_task, tmp_path / "ref")
+    ref = subprocess.run(reference, capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_cmd(synthetic_task, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(stage_cmd(stage, synthetic_task, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    while step_of(run / "checkpoint.pt") < 3 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    while step_of(run / "checkpoint.pt") < kill_after and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert proc.returncode == -signal.SIGKILL, f"the run finished before it could be killed (after step {kill_after})"
     killed_at = step_of(run / "checkpoint.pt")
-    assert 3 <= killed_at < 6  # 3 epochs x 2 steps: killed mid-run
+    assert kill_after <= killed_at < 6, (kill_after, killed_at)  # 3 epochs x 2 steps: killed mid-run
     assert not (run / "model.pt").exists()
-    res = subprocess.run(train_cmd(synthetic_task, run, "--resume"), capture_output=True, text=True, timeout=600)
+    resumed = stage_cmd(stage, synthetic_task, run, "--resume")
+    res = subprocess.run(resumed, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)["model"]
     b = torch.load(run / "model.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a), f"{stage}: resumed weights differ (killed after step {killed_at})"
