@@ -5,6 +5,7 @@ CPU minutes; ``slow`` runs the shipped ViT-B/16 at 96^3."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -87,9 +88,15 @@ def _mini_task(src: Path, dst: Path, n: int) -> Path:
     return dst
 
 
+def _digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (through symlinks: the real volumes they point to)."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_hippocampus_pretrain_then_finetune_from_it(msd_hippocampus, tmp_path):
     root = copy_bundle("hippocampus", tmp_path / "bundles")
     task = _mini_task(msd_hippocampus, tmp_path / "task", 10)
+    before = _digests(task)
     run_workflow(
         str(root / "pretrain.json"), None, dataset_dir=str(task), **{"pretrain#epochs": 1, "pretrain#quiet": True}
     )
@@ -101,6 +108,7 @@ def test_hippocampus_pretrain_then_finetune_from_it(msd_hippocampus, tmp_path):
     )  # fmt: skip
     report = wf.parser.get_parsed_content("network").load_report
     assert report.ok and len(report.loaded) > 100
+    assert _digests(task) == before and len(before) == 21, "a bundle run modified an input"
     assert wf.parser.get_parsed_content("layer_decay") == 0.75
 
 
