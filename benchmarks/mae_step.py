@@ -21,20 +21,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import add_common_args, peak_bytes, run_child
 from einops import rearrange
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_config(text: str) -> tuple[str, tuple[int, int, int], int]:
@@ -169,38 +165,29 @@ def child(args) -> dict:
         times.append(time.perf_counter() - t)
         losses.append(float(loss))
     out = {"times": times, "losses": losses}
+    out["peak_bytes"] = peak_bytes(device)
     if device.type == "cuda":
-        out["peak_bytes"] = torch.cuda.max_memory_allocated(device)
         from torch.utils.flop_counter import FlopCounterMode
 
         with FlopCounterMode(display=False) as counter:
             step(data[0])
         out["flops_per_step"] = counter.get_total_flops()
-    else:
-        out["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return out
 
 
-def run_child(args, variant: str, config: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--child-config", config, "--device", args.device]
-    cmd += ["--threads", str(args.threads), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if res.returncode:
-        raise SystemExit(f"{variant} {config} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+def measure(args, variant: str, config: str) -> dict:
+    extra = ["--child-config", config, "--device", args.device, "--threads", str(args.threads)]
+    return run_child(__file__, variant, [*extra, "--steps", str(args.steps), "--warmup", str(args.warmup)])
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", nargs="+", default=["vit-base:96:2", "vit-tiny:40x56x40:4"], help="preset:ROI:batch")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out-json", default=None)
-    ap.add_argument("--child", choices=["monai", "volmae"], help=argparse.SUPPRESS)
     ap.add_argument("--child-config", help=argparse.SUPPRESS)
+    add_common_args(ap)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args)))
@@ -213,7 +200,7 @@ def main() -> int:
         runs = {"monai": {"times": [], "losses": []}, "volmae": {"times": [], "losses": []}}
         for _ in range(args.rounds):
             for variant in runs:
-                r = run_child(args, variant, config)
+                r = measure(args, variant, config)
                 runs[variant]["times"] += r["times"]
                 runs[variant]["losses"] += r["losses"]
                 runs[variant]["peak_bytes"] = max(runs[variant].get("peak_bytes", 0), r["peak_bytes"])

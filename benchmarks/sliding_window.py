@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,8 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
+from common import add_common_args, peak_bytes, run_child
 
 
 def synthetic_volume(shape) -> torch.Tensor:
@@ -102,10 +98,7 @@ def child(args) -> dict:
             sync()
             out["volume_s"] = time.perf_counter() - t
     np.save(args.labels, labels.to(torch.uint8).cpu().numpy())
-    if device.type == "cuda":
-        out["peak_bytes"] = torch.cuda.max_memory_allocated(device)
-    else:
-        out["peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out["peak_bytes"] = peak_bytes(device)
     return out
 
 
@@ -113,12 +106,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=3, default=[512, 512, 200])
     ap.add_argument("--mode", choices=["gaussian", "constant"], default="gaussian")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
-    ap.add_argument("--out-json", default=None)
-    ap.add_argument("--child", choices=["monai", "volmae"], help=argparse.SUPPRESS)
     ap.add_argument("--labels", help=argparse.SUPPRESS)
+    add_common_args(ap)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args)))
@@ -127,13 +117,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for variant in ("monai", "volmae"):
             path = Path(tmp) / f"{variant}.npy"
-            cmd = [sys.executable, __file__, "--child", variant, "--labels", str(path), "--mode", args.mode]
-            cmd += ["--shape", *map(str, args.shape), "--device", args.device, "--threads", str(args.threads)]
-            cmd += ["--compile" if args.compile else "--no-compile"]
-            run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-            if run.returncode:
-                raise SystemExit(f"{variant} failed:\n{run.stderr[-3000:]}")
-            res[variant] = json.loads(run.stdout.strip().splitlines()[-1])
+            extra = ["--labels", str(path), "--mode", args.mode, "--shape", *map(str, args.shape)]
+            extra += ["--device", args.device, "--threads", str(args.threads)]
+            res[variant] = run_child(__file__, variant, [*extra, "--compile" if args.compile else "--no-compile"])
             labels[variant] = np.load(path)
     agree = float((labels["monai"] == labels["volmae"]).mean())
     ref_s = res["monai"]["volume_s"]

@@ -1,0 +1,43 @@
+"""What the side-by-side benchmarks share: the flags, running one variant in a child process, and peak memory.
+
+Each benchmark runs the MONAI reference and volmae in separate child processes of the same script (``--child
+monai|volmae``), so that each one's peak memory is its own; the child prints its figures as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def add_common_args(ap: argparse.ArgumentParser) -> None:
+    """``--device``, ``--threads``, ``--out-json`` and the hidden ``--child`` every benchmark takes."""
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--out-json", default=None)
+    ap.add_argument("--child", choices=["monai", "volmae"], help=argparse.SUPPRESS)
+
+
+def run_child(script: str, variant: str, args: list[str]) -> dict:
+    """Run ``script --child variant *args`` and return the JSON its last stdout line holds."""
+    cmd = [sys.executable, script, "--child", variant, *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if res.returncode:
+        raise SystemExit(f"{variant} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def peak_bytes(device: torch.device) -> int:
+    """Peak memory of this process: allocated GPU memory on CUDA, resident memory (``ru_maxrss``) on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
