@@ -1,5 +1,6 @@
 """The training loop's guarantees: exact resume (mid-epoch too), SIGTERM checkpoints, non-finite loss handling."""
 
+import math
 import os
 import signal
 
@@ -149,3 +150,26 @@ def test_resume_into_another_network_names_the_keys(tmp_path):
     )
     with pytest.raises(CheckpointError, match=r"shape \(file vs network\): 0.weight \(4, 1, 3, 3, 3\) vs \(8, 1"):
         loop.load_checkpoint()
+
+
+def test_gradient_overflow_is_handled_by_the_scaler_not_a_crash(tmp_path):
+    """fp16 AMP overflows show up as inf gradients; the GradScaler skips that step and lowers its scale, and training
+    goes on. Forced on the CPU: an enabled scaler, and one step whose gradient overflows."""
+    init = 2.0**16
+    skipped = {}
+
+    def overflow_once(loop, n):
+        if n == 1:
+            loop.scaler = torch.amp.GradScaler("cpu", init_scale=init, growth_interval=1000)
+        if n == 4:
+            w = loop.model[0].weight
+            skipped["before"] = w.detach().clone()
+            handle = w.register_hook(lambda g: (handle.remove(), g * float("inf"))[1])
+        if n == 5:
+            skipped["after"] = loop.model[0].weight.detach().clone()
+
+    weights, loop = toy_run(tmp_path / "run", on_step=overflow_once)
+    assert loop.scaler.get_scale() == init / 2  # one overflowing step: its update skipped, the scale halved
+    assert torch.equal(skipped["before"], skipped["after"])
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert loop.state.step == 9 and all(math.isfinite(h["loss"]) for h in loop.state.history)
