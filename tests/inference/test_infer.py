@@ -78,6 +78,16 @@ def test_phase_timings_and_the_logits_route_gives_the_probability_route_labels(t
     assert all(v >= 0 for v in fast.timings.values()) and fast.timings["network"] > 0
 
 
+def test_non_orthogonal_affine_comes_back_on_its_own_grid(tmp_path, model):
+    """A sheared (non-orthogonal) affine is a valid NIfTI grid: segmented, and the label map is on exactly that grid."""
+    sheared = np.array([[0.9, 0.3, 0, 10.0], [0.0, 1.1, 0.2, -5.0], [0.1, 0, 2.0, 3.0], [0, 0, 0, 1]])
+    src = scan(tmp_path / "sheared.nii.gz", affine=sheared)
+    (done,) = infer(InferConfig([str(src)], str(model), output=str(tmp_path / "seg.nii.gz"), quiet=True))
+    out = nib.load(done.label_map)
+    assert out.shape == (30, 26, 11) and np.allclose(out.affine, sheared, atol=1e-4)
+    assert set(np.unique(np.asarray(out.dataobj)).tolist()) <= {0, 1, 2}
+
+
 def test_folder_in_folder_out_and_the_overwrite_rule(tmp_path, model):
     for name in ("a.nii.gz", "b.nii"):
         scan(tmp_path / "scans" / name)
