@@ -25,5 +25,15 @@ for init in scratch mvm; do
 done
 python -m volmae.evaluation.compare "$OUT/nnf_frac10_seed0_mvm/eval" "$OUT/nnf_frac10_seed0_scratch/eval"
 
+# all 166 training labels at UNETR's long-run budget (24 epochs, ~2 h on one core; see
+# hippocampus_label_efficiency.sh): nnFormer gets 13 epochs, from scratch and from the masked-volume encoder
+for init in scratch mvm; do
+  run="$OUT/nnf_full_${init}_13ep"
+  extra=(); [ "$init" = mvm ] && extra=(--pretrained "$OUT/mvm/model.pt")
+  volmae-train "${C[@]}" --out-dir "$run" --epochs 13 --batch-size 2 --num-samples 2 --lr 5e-4 --warmup-epochs 1 \
+    --val-every 0 "${extra[@]}"
+  evaluate "$run"
+done
+
 # cost, side by side in one run (parameters, FLOPs, training step, inference per real volume)
 python benchmarks/nnformer_vs_unetr.py --threads 1 --out-json "$OUT/cost.json"
