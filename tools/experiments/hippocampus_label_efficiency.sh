@@ -45,3 +45,33 @@ volmae-train "${COMMON[@]}" --out-dir "$run" --label-fraction 0.1 --fraction-see
   --num-samples 2 --lr 5e-4 --warmup-epochs 2 --val-every 0 --pretrained "$OUT/mae100/model.pt" --layer-decay 1.0
 evaluate "$run"
 python -m volmae.evaluation.compare "$run/eval" "$OUT/frac10_seed0_scratch/eval"
+
+# The pre-registered run (docs/hippocampus_study.md, "Next run, fixed in advance"): 400 MAE epochs; layer decay
+# chosen on 30 training cases outside subset 0's labels; the choice tested once on fold 0 for both subsets.
+volmae-pretrain "${COMMON[@]}" --out-dir "$OUT/mae400" --epochs 400 --batch-size 4 --num-samples 2 \
+  --lr 5e-4 --warmup-epochs 10
+val30=$(python - "$DATA" <<'PY'
+import sys
+from volmae.data.datalist import label_fraction, load_msd_datalist, split_fold
+train, _ = split_fold(load_msd_datalist(sys.argv[1]), 0)
+labeled = {it["case"] for it in label_fraction(train, 0.1, 0)}
+print(" ".join([it["case"] for it in train if it["case"] not in labeled][:30]))
+PY
+)
+finetune_mae400() {  # SEED LAYER_DECAY -> $OUT/mae400_s${SEED}_ld${LAYER_DECAY}
+  volmae-train "${COMMON[@]}" --out-dir "$OUT/mae400_s$1_ld$2" --label-fraction 0.1 --fraction-seed "$1" --epochs 40 \
+    --batch-size 2 --num-samples 2 --lr 5e-4 --warmup-epochs 2 --val-every 0 --pretrained "$OUT/mae400/model.pt" \
+    --layer-decay "$2"
+}
+for ld in 0.75 1.0; do
+  finetune_mae400 0 $ld
+  # shellcheck disable=SC2086
+  volmae-evaluate --model "$OUT/mae400_s0_ld$ld/model.pt" --dataset-dir "$DATA" --cases $val30 \
+    --out-dir "$OUT/mae400_s0_ld$ld/eval_val" --device cpu --quiet
+done
+# measured: 0.8040 (0.75) vs 0.8162 (1.0) -> 1.0
+finetune_mae400 1 1.0
+for seed in 0 1; do
+  evaluate "$OUT/mae400_s${seed}_ld1.0"
+  python -m volmae.evaluation.compare "$OUT/mae400_s${seed}_ld1.0/eval" "$OUT/frac10_seed${seed}_scratch/eval"
+done
