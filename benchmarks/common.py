@@ -41,3 +41,12 @@ def peak_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def parse_or_serve(ap: argparse.ArgumentParser, child) -> argparse.Namespace | None:
+    """Parse the flags; in a child process (``--child``) run ``child(args)``, print its JSON and return ``None``."""
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return None
+    return args

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import add_common_args, peak_bytes, run_child
+from common import add_common_args, parse_or_serve, peak_bytes, run_child
 from einops import rearrange
 
 
@@ -188,9 +188,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--child-config", help=argparse.SUPPRESS)
     add_common_args(ap)
-    args = ap.parse_args()
-    if args.child:
-        print(json.dumps(child(args)))
+    args = parse_or_serve(ap, child)
+    if args is None:
         return 0
     results = []
     head = "| config | variant | step s (median) | volumes/s | peak memory GiB | mean loss |"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import add_common_args, peak_bytes, run_child
+from common import add_common_args, parse_or_serve, peak_bytes, run_child
 
 
 def synthetic_volume(shape) -> torch.Tensor:
@@ -109,9 +109,8 @@ def main() -> int:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--labels", help=argparse.SUPPRESS)
     add_common_args(ap)
-    args = ap.parse_args()
-    if args.child:
-        print(json.dumps(child(args)))
+    args = parse_or_serve(ap, child)
+    if args is None:
         return 0
     res, labels = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
