@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -50,3 +51,14 @@ def parse_or_serve(ap: argparse.ArgumentParser, child) -> argparse.Namespace | N
         print(json.dumps(child(args)))
         return None
     return args
+
+
+def run_meta(args: argparse.Namespace) -> dict:
+    """What a results JSON records about its run: the command line, device, threads, torch and the machine."""
+    return {
+        "command": " ".join(["python", os.path.relpath(Path(sys.argv[0]).resolve(), REPO), *sys.argv[1:]]),
+        "device": args.device,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }

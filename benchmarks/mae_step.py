@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import add_common_args, parse_or_serve, peak_bytes, run_child
+from common import add_common_args, parse_or_serve, peak_bytes, run_child, run_meta
 from einops import rearrange
 
 
@@ -229,13 +227,7 @@ def main() -> int:
         )
         results.append(row)
     if args.out_json:
-        meta = {
-            "command": " ".join(["python", "benchmarks/mae_step.py", *sys.argv[1:]]),
-            "device": args.device,
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(),
-        }
+        meta = run_meta(args)
         Path(args.out_json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     return 0
 

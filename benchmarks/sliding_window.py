@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from common import add_common_args, parse_or_serve, peak_bytes, run_child
+from common import add_common_args, parse_or_serve, peak_bytes, run_child, run_meta
 
 
 def synthetic_volume(shape) -> torch.Tensor:
@@ -138,12 +136,7 @@ def main() -> int:
     if res["volmae"].get("compile_failed"):
         print(f"compilation failed, volmae ran eager: {res['volmae']['compile_failed']}")
     if args.out_json:
-        meta = {
-            "command": " ".join(["python", "benchmarks/sliding_window.py", *sys.argv[1:]]),
-            "threads": args.threads,
-            "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine(),
-        }
+        meta = run_meta(args)
         out = {"meta": meta, "shape": args.shape, "mode": args.mode, "results": res, "argmax_agreement": agree}
         out["ratio_total"] = ref_s / ours_s
         Path(args.out_json).write_text(json.dumps(out, indent=1))

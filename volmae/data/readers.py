@@ -47,27 +47,23 @@ def _lps_to_ras(affine: np.ndarray) -> np.ndarray:
     return flip @ affine
 
 
-def _check_slice_positions(folder: Path, files: Sequence[str], tolerance: float = 0.1) -> None:
+def _check_slice_positions(folder: Path, reader, n: int, tolerance: float = 0.1) -> None:
     """Refuse a series whose slices are not evenly spaced along their normal (a missing slice, a duplicate, a
-    mixed acquisition): ITK would stack them at one uniform spacing and every distance in the volume would be
-    wrong without a word. ``tolerance`` is relative to the median slice gap."""
-    import SimpleITK as sitk
-
-    if len(files) < 3:
+    mixed acquisition): ITK stacks them at one uniform spacing and every distance in the volume would be wrong
+    without a word. Reads the ``n`` slices' position / orientation tags from the series ``reader`` that just read
+    them (``MetaDataDictionaryArrayUpdateOn``); ``tolerance`` is relative to the median slice gap."""
+    position, orientation = "0020|0032", "0020|0037"
+    if n < 3 or not reader.HasMetaDataKey(0, orientation):
         return
-    positions, normal = [], None
-    for f in files:
-        r = sitk.ImageFileReader()
-        r.SetFileName(f)
-        try:
-            r.ReadImageInformation()
-            pos = [float(v) for v in r.GetMetaData("0020|0032").split("\\")]
-            if normal is None:
-                cosines = [float(v) for v in r.GetMetaData("0020|0037").split("\\")]
-                normal = np.cross(cosines[:3], cosines[3:])
-        except RuntimeError:  # no position / orientation tags: nothing to check against
-            return
-        positions.append(float(np.dot(pos, normal)))
+    if not all(reader.HasMetaDataKey(i, position) for i in range(n)):
+        return  # no positions to check against
+
+    def numbers(i: int, key: str) -> list[float]:
+        return [float(v) for v in reader.GetMetaData(i, key).split("\\")]
+
+    cosines = numbers(0, orientation)
+    normal = np.cross(cosines[:3], cosines[3:])
+    positions = [float(np.dot(numbers(i, position), normal)) for i in range(n)]
     gaps = np.diff(np.sort(positions))
     step = float(np.median(gaps))
     bad = np.flatnonzero(np.abs(gaps - step) > tolerance * max(abs(step), 1e-6))
@@ -106,12 +102,13 @@ def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -
         )
     series_dir, sid = found[0]
     files = reader.GetGDCMSeriesFileNames(series_dir, sid)
-    _check_slice_positions(folder, files)
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()  # keep each slice's tags for the spacing check
     try:
         img = reader.Execute()
     except RuntimeError as e:
         raise DataError(f"{folder}: unreadable DICOM series ({str(e).strip().splitlines()[-1]})") from None
+    _check_slice_positions(folder, reader, len(files))
     if img.GetDimension() != 3 or img.GetSize()[2] < 2:
         raise DataError(f"{folder}: DICOM series is not a 3D volume (size {img.GetSize()})")
     arr = sitk.GetArrayFromImage(img)  # z y x

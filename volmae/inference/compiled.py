@@ -37,7 +37,6 @@ class CompiledWindows(nn.Module):
         if batch < 1:
             raise ValueError(f"batch={batch}: must be >= 1")
         self.net, self.batch = net, batch
-        self.out_channels = getattr(net, "out_channels", None)
         self._compiled = None
         self.failed: str | None = None  # why compilation fell back to eager, if it did
 

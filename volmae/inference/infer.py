@@ -164,9 +164,8 @@ def _check_writable(targets: list[Path], sources: set[Path], overwrite: bool) ->
             raise ConfigError(f"{parent}: output folder is not writable")
 
 
-def _segment_case(cfg, predictor, labels, in_channels, cid, src, out: Path, extras: list[Path]) -> InferredCase:
-    """One scan: header check, segmentation, label map (+ per-class masks, probabilities) written atomically."""
-    check_item({"image": src}, in_channels, need_label=False, target_spacing=predictor.prep.pixdim)
+def _segment_case(cfg, predictor, labels, cid, src, out: Path, extras: list[Path]) -> InferredCase:
+    """One scan: segmentation, label map (+ per-class masks, probabilities) written atomically."""
     predictor.timings = {}
     pred = predictor.predict_file(src, keep_probabilities=cfg.save_probabilities)
     timings, saved = predictor.timings, time.perf_counter()
@@ -231,7 +230,9 @@ def infer(cfg: InferConfig) -> list[InferredCase]:
     done = []
     for cid, src in tqdm(cases, desc="volmae-infer", unit="scan", disable=cfg.quiet or len(cases) < 2):
         try:
-            case = _segment_case(cfg, predictor, labels, in_channels, cid, src, outputs[cid], extras[cid])
+            if len(cases) > 1:  # a single scan was checked before anything was written
+                check_item({"image": src}, in_channels, need_label=False, target_spacing=predictor.prep.pixdim)
+            case = _segment_case(cfg, predictor, labels, cid, src, outputs[cid], extras[cid])
         except Exception as e:  # noqa: BLE001 - a batch goes on past a bad scan; one scan fails the run
             if len(cases) == 1:
                 raise

@@ -281,9 +281,15 @@ class Predictor:
     def segment(self, image: torch.Tensor) -> torch.Tensor:
         """``B C D H W`` preprocessed image -> discrete segmentation (see :meth:`discretize`); without TTA straight
         from the logits (no ``B K D H W`` probability volume: 2.9 GB less for a 14-class 512 x 512 x 200 CT)."""
-        if self.tta_flips:
-            return self.discretize(self.probabilities(image))
-        return self.discretize(self.logits(image), logits=True)
+        scores, from_logits = self._scores(image, probabilities=False)
+        return self.discretize(scores, logits=from_logits)
+
+    def _scores(self, image: torch.Tensor, probabilities: bool) -> tuple[torch.Tensor, bool]:
+        """``(scores, are_logits)``: probabilities when asked for or when TTA averages them, else the logits
+        (:meth:`discretize` needs no softmax pass)."""
+        if probabilities or self.tta_flips:
+            return self.probabilities(image), False
+        return self.logits(image), True
 
     def preprocess(self, image: str | list[str] | Mapping) -> dict:
         data = {"image": image} if not isinstance(image, Mapping) else {"image": image["image"]}
@@ -314,16 +320,9 @@ class Predictor:
         blending), ``postprocess`` (softmax / argmax / components) and ``invert`` (back to the input's grid)."""
         data = self.preprocess(image)
         img = data["image"]
-        kept = None
         with self._phase("windows"):
-            if keep_probabilities:
-                probs = self.probabilities(img[None])
-                kept = MetaTensor(probs[0].cpu(), affine=img.affine)
-                scores, from_logits = probs, False
-            elif self.tta_flips:
-                scores, from_logits = self.probabilities(img[None]), False
-            else:
-                scores, from_logits = self.logits(img[None]), True
+            scores, from_logits = self._scores(img[None], probabilities=keep_probabilities)
+        kept = MetaTensor(scores[0].cpu(), affine=img.affine) if keep_probabilities else None
         with self._phase("postprocess"):
             seg = self.discretize(scores, logits=from_logits)[0].cpu()
         del scores

@@ -14,7 +14,8 @@ import torch.nn as nn
 from monai.networks.blocks import TransformerBlock
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 
-from volmae.networks.reconstruction import MaskedReconstruction, random_mask
+from volmae.networks.patching import gather_tokens
+from volmae.networks.reconstruction import MaskedReconstruction
 from volmae.networks.vit import ViTEncoder, freeze_unused_norms, quiet_meshgrid
 
 __all__ = ["MaskedAutoencoder"]
@@ -80,11 +81,8 @@ class MaskedAutoencoder(MaskedReconstruction):
         Returns ``visible`` ``B K E`` (``K = round(L * (1 - ratio))``, at least 1), ``mask`` ``B L`` (1 = masked)
         and ``ids_restore`` ``B L`` (the permutation that puts ``[visible, masked]`` back in token order).
         """
-        b, n, e = tokens.shape
-        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        m = random_mask(b, n, ratio, tokens.device, generator)
-        visible = torch.gather(tokens, 1, m.ids_shuffle[:, : m.keep].unsqueeze(-1).expand(-1, -1, e))
-        return visible, m.mask.to(tokens.dtype), m.ids_restore
+        m = self.draw_mask(tokens.shape[0], tokens.shape[1], tokens.device, mask_ratio, generator)
+        return gather_tokens(tokens, m.ids_shuffle[:, : m.keep]), m.mask.to(tokens.dtype), m.ids_restore
 
     # ------------------------------------------------------------------------------------------------ passes
     def forward_encoder(
@@ -94,8 +92,7 @@ class MaskedAutoencoder(MaskedReconstruction):
 
         Only the visible tokens are embedded (:meth:`ViTEncoder.embed_tokens`): the same result as embedding all
         and keeping the visible ones (:meth:`random_masking`), at a quarter of the patch-projection cost."""
-        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
-        m = random_mask(x.shape[0], self.encoder.num_tokens, ratio, x.device, generator)
+        m = self.draw_mask(x.shape[0], self.encoder.num_tokens, x.device, mask_ratio, generator)
         visible = self.encoder.embed_tokens(x, m.ids_shuffle[:, : m.keep])
         return self.encoder.forward_tokens(visible), m.mask.to(visible.dtype), m.ids_restore
 
@@ -105,7 +102,7 @@ class MaskedAutoencoder(MaskedReconstruction):
         b, k, e = x.shape
         n = ids_restore.shape[1]
         x = torch.cat([x, self.mask_token.expand(b, n - k, e)], dim=1)
-        x = torch.gather(x, 1, ids_restore.unsqueeze(-1).expand(-1, -1, e))
+        x = gather_tokens(x, ids_restore)
         x = x + self.decoder_pos_embed.to(x.dtype)
         for blk in self.decoder_blocks:
             x = blk(x)

@@ -28,7 +28,7 @@ import torch.nn as nn
 from einops import rearrange, repeat
 
 from volmae.networks.nnformer_encoder import NnFormerEncoder
-from volmae.networks.reconstruction import MaskedReconstruction, random_mask
+from volmae.networks.reconstruction import MaskedReconstruction
 
 __all__ = ["MaskedVolumeModel"]
 
@@ -72,7 +72,7 @@ class MaskedVolumeModel(MaskedReconstruction):
     ) -> torch.Tensor:
         """A fresh ``B L`` unit mask (1 = masked)."""
         n = self.grid_size[0] * self.grid_size[1] * self.grid_size[2]
-        return random_mask(b, n, self.mask_ratio if mask_ratio is None else mask_ratio, device, generator).mask
+        return self.draw_mask(b, n, device, mask_ratio, generator).mask
 
     def forward_encoder(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``B C D H W`` and ``mask`` ``B L`` -> the deepest stage ``B E_S d h w`` of the masked volume."""

@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["as_tuple", "grid_size", "patchify", "unpatchify", "check_patch_grid"]
+__all__ = ["as_tuple", "grid_size", "patchify", "unpatchify", "check_patch_grid", "gather_tokens"]
 
 
 def as_tuple(value: Sequence[int] | int, spatial_dims: int, name: str) -> tuple[int, ...]:
@@ -71,3 +71,8 @@ def unpatchify(tokens: torch.Tensor, patch_size: Sequence[int], grid: Sequence[i
     return rearrange(
         tokens, "b (d h w) (p1 p2 p3 c) -> b c (d p1) (h p2) (w p3)", d=d, h=h, w=w, p1=p1, p2=p2, p3=p3, c=channels
     )
+
+
+def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``B L E`` tokens, indices ``B K`` -> ``B K E``: each sample's tokens ``ids`` in that order."""
+    return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))

@@ -68,6 +68,12 @@ class MaskedReconstruction(nn.Module):
         self.in_channels: int = encoder.in_channels
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
 
+    def draw_mask(
+        self, b: int, n: int, device: torch.device, mask_ratio: float | None = None, generator=None
+    ) -> RandomMask:
+        """A fresh :func:`random_mask` of ``n`` units per sample at ``mask_ratio`` (default: the model's)."""
+        return random_mask(b, n, self.mask_ratio if mask_ratio is None else mask_ratio, device, generator)
+
     @property
     def patch_dim(self) -> int:
         """Values in one flattened mask unit, ``P = pD pH pW C``."""

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 
-from volmae.networks.patching import as_tuple, grid_size
+from volmae.networks.patching import as_tuple, gather_tokens, grid_size
 
 __all__ = ["freeze_unused_norms", "ViTEncoder", "quiet_meshgrid"]
 
@@ -167,10 +167,8 @@ class ViTEncoder(nn.Module):
         conv = pe.patch_embeddings
         p1, p2, p3 = self.patch_size
         patches = rearrange(x, "b c (d p1) (h p2) (w p3) -> b (d h w) (c p1 p2 p3)", p1=p1, p2=p2, p3=p3)
-        patches = torch.gather(patches, 1, ids.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
-        tokens = F.linear(patches, conv.weight.flatten(1), conv.bias)  # B K E
-        pos = pe.position_embeddings.expand(x.shape[0], -1, -1)
-        tokens = tokens + torch.gather(pos, 1, ids.unsqueeze(-1).expand(-1, -1, pos.shape[-1]))
+        tokens = F.linear(gather_tokens(patches, ids), conv.weight.flatten(1), conv.bias)  # B K E
+        tokens = tokens + gather_tokens(pe.position_embeddings.expand(x.shape[0], -1, -1), ids)
         return pe.dropout(tokens)
 
     def to_volume(self, tokens: torch.Tensor) -> torch.Tensor:
