@@ -43,6 +43,11 @@ def test_pretrain_finetune_evaluate_on_real_mri(msd_hippocampus, tmp_path):
     assert input_digests(task) == before, "pretraining modified an input"
     assert pre.model_path.is_file() and len(pre.history) == 2
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pre.pictures)
+    # pretraining longer on top of a finished run starts where that run ended, not at a fresh network's loss
+    more = pretrain(
+        PretrainConfig(out_dir=str(tmp_path / "more"), epochs=1, batch_size=3, init_from=str(pre.model_path), **common)
+    )
+    assert more.history[0]["loss"] < pre.history[0]["loss"]
     ft = finetune(
         FinetuneConfig(
             out_dir=str(tmp_path / "ft"),

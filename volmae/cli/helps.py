@@ -16,6 +16,8 @@ HELPS: dict[str, str] = {
     "deep_supervision": "nnFormer: also train on coarser decoder outputs (default from the preset)",
     "fold": "held-out fold (the folder's splits.json, else a seeded 5-fold split)",
     "include_unlabeled": "also pretrain on the dataset's unlabeled test images",
+    "init_from": "start from the weights of an earlier volmae-pretrain run (its model.pt or checkpoint.pt, same "
+    "preset / ROI / patch) with a fresh optimizer and schedule, e.g. to pretrain longer",
     "label_fraction": "fraction of the training cases whose labels are used, in (0, 1]",
     "fraction_seed": "seed choosing the labeled subset",
     "mask_ratio": "fraction of patches hidden from the encoder (default 0.75 for a ViT MAE, 0.6 for nnFormer)",

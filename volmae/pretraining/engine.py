@@ -24,16 +24,20 @@ from volmae.data import (
 from volmae.data.transforms import infer_transforms
 from volmae.evaluation.pictures import save_reconstruction_png
 from volmae.networks.registry import build_mae
+from volmae.networks.weights import CheckpointError, model_state, read_checkpoint, state_mismatch
 from volmae.utils.loop import LoopConfig, TrainLoop
 from volmae.utils.optim import param_groups
 
-__all__ = ["PretrainConfig", "PretrainResult", "pretrain"]
+__all__ = ["PretrainConfig", "PretrainResult", "init_weights", "pretrain"]
 
 
 @dataclass
 class PretrainConfig(StageConfig):
     """Settings of one MAE pretraining run (CLI flags and bundle configs map onto these names); ``fold=None``
-    pretrains on every training image, otherwise the held-out fold's images are left out."""
+    pretrains on every training image, otherwise the held-out fold's images are left out. ``init_from`` continues
+    pretraining from an earlier run's weights (its ``model.pt`` or ``checkpoint.pt``, the same network) with a fresh
+    optimizer and learning-rate schedule: a longer run on top of a finished one, or a pretrained model adapted to
+    new unlabeled scans. ``resume`` continues a stopped run instead and wins over ``init_from``."""
 
     out_dir: str = "runs/pretrain"
     batch_size: int = 4
@@ -47,6 +51,7 @@ class PretrainConfig(StageConfig):
     decoder_depth: int | None = None
     decoder_heads: int | None = None
     num_pictures: int = 2
+    init_from: str | None = None
 
 
 @dataclass
@@ -75,6 +80,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         decoder_depth=cfg.decoder_depth,
         decoder_heads=cfg.decoder_heads,
     ).to(device)
+    if cfg.init_from and not (cfg.resume and (out / "checkpoint.pt").exists()):
+        init_weights(model, cfg.init_from)
 
     dataset = make_dataset(items, pretrain_transforms(prep), cfg.cache, cfg.cache_dir, cfg.num_workers)
     steps = math.ceil(len(dataset) / cfg.batch_size)
@@ -115,6 +122,26 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     model_path = loop.save_weights("model.pt")
     pictures = reconstruction_pictures(model, items[: cfg.num_pictures], prep, out / "pictures", device, cfg.seed)
     return PretrainResult(out, model_path, state.history, pictures)
+
+
+def init_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load every weight of an earlier pretraining run into ``model`` (strict: same kind, preset, ROI and patch);
+    a mismatch names the differing keys."""
+    ckpt = read_checkpoint(path)
+    kind = ckpt.get("kind")
+    if kind is not None and kind != model.volmae_config["kind"]:
+        raise CheckpointError(
+            f"{path}: holds a {kind} model, not a {model.volmae_config['kind']}; init_from takes the model.pt or "
+            "checkpoint.pt of a volmae-pretrain run with the same preset"
+        )
+    state = model_state(ckpt)
+    why = state_mismatch(model, state)
+    if why:
+        raise CheckpointError(
+            f"{path}: does not fit this pretraining network ({why}); use the same --preset, --roi-size and "
+            "--patch-size as the run that wrote it"
+        )
+    model.load_state_dict(state)
 
 
 @torch.no_grad()

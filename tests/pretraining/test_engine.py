@@ -1,0 +1,53 @@
+"""Pretraining engine: continuing from an earlier run's weights (``init_from``) and its errors."""
+
+import pytest
+import torch
+
+from volmae.errors import CheckpointError
+from volmae.pretraining.engine import PretrainConfig, init_weights, pretrain
+
+
+def run(task, out, **kw):
+    base = dict(dataset_dir=str(task), out_dir=str(out), roi_size=(16, 16, 16), epochs=1, batch_size=2)
+    return pretrain(PretrainConfig(**{**base, "device": "cpu", "quiet": True, "num_pictures": 0, **kw}))
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def distance(a, b):
+    return sum((a[k].float() - b[k].float()).pow(2).sum().item() for k in a if a[k].is_floating_point())
+
+
+def test_init_from_starts_at_the_earlier_weights(synthetic_task, tmp_path):
+    first = weights(run(synthetic_task, tmp_path / "a").model_path)
+    # one step at a tiny learning rate: a run that started from ``first`` ends next to it, a fresh one does not
+    cont = weights(run(synthetic_task, tmp_path / "b", lr=1e-7, init_from=str(tmp_path / "a" / "model.pt")).model_path)
+    fresh = weights(run(synthetic_task, tmp_path / "c", lr=1e-7).model_path)
+    assert distance(cont, first) < 1e-3 * distance(fresh, first)
+    assert "init_from" in (tmp_path / "b" / "config.yaml").read_text()
+
+
+def test_init_from_accepts_the_resumable_checkpoint(synthetic_task, tmp_path):
+    first = weights(run(synthetic_task, tmp_path / "a").model_path)
+    cont = run(synthetic_task, tmp_path / "b", lr=1e-7, init_from=str(tmp_path / "a" / "checkpoint.pt"))
+    assert distance(weights(cont.model_path), first) < 1e-6 * sum(v.float().pow(2).sum().item() for v in first.values())
+
+
+def test_init_from_another_network_names_the_keys(synthetic_task, tmp_path):
+    run(synthetic_task, tmp_path / "a")
+    with pytest.raises(CheckpointError, match=r"does not fit this pretraining network \(.*decoder_blocks"):
+        run(synthetic_task, tmp_path / "b", decoder_depth=9, init_from=str(tmp_path / "a" / "model.pt"))
+    assert not (tmp_path / "b" / "model.pt").exists()
+
+
+def test_init_from_a_segmenter_is_refused(tmp_path):
+    path = tmp_path / "seg.pt"
+    torch.save({"format": "volmae", "kind": "unetr", "model": {}}, path)
+    model = torch.nn.Linear(1, 1)
+    model.volmae_config = {"kind": "mae"}
+    with pytest.raises(CheckpointError, match="holds a unetr model, not a mae"):
+        init_weights(model, path)
+    with pytest.raises(CheckpointError, match="not found"):
+        init_weights(model, tmp_path / "missing.pt")
