@@ -15,6 +15,7 @@ import torch
 from volmae.data.datalist import Datalist, load_msd_datalist
 from volmae.data.transforms import Preprocessing, get_preprocessing
 from volmae.errors import ConfigError
+from volmae.utils.distributed import Dist, init_distributed
 from volmae.utils.io import atomic_write_text, config_yaml
 from volmae.utils.runtime import resolve_device
 
@@ -46,6 +47,8 @@ class StageConfig:
     resume: bool = False
     overwrite: bool = False
     quiet: bool = False
+    lr_scaling: str = "none"
+    dist_timeout: float | None = None
 
 
 class StageSetup(NamedTuple):
@@ -53,18 +56,25 @@ class StageSetup(NamedTuple):
     prep: Preprocessing
     datalist: Datalist
     out: Path
+    dist: Dist
+    lr: float  # the learning rate after ``lr_scaling`` for the number of ranks
+
+
+LR_SCALING = {"none": lambda w: 1.0, "linear": lambda w: float(w), "sqrt": lambda w: w**0.5}
 
 
 def prepare_stage(cfg: StageConfig) -> StageSetup:
-    """Check the shared settings, resolve device and preprocessing, read the datalist, create ``out_dir`` (refusing
-    to start over a previous run's checkpoint unless ``resume`` or ``overwrite``) and record the settings in
-    ``config.yaml``."""
+    """Check the shared settings, join a ``torchrun`` job when started by one (:mod:`volmae.utils.distributed`),
+    resolve device and preprocessing, read the datalist, create ``out_dir`` (refusing to start over a previous
+    run's checkpoint unless ``resume`` or ``overwrite``) and record the settings in ``config.yaml`` (rank 0)."""
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be >= 1")
     if cfg.lr <= 0:
         raise ConfigError(f"lr={cfg.lr}: must be > 0")
-    device = resolve_device(cfg.device)
+    if cfg.lr_scaling not in LR_SCALING:
+        raise ConfigError(f"lr_scaling={cfg.lr_scaling!r}: expected one of {', '.join(LR_SCALING)}")
+    dist, device = init_distributed(resolve_device(cfg.device), cfg.dist_timeout)
     prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size, num_samples=cfg.num_samples)
     datalist = load_msd_datalist(cfg.dataset_dir)
     out = Path(cfg.out_dir)
@@ -73,6 +83,18 @@ def prepare_stage(cfg: StageConfig) -> StageSetup:
             f"{out} already holds a run (checkpoint.pt); pass --resume to continue it, --overwrite to start over, "
             "or another --out-dir"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", config_yaml(cfg))
-    return StageSetup(device, prep, datalist, out)
+    dist.barrier()  # every rank has looked for a previous run before rank 0 writes anything
+    lr = cfg.lr * LR_SCALING[cfg.lr_scaling](dist.world_size)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", config_yaml(cfg))
+        crops = cfg.batch_size * prep.num_samples
+        if not cfg.quiet or dist.enabled:
+            print(
+                f"{dist.world_size} process(es) on {device.type} x {cfg.batch_size} volumes x {prep.num_samples} crops"
+                f" = {dist.world_size * crops} crops per optimizer step; lr {lr:.3g} (--lr {cfg.lr:.3g}, "
+                f"lr_scaling {cfg.lr_scaling})",
+                flush=True,
+            )
+    dist.barrier()
+    return StageSetup(device, prep, datalist, out, dist, lr)

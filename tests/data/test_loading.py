@@ -7,7 +7,7 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 
 from tests.conftest import make_case
-from volmae.data.loading import epoch_loader, epoch_seed, make_dataset
+from volmae.data.loading import RankBatches, epoch_loader, epoch_seed, item_seed, make_dataset, steps_per_epoch
 from volmae.data.transforms import Preprocessing, train_transforms
 from volmae.errors import ConfigError
 
@@ -107,3 +107,40 @@ def test_epoch_seed():
     assert len(seeds) == 300
     assert all(0 <= s < 2**31 - 1 for s in seeds)
     assert epoch_seed(5, 7) == epoch_seed(5, 7)
+
+
+def test_workers_do_not_change_the_augmentation(items):
+    """Each volume's crops come from (seed, epoch, index), not from the process that loads it."""
+    ds = make_dataset(items, _transform(), cache="memory")
+    assert _same(_epoch(ds, 3, 2, num_workers=0), _epoch(ds, 3, 2, num_workers=1))
+
+
+@pytest.mark.parametrize("n, batch, world", [(10, 2, 2), (7, 2, 2), (7, 1, 3), (5, 3, 1)])
+def test_rank_batches_split_each_global_batch(n, batch, world):
+    whole = RankBatches(n, batch * world, seed=4, epoch=1)  # one process at the global batch size
+    shares = [list(RankBatches(n, batch, 4, 1, rank=r, world_size=world)) for r in range(world)]
+    assert len({len(s) for s in shares}) == 1 and len(shares[0]) == steps_per_epoch(n, batch, world)
+    for k, parts in enumerate(zip(*shares)):
+        assert len({len(p) for p in parts}) == 1  # equal shares: every rank takes every step
+        glued = [i for p in parts for i in p]
+        if n % world == 0:
+            assert glued == whole.batches[k]  # rank r holds the r-th contiguous part of one process's batch
+    seen = sorted(i for s in shares for b in s for i in b)
+    assert set(seen) == set(range(n)) and len(seen) == n + (-n) % world  # padded like DistributedSampler
+    if world == 1:  # one process: exactly DataLoader's shuffled batches
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(4, 1))).tolist()
+        assert [i for b in shares[0] for i in b] == order
+
+
+def test_rank_batches_skip_and_errors():
+    full = RankBatches(10, 2, 0, 0, rank=1, world_size=2)
+    assert list(RankBatches(10, 2, 0, 0, rank=1, world_size=2, skip=2)) == full.batches[2:]
+    with pytest.raises(ConfigError, match="rank=2"):
+        RankBatches(10, 2, 0, 0, rank=2, world_size=2)
+    with pytest.raises(ConfigError, match="batch_size=0"):
+        RankBatches(10, 0, 0, 0)
+
+
+def test_item_seed_depends_on_every_part():
+    seeds = {item_seed(s, e, i) for s in range(2) for e in range(3) for i in range(50)}
+    assert len(seeds) == 300 and item_seed(1, 2, 3) == item_seed(1, 2, 3)

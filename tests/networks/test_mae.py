@@ -93,6 +93,8 @@ def test_backward_reaches_encoder_and_decoder():
     assert mae.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
     assert mae.decoder_pred.weight.grad.abs().sum() > 0
     assert mae.mask_token.grad.abs().sum() > 0
+    # DDP (find_unused_parameters=False) needs a gradient for every trainable parameter
+    assert [n for n, p in mae.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
 @pytest.mark.parametrize(

@@ -64,3 +64,12 @@ def test_reconstruction_pictures_and_gradients():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         model(**kwargs)
+
+
+def test_every_trainable_parameter_takes_part_in_the_loss():
+    """DDP (find_unused_parameters=False) needs a gradient for every trainable parameter on every step."""
+    m = model()
+    loss, _, _ = m(torch.randn(2, 1, 16, 24, 16))
+    loss.backward()
+    assert [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert not m.encoder.norms[0].weight.requires_grad and m.encoder.norms[-1].weight.requires_grad

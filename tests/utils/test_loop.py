@@ -9,7 +9,6 @@ import torch
 from monai.data import Dataset
 from monai.transforms import Compose, RandGaussianNoised, RandSpatialCropd
 
-from volmae.data.loading import epoch_loader
 from volmae.errors import CheckpointError
 from volmae.utils.loop import LoopConfig, TrainingError, TrainingInterrupted, TrainLoop, warmup_cosine
 from volmae.utils.optim import param_groups
@@ -29,7 +28,7 @@ def toy_run(out, epochs=3, resume=False, on_step=None):
     loop = TrainLoop(
         model,
         param_groups(model, 0.01),
-        LoopConfig(out, epochs, 1e-2, warmup_epochs=1, seed=3, checkpoint_every_steps=1, quiet=True),
+        LoopConfig(out, epochs, 1e-2, warmup_epochs=1, seed=3, checkpoint_every_steps=1, quiet=True, batch_size=2),
         kind="toy",
         model_config={},
     )
@@ -42,7 +41,7 @@ def toy_run(out, epochs=3, resume=False, on_step=None):
         x = batch["image"]
         return (model(x) - x.flip(2)).pow(2).mean(), x.shape[0]
 
-    loop.fit(lambda e: epoch_loader(ds, 2, 7, e), 3, step, resume=resume)
+    loop.fit(ds, step, resume=resume)
     return model.state_dict(), loop
 
 

@@ -102,6 +102,20 @@ def stage_main(
         parser = argparse.ArgumentParser(prog, description=doc)
         add_config_args(parser, cls, HELPS, required=required)
         args = parser.parse_args(argv)
-        return run_main(prog, lambda: print(action(config_from_args(cls, args))))
+        return run_main(prog, lambda: _run_stage(action, config_from_args(cls, args)))
 
     return main
+
+
+def _run_stage(action: Callable[[Any], str], cfg: Any) -> None:
+    """Run a stage; under ``torchrun`` rank 0 alone prints the result, and the process group ends with it."""
+    import os
+
+    from volmae.utils.distributed import shutdown_distributed
+
+    try:
+        text = action(cfg)
+    finally:
+        shutdown_distributed()
+    if os.environ.get("RANK", "0") == "0":
+        print(text)

@@ -18,6 +18,10 @@ HELPS: dict[str, str] = {
     "include_unlabeled": "also pretrain on the dataset's unlabeled test images",
     "init_from": "start from the weights of an earlier volmae-pretrain run (its model.pt or checkpoint.pt, same "
     "preset / ROI / patch) with a fresh optimizer and schedule, e.g. to pretrain longer",
+    "lr_scaling": "under torchrun: scale --lr by the number of processes ('linear', as for the global batch), its "
+    "square root ('sqrt'), or use it as given ('none'); the log states the result",
+    "dist_timeout": "under torchrun: seconds a process waits in a collective for the others before it stops with an "
+    "error (a dead or unreachable rank); also $VOLMAE_DIST_TIMEOUT",
     "label_fraction": "fraction of the training cases whose labels are used, in (0, 1]",
     "fraction_seed": "seed choosing the labeled subset",
     "mask_ratio": "fraction of patches hidden from the encoder (default 0.75 for a ViT MAE, 0.6 for nnFormer)",

@@ -1,23 +1,26 @@
 """Datasets and epoch-seeded data loaders, so that a resumed run sees exactly the batches it would have seen.
 
-Every epoch's randomness (shuffle order, crops, flips, worker seeds) is a pure function of ``(seed, epoch)``:
-the shuffle generator and the transforms' random state are re-seeded at the start of each epoch, and MONAI's
-``DataLoader`` seeds each worker's transforms from the shuffle generator. Resuming at epoch ``e`` therefore
-replays epoch ``e`` bit for bit, with any number of workers.
+Every epoch's randomness is a pure function of ``(seed, epoch)``: the shuffle order comes from a generator seeded
+with it, and each volume's augmentation (crops, flips) from ``(seed, epoch, index)`` (:class:`SeededItems`), not
+from the order in which a process happens to load volumes. Resuming at epoch ``e`` (or at a step inside it)
+therefore replays it bit for bit, with any number of workers and, under ``torchrun``, any number of ranks: each
+rank takes its contiguous share of every global batch (:class:`RankBatches`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.transforms import Compose
 
 from volmae.errors import ConfigError
 
-__all__ = ["make_dataset", "epoch_loader", "epoch_seed"]
+__all__ = ["make_dataset", "epoch_loader", "epoch_seed", "item_seed", "RankBatches", "SeededItems", "steps_per_epoch"]
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
@@ -47,6 +50,84 @@ def make_dataset(
     raise ConfigError(f"cache={cache!r}: expected 'memory', 'disk' or 'none'")
 
 
+def item_seed(seed: int, epoch: int, index: int) -> int:
+    """A 32-bit seed for one volume's augmentation in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class SeededItems(torch.utils.data.Dataset):
+    """``data[i]`` with its random transforms re-seeded from ``(seed, epoch, i)`` first: the augmentation of a
+    volume depends on which volume and epoch it is, not on the process, worker or position that loads it."""
+
+    def __init__(self, data: Dataset, seed: int, epoch: int) -> None:
+        self.data, self.seed, self.epoch = data, seed, epoch
+        transform = getattr(data, "transform", None)
+        self._transform = transform if hasattr(transform, "set_random_state") else None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        if self._transform is not None:
+            self._transform.set_random_state(seed=item_seed(self.seed, self.epoch, index))
+        return self.data[index]
+
+
+class RankBatches(torch.utils.data.Sampler):
+    """The batches of indices one rank loads in one epoch.
+
+    The epoch's order is ``randperm(n)`` from a generator seeded with ``epoch_seed(seed, epoch)`` (every rank
+    draws the same), padded by repeating its start to a multiple of ``world_size`` (as ``DistributedSampler`` does);
+    global batch ``k`` is its ``k``-th block of ``world_size x batch_size`` indices, and rank ``r`` yields the
+    ``r``-th contiguous equal share of each block. One process (``world_size=1``) gets ``DataLoader``'s own
+    shuffled batches. ``skip`` global batches at the start are left out (a resumed epoch).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        seed: int,
+        epoch: int,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+        skip: int = 0,
+    ) -> None:
+        if n < 1 or batch_size < 1:
+            raise ConfigError(f"RankBatches: n={n}, batch_size={batch_size}: both must be >= 1")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank={rank}: must be in [0, world_size={world_size})")
+        if shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed(seed, epoch))).tolist()
+        else:
+            order = list(range(n))
+        order += order[: (-n) % world_size]
+        step = batch_size * world_size
+        blocks = [order[k : k + step] for k in range(0, len(order), step)]
+        if drop_last and blocks and len(blocks[-1]) < step:
+            blocks.pop()
+        self.batches = []
+        for block in blocks[skip:]:
+            share = len(block) // world_size
+            if share:
+                self.batches.append(block[rank * share : (rank + 1) * share])
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def steps_per_epoch(n: int, batch_size: int, world_size: int = 1, drop_last: bool = False) -> int:
+    """Optimizer steps in one epoch of ``n`` volumes at ``batch_size`` per rank on ``world_size`` ranks."""
+    padded = n + (-n) % world_size
+    step = batch_size * world_size
+    return padded // step if drop_last else math.ceil(padded / step)
+
+
 def epoch_loader(
     dataset: Dataset,
     batch_size: int,
@@ -55,19 +136,17 @@ def epoch_loader(
     shuffle: bool = True,
     num_workers: int = 0,
     drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    skip: int = 0,
 ) -> DataLoader:
-    """A ``DataLoader`` whose order and augmentation depend only on ``(seed, epoch)``."""
-    s = epoch_seed(seed, epoch)
-    transform = getattr(dataset, "transform", None)
-    if transform is not None and hasattr(transform, "set_random_state"):
-        transform.set_random_state(seed=s)  # used as-is with num_workers=0; workers re-seed from the generator
-    generator = torch.Generator().manual_seed(s)
+    """A ``DataLoader`` whose batches depend only on ``(seed, epoch)`` (and, under ``torchrun``, the rank): see
+    :class:`RankBatches` and :class:`SeededItems`. ``skip`` global batches at the epoch's start are left out."""
+    sampler = RankBatches(len(dataset), batch_size, seed, epoch, shuffle, drop_last, rank, world_size, skip)
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
+        SeededItems(dataset, seed, epoch),
+        batch_sampler=sampler,
         num_workers=num_workers,
-        generator=generator,
-        drop_last=drop_last,
+        generator=torch.Generator().manual_seed(epoch_seed(seed, epoch)),  # MONAI seeds workers from it
         persistent_workers=False,
     )

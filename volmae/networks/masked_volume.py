@@ -55,6 +55,10 @@ class MaskedVolumeModel(MaskedReconstruction):
         self.unit_in_tokens = tuple(t // p for t, p in zip(self.patch_size, encoder.patch_size))
         self.mask_token = nn.Parameter(torch.zeros(1, encoder.dims[0], 1, 1, 1))
         nn.init.normal_(self.mask_token, std=0.02)
+        # the reconstruction reads the deepest stage only: the output norms of the shallower stages get no gradient
+        # here (they are trained in fine-tuning), and DDP needs every trainable parameter to take part in the loss
+        for norm in encoder.norms[:-1]:
+            norm.requires_grad_(False)
         deep = encoder.dims[-1]
         self.decoder = (
             nn.Linear(deep, self.patch_dim)

@@ -27,14 +27,24 @@ class RandomMask(NamedTuple):
 
 
 def random_mask(
-    b: int, n: int, ratio: float, device: torch.device, generator: torch.Generator | None = None
+    b: int,
+    n: int,
+    ratio: float,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> RandomMask:
     """Per-sample uniform masking of ``n`` units by argsort of noise drawn on ``device`` (no host sync);
-    ``keep = round(n * (1 - ratio))``, at least 1."""
+    ``keep = round(n * (1 - ratio))``, at least 1. ``shard = (rank, world_size)``: draw the noise of the global
+    batch of ``world_size x b`` samples and keep rows ``rank x b ..``, so that data-parallel ranks mask their
+    samples exactly as one process masks the whole batch."""
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask_ratio={ratio}: must be in [0, 1)")
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard={shard}: expected (rank, world_size) with 0 <= rank < world_size")
     keep = max(1, int(round(n * (1.0 - ratio))))
-    noise = torch.rand(b, n, device=device, generator=generator)
+    noise = torch.rand(world * b, n, device=device, generator=generator)[rank * b : (rank + 1) * b]
     ids_shuffle = torch.argsort(noise, dim=1)  # ascending: the smallest noise is kept
     ids_restore = torch.argsort(ids_shuffle, dim=1)
     mask = torch.ones(b, n, device=device)
@@ -67,12 +77,14 @@ class MaskedReconstruction(nn.Module):
         self.patch_size, self.grid_size = tuple(patch_size), tuple(grid_size)
         self.in_channels: int = encoder.in_channels
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
+        self.mask_shard: tuple[int, int] = (0, 1)  # (rank, world_size) under torchrun: see random_mask
 
     def draw_mask(
         self, b: int, n: int, device: torch.device, mask_ratio: float | None = None, generator=None
     ) -> RandomMask:
         """A fresh :func:`random_mask` of ``n`` units per sample at ``mask_ratio`` (default: the model's)."""
-        return random_mask(b, n, self.mask_ratio if mask_ratio is None else mask_ratio, device, generator)
+        ratio = self.mask_ratio if mask_ratio is None else mask_ratio
+        return random_mask(b, n, ratio, device, generator, self.mask_shard)
 
     @property
     def patch_dim(self) -> int:

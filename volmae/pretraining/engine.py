@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,6 @@ import torch
 
 from volmae.config import StageConfig, prepare_stage
 from volmae.data import (
-    epoch_loader,
     make_dataset,
     preflight,
     pretrain_transforms,
@@ -64,7 +62,7 @@ class PretrainResult:
 
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run (or resume) MAE pretraining; returns where the pretrained weights are."""
-    device, prep, datalist, out = prepare_stage(cfg)
+    device, prep, datalist, out, dist, lr = prepare_stage(cfg)
     items = pretraining_items(datalist, cfg.fold, cfg.include_unlabeled)
     preflight(items, datalist.in_channels, False, "pretraining image list", prep.pixdim)
 
@@ -84,14 +82,14 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         init_weights(model, cfg.init_from)
 
     dataset = make_dataset(items, pretrain_transforms(prep), cfg.cache, cfg.cache_dir, cfg.num_workers)
-    steps = math.ceil(len(dataset) / cfg.batch_size)
+    model.mask_shard = (dist.rank, dist.world_size)  # ranks mask their rows of the global batch's noise
     loop = TrainLoop(
         model,
         param_groups(model, cfg.weight_decay),
         LoopConfig(
             out,
             cfg.epochs,
-            cfg.lr,
+            lr,
             cfg.warmup_epochs,
             weight_decay=cfg.weight_decay,
             betas=(0.9, 0.95),
@@ -102,25 +100,27 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             checkpoint_every_steps=cfg.checkpoint_every_steps,
             quiet=cfg.quiet,
             desc="pretrain",
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
         ),
         kind=model.volmae_config["kind"],
         model_config=model.volmae_config,
         run_config=asdict(cfg),
         task={"preprocessing": asdict(prep), "in_channels": datalist.in_channels, "dataset": datalist.name},
+        dist=dist,
     )
 
     def step(batch):
-        loss, _, _ = model(batch["image"].to(device, non_blocking=True).as_tensor())
+        loss, _, _ = loop.net(batch["image"].to(device, non_blocking=True).as_tensor())
         return loss, batch["image"].shape[0]
 
-    state = loop.fit(
-        lambda e: epoch_loader(dataset, cfg.batch_size, cfg.seed, e, num_workers=cfg.num_workers),
-        steps,
-        step,
-        resume=cfg.resume,
-    )
+    state = loop.fit(dataset, step, resume=cfg.resume)
     model_path = loop.save_weights("model.pt")
-    pictures = reconstruction_pictures(model, items[: cfg.num_pictures], prep, out / "pictures", device, cfg.seed)
+    model.mask_shard = (0, 1)
+    pictures = []
+    if dist.is_main:
+        pictures = reconstruction_pictures(model, items[: cfg.num_pictures], prep, out / "pictures", device, cfg.seed)
+    dist.barrier()  # model.pt is on disk for every rank
     return PretrainResult(out, model_path, state.history, pictures)
 
 

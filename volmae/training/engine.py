@@ -10,7 +10,6 @@ one; validation runs on the held-out fold, so selecting on it makes that fold's 
 
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,6 @@ from monai.losses import DeepSupervisionLoss, DiceCELoss
 
 from volmae.config import StageConfig, prepare_stage
 from volmae.data import (
-    epoch_loader,
     eval_transforms,
     label_fraction,
     make_dataset,
@@ -85,7 +83,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     """Fine-tune (or resume fine-tuning) a UNETR or nnFormer on one fold of an MSD-layout dataset."""
     if cfg.val_every < 0:
         raise ConfigError(f"val_every={cfg.val_every}: must be >= 0 (0 disables validation)")
-    device, prep, datalist, out = prepare_stage(cfg)
+    device, prep, datalist, out, dist, lr = prepare_stage(cfg)
     if datalist.num_classes < 2:
         raise ConfigError(f"{cfg.dataset_dir}: dataset.json declares no foreground labels")
     train_items, val_items = split_fold(datalist, cfg.fold)
@@ -108,7 +106,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         cfg.skip_norm,
         cfg.deep_supervision,
     ).to(device)
-    if model.load_report is not None:
+    if model.load_report is not None and dist.is_main:
         atomic_write_text(out / "pretrained_load_report.txt", model.load_report.summary() + "\n")
         if not cfg.quiet:
             print(model.load_report.summary())
@@ -126,7 +124,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         LoopConfig(
             out,
             cfg.epochs,
-            cfg.lr,
+            lr,
             cfg.warmup_epochs,
             cfg.min_lr_ratio,
             cfg.weight_decay,
@@ -137,11 +135,14 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
             checkpoint_every_steps=cfg.checkpoint_every_steps,
             quiet=cfg.quiet,
             desc="finetune",
+            batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers,
         ),
         kind=model.volmae_config["kind"],
         model_config=model.volmae_config,
         run_config=asdict(cfg),
         task=task,
+        dist=dist,
     )
     train_ds = make_dataset(
         train_items, train_transforms(prep, datalist.num_classes), cfg.cache, cfg.cache_dir, cfg.num_workers
@@ -160,32 +161,28 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     def step(batch):
         x = batch["image"].to(device, non_blocking=True).as_tensor()
         y = batch["label"].to(device, non_blocking=True).as_tensor()
-        return loss_fn(model(x), y), x.shape[0]
+        return loss_fn(loop.net(x), y), x.shape[0]
 
     def validate(epoch: int) -> dict[str, float] | None:
         last = epoch + 1 == cfg.epochs
         if val_ds is None or ((epoch + 1) % cfg.val_every and not last):
             return None
-        scores = []
-        for item in val_ds:
+        sums = np.zeros(len(classes) + 1)  # per-class Dice sums and the case count; ranks take every N-th case
+        for i in range(dist.rank, len(val_ds), dist.world_size):
+            item = val_ds[i]
             pred = predictor.segment(item["image"][None])[0].cpu()
-            scores.append(dice_per_class(pred, item["label"].cpu(), classes))
-        per_class = np.mean(scores, axis=0)
+            sums += [*dice_per_class(pred, item["label"].cpu(), classes), 1.0]
+        sums = np.asarray(dist.sum(sums.tolist(), device))
+        per_class = sums[:-1] / max(sums[-1], 1.0)
         return {"val_dice": float(per_class.mean()), **{f"val_dice_{n}": float(v) for n, v in zip(names, per_class)}}
 
-    steps = math.ceil(len(train_ds) / cfg.batch_size)
-    state = loop.fit(
-        lambda e: epoch_loader(train_ds, cfg.batch_size, cfg.seed, e, num_workers=cfg.num_workers),
-        steps,
-        step,
-        validate,
-        monitor="val_dice",
-        resume=cfg.resume,
-    )
+    state = loop.fit(train_ds, step, validate, monitor="val_dice", resume=cfg.resume)
     best = out / "model_best.pt"
     model_path = out / "model.pt"
     if cfg.select_best and val_ds is not None and best.is_file():
-        atomic_write(model_path, lambda tmp: shutil.copyfile(best, tmp))
+        if dist.is_main:
+            atomic_write(model_path, lambda tmp: shutil.copyfile(best, tmp))
     else:
         loop.save_weights("model.pt")
+    dist.barrier()  # model.pt is on disk for every rank
     return FinetuneResult(out, model_path, state.history, state.best_metric, state.best_epoch, len(train_items))

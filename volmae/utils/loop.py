@@ -2,10 +2,12 @@
 
 What it guarantees:
 
-- **Exact resume.** Data randomness is a function of ``(seed, epoch)`` (:mod:`volmae.data.loading`), model
-  randomness (masking, dropout) is re-seeded at each epoch start, and a checkpoint stores the position inside the
-  epoch plus the RNG state at that point. ``resume=True`` replays the skipped batches' data (not the model) and
-  continues with bit-identical updates on the CPU.
+- **Exact resume.** Data randomness is a function of ``(seed, epoch)`` and each volume's index
+  (:mod:`volmae.data.loading`), model randomness (masking, dropout) is re-seeded at each epoch start, and a
+  checkpoint stores the position inside the epoch plus the RNG state at that point. ``resume=True`` starts the
+  epoch's loader at that position and continues with bit-identical updates on the CPU.
+- **One process or many.** Under ``torchrun`` each rank trains its share of every global batch through DDP; only
+  rank 0 writes files; a resume may change the number of ranks (:mod:`volmae.utils.distributed`).
 - **Nothing lost.** ``checkpoint.pt`` (full state) is written atomically at every epoch end, every
   ``checkpoint_every_steps`` steps and on SIGTERM; a non-finite loss stops the run with the batch's case files
   named and leaves the last good checkpoint in place.
@@ -20,7 +22,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from volmae.data.loading import epoch_seed
+from volmae.data.loading import epoch_loader, epoch_seed, steps_per_epoch
 from volmae.errors import CheckpointError, VolmaeError
 from volmae.networks.weights import CHECKPOINT_FORMAT, read_checkpoint, state_mismatch
+from volmae.utils.distributed import Dist
 from volmae.utils.io import atomic_save, atomic_write_json
 from volmae.utils.optim import adamw
 from volmae.utils.runtime import autocast, make_scaler, seed_all
@@ -81,6 +84,8 @@ class LoopConfig:
     checkpoint_every_steps: int = 0
     quiet: bool = False
     desc: str = "train"
+    batch_size: int = 1  # volumes per rank per step
+    num_workers: int = 0
 
 
 @dataclass
@@ -92,6 +97,8 @@ class LoopState:
     best_epoch: int = -1
     history: list[dict] = field(default_factory=list)
     epoch_losses: list[float] = field(default_factory=list)
+    world_size: int = 1  # ranks x batch_size of the run that wrote the state (a resume may change them)
+    batch_size: int = 0
 
 
 def _rng_state() -> dict:
@@ -125,6 +132,7 @@ class TrainLoop:
         model_config: the network's ``volmae_config`` (rebuilds it from a checkpoint).
         run_config: the whole run's settings, stored for the record.
         task: what inference needs besides the network (preprocessing, class names), stored in every file.
+        dist: this process's rank under ``torchrun`` (:mod:`volmae.utils.distributed`); only rank 0 writes files.
     """
 
     def __init__(
@@ -136,8 +144,15 @@ class TrainLoop:
         model_config: Mapping,
         run_config: Mapping | None = None,
         task: Mapping | None = None,
+        dist: Dist | None = None,
     ) -> None:
         self.model, self.cfg, self.kind = model, cfg, kind
+        self.dist = dist or Dist()
+        # what a step function calls: the model itself, or under torchrun its DDP wrapper (gradient averaging)
+        self.net = model
+        if self.dist.enabled:
+            cuda = cfg.device.type == "cuda"
+            self.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[cfg.device] if cuda else None)
         self.model_config = dict(model_config)
         self.task = dict(task or {})
         self.run_config = dict(run_config or {})
@@ -169,6 +184,8 @@ class TrainLoop:
         }
 
     def save_checkpoint(self) -> Path:
+        if not self.dist.is_main:
+            return self.checkpoint_path
         ckpt = self.weights()
         ckpt.update(
             optimizer=self.optimizer.state_dict(),
@@ -183,8 +200,10 @@ class TrainLoop:
         return self._save(self.weights(), self.out_dir / name)
 
     def _save(self, obj: dict, path: Path) -> Path:
-        """Atomic save; a failed write (disk full, quota, permissions) leaves the previous file untouched and stops
-        the run with a message saying so."""
+        """Atomic save (rank 0 only); a failed write (disk full, quota, permissions) leaves the previous file
+        untouched and stops the run with a message saying so."""
+        if not self.dist.is_main:
+            return path
         try:
             return atomic_save(obj, path)
         except OSError as e:
@@ -220,6 +239,8 @@ class TrainLoop:
 
     # ------------------------------------------------------------------------------------------- logging
     def _log_scalars(self, scalars: Mapping[str, float], step: int) -> None:
+        if not self.dist.is_main:
+            return
         if self._writer is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -237,28 +258,42 @@ class TrainLoop:
     # ------------------------------------------------------------------------------------------- the loop
     def fit(
         self,
-        make_loader: Callable[[int], Iterable],
-        steps_per_epoch: int,
+        dataset: Any,
         step_fn: Callable[[Any], tuple[torch.Tensor, int]],
         on_epoch_end: Callable[[int], Mapping[str, float] | None] | None = None,
         monitor: str | None = None,
         resume: bool = False,
     ) -> LoopState:
-        """Train until ``max_epochs``. ``step_fn(batch) -> (loss, n_samples)`` runs the forward pass (under
-        autocast); ``on_epoch_end(epoch)`` may return metrics; the best ``monitor`` value saves ``model_best.pt``."""
-        cfg = self.cfg
+        """Train on ``dataset`` until ``max_epochs``, ``cfg.batch_size`` volumes per rank per step
+        (:func:`volmae.data.loading.epoch_loader`). ``step_fn(batch) -> (loss, n_samples)`` runs the forward pass
+        through :attr:`net` (under autocast); ``on_epoch_end(epoch)`` may return metrics (every rank calls it, so
+        it may run collectives); the best ``monitor`` value saves ``model_best.pt``."""
+        cfg, d = self.cfg, self.dist
+        steps = steps_per_epoch(len(dataset), cfg.batch_size, d.world_size)
         rng_at_resume = None
         if resume:
             if not self.checkpoint_path.is_file():
                 raise CheckpointError(f"--resume: no {CHECKPOINT} in {self.out_dir} to resume from")
             rng_at_resume = self.load_checkpoint()["rng"]
-        total = cfg.max_epochs * steps_per_epoch
-        warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+            self._rebatch(steps)
+        self.state.world_size, self.state.batch_size = d.world_size, cfg.batch_size
+        total = cfg.max_epochs * steps
+        warmup = int(round(cfg.warmup_epochs * steps))
         handler_installed = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if handler_installed else None
         try:
             while self.state.epoch < cfg.max_epochs:
-                self._run_epoch(make_loader, steps_per_epoch, step_fn, total, warmup, rng_at_resume)
+                loader = epoch_loader(
+                    dataset,
+                    cfg.batch_size,
+                    cfg.seed,
+                    self.state.epoch,
+                    num_workers=cfg.num_workers,
+                    rank=d.rank,
+                    world_size=d.world_size,
+                    skip=self.state.batch_in_epoch,
+                )
+                self._run_epoch(loader, steps, step_fn, total, warmup, rng_at_resume)
                 rng_at_resume = None
                 metrics = dict(on_epoch_end(self.state.epoch) or {}) if on_epoch_end else {}
                 self._end_epoch(metrics, monitor)
@@ -269,41 +304,58 @@ class TrainLoop:
                 self._writer.flush()
         return self.state
 
-    def _run_epoch(self, make_loader, steps_per_epoch, step_fn, total, warmup, rng_at_resume) -> None:
-        cfg, st = self.cfg, self.state
+    def _rebatch(self, steps: int) -> None:
+        """A checkpoint written by another number of ranks or another batch size: continue its epoch at the global
+        batch that holds its next unseen volume (up to one global batch of that epoch is seen twice)."""
+        st, cfg, d = self.state, self.cfg, self.dist
+        old_world, old_batch = st.world_size, st.batch_size or cfg.batch_size
+        if (old_world, old_batch) == (d.world_size, cfg.batch_size):
+            return
+        seen = st.batch_in_epoch * old_world * old_batch
+        st.batch_in_epoch = seen // (d.world_size * cfg.batch_size)
+        st.step = st.epoch * steps + st.batch_in_epoch
+        if d.is_main:
+            tqdm.write(
+                f"[{cfg.desc}] resuming on {d.world_size} rank(s) x batch {cfg.batch_size} a run checkpointed on "
+                f"{old_world} x {old_batch}: epoch {st.epoch + 1} continues at step {st.batch_in_epoch + 1} of {steps}"
+            )
+
+    def _run_epoch(self, loader, steps_per_epoch, step_fn, total, warmup, rng_at_resume) -> None:
+        cfg, st, d = self.cfg, self.state, self.dist
         seed_all(epoch_seed(cfg.seed, st.epoch, stream=1))
-        loader = make_loader(st.epoch)
-        skip = st.batch_in_epoch
+        if rng_at_resume is not None and st.batch_in_epoch:
+            _set_rng_state(rng_at_resume)  # model randomness (masks, dropout) as it was at the checkpoint
+        first = st.batch_in_epoch
         self.model.train()
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"{cfg.desc} {st.epoch + 1}/{cfg.max_epochs}",
-            disable=cfg.quiet,
+            disable=cfg.quiet or not d.is_main,
             leave=False,
-            initial=skip,
+            initial=first,
             dynamic_ncols=True,
         )
         t0, losses = time.time(), st.epoch_losses  # a resumed epoch keeps the losses of its first part
-        for i, batch in enumerate(loader):
+        for i, batch in enumerate(loader, start=first):
             if i >= steps_per_epoch:
                 break
-            if i < skip:  # replay the data stream of a resumed epoch without touching the model
-                if i == skip - 1 and rng_at_resume is not None:
-                    _set_rng_state(rng_at_resume)
-                continue
             factor = warmup_cosine(st.step, total, warmup, cfg.min_lr_ratio)
             for g in self.optimizer.param_groups:
                 g["lr"] = cfg.lr * factor * g["lr_scale"]
             with autocast(cfg.device, cfg.amp):
                 loss, _ = step_fn(batch)
-            if not torch.isfinite(loss.detach()).item():
+            value = loss.detach().float().item()
+            # one collective: the mean loss over the ranks, and whether any rank's loss is non-finite (all stop)
+            total_loss, bad = d.sum([value if math.isfinite(value) else 0.0, not math.isfinite(value)], cfg.device)
+            if bad:
+                here = ", ".join(batch_cases(batch)) or "unknown"
+                where = f"batch cases: {here}" if not math.isfinite(value) else "on another rank (see its log)"
                 raise TrainingError(
-                    f"non-finite loss ({loss.item()}) at epoch {st.epoch + 1}, step {st.step}; batch cases: "
-                    f"{', '.join(batch_cases(batch)) or 'unknown'}. The last good checkpoint is kept in "
-                    f"{self.checkpoint_path}; lower the learning rate or check these volumes."
+                    f"non-finite loss ({value}) at epoch {st.epoch + 1}, step {st.step}; {where}. The last good "
+                    f"checkpoint is kept in {self.checkpoint_path}; lower the learning rate or check these volumes."
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
+            d.call(self.scaler.scale(loss).backward)  # under torchrun DDP averages the gradients here
             if cfg.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -311,11 +363,11 @@ class TrainLoop:
             self.scaler.update()
             st.step += 1
             st.batch_in_epoch = i + 1
-            losses.append(loss.item())
+            losses.append(total_loss / d.world_size)
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{cfg.lr * factor:.2e}")
             self._log_scalars({"train/loss": losses[-1], "train/lr": cfg.lr * factor}, st.step)
-            if self._stop:
+            if d.any(self._stop, cfg.device):  # SIGTERM on any rank stops every rank after the same step
                 self.save_checkpoint()
                 bar.close()
                 raise TrainingInterrupted(
@@ -347,6 +399,8 @@ class TrainLoop:
         st.batch_in_epoch = 0
         st.epoch_losses = []
         self.save_checkpoint()
+        if not self.dist.is_main:
+            return
         atomic_write_json(self.out_dir / "history.json", st.history)
         if not self.cfg.quiet:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in st.history[-1].items() if isinstance(v, float))
