@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from volmae.data.datalist import Datalist, load_msd_datalist
+from volmae.data.datalist import Datalist, load_datalist
 from volmae.data.transforms import Preprocessing, get_preprocessing
 from volmae.errors import ConfigError
 from volmae.utils.distributed import Dist, init_distributed
@@ -76,7 +76,7 @@ def prepare_stage(cfg: StageConfig) -> StageSetup:
         raise ConfigError(f"lr_scaling={cfg.lr_scaling!r}: expected one of {', '.join(LR_SCALING)}")
     dist, device = init_distributed(resolve_device(cfg.device), cfg.dist_timeout)
     prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size, num_samples=cfg.num_samples)
-    datalist = load_msd_datalist(cfg.dataset_dir)
+    datalist = load_datalist(cfg.dataset_dir)
     out = Path(cfg.out_dir)
     if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.overwrite):
         raise ConfigError(

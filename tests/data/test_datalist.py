@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_msd_folder
-from volmae.data.datalist import Datalist, case_id, label_fraction, load_msd_datalist, make_folds, split_fold
+from volmae.data.datalist import (
+    Datalist,
+    case_id,
+    label_fraction,
+    load_datalist,
+    load_image_list,
+    load_msd_datalist,
+    make_folds,
+    pretraining_items,
+    split_fold,
+)
 from volmae.errors import DataError
 
 # --------------------------------------------------------------------------------------------------- real data
@@ -336,3 +346,71 @@ def test_test_entry_without_image(msd_folder):
     with pytest.raises(DataError, match="test entry 1 has no 'image'") as info:
         load_msd_datalist(msd_folder)
     assert str(msd_folder / "dataset.json") in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------- image-only lists
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_image_folder_nested_same_names_stay_distinct(tmp_path):
+    for p in ("a/ct.nii.gz", "b/ct.nii.gz", "b/sub/x.nii", "b/notes.txt"):
+        _touch(tmp_path / "scans" / p)
+    dl = load_datalist(tmp_path / "scans")
+    assert dl.items == [] and dl.in_channels == 1 and dl.num_classes == 0
+    assert [it["case"] for it in dl.unlabeled] == ["a_ct", "b_ct", "b_sub_x"]
+    assert all(Path(it["image"]).is_absolute() for it in dl.unlabeled)
+    assert pretraining_items(dl, fold=0) == dl.unlabeled  # nothing labeled: nothing to hold out
+
+
+def test_list_files_txt_csv_json(tmp_path):
+    imgs = [_touch(tmp_path / "d" / f"s{i}.nii.gz") for i in range(3)]
+    (tmp_path / "d" / "list.txt").write_text("# my scans\ns0.nii.gz\n\n" + f"{imgs[1]}\n s2.nii.gz \n")
+    (tmp_path / "d" / "list.csv").write_text("patient,image\np0,s0.nii.gz\np1,s1.nii.gz\np2,s2.nii.gz\n")
+    (tmp_path / "d" / "list.json").write_text(json.dumps({"training": [{"image": "s0.nii.gz"}], "test": ["s1.nii.gz"]}))
+    (tmp_path / "d" / "plain.json").write_text(json.dumps(["s2.nii.gz"]))
+    want = [str(p.resolve()) for p in imgs]
+    for name, n in (("list.txt", 3), ("list.csv", 3), ("list.json", 2), ("plain.json", 1)):
+        dl = load_datalist(tmp_path / "d" / name)
+        assert [it["image"] for it in dl.unlabeled] == (want[:n] if n > 1 else want[2:]), name
+
+
+def test_ten_thousand_volume_list(tmp_path):
+    lines = [f"site{i % 7}/patient{i:05d}/ct.nii.gz" for i in range(10_000)]
+    (tmp_path / "big.txt").write_text("\n".join(lines))
+    dl = load_image_list(tmp_path / "big.txt")  # paths only: nothing is read until a loader asks
+    assert len(dl.unlabeled) == 10_000 and len({it["case"] for it in dl.unlabeled}) == 10_000
+    assert dl.unlabeled[12]["case"] == "site5_patient00012_ct"
+
+
+def test_multichannel_entries(tmp_path):
+    (tmp_path / "l.json").write_text(json.dumps([{"image": ["a_t1.nii.gz", "a_t2.nii.gz"]}]))
+    dl = load_image_list(tmp_path / "l.json")
+    assert dl.in_channels == 2 and len(dl.unlabeled[0]["image"]) == 2
+
+
+@pytest.mark.parametrize(
+    "name, text, match",
+    [
+        ("e.txt", "# nothing\n", "the image list is empty"),
+        ("d.txt", "a/x.nii.gz\nb/../a/x.nii.gz\n", "same case id"),
+        ("j.json", "{not json", "not valid JSON"),
+        ("k.json", json.dumps([{"label": "x"}]), "entry 0 names no image"),
+        ("n.json", json.dumps(5), "expected a list of images"),
+    ],
+)
+def test_image_list_errors(tmp_path, name, text, match):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(DataError, match=match):
+        load_image_list(tmp_path / name)
+
+
+def test_missing_list_and_msd_dispatch(tmp_path, msd_folder):
+    with pytest.raises(DataError, match="no such image list"):
+        load_image_list(tmp_path / "nope.txt")
+    assert len(load_datalist(msd_folder).items) == 6
+    assert len(load_datalist(msd_folder / "dataset.json").items) == 6

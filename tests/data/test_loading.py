@@ -7,7 +7,15 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 
 from tests.conftest import make_case
-from volmae.data.loading import RankBatches, epoch_loader, epoch_seed, item_seed, make_dataset, steps_per_epoch
+from volmae.data.loading import (
+    RankBatches,
+    default_cache_dir,
+    epoch_loader,
+    epoch_seed,
+    item_seed,
+    make_dataset,
+    steps_per_epoch,
+)
 from volmae.data.transforms import Preprocessing, train_transforms
 from volmae.errors import ConfigError
 
@@ -95,9 +103,21 @@ def test_make_dataset_kinds(items, tmp_path):
     assert any((tmp_path / "cache").iterdir())  # the deterministic part was written to disk
 
 
+def test_disk_cache_default_location_and_preprocessing_key(items, tmp_path, monkeypatch):
+    monkeypatch.setenv("VOLMAE_CACHE_DIR", str(tmp_path / "shared"))
+    assert default_cache_dir() == tmp_path / "shared"
+    one = make_dataset(items, _transform(), cache="disk", key="mri 1 mm")
+    _epoch(one, 0, 0)
+    again = make_dataset(items, _transform(), cache="disk", key="mri 1 mm")
+    other = make_dataset(items, _transform(), cache="disk", key="mri 2 mm")
+    assert again.cache_dir == one.cache_dir != other.cache_dir and one.cache_dir.parent == tmp_path / "shared"
+    assert len(list(one.cache_dir.iterdir())) == len(items)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="cannot create the disk cache folder"):
+        make_dataset(items, _transform(), cache="disk", cache_dir=tmp_path / "file" / "sub")
+
+
 def test_make_dataset_errors(items):
-    with pytest.raises(ConfigError, match="cache_dir"):
-        make_dataset(items, _transform(), cache="disk")
     with pytest.raises(ConfigError, match="cache='ram'"):
         make_dataset(items, _transform(), cache="ram")
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from volmae.errors import CheckpointError
+from volmae.errors import CheckpointError, ConfigError
 from volmae.pretraining.engine import PretrainConfig, init_weights, pretrain
 
 
@@ -51,3 +51,25 @@ def test_init_from_a_segmenter_is_refused(tmp_path):
         init_weights(model, path)
     with pytest.raises(CheckpointError, match="not found"):
         init_weights(model, tmp_path / "missing.pt")
+
+
+@pytest.mark.realdata
+def test_pretrain_on_an_image_only_list_of_real_mri_with_a_disk_cache(msd_hippocampus, tmp_path):
+    """The large-dataset path: a plain list of scans (no labels, no dataset.json) and the preprocessed volumes
+    cached on disk instead of in RAM."""
+    from volmae.training.engine import FinetuneConfig, finetune
+
+    images = sorted((msd_hippocampus / "imagesTr").glob("*.nii.gz"))[:4]
+    listing = tmp_path / "scans.txt"
+    listing.write_text("# unlabeled T1 MRI\n" + "\n".join(str(p) for p in images) + "\n")
+    cache = tmp_path / "cache"
+    result = pretrain(
+        PretrainConfig(
+            str(listing), str(tmp_path / "pre"), roi_size=(24, 32, 24), epochs=1, batch_size=2, cache="disk",
+            cache_dir=str(cache), device="cpu", quiet=True, num_pictures=1,
+        )
+    )  # fmt: skip
+    assert [h["step"] for h in result.history] == [2]  # all 4 scans: no fold held out of an unlabeled list
+    assert len(list(cache.glob("*/*.pt"))) == 4 and result.pictures[0].is_file()
+    with pytest.raises(ConfigError, match="is an image-only list; fine-tuning needs labeled cases"):
+        finetune(FinetuneConfig(str(listing), str(tmp_path / "ft"), roi_size=(24, 32, 24), device="cpu"))

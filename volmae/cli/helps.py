@@ -50,7 +50,8 @@ HELPS: dict[str, str] = {
     "amp": "mixed precision on CUDA (bf16 where supported)",
     "num_workers": "data-loading worker processes",
     "cache": "dataset cache: memory, disk (needs --cache-dir) or none",
-    "cache_dir": "folder for the disk cache",
+    "cache_dir": "folder for --cache disk (default $VOLMAE_CACHE_DIR, else ~/.cache/volmae; keyed by file and "
+    "preprocessing, safe to share between runs)",
     "checkpoint_every_steps": "also checkpoint every N steps (0: at epoch ends only)",
     "num_pictures": "MAE reconstruction PNGs to write",
     "resume": "continue the run in --out-dir from its checkpoint.pt",

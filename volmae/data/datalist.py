@@ -1,4 +1,4 @@
-"""Datalists: MSD ``dataset.json`` reading, case ids, folds and label fractions.
+"""Datalists: MSD ``dataset.json`` reading, image-only lists for pretraining, case ids, folds and label fractions.
 
 An item is a dict ``{"image": path | [paths], "label": path (optional), "case": id}`` with absolute paths, the
 format MONAI's dictionary transforms and MONAI Label use. Folds come from ``splits.json`` beside
@@ -7,7 +7,9 @@ format MONAI's dictionary transforms and MONAI Label use. Folds come from ``spli
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import random
 import re
 from collections import Counter
@@ -19,6 +21,8 @@ from volmae.errors import DataError
 
 __all__ = [
     "Datalist",
+    "load_datalist",
+    "load_image_list",
     "load_msd_datalist",
     "case_id",
     "make_folds",
@@ -135,6 +139,103 @@ def load_msd_datalist(dataset_dir: str | Path, dataset_json: str = "dataset.json
     return Datalist(items, labels, modality, str(meta.get("name", root.name)), root, unlabeled, splits)
 
 
+IMAGE_SUFFIXES = (".nii.gz", ".nii")
+
+
+def load_datalist(source: str | Path) -> Datalist:
+    """What ``--dataset-dir`` names: an MSD task folder (with ``dataset.json``), or for pretraining an image-only
+    list (:func:`load_image_list`): a ``.txt`` / ``.csv`` / ``.json`` file, or a folder of NIfTI images."""
+    path = Path(source).expanduser()
+    if path.is_dir() and not (path / "dataset.json").is_file() and _has_images(path):
+        return load_image_list(path)
+    if path.is_file():
+        return load_msd_datalist(path.parent) if path.name == "dataset.json" else load_image_list(path)
+    return load_msd_datalist(path)
+
+
+def _has_images(folder: Path) -> bool:
+    return any(True for _ in _walk_images(folder))
+
+
+def _walk_images(folder: Path):
+    for dirpath, dirnames, files in os.walk(folder):
+        dirnames.sort()
+        for f in sorted(files):
+            if f.lower().endswith(IMAGE_SUFFIXES):
+                yield Path(dirpath) / f
+
+
+def _list_entries(path: Path) -> list[str | list[str]]:
+    """The image entries of a list file: one path per line (``.txt``; ``#`` comments), an ``image`` column (or
+    the first column) of a ``.csv``, or a JSON list of paths / ``{"image": ...}`` (also under ``training`` /
+    ``test`` / ``unlabeled``, MONAI's datalist keys)."""
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the image list ({e})") from None
+    if suffix == ".json":
+        try:
+            meta = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e})") from None
+        if isinstance(meta, dict):
+            meta = [e for key in ("training", "unlabeled", "test") for e in meta.get(key, [])]
+        if not isinstance(meta, list):
+            raise DataError(f"{path}: expected a list of images or a MONAI datalist with 'training' / 'test'")
+        entries = []
+        for i, e in enumerate(meta):
+            image = e.get("image") if isinstance(e, dict) else e
+            if not isinstance(image, (str, list)):
+                raise DataError(f"{path}: entry {i} names no image ({e!r})")
+            entries.append(image)
+        return entries
+    if suffix == ".csv":
+        rows = list(csv.reader(text.splitlines()))
+        if not rows:
+            return []
+        col = rows[0].index("image") if "image" in rows[0] else 0
+        body = rows[1:] if "image" in rows[0] else rows
+        return [r[col].strip() for r in body if len(r) > col and r[col].strip()]
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def load_image_list(source: str | Path) -> Datalist:
+    """An image-only datalist for self-supervised pretraining, of any size (10k+ volumes: entries are only paths
+    until a loader reads them; pair it with ``cache="disk"``).
+
+    ``source``: a folder (every ``.nii`` / ``.nii.gz`` below it) or a list file (see :func:`_list_entries`; relative
+    paths are relative to the file). Case ids come from the path relative to the list's folder, so that
+    ``patient1/ct.nii.gz`` and ``patient2/ct.nii.gz`` stay distinct. An entry may be a list of paths (the channels
+    of one case). The images land in :attr:`Datalist.unlabeled`; ``items`` is empty (nothing to fine-tune on).
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        root, entries = path, [str(p) for p in _walk_images(path)]
+    elif path.is_file():
+        root, entries = path.parent, _list_entries(path)
+    else:
+        raise DataError(f"{path}: no such image list or folder")
+    if not entries:
+        raise DataError(f"{path}: the image list is empty (no .nii / .nii.gz images)")
+    images, seen = [], {}
+    for entry in entries:
+        image = _resolve(root, entry)
+        first = Path(image[0] if isinstance(image, list) else image)
+        try:
+            rel = first.relative_to(root.resolve())
+        except ValueError:
+            rel = Path(first.name)
+        case = case_id("_".join(rel.parts))
+        if case in seen:
+            raise DataError(f"{path}: {first} and {seen[case]} give the same case id {case!r}; rename one")
+        seen[case] = first
+        images.append({"image": image, "case": case})
+    channels = len(images[0]["image"]) if isinstance(images[0]["image"], list) else 1
+    modality = {i: f"image{i}" if channels > 1 else "image" for i in range(channels)}
+    return Datalist([], {}, modality, path.stem, root, images, None)
+
+
 def make_folds(cases: Sequence[str], n_folds: int = 5, seed: int = 0) -> list[list[str]]:
     """Deal a seeded shuffle of ``cases`` into ``n_folds`` folds (sizes differ by at most one)."""
     if n_folds < 2 or n_folds > len(cases):
@@ -171,7 +272,9 @@ def label_fraction(items: Sequence[dict], fraction: float, seed: int = 0) -> lis
 def pretraining_items(datalist: Datalist, fold: int | None = 0, include_unlabeled: bool = True) -> list[dict]:
     """``[{"image", "case"}]`` for self-supervised pretraining (labels unused): the training side of ``fold`` (every
     labeled case when ``fold`` is None, so the held-out fold's images stay unseen otherwise), plus the unlabeled
-    ``test`` images when ``include_unlabeled``."""
+    ``test`` images when ``include_unlabeled``. An image-only list (:func:`load_image_list`) gives all its images."""
+    if not datalist.items:
+        return list(datalist.unlabeled)
     items = split_fold(datalist, fold)[0] if fold is not None else list(datalist.items)
     items = [{"image": it["image"], "case": it["case"]} for it in items]
     return items + list(datalist.unlabeled) if include_unlabeled else items

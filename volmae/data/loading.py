@@ -9,7 +9,9 @@ rank takes its contiguous share of every global batch (:class:`RankBatches`).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,12 +22,29 @@ from monai.transforms import Compose
 
 from volmae.errors import ConfigError
 
-__all__ = ["make_dataset", "epoch_loader", "epoch_seed", "item_seed", "RankBatches", "SeededItems", "steps_per_epoch"]
+__all__ = [
+    "default_cache_dir",
+    "make_dataset",
+    "epoch_loader",
+    "epoch_seed",
+    "item_seed",
+    "RankBatches",
+    "SeededItems",
+    "steps_per_epoch",
+]
 
 
 def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     """A 31-bit seed for ``(seed, epoch, stream)``; distinct streams for data and model randomness."""
     return (seed * 1_000_003 + epoch * 7919 + stream * 104_729) % (2**31 - 1)
+
+
+def default_cache_dir() -> Path:
+    """Where ``cache="disk"`` keeps preprocessed volumes when no ``cache_dir`` is given: ``$VOLMAE_CACHE_DIR``, else
+    ``~/.cache/volmae``. Inside it, one sub-folder per preprocessing (``make_dataset``'s ``key``) holds one file
+    per item (named by a hash of its paths), so runs and ranks can share it and a changed spacing or ROI never
+    reuses stale volumes."""
+    return Path(os.environ.get("VOLMAE_CACHE_DIR") or Path.home() / ".cache" / "volmae").expanduser()
 
 
 def make_dataset(
@@ -34,17 +53,26 @@ def make_dataset(
     cache: str = "memory",
     cache_dir: str | Path | None = None,
     num_workers: int = 0,
+    key: str = "",
 ) -> Dataset:
-    """``cache``: ``"memory"`` (``CacheDataset``, deterministic part held in RAM), ``"disk"``
-    (``PersistentDataset`` in ``cache_dir``, for datasets larger than RAM) or ``"none"``."""
+    """``cache``: ``"memory"`` (``CacheDataset``: the deterministic part of every volume held in RAM, in every
+    rank), ``"disk"`` (``PersistentDataset`` in ``cache_dir`` or :func:`default_cache_dir`: streams from disk,
+    for datasets larger than RAM) or ``"none"`` (read and preprocess every time). ``key`` describes the
+    preprocessing (the disk cache's sub-folder is a hash of it and of the transforms' names)."""
     items = list(items)
     if cache == "memory":
         return CacheDataset(items, transform, num_workers=num_workers or None, progress=False, copy_cache=False)
     if cache == "disk":
-        if cache_dir is None:
-            raise ConfigError("cache='disk' needs cache_dir (a folder for the preprocessed volumes)")
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        return PersistentDataset(items, transform, cache_dir=cache_dir)
+        root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+        names = ",".join(type(t).__name__ for t in getattr(transform, "transforms", [transform]))
+        folder = root / hashlib.sha256(f"{key}|{names}".encode()).hexdigest()[:16]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                f"cache_dir={str(folder)!r}: cannot create the disk cache folder ({e.strerror})"
+            ) from None
+        return PersistentDataset(items, transform, cache_dir=folder)
     if cache == "none":
         return Dataset(items, transform)
     raise ConfigError(f"cache={cache!r}: expected 'memory', 'disk' or 'none'")

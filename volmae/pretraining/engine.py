@@ -81,7 +81,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     if cfg.init_from and not (cfg.resume and (out / "checkpoint.pt").exists()):
         init_weights(model, cfg.init_from)
 
-    dataset = make_dataset(items, pretrain_transforms(prep), cfg.cache, cfg.cache_dir, cfg.num_workers)
+    key = f"pretrain {asdict(prep)} {datalist.in_channels}"
+    dataset = make_dataset(items, pretrain_transforms(prep), cfg.cache, cfg.cache_dir, cfg.num_workers, key)
     model.mask_shard = (dist.rank, dist.world_size)  # ranks mask their rows of the global batch's noise
     loop = TrainLoop(
         model,

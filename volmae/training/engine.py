@@ -85,7 +85,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         raise ConfigError(f"val_every={cfg.val_every}: must be >= 0 (0 disables validation)")
     device, prep, datalist, out, dist, lr = prepare_stage(cfg)
     if datalist.num_classes < 2:
-        raise ConfigError(f"{cfg.dataset_dir}: dataset.json declares no foreground labels")
+        what = "is an image-only list" if not datalist.items else "declares no foreground labels (dataset.json)"
+        raise ConfigError(f"{cfg.dataset_dir}: {what}; fine-tuning needs labeled cases (an MSD task folder)")
     train_items, val_items = split_fold(datalist, cfg.fold)
     train_items = label_fraction(train_items, cfg.label_fraction, cfg.fraction_seed)
     if cfg.val_cases is not None:
@@ -144,11 +145,11 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         task=task,
         dist=dist,
     )
-    train_ds = make_dataset(
-        train_items, train_transforms(prep, datalist.num_classes), cfg.cache, cfg.cache_dir, cfg.num_workers
-    )
+    key = f"{asdict(prep)} {datalist.in_channels} {datalist.num_classes}"  # the disk cache's preprocessing key
+    train_tf, val_tf = train_transforms(prep, datalist.num_classes), eval_transforms(prep, datalist.num_classes)
+    train_ds = make_dataset(train_items, train_tf, cfg.cache, cfg.cache_dir, cfg.num_workers, f"train {key}")
     val_ds = (
-        make_dataset(val_items, eval_transforms(prep, datalist.num_classes), cfg.cache, cfg.cache_dir, cfg.num_workers)
+        make_dataset(val_items, val_tf, cfg.cache, cfg.cache_dir, cfg.num_workers, f"eval {key}")
         if cfg.val_every
         else None
     )
