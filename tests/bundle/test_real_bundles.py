@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import subprocess
 import sys
@@ -125,6 +126,11 @@ def test_hippocampus_multi_process_training(msd_hippocampus, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     state = torch.load(root / "models" / "model_final.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # the DDP wrapper is not saved
+    # validation ran on both ranks' shares of the held-out cases and was gathered into one Dice, logged by rank 0
+    dice = [float(d) for d in re.findall(r"val_mean_dice: ([0-9.]+)", out.stdout + out.stderr)]
+    assert dice and 0.0 <= dice[0] <= 1.0, (out.stdout + out.stderr)[-3000:]
+    assert all(abs(d - dice[0]) < 1e-3 for d in dice)  # one gathered value (epoch metrics, best key metric)
+    assert (root / "models" / "model.pt").is_file()  # the key-metric checkpoint
 
 
 def _cropped_task(src: Path, dst: Path, size: tuple[int, int, int]) -> Path:
