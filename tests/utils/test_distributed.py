@@ -3,6 +3,7 @@ doubled batch, a killed rank stops the job with an error instead of a hang, and 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +102,25 @@ def test_a_killed_rank_stops_the_job_and_it_resumes_on_one_process(synthetic_tas
     assert "pretrained MAE" in resumed.stdout
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history] == [2, 4, 6]
+
+
+def test_sigterm_to_one_rank_stops_all_ranks_after_the_same_step(synthetic_task, tmp_path):
+    out = tmp_path / "run"
+    cmd = stage("pretrain", synthetic_task, out, 1, "--checkpoint-every-steps", "1", ranks=2, epochs=20)
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 300
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and job.poll() is None:
+        time.sleep(0.2)
+    pid = _rank_pid(out, 0)
+    assert pid is not None and job.poll() is None, "the job ended before it could be signalled"
+    os.kill(pid, signal.SIGTERM)  # e.g. a scheduler pre-empting one process
+    _, err = job.communicate(timeout=180)
+    stops = re.findall(r"SIGTERM: checkpoint saved at epoch \d+, step (\d+)", err)
+    assert len(stops) == 2 and stops[0] == stops[1], err[-3000:]  # both ranks, the same step, no hang
+    assert "a collective with the other ranks failed" not in err
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["step"] == int(stops[0])
+    run(stage("pretrain", synthetic_task, out, 1, "--resume", ranks=2, epochs=20))
+    assert [h["step"] for h in json.loads((out / "history.json").read_text())] == list(range(2, 41, 2))
 
 
 def _lost_peer(mode: str, port: int, tmp_path: Path) -> str:

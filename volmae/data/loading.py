@@ -109,6 +109,10 @@ class RankBatches(torch.utils.data.Sampler):
     global batch ``k`` is its ``k``-th block of ``world_size x batch_size`` indices, and rank ``r`` yields the
     ``r``-th contiguous equal share of each block. One process (``world_size=1``) gets ``DataLoader``'s own
     shuffled batches. ``skip`` global batches at the start are left out (a resumed epoch).
+
+    Why not MONAI's ``DistributedSampler``: it deals indices round-robin (rank ``r`` gets ``r, r + N, ...``), so the
+    ranks' step ``k`` holds a different split of the global batch than one process's step ``k`` and masks drawn for
+    the global batch would land on other volumes; contiguous shares make N ranks train exactly like one process.
     """
 
     def __init__(
