@@ -18,7 +18,7 @@ class Stop(Exception):
     pass
 
 
-def toy_run(out, epochs=3, resume=False, on_step=None):
+def toy_run(out, epochs=3, resume=False, on_step=None, batch=2):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.Dropout(0.3), torch.nn.Conv3d(4, 1, 1))
     items = [{"image": torch.randn(1, 8, 8, 8, generator=torch.Generator().manual_seed(i))} for i in range(5)]
@@ -28,7 +28,7 @@ def toy_run(out, epochs=3, resume=False, on_step=None):
     loop = TrainLoop(
         model,
         param_groups(model, 0.01),
-        LoopConfig(out, epochs, 1e-2, warmup_epochs=1, seed=3, checkpoint_every_steps=1, quiet=True, batch_size=2),
+        LoopConfig(out, epochs, 1e-2, warmup_epochs=1, seed=3, checkpoint_every_steps=1, quiet=True, batch_size=batch),
         kind="toy",
         model_config={},
     )
@@ -59,6 +59,23 @@ def test_resume_after_a_crash_is_bitwise_identical(tmp_path, stop_at):
     for k in reference:
         assert torch.equal(reference[k], resumed[k]), k
     assert loop.state.epoch == 3 and loop.state.step == 9
+    assert [h["epoch"] for h in loop.state.history] == [1, 2, 3]
+
+
+def test_resume_with_another_batch_continues_the_epoch(tmp_path):
+    """A checkpoint from batch 2 (e.g. 2 ranks x 1) resumed at batch 3: the epoch goes on at the global batch that
+    holds its next unseen volume, and the schedule at the same point of training."""
+
+    def crash(loop, n):
+        if n == 5:
+            raise Stop  # epoch 2 (3 steps of 2 volumes), after its first step: 2 of its 5 volumes seen
+
+    with pytest.raises(Stop):
+        toy_run(tmp_path / "run", on_step=crash)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state"]
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["world_size"], ckpt["batch_size"]) == (1, 1, 1, 2)
+    _, loop = toy_run(tmp_path / "run", resume=True, batch=3)  # 2 // 3 = 0: epoch 2 restarts, 2 steps per epoch
+    assert loop.state.epoch == 3 and loop.state.step == 6 and loop.state.batch_size == 3
     assert [h["epoch"] for h in loop.state.history] == [1, 2, 3]
 
 
