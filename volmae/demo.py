@@ -76,7 +76,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             epochs=400,
             batch_size=8,
             num_samples=2,
-            lr=1.5e-3,
+            lr=5e-4,
             warmup_epochs=20,
             num_workers=4,
         ),

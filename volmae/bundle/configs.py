@@ -382,7 +382,7 @@ def pretrain_config(s: BundleSpec) -> dict:
             "epochs": s.pretrain_epochs,
             "batch_size": 4,
             "lr": s.pretrain_lr,
-            "warmup_epochs": 5,
+            "warmup_epochs": s.pretrain_warmup_epochs,
             "fold": 0,
             "mask_ratio": None,  # the preset's: 0.75 for a ViT MAE, 0.6 for nnFormer
             "device": "auto",

@@ -37,7 +37,10 @@ class BundleSpec:
     val_interval: int = 10
     sw_batch_size: int = 4
     pretrain_epochs: int = 400
-    pretrain_lr: float = 1.5e-3
+    # 5e-4 with a 10-epoch warm-up, not 1.5e-3: at 1.5e-3 and 8-crop batches the MAE's first block blew the residual
+    # stream up ~30x in one step (docs/hippocampus_study.md); measured on ViT-Ti / hippocampus only
+    pretrain_lr: float = 5e-4
+    pretrain_warmup_epochs: float = 10
     references: tuple[str, ...] = ()
     prepare: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)

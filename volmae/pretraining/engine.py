@@ -39,8 +39,8 @@ class PretrainConfig(StageConfig):
 
     out_dir: str = "runs/pretrain"
     batch_size: int = 4
-    lr: float = 1.5e-3
-    warmup_epochs: float = 5.0
+    lr: float = 5e-4  # not 1.5e-3: see docs/hippocampus_study.md (the residual stream blew up at small batches)
+    warmup_epochs: float = 10.0
     fold: int | None = 0
     include_unlabeled: bool = True
     mask_ratio: float | None = None
