@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,18 @@ from volmae.data.paths import data_root, dataset_path
 torch.set_num_threads(2)
 
 SKIP_MESSAGE = "real data not found: set VOLMAE_DATA or put ../shared/data beside the repo"
+
+
+def stage_command(stage: str, task, out, *extra: str, epochs: int = 3, batch: int = 2, ranks: int = 1) -> list[str]:
+    """A tiny CPU run of ``volmae-<stage>`` (ROI 16^3; fine-tuning with feature size 4) as a command line: one
+    process, or ``ranks`` gloo processes under ``torchrun``."""
+    launcher = [sys.executable]
+    if ranks > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    cmd = [*launcher, "-m", f"volmae.cli.{stage}", "--dataset-dir", str(task), "--out-dir", str(out)]
+    cmd += ["--roi-size", "16", "16", "16", "--epochs", str(epochs), "--batch-size", str(batch)]
+    cmd += ["--device", "cpu", "--quiet"] + (["--feature-size", "4"] if stage == "train" else [])
+    return [*cmd, *extra]
 
 
 def require_dataset(name: str) -> Path:

@@ -4,21 +4,18 @@ uninterrupted run's weights, bitwise."""
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
+from tests.conftest import stage_command
+
 
 def stage_cmd(stage, task, out, *extra):
     """A tiny 3-epoch run (2 steps per epoch) of ``stage`` that checkpoints after every step."""
-    cmd = [sys.executable, "-m", f"volmae.cli.{stage}", "--dataset-dir", str(task), "--out-dir", str(out)]
-    cmd += ["--roi-size", "16", "16", "16", "--epochs", "3", "--batch-size", "2", "--checkpoint-every-steps", "1"]
-    cmd += ["--device", "cpu", "--quiet"]
-    if stage == "train":
-        cmd += ["--feature-size", "4", "--val-every", "0"]
-    return [*cmd, *extra]
+    val = ["--val-every", "0"] if stage == "train" else []
+    return stage_command(stage, task, out, "--checkpoint-every-steps", "1", *val, *extra)
 
 
 def step_of(ckpt_path):

@@ -13,19 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import stage_command
 from volmae.errors import ConfigError
 from volmae.utils.distributed import Dist, DistributedError, collective_failure, init_distributed
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def stage(name, task, out, batch, *extra, ranks=1, epochs=2):
-    cmd = [*TORCHRUN, f"--nproc_per_node={ranks}"] if ranks > 1 else [sys.executable]
-    cmd += ["-m", f"volmae.cli.{name}", "--dataset-dir", str(task), "--out-dir", str(out), "--roi-size", "16", "16"]
-    cmd += ["16", "--epochs", str(epochs), "--batch-size", str(batch), "--device", "cpu", "--quiet"]
-    cmd += ["--feature-size", "4", "--val-every", "1"] if name == "train" else ["--num-pictures", "0"]
-    return [*cmd, *extra]
+    own = ["--val-every", "1"] if name == "train" else ["--num-pictures", "0"]
+    return stage_command(name, task, out, *own, *extra, epochs=epochs, batch=batch, ranks=ranks)
 
 
 def run(cmd, timeout=600):

@@ -26,6 +26,7 @@ from volmae.networks.vit import ViTEncoder
 __all__ = [
     "LoadReport",
     "read_checkpoint",
+    "load_state_exactly",
     "model_state",
     "encoder_state_from",
     "resample_pos_embed",
@@ -117,6 +118,16 @@ def state_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor], li
             more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
             parts.append(f"{len(keys)} {what}: {', '.join(keys[:limit])}{more}")
     return "; ".join(parts)
+
+
+def load_state_exactly(model: torch.nn.Module, state: Mapping[str, torch.Tensor], message: str) -> None:
+    """``model.load_state_dict(state)`` (strict); a mismatch raises ``CheckpointError(message.format(why=...))``
+    with the differing keys (:func:`state_mismatch`) as ``why``."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        why = state_mismatch(model, state) or str(e).splitlines()[0]
+        raise CheckpointError(message.format(why=why)) from None
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -22,7 +22,7 @@ from volmae.data import (
 from volmae.data.transforms import infer_transforms
 from volmae.evaluation.pictures import save_reconstruction_png
 from volmae.networks.registry import build_mae
-from volmae.networks.weights import CheckpointError, model_state, read_checkpoint, state_mismatch
+from volmae.networks.weights import CheckpointError, load_state_exactly, model_state, read_checkpoint
 from volmae.utils.loop import LoopConfig, TrainLoop
 from volmae.utils.optim import param_groups
 
@@ -135,14 +135,12 @@ def init_weights(model: torch.nn.Module, path: str | Path) -> None:
             f"{path}: holds a {kind} model, not a {model.volmae_config['kind']}; init_from takes the model.pt or "
             "checkpoint.pt of a volmae-pretrain run with the same preset"
         )
-    state = model_state(ckpt)
-    why = state_mismatch(model, state)
-    if why:
-        raise CheckpointError(
-            f"{path}: does not fit this pretraining network ({why}); use the same --preset, --roi-size and "
-            "--patch-size as the run that wrote it"
-        )
-    model.load_state_dict(state)
+    load_state_exactly(
+        model,
+        model_state(ckpt),
+        f"{path}: does not fit this pretraining network ({{why}}); use the same --preset, --roi-size and "
+        "--patch-size as the run that wrote it",
+    )
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from volmae.data.loading import epoch_loader, epoch_seed, steps_per_epoch
 from volmae.errors import CheckpointError, VolmaeError
-from volmae.networks.weights import CHECKPOINT_FORMAT, read_checkpoint, state_mismatch
+from volmae.networks.weights import CHECKPOINT_FORMAT, load_state_exactly, read_checkpoint
 from volmae.utils.distributed import Dist
 from volmae.utils.io import atomic_save, atomic_write_json
 from volmae.utils.optim import adamw
@@ -218,14 +218,12 @@ class TrainLoop:
         ckpt = read_checkpoint(self.checkpoint_path)
         if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("kind") != self.kind:
             raise CheckpointError(f"{self.checkpoint_path}: not a volmae {self.kind} training checkpoint")
-        try:
-            self.model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            why = state_mismatch(self.model, ckpt["model"]) or str(e).splitlines()[0]
-            raise CheckpointError(
-                f"{self.checkpoint_path}: its network differs from this run's ({why}); "
-                "resume with the same settings or use another output folder"
-            ) from None
+        load_state_exactly(
+            self.model,
+            ckpt["model"],
+            f"{self.checkpoint_path}: its network differs from this run's ({{why}}); "
+            "resume with the same settings or use another output folder",
+        )
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except ValueError as e:  # same weights, other trainable set or parameter groups (e.g. an older volmae)
