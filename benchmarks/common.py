@@ -1,7 +1,8 @@
 """What the side-by-side benchmarks share: the flags, running one variant in a child process, and peak memory.
 
-Each benchmark runs the MONAI reference and volmae in separate child processes of the same script (``--child
-monai|volmae``), so that each one's peak memory is its own; the child prints its figures as one JSON line.
+Each benchmark runs the MONAI reference and volmae (or two volmae variants) in separate child processes of the same
+script (``--child VARIANT``), so that each one's peak memory is its own; the child prints its figures as one JSON
+line.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def add_common_args(ap: argparse.ArgumentParser) -> None:
-    """``--device``, ``--threads``, ``--out-json`` and the hidden ``--child`` every benchmark takes."""
+def add_common_args(
+    ap: argparse.ArgumentParser, variants: tuple[str, ...] = ("monai", "volmae", "volmae-compile")
+) -> None:
+    """``--device``, ``--threads``, ``--out-json`` and the hidden ``--child VARIANT`` every benchmark takes."""
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--out-json", default=None)
-    ap.add_argument("--child", choices=["monai", "volmae"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=list(variants), help=argparse.SUPPRESS)
 
 
 def run_child(script: str, variant: str, args: list[str]) -> dict:
@@ -35,6 +38,17 @@ def run_child(script: str, variant: str, args: list[str]) -> dict:
     if res.returncode:
         raise SystemExit(f"{variant} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def alternate_rounds(script: str, variants: list[str], args: list[str], rounds: int) -> dict[str, dict[str, list]]:
+    """Run each variant's child (:func:`run_child`) ``rounds`` times, the variants alternating; per variant and
+    figure, a list figure is concatenated over the rounds and a single figure becomes one value per round."""
+    runs: dict[str, dict[str, list]] = {v: {} for v in variants}
+    for _ in range(rounds):
+        for variant in variants:
+            for key, value in run_child(script, variant, args).items():
+                runs[variant].setdefault(key, []).extend(value if isinstance(value, list) else [value])
+    return runs
 
 
 def peak_bytes(device: torch.device) -> int:

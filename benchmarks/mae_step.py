@@ -3,18 +3,22 @@
 A step is forward + backward + optimizer on one batch. The reference is what a MONAI user writes:
 ``monai.networks.nets.MaskedAutoEncoderViT`` with volmae's sizes (encoder, SelfMedMAE decoder, qkv bias), the
 norm-pix loss on masked patches in a few lines of einops, and ``torch.optim.AdamW(model.parameters())``, in fp32.
-volmae is ``build_mae(preset)`` with the optimizer its engine makes (``volmae.utils.optim.adamw``) and, on CUDA,
-the engine's autocast (bf16). Both start from the same weights (volmae's, copied into MONAI's layout; MONAI's extra
-class token stays) and see the same batches: random crops of the real MNI152 T1 (``$VOLMAE_DATA/mni152_nilearn``,
-z-scored) or, without it, smoothed noise. Each variant runs in its own child process (clean peak memory), the two
-alternating ``--rounds`` times; a round times ``--steps`` steps after ``--warmup``.
+volmae is ``build_mae(preset)`` with the optimizer its engine makes (``volmae.utils.optim.adamw``) and, on CUDA, the
+engine's autocast (bf16); ``volmae-compile`` is the same with ``volmae-pretrain --compile``
+(``MaskedReconstruction.compile_pass``), its one-off compilation timed apart (the first warm-up step). Both start
+from the same weights (volmae's, copied into MONAI's layout; MONAI's extra class token stays) and see the same
+batches: random crops of the real MNI152 T1 (``$VOLMAE_DATA/mni152_nilearn``, z-scored) or, without it, smoothed
+noise. Each variant runs in its own child process (clean peak memory), the variants alternating ``--rounds`` times; a
+round times ``--steps`` steps after ``--warmup``.
 
-Printed per configuration: median step time, volumes/s, peak memory (CPU: the child's peak RSS; CUDA: peak
-allocated), mean loss over the timed steps (equal objectives: the two should agree within a few %), the ratio
-MONAI / volmae, and on CUDA the achieved TFLOP/s (FLOPs of one step counted by ``torch.utils.flop_counter``).
+Printed per configuration and variant: median step time, volumes/s, peak memory (CPU: the child's peak RSS; CUDA:
+peak allocated), mean loss over the timed steps (equal objectives: the two should agree within a few %), the ratios
+MONAI / each volmae variant, and on CUDA the achieved TFLOP/s (FLOPs of one step counted by
+``torch.utils.flop_counter``).
 Run by hand:
 
-    python benchmarks/mae_step.py [--config vit-base:96:2 vit-tiny:40x56x40:4] [--device cpu] [--out-json FILE]
+    python benchmarks/mae_step.py [--config vit-base:96:2 vit-tiny:40x56x40:4] [--device cpu] [--no-compile]
+                                  [--out-json FILE]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import add_common_args, parse_or_serve, peak_bytes, run_child, run_meta
+from common import add_common_args, alternate_rounds, parse_or_serve, peak_bytes, run_meta
 from einops import rearrange
 
 
@@ -133,6 +137,8 @@ def child(args) -> dict:
     else:
         model = ours.to(device)
         opt = adamw(param_groups(model, 0.05), lr=1e-4)
+        if args.child == "volmae-compile":
+            model.compile_pass()
 
         def loss_of(x):
             with autocast(device, device.type == "cuda"):
@@ -150,8 +156,12 @@ def child(args) -> dict:
         return loss
 
     model.train()
-    for x in data[: args.warmup]:
+    first = time.perf_counter()
+    for i, x in enumerate(data[: args.warmup]):
         step(x)
+        if i == 0:
+            sync()
+            first = time.perf_counter() - first  # includes the compilation for volmae-compile
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, losses = [], []
@@ -162,7 +172,9 @@ def child(args) -> dict:
         sync()
         times.append(time.perf_counter() - t)
         losses.append(float(loss))
-    out = {"times": times, "losses": losses}
+    out = {"times": times, "losses": losses, "first_step_s": first}
+    if getattr(model, "compile_failed", None):
+        raise RuntimeError(f"torch.compile failed: {model.compile_failed}")
     out["peak_bytes"] = peak_bytes(device)
     if device.type == "cuda":
         from torch.utils.flop_counter import FlopCounterMode
@@ -173,58 +185,51 @@ def child(args) -> dict:
     return out
 
 
-def measure(args, variant: str, config: str) -> dict:
-    extra = ["--child-config", config, "--device", args.device, "--threads", str(args.threads)]
-    return run_child(__file__, variant, [*extra, "--steps", str(args.steps), "--warmup", str(args.warmup)])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", nargs="+", default=["vit-base:96:2", "vit-tiny:40x56x40:4"], help="preset:ROI:batch")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-compile", action="store_true", help="leave out the volmae-compile variant")
     ap.add_argument("--child-config", help=argparse.SUPPRESS)
     add_common_args(ap)
     args = parse_or_serve(ap, child)
     if args is None:
         return 0
     results = []
-    head = "| config | variant | step s (median) | volumes/s | peak memory GiB | mean loss |"
-    print(head + "\n|---|---|---|---|---|---|")
+    head = "| config | variant | step s (median) | volumes/s | peak memory GiB | mean loss | first step s |"
+    print(head + "\n|---|---|---|---|---|---|---|")
+    variants = ["monai", "volmae"] + ([] if args.no_compile else ["volmae-compile"])
     for config in args.config:
         preset, roi, batch = parse_config(config)
-        runs = {"monai": {"times": [], "losses": []}, "volmae": {"times": [], "losses": []}}
-        for _ in range(args.rounds):
-            for variant in runs:
-                r = measure(args, variant, config)
-                runs[variant]["times"] += r["times"]
-                runs[variant]["losses"] += r["losses"]
-                runs[variant]["peak_bytes"] = max(runs[variant].get("peak_bytes", 0), r["peak_bytes"])
-                if "flops_per_step" in r:
-                    runs[variant]["flops_per_step"] = r["flops_per_step"]
+        child_args = ["--child-config", config, "--device", args.device, "--threads", str(args.threads)]
+        child_args += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+        runs = alternate_rounds(__file__, variants, child_args, args.rounds)
         row = {"config": config, "preset": preset, "roi": roi, "batch": batch}
         for variant, r in runs.items():
-            med = statistics.median(r["times"])
+            med, peak = statistics.median(r["times"]), max(r["peak_bytes"])
             row[variant] = {
                 "step_s_median": med,
                 "step_s_all": r["times"],
                 "volumes_per_s": batch / med,
-                "peak_gib": r["peak_bytes"] / 2**30,
+                "peak_gib": peak / 2**30,
                 "mean_loss": statistics.mean(r["losses"]),
+                "first_step_s": r["first_step_s"],  # one per round (process): compilation for volmae-compile
             }
             if "flops_per_step" in r:
-                row[variant]["tflops_per_s"] = r["flops_per_step"] / med / 1e12
+                row[variant]["tflops_per_s"] = r["flops_per_step"][0] / med / 1e12  # the same count every round
             print(
-                f"| {config} | {variant} | {med:.3f} | {batch / med:.2f} | {r['peak_bytes'] / 2**30:.2f} | "
-                f"{statistics.mean(r['losses']):.4f} |"
+                f"| {config} | {variant} | {med:.3f} | {batch / med:.2f} | {peak / 2**30:.2f} | "
+                f"{statistics.mean(r['losses']):.4f} | {max(r['first_step_s']):.1f} |"
             )
-        row["speedup_monai_over_volmae"] = row["monai"]["step_s_median"] / row["volmae"]["step_s_median"]
-        row["loss_rel_diff"] = abs(row["monai"]["mean_loss"] - row["volmae"]["mean_loss"]) / row["monai"]["mean_loss"]
-        print(
-            f"| {config} | ratio MONAI / volmae | **{row['speedup_monai_over_volmae']:.2f}x** | | | "
-            f"loss differs {100 * row['loss_rel_diff']:.1f} % |"
-        )
+        ref = row["monai"]
+        for variant in variants[1:]:
+            speedup = ref["step_s_median"] / row[variant]["step_s_median"]
+            loss_diff = abs(ref["mean_loss"] - row[variant]["mean_loss"]) / ref["mean_loss"]
+            row[f"speedup_monai_over_{variant}"], row[f"loss_rel_diff_{variant}"] = speedup, loss_diff
+            tail = f"| | | loss differs {100 * loss_diff:.1f} % | |"
+            print(f"| {config} | ratio MONAI / {variant} | **{speedup:.2f}x** {tail}")
         results.append(row)
     if args.out_json:
         meta = run_meta(args)

@@ -40,6 +40,7 @@ class StageConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    channels_last: bool = True  # CPU training of convolutional networks: see volmae.utils.runtime.channels_last
     num_workers: int = 0
     cache: str = "memory"
     cache_dir: str | None = None

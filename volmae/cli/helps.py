@@ -43,11 +43,14 @@ HELPS: dict[str, str] = {
     "same held-out fold)",
     "val_cases": "validate on the first N held-out cases only",
     "sw_batch_size": "sliding-window batch size",
-    "compile": "torch.compile the network for the sliding windows (faster windows after a one-off compilation)",
+    "compile": "torch.compile the network: faster pretraining steps or sliding windows after a one-off compilation "
+    "(about a minute on a CPU; falls back to eager with a warning)",
     "overlap": "sliding-window overlap in [0, 1)",
     "seed": "random seed (data order, crops, masking, initialisation)",
     "device": "auto, cpu, cuda or cuda:N",
     "amp": "mixed precision on CUDA (bf16 where supported)",
+    "channels_last": "on the CPU, train convolutional networks (UNETR, nnFormer, masked-volume) with channels-last "
+    "memory: 1.1-1.3x faster steps measured, equal results to float rounding (--no-channels-last: the plain layout)",
     "num_workers": "data-loading worker processes",
     "cache": "dataset cache: memory, disk (needs --cache-dir) or none",
     "cache_dir": "folder for --cache disk (default $VOLMAE_CACHE_DIR, else ~/.cache/volmae; keyed by file and "

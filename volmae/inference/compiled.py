@@ -18,6 +18,8 @@ import logging
 import torch
 import torch.nn as nn
 
+from volmae.utils.runtime import failure_reason
+
 __all__ = ["CompiledWindows"]
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ class CompiledWindows(nn.Module):
             with inductor_config.patch(freezing=True):
                 out = self._compiled(x)
         except Exception as e:  # noqa: BLE001 - any compiler failure: run eager, say why once
-            self.failed = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            self.failed = failure_reason(e)
             logger.warning("torch.compile failed (%s); running the network eagerly", self.failed)
             return self.net(x[:n])
         return out[:n]

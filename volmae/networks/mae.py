@@ -15,7 +15,7 @@ from monai.networks.blocks import TransformerBlock
 from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
 
 from volmae.networks.patching import gather_tokens
-from volmae.networks.reconstruction import MaskedReconstruction
+from volmae.networks.reconstruction import MaskedReconstruction, RandomMask
 from volmae.networks.vit import ViTEncoder, freeze_unused_norms, quiet_meshgrid
 
 __all__ = ["MaskedAutoencoder"]
@@ -88,13 +88,17 @@ class MaskedAutoencoder(MaskedReconstruction):
     def forward_encoder(
         self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``B C D H W`` -> latent of the visible tokens ``B K E``, ``mask`` ``B L``, ``ids_restore`` ``B L``.
+        """``B C D H W`` -> latent of the visible tokens ``B K E``, ``mask`` ``B L``, ``ids_restore`` ``B L``."""
+        m = self.draw_mask(x.shape[0], self.num_units, x.device, mask_ratio, generator)
+        latent = self.encode_visible(x, m)
+        return latent, m.mask.to(latent.dtype), m.ids_restore
+
+    def encode_visible(self, x: torch.Tensor, m: RandomMask) -> torch.Tensor:
+        """``B C D H W`` -> latent of the tokens ``m`` keeps visible, ``B K E``.
 
         Only the visible tokens are embedded (:meth:`ViTEncoder.embed_tokens`): the same result as embedding all
         and keeping the visible ones (:meth:`random_masking`), at a quarter of the patch-projection cost."""
-        m = self.draw_mask(x.shape[0], self.encoder.num_tokens, x.device, mask_ratio, generator)
-        visible = self.encoder.embed_tokens(x, m.ids_shuffle[:, : m.keep])
-        return self.encoder.forward_tokens(visible), m.mask.to(visible.dtype), m.ids_restore
+        return self.encoder.forward_tokens(self.encoder.embed_tokens(x, m.ids_shuffle[:, : m.keep]))
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Visible latent ``B K E`` -> patch predictions for every token ``B L P``."""
@@ -108,10 +112,9 @@ class MaskedAutoencoder(MaskedReconstruction):
             x = blk(x)
         return self.decoder_pred(self.decoder_norm(x))
 
-    def forward(
-        self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(loss, pred B L P, mask B L)``."""
-        latent, mask, ids_restore = self.forward_encoder(x, mask_ratio, generator)
-        pred = self.forward_decoder(latent, ids_restore)
+    def forward_masked(self, x: torch.Tensor, m: RandomMask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``B C D H W`` with the mask ``m`` -> ``(loss, pred B L P, mask B L)``."""
+        latent = self.encode_visible(x, m)
+        pred = self.forward_decoder(latent, m.ids_restore)
+        mask = m.mask.to(latent.dtype)
         return self.forward_loss(x, pred, mask), pred, mask

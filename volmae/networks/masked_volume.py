@@ -28,7 +28,7 @@ import torch.nn as nn
 from einops import rearrange, repeat
 
 from volmae.networks.nnformer_encoder import NnFormerEncoder
-from volmae.networks.reconstruction import MaskedReconstruction
+from volmae.networks.reconstruction import MaskedReconstruction, RandomMask
 
 __all__ = ["MaskedVolumeModel"]
 
@@ -75,8 +75,7 @@ class MaskedVolumeModel(MaskedReconstruction):
         self, b: int, device: torch.device, mask_ratio: float | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """A fresh ``B L`` unit mask (1 = masked)."""
-        n = self.grid_size[0] * self.grid_size[1] * self.grid_size[2]
-        return self.draw_mask(b, n, device, mask_ratio, generator).mask
+        return self.draw_mask(b, self.num_units, device, mask_ratio, generator).mask
 
     def forward_encoder(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``B C D H W`` and ``mask`` ``B L`` -> the deepest stage ``B E_S d h w`` of the masked volume."""
@@ -90,10 +89,8 @@ class MaskedVolumeModel(MaskedReconstruction):
         """``B E_S d h w`` -> voxel predictions for every unit ``B L P``."""
         return self.decoder(rearrange(latent, "b e d h w -> b (d h w) e"))
 
-    def forward(
-        self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns ``(loss, pred B L P, mask B L)``."""
-        mask = self.random_masking(x.shape[0], x.device, mask_ratio, generator)
+    def forward_masked(self, x: torch.Tensor, m: RandomMask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``B C D H W`` with the mask ``m`` -> ``(loss, pred B L P, mask B L)``."""
+        mask = m.mask
         pred = self.forward_decoder(self.forward_encoder(x, mask))
         return self.forward_loss(x, pred, mask), pred, mask

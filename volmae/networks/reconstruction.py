@@ -8,15 +8,20 @@ order of :mod:`volmae.networks.patching`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import math
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 
 from volmae.networks.patching import patchify, unpatchify
+from volmae.utils.runtime import failure_reason
 
 __all__ = ["MaskedReconstruction", "RandomMask", "random_mask"]
+
+logger = logging.getLogger(__name__)
 
 
 class RandomMask(NamedTuple):
@@ -57,7 +62,8 @@ class MaskedReconstruction(nn.Module):
     :class:`~volmae.networks.masked_volume.MaskedVolumeModel`.
 
     Subclasses pass their encoder, mask unit ``patch_size``, unit ``grid_size``, ``mask_ratio`` and ``norm_pix_loss``
-    and implement ``forward(x, mask_ratio, generator) -> (loss, pred B L P, mask B L)``.
+    and implement :meth:`forward_masked`; :meth:`forward` draws the mask and calls it (compiled after
+    :meth:`compile_pass`).
     """
 
     method = "masked reconstruction"  # what the pictures call it
@@ -78,6 +84,48 @@ class MaskedReconstruction(nn.Module):
         self.in_channels: int = encoder.in_channels
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
         self.mask_shard: tuple[int, int] = (0, 1)  # (rank, world_size) under torchrun: see random_mask
+        self._pass: Callable | None = None  # forward_masked, compiled (compile_pass); None again if that failed
+        self._pass_ran = False  # the compiled pass has run once (later errors are the batch's, not the compiler's)
+        self.compile_failed: str | None = None  # why compile_pass fell back to eager, if it did
+
+    @property
+    def num_units(self) -> int:
+        """Mask units per sample, ``L``."""
+        return math.prod(self.grid_size)
+
+    def forward_masked(self, x: torch.Tensor, m: RandomMask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``B C D H W`` with the drawn mask ``m`` -> ``(loss, pred B L P, mask B L)``."""
+        raise NotImplementedError
+
+    def forward(
+        self, x: torch.Tensor, mask_ratio: float | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns ``(loss, pred B L P, mask B L)`` for a fresh random mask."""
+        m = self.draw_mask(x.shape[0], self.num_units, x.device, mask_ratio, generator)
+        if self._pass is None:
+            return self.forward_masked(x, m)
+        try:
+            out = self._pass(x, m)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: train eagerly, say why once
+            if self._pass_ran:
+                raise  # compiled and ran before: an error of this batch, not of the compiler
+            self._pass, self.compile_failed = None, failure_reason(e)
+            logger.warning("torch.compile failed (%s); training the network eagerly", self.compile_failed)
+            return self.forward_masked(x, m)
+        self._pass_ran = True
+        return out
+
+    def compile_pass(self) -> None:
+        """Run :meth:`forward_masked` (encoder, decoder, loss; forward and backward) through ``torch.compile``.
+
+        Why: after the matrix products, a pretraining step is bound by the memory passes between them (layer norms,
+        GELU, residual adds, the norm-pix target); inductor fuses them. The mask is still drawn eagerly, so a seeded
+        run masks exactly as without compilation. Each batch shape compiles once (about a minute on a CPU for
+        ViT-B); if compilation fails (no C++ compiler, an unsupported operator) the eager pass runs and
+        ``compile_failed`` says why. :meth:`reconstruct` stays eager (pictures are one batch of one volume).
+        """
+        self._pass = torch.compile(self.forward_masked, dynamic=False)
+        self._pass_ran, self.compile_failed = False, None
 
     def draw_mask(
         self, b: int, n: int, device: torch.device, mask_ratio: float | None = None, generator=None
@@ -115,7 +163,8 @@ class MaskedReconstruction(nn.Module):
         (de-normalised with each patch's own mean/std when ``norm_pix_loss``); ``pasted``: visible patches from the
         input and reconstructed masked patches; ``mask``: 1 where a voxel was masked.
         """
-        loss, pred, mask = self.forward(x, mask_ratio, generator)
+        m = self.draw_mask(x.shape[0], self.num_units, x.device, mask_ratio, generator)
+        loss, pred, mask = self.forward_masked(x, m)
         target = patchify(x.float(), self.patch_size)
         pred = pred.float()
         if self.norm_pix_loss:

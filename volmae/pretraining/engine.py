@@ -21,10 +21,12 @@ from volmae.data import (
 )
 from volmae.data.transforms import infer_transforms
 from volmae.evaluation.pictures import save_reconstruction_png
+from volmae.networks.mae import MaskedAutoencoder
 from volmae.networks.registry import build_mae
 from volmae.networks.weights import CheckpointError, load_state_exactly, model_state, read_checkpoint
 from volmae.utils.loop import LoopConfig, TrainLoop
 from volmae.utils.optim import param_groups
+from volmae.utils.runtime import as_layout, channels_last
 
 __all__ = ["PretrainConfig", "PretrainResult", "init_weights", "pretrain"]
 
@@ -50,6 +52,7 @@ class PretrainConfig(StageConfig):
     decoder_heads: int | None = None
     num_pictures: int = 2
     init_from: str | None = None
+    compile: bool = False  # torch.compile the masked pass (MaskedReconstruction.compile_pass)
 
 
 @dataclass
@@ -84,6 +87,11 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     key = f"pretrain {asdict(prep)} {datalist.in_channels}"
     dataset = make_dataset(items, pretrain_transforms(prep), cfg.cache, cfg.cache_dir, cfg.num_workers, key)
     model.mask_shard = (dist.rank, dist.world_size)  # ranks mask their rows of the global batch's noise
+    # the ViT MAE embeds its visible patches with a linear map (no convolution to speed up); the masked-volume
+    # model is convolutional throughout
+    layout = channels_last(model, device, cfg.channels_last and not isinstance(model, MaskedAutoencoder))
+    if cfg.compile:
+        model.compile_pass()
     loop = TrainLoop(
         model,
         param_groups(model, cfg.weight_decay),
@@ -112,7 +120,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     )
 
     def step(batch):
-        loss, _, _ = loop.net(batch["image"].to(device, non_blocking=True).as_tensor())
+        loss, _, _ = loop.net(as_layout(batch["image"].to(device, non_blocking=True).as_tensor(), layout))
         return loss, batch["image"].shape[0]
 
     state = loop.fit(dataset, step, resume=cfg.resume)

@@ -34,6 +34,7 @@ from volmae.networks.registry import build_segmenter
 from volmae.utils.io import atomic_write, atomic_write_text
 from volmae.utils.loop import LoopConfig, TrainLoop
 from volmae.utils.optim import param_groups
+from volmae.utils.runtime import as_layout, channels_last
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "dice_per_class"]
 
@@ -111,6 +112,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         atomic_write_text(out / "pretrained_load_report.txt", model.load_report.summary() + "\n")
         if not cfg.quiet:
             print(model.load_report.summary())
+    layout = channels_last(model, device, cfg.channels_last)  # faster 3D convolutions on the CPU
     layer_decay = cfg.layer_decay if cfg.pretrained else 1.0
     task = {
         "preprocessing": asdict(prep),
@@ -160,7 +162,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     names = [datalist.labels[k] for k in classes]
 
     def step(batch):
-        x = batch["image"].to(device, non_blocking=True).as_tensor()
+        x = as_layout(batch["image"].to(device, non_blocking=True).as_tensor(), layout)
         y = batch["label"].to(device, non_blocking=True).as_tensor()
         return loss_fn(loop.net(x), y), x.shape[0]
 

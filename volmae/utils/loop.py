@@ -37,7 +37,7 @@ from volmae.networks.weights import CHECKPOINT_FORMAT, load_state_exactly, read_
 from volmae.utils.distributed import Dist
 from volmae.utils.io import atomic_save, atomic_write_json
 from volmae.utils.optim import adamw
-from volmae.utils.runtime import autocast, make_scaler, seed_all
+from volmae.utils.runtime import autocast, make_scaler, match_state_layouts, seed_all
 
 __all__ = ["LoopConfig", "TrainLoop", "TrainingError", "TrainingInterrupted", "warmup_cosine", "batch_cases"]
 
@@ -231,6 +231,7 @@ class TrainLoop:
                 f"{self.checkpoint_path}: its optimizer state does not fit this run's ({e}); "
                 "resume with the volmae version and settings that wrote it, or start a new output folder"
             ) from None
+        match_state_layouts(self.optimizer)  # saved moments keep their strides; the weights may be channels-last
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = LoopState(**ckpt["state"])
         return ckpt

@@ -12,7 +12,18 @@ import torch
 
 from volmae.errors import ConfigError
 
-__all__ = ["resolve_device", "autocast", "make_scaler", "seed_all", "sync", "rss_bytes"]
+__all__ = [
+    "resolve_device",
+    "autocast",
+    "make_scaler",
+    "seed_all",
+    "sync",
+    "rss_bytes",
+    "channels_last",
+    "as_layout",
+    "match_state_layouts",
+    "failure_reason",
+]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -52,6 +63,51 @@ def autocast(device: torch.device, enabled: bool):
 def make_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
     """A gradient scaler that is active only for fp16 autocast (bf16 and fp32 need none)."""
     return torch.amp.GradScaler(device.type, enabled=enabled and amp_dtype(device) == torch.float16)
+
+
+def channels_last(model: torch.nn.Module, device: torch.device, enabled: bool = True) -> bool:
+    """Put ``model``'s weights in channels-last memory (``B D H W C``, ``torch.channels_last_3d``) for training on the
+    CPU; returns whether it did (then feed inputs through :func:`as_layout`).
+
+    Why: oneDNN's 3D convolutions, above all their backward pass, run faster on channels-last tensors than on
+    PyTorch's default ``B C D H W`` strides: a training step measured 1.1-1.3x faster on 2 CPU cores
+    (``benchmarks/train_step_layout.py``: UNETR ``vit-tiny`` at 40 x 56 x 40 1.30x, ``nnformer-tiny`` at 48 x 64 x
+    48 1.14x, UNETR-B at 96^3 1.10x), with equal results to float rounding (the presets use no dropout; a random
+    mask drawn over a tensor follows its memory order, so with dropout the two layouts differ as two seeds would).
+    Only the layout in memory changes: shapes, state-dict keys and values are the same, and checkpoints load into
+    either layout (:func:`match_state_layouts` re-lays resumed optimizer moments). Not applied on CUDA (unmeasured
+    there: no GPU was available) nor to models without 3D convolutions.
+    """
+    if not enabled or device.type != "cpu":
+        return False
+    if not any(isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d) for m in model.modules()):
+        return False
+    model.to(memory_format=torch.channels_last_3d)
+    return True
+
+
+def as_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A ``B C D H W`` batch in channels-last memory when ``channels_last`` (see :func:`channels_last`)."""
+    return x.contiguous(memory_format=torch.channels_last_3d) if channels_last and x.ndim == 5 else x
+
+
+def match_state_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter optimizer state tensor its parameter's memory layout.
+
+    A state loaded from a checkpoint keeps the strides it was saved with; the fused AdamW kernel walks a parameter
+    and its moments as flat memory, so moments saved from a plain-layout run and resumed on channels-last weights
+    (or the reverse) would be updated element-for-wrong-element without any error (checked: a wrong update)."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
+def failure_reason(e: BaseException) -> str:
+    """``"TypeName: first line of the message"``: why an optional speed-up (a compilation) fell back, in one line."""
+    text = str(e)
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def sync(device: torch.device) -> None:
