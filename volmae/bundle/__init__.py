@@ -3,6 +3,7 @@
 from volmae.bundle.workflow import (
     bundle_root,
     device,
+    end_distributed,
     fold_items,
     input_items,
     model_file,
@@ -14,6 +15,7 @@ from volmae.bundle.workflow import (
 __all__ = [
     "bundle_root",
     "device",
+    "end_distributed",
     "fold_items",
     "input_items",
     "model_file",

@@ -361,7 +361,7 @@ def multi_gpu_config(s: BundleSpec) -> dict:
             "$monai.utils.set_determinism(seed=@seed)",
         ],
         "run": ["$@train#trainer.run()"],
-        "finalize": ["$dist.is_initialized() and dist.destroy_process_group()"],
+        "finalize": ["$volmae.bundle.end_distributed()"],
     }
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "optimizer",
     "model_file",
     "device",
+    "end_distributed",
 ]
 
 logger = logging.getLogger("volmae.bundle")
@@ -143,3 +144,19 @@ def device(name: str | torch.device | None = "auto") -> torch.device:
     from volmae.utils.runtime import resolve_device
 
     return resolve_device(name or "auto")
+
+
+def end_distributed() -> None:
+    """The multi-GPU configs' ``finalize``: wait for every rank, then end the process group.
+
+    Why not just ``dist.destroy_process_group()`` (MONAI zoo bundles' finalize): rank 0 alone runs the checkpoint and
+    validation handlers, so the other ranks reach ``finalize`` first and tore their gloo/NCCL pairs down while rank 0
+    was still writing; a torchrun test of the btcv bundle once died there with SIGABRT ("terminate called without an
+    active exception") in the early rank. volmae's own engines end with this barrier too (``Dist.barrier`` before
+    ``shutdown_distributed``).
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
