@@ -12,7 +12,15 @@ import torch
 
 from tests.bundle.conftest import items, run_workflow
 from tests.conftest import save_nifti
-from volmae.bundle import fold_items, input_items, model_file, optimizer, unlabeled_items, with_pretrained
+from volmae.bundle import (
+    end_distributed,
+    fold_items,
+    input_items,
+    model_file,
+    optimizer,
+    unlabeled_items,
+    with_pretrained,
+)
 from volmae.cli.common import find_volmae_error
 from volmae.errors import ConfigError, DataError
 from volmae.inference.infer import InferConfig, infer
@@ -66,6 +74,18 @@ def test_model_file_says_how_to_get_weights(tmp_path):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "model.pt").write_bytes(b"x")
     assert model_file(tmp_path) == str(tmp_path / "models" / "model.pt")
+
+
+def test_end_distributed_waits_then_ends_the_group(tmp_path, monkeypatch):
+    import torch.distributed as dist
+
+    end_distributed()  # no process group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    calls = []
+    barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: calls.append("barrier") or barrier(*a, **k))
+    end_distributed()
+    assert calls == ["barrier"] and not dist.is_initialized()
 
 
 @pytest.fixture(scope="module")
