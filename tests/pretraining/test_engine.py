@@ -102,3 +102,49 @@ def test_compiled_pretraining_on_real_mri_matches_eager(msd_hippocampus, tmp_pat
     start = build_mae("vit-tiny", 1, (24, 32, 24)).state_dict()
     assert distance(comp_w, eager_w) < 1e-4 * distance(eager_w, start)  # the runs moved; they moved alike
     assert (tmp_path / "True" / "pictures").is_dir()
+
+
+def test_masked_unetr_pretraining_from_an_mae_then_fine_tuning_loads_the_decoder(synthetic_task, tmp_path):
+    """--method masked-unetr: its encoder starts from an MAE run (init_from), its weights (encoder and decoder, not
+    the head) start the fine-tuning UNETR, and the load report says so."""
+    mae = run(synthetic_task, tmp_path / "mae", preset="vit-tiny")
+    pre = run(synthetic_task, tmp_path / "pre", preset="vit-tiny", method="masked-unetr", feature_size=4, lr=1e-7,
+              init_from=str(mae.model_path))  # fmt: skip
+    mae_w, pre_w = weights(mae.model_path), weights(pre.model_path)
+    enc = [k for k in pre_w if k.startswith("encoder.blocks.") and pre_w[k].is_floating_point()]
+    assert enc and all(torch.allclose(pre_w[k], mae_w[k], atol=1e-5) for k in enc)  # started at the MAE encoder
+    assert torch.load(pre.model_path, weights_only=True)["kind"] == "masked-unetr"
+    from volmae.training.engine import FinetuneConfig, finetune
+
+    ft = finetune(
+        FinetuneConfig(
+            str(synthetic_task), str(tmp_path / "ft"), roi_size=(16, 16, 16), epochs=1, batch_size=2, device="cpu",
+            quiet=True, feature_size=4, pretrained=str(pre.model_path), val_every=0,
+        )
+    )  # fmt: skip
+    report = (tmp_path / "ft" / "pretrained_load_report.txt").read_text()
+    assert "decoder weights (masked-unetr pretraining)" in report and "NOT LOADED" not in report
+    assert ft.model_path.is_file()
+
+
+def test_init_from_mae_into_a_masked_unetr_of_another_preset_is_refused(synthetic_task, tmp_path):
+    mae = run(synthetic_task, tmp_path / "mae", preset="vit-tiny")
+    with pytest.raises(CheckpointError, match="its MAE encoder does not fit this UNETR"):
+        run(synthetic_task, tmp_path / "pre", preset="vit-small", patch_size=8, method="masked-unetr",
+            init_from=str(mae.model_path))  # fmt: skip
+
+
+@pytest.mark.realdata
+def test_masked_unetr_pretraining_on_real_mri(msd_hippocampus, tmp_path):
+    """Four real hippocampus MRI, two epochs: the loss falls and the reconstruction picture is written."""
+    listing = tmp_path / "scans.txt"
+    listing.write_text("\n".join(str(p) for p in sorted((msd_hippocampus / "imagesTr").glob("*.nii.gz"))[:4]))
+    result = pretrain(
+        PretrainConfig(
+            str(listing), str(tmp_path / "pre"), preset="vit-tiny", method="masked-unetr", roi_size=(40, 56, 40),
+            epochs=2, batch_size=2, lr=2e-3, warmup_epochs=0, device="cpu", quiet=True, num_pictures=1,
+        )
+    )  # fmt: skip
+    losses = [h["loss"] for h in result.history]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    assert result.pictures[0].is_file()

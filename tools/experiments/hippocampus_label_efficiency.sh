@@ -96,3 +96,22 @@ volmae-evaluate --model "$OUT/mae1000_s0/model.pt" --dataset-dir "$DATA" --cases
   --out-dir "$OUT/mae1000_s0/eval_val" --device cpu --quiet
 # only if ahead of 0.8243 on the validation cases:
 # finetune_mae1000 1; for seed in 0 1; do evaluate "$OUT/mae1000_s$seed"; done (then compare, paired, as above)
+
+# Diagnostic (docs/hippocampus_study.md, 2026-12-01): does the ViT matter at 10 % labels? Subset 0, scored on the
+# validation cases: scratch vs the ViT frozen at its random initialisation (0.8173 vs 0.8110).
+F10=(--label-fraction 0.1 --fraction-seed 0 --epochs 40 --batch-size 2 --num-samples 2 --lr 5e-4 --warmup-epochs 2 --val-every 0)
+volmae-train "${COMMON[@]}" "${F10[@]}" --out-dir "$OUT/d1_scratch"
+python tools/experiments/frozen_encoder.py "${COMMON[@]}" "${F10[@]}" --out-dir "$OUT/d1_frozen_random"
+for r in d1_scratch d1_frozen_random; do
+  # shellcheck disable=SC2086
+  volmae-evaluate --model "$OUT/$r/model.pt" --dataset-dir "$DATA" --cases $val30 --out-dir "$OUT/$r/eval_val" \
+    --device cpu --quiet
+done
+
+# The third pre-registered run: masked-unetr pretraining of the whole UNETR, then the 10 % recipe with layer decay 1.0.
+volmae-pretrain "${COMMON[@]}" --out-dir "$OUT/munetr" --method masked-unetr --epochs 30 --batch-size 4 \
+  --num-samples 1 --lr 5e-4 --warmup-epochs 2
+volmae-train "${COMMON[@]}" "${F10[@]}" --out-dir "$OUT/munetr_s0" --pretrained "$OUT/munetr/model.pt" --layer-decay 1.0
+# shellcheck disable=SC2086
+volmae-evaluate --model "$OUT/munetr_s0/model.pt" --dataset-dir "$DATA" --cases $val30 \
+  --out-dir "$OUT/munetr_s0/eval_val" --device cpu --quiet

@@ -101,16 +101,14 @@ def input_items(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list
 
 
 def with_pretrained(network: torch.nn.Module, pretrained: str | os.PathLike | None) -> torch.nn.Module:
-    """Load a pretrained encoder (volmae MAE / UNETR checkpoint, MONAI ViT / UNETR weights) into ``network``'s
-    encoder when ``pretrained`` is set; the load report is logged and kept as ``network.load_report``."""
+    """Load a pretrained encoder (volmae MAE / UNETR checkpoint, MONAI ViT / UNETR weights; from a masked-unetr
+    pretraining run the UNETR decoder too) into ``network`` when ``pretrained`` is set; the load report is logged
+    and kept as ``network.load_report``."""
     if not pretrained:
         return network
-    from volmae.networks.weights import load_encoder_weights
+    from volmae.networks.weights import load_pretrained
 
-    encoder = getattr(network, "encoder", None)
-    if encoder is None:
-        raise ConfigError(f"pretrained={pretrained}: {type(network).__name__} has no encoder to load into")
-    network.load_report = load_encoder_weights(encoder, pretrained)
+    network.load_report = load_pretrained(network, pretrained)
     logger.info(network.load_report.summary())
     return network
 

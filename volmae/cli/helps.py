@@ -9,7 +9,8 @@ HELPS: dict[str, str] = {
     "roi_size": "network input / crop size D H W (ViT: multiples of the patch size; nnFormer: an error names the "
     "nearest sizes that fit its windows)",
     "patch_size": "ViT patch size (8 or 16) or nnFormer embedding stride (default from the preset)",
-    "feature_size": "UNETR decoder width at full resolution (default from the preset)",
+    "feature_size": "UNETR decoder width at full resolution (default from the preset; volmae-pretrain: --method "
+    "masked-unetr, match the fine-tuning run)",
     "skip_norm": "LayerNorm on each ViT skip of UNETR (--no-skip-norm: MONAI's exact UNETR, exportable to MONAI)",
     "pretrained": "pretrained model.pt from volmae-pretrain (same encoder family as --preset) or MONAI UNETR/ViT "
     "weights for the encoder",
@@ -17,14 +18,19 @@ HELPS: dict[str, str] = {
     "fold": "held-out fold (the folder's splits.json, else a seeded 5-fold split)",
     "include_unlabeled": "also pretrain on the dataset's unlabeled test images",
     "init_from": "start from the weights of an earlier volmae-pretrain run (its model.pt or checkpoint.pt, same "
-    "preset / ROI / patch) with a fresh optimizer and schedule, e.g. to pretrain longer",
+    "preset / ROI / patch) with a fresh optimizer and schedule, e.g. to pretrain longer; for --method masked-unetr "
+    "also an MAE run, whose encoder it takes",
+    "method": "pretraining method: auto (MAE for a ViT preset, masked volume for nnFormer), mae, masked-volume, or "
+    "masked-unetr (ViT presets: the whole UNETR, encoder + convolutional decoder, reconstructs masked patches; "
+    "fine-tuning then loads the decoder too)",
     "lr_scaling": "under torchrun: scale --lr by the number of processes ('linear', as for the global batch), its "
     "square root ('sqrt'), or use it as given ('none'); the log states the result",
     "dist_timeout": "under torchrun: seconds a process waits in a collective for the others before it stops with an "
     "error (a dead or unreachable rank); also $VOLMAE_DIST_TIMEOUT",
     "label_fraction": "fraction of the training cases whose labels are used, in (0, 1]",
     "fraction_seed": "seed choosing the labeled subset",
-    "mask_ratio": "fraction of patches hidden from the encoder (default 0.75 for a ViT MAE, 0.6 for nnFormer)",
+    "mask_ratio": "fraction of patches hidden from the encoder (default 0.75 for a ViT MAE, 0.6 for nnFormer and "
+    "masked-unetr)",
     "norm_pix_loss": "regress per-patch normalised voxels",
     "decoder_dim": "MAE decoder width (default from the preset); nnFormer: hidden width of its head (0: linear)",
     "decoder_depth": "MAE decoder blocks (default from the preset)",

@@ -15,6 +15,7 @@ from typing import Any
 
 from volmae.errors import ConfigError, VolmaeError
 from volmae.networks.mae import MaskedAutoencoder
+from volmae.networks.masked_unetr import MaskedUNETR
 from volmae.networks.masked_volume import MaskedVolumeModel
 from volmae.networks.nnformer import NnFormer
 from volmae.networks.nnformer_encoder import NnFormerEncoder
@@ -35,11 +36,14 @@ __all__ = [
     "list_presets",
     "SEGMENTATION_KINDS",
     "PRETRAINING_KINDS",
+    "METHODS",
 ]
 
 # Checkpoint ``kind`` s: the network a checkpoint holds (a segmentation network or a pretraining model).
 SEGMENTATION_KINDS = ("unetr", "nnformer")
-PRETRAINING_KINDS = ("mae", "masked-volume")
+PRETRAINING_KINDS = ("mae", "masked-volume", "masked-unetr")
+# Pretraining methods (``volmae-pretrain --method``): "auto" is MAE for a ViT preset, masked volume for nnFormer.
+METHODS = {"vit": ("auto", "mae", "masked-unetr"), "nnformer": ("auto", "masked-volume")}
 
 
 @dataclass(frozen=True)
@@ -165,19 +169,36 @@ def build_mae(
     decoder_dim: int | None = None,
     decoder_depth: int | None = None,
     decoder_heads: int | None = None,
+    method: str = "auto",
+    feature_size: int | None = None,
     **encoder_overrides: Any,
-) -> MaskedAutoencoder | MaskedVolumeModel:
-    """The pretraining model of a preset: an MAE for a ViT (mask ratio 0.75 by default, decoder sizes from the
-    preset), masked-volume reconstruction for nnFormer (mask ratio 0.6, linear head unless ``decoder_dim``)."""
+) -> MaskedAutoencoder | MaskedVolumeModel | MaskedUNETR:
+    """The pretraining model of a preset. ``method`` ``"auto"``: an MAE for a ViT (mask ratio 0.75 by default,
+    decoder sizes from the preset), masked-volume reconstruction for nnFormer (mask ratio 0.6, linear head unless
+    ``decoder_dim``); ``"masked-unetr"`` (ViT presets): masked-volume reconstruction by the whole UNETR of the
+    preset (mask ratio 0.6; :class:`MaskedUNETR`), ``feature_size`` as the fine-tuning UNETR's (default the
+    preset's)."""
     p = get_preset(preset)
+    family = "nnformer" if isinstance(p, NnFormerPreset) else "vit"
+    if method not in METHODS[family]:
+        raise ConfigError(
+            f"method={method!r} does not apply to the {family} preset {preset!r}; choose one of {METHODS[family]}"
+        )
+    if feature_size is not None and method != "masked-unetr":
+        raise ConfigError("feature_size sizes the UNETR decoder of method masked-unetr only")
     enc = build_encoder(preset, in_channels, img_size, patch_size, **encoder_overrides)
-    model: MaskedAutoencoder | MaskedVolumeModel
-    if isinstance(p, NnFormerPreset):
+    model: MaskedAutoencoder | MaskedVolumeModel | MaskedUNETR
+    if family == "nnformer" or method == "masked-unetr":
         if decoder_depth is not None or decoder_heads is not None:
             raise ConfigError(
                 "decoder_depth / decoder_heads set the MAE's transformer decoder; masked-volume pretraining "
-                "(nnFormer presets) has a linear head, sized by decoder_dim only"
+                + (
+                    "(nnFormer presets) has a linear head, sized by decoder_dim only"
+                    if family == "nnformer"
+                    else "by method masked-unetr reconstructs with the UNETR's own decoder"
+                )
             )
+    if family == "nnformer":
         kwargs = dict(
             mask_ratio=0.6 if mask_ratio is None else mask_ratio,
             norm_pix_loss=norm_pix_loss,
@@ -185,6 +206,17 @@ def build_mae(
         )
         with _named(preset):
             model, kind = MaskedVolumeModel(enc, **kwargs), "masked-volume"
+    elif method == "masked-unetr":
+        if decoder_dim is not None:
+            raise ConfigError("decoder_dim does not apply to method masked-unetr: the UNETR decoder reconstructs")
+        kwargs = dict(
+            feature_size=p.feature_size if feature_size is None else feature_size,
+            skip_norm=True,
+            mask_ratio=0.6 if mask_ratio is None else mask_ratio,
+            norm_pix_loss=norm_pix_loss,
+        )
+        with _named(preset):
+            model, kind = MaskedUNETR(enc, **kwargs), "masked-unetr"
     else:
         kwargs = dict(
             decoder_dim=p.decoder_dim if decoder_dim is None else decoder_dim,
@@ -286,9 +318,9 @@ def build_segmenter(
 def _with_pretrained(model, pretrained: str | Path | None):
     model.load_report = None
     if pretrained:
-        from volmae.networks.weights import load_encoder_weights
+        from volmae.networks.weights import load_pretrained
 
-        model.load_report = load_encoder_weights(model.encoder, pretrained)
+        model.load_report = load_pretrained(model, pretrained)
     return model
 
 
@@ -301,12 +333,15 @@ _NETWORKS = {
     "mae": (ViTEncoder, MaskedAutoencoder, "mae"),
     "unetr": (ViTEncoder, UNETR, "unetr"),
     "masked-volume": (NnFormerEncoder, MaskedVolumeModel, "masked_volume"),
+    "masked-unetr": (ViTEncoder, MaskedUNETR, "masked_unetr"),
     "nnformer": (NnFormerEncoder, NnFormer, "nnformer"),
 }
 _HEAD_KEY = {k: v[2] for k, v in _NETWORKS.items()}
 
 
-def build_from_config(config: dict[str, Any]) -> MaskedAutoencoder | UNETR | MaskedVolumeModel | NnFormer:
+def build_from_config(
+    config: dict[str, Any],
+) -> MaskedAutoencoder | UNETR | MaskedVolumeModel | MaskedUNETR | NnFormer:
     """Rebuild a network from the ``volmae_config`` stored in a checkpoint (no preset lookup needed)."""
     kind = config.get("kind")
     if kind not in _NETWORKS or "encoder" not in config:

@@ -120,6 +120,12 @@ class UNETR(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         deep, hidden = self.encoder.forward_intermediates(x, self.skip_indices)  # B E d h w each
+        return self.decode(x, deep, hidden)
+
+    def decode(self, x: torch.Tensor, deep: torch.Tensor, hidden: list[torch.Tensor]) -> torch.Tensor:
+        """The decoder: input ``x`` ``B C D H W`` (for the stem), the encoder's final ``deep`` and skip-block
+        ``hidden`` features (``B E d h w`` each, as :meth:`ViTEncoder.forward_intermediates` returns them at
+        ``skip_indices``) -> ``B out_channels D H W``."""
         if self.skip_norms is not None:
             hidden = [
                 rearrange(norm(rearrange(h, "b e d h w -> b d h w e")), "b d h w e -> b e d h w")

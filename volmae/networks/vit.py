@@ -191,12 +191,18 @@ class ViTEncoder(nn.Module):
 
         Blocks after the last requested index still run: the final output is always the full depth.
         """
+        return self.forward_tokens_intermediates(self.embed(x), indices)
+
+    def forward_tokens_intermediates(
+        self, tokens: torch.Tensor, indices: Sequence[int]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`forward_intermediates` from embedded tokens ``B L E`` (the full grid, e.g. with some replaced by
+        a mask token)."""
         wanted = set()
         for i in indices:
             if not -self.num_layers <= i < self.num_layers:
                 raise ValueError(f"intermediate index {i} is out of range for {self.num_layers} blocks")
             wanted.add(i % self.num_layers)
-        tokens = self.embed(x)
         inter: dict[int, torch.Tensor] = {}
         for i, blk in enumerate(self.blocks):
             tokens = blk(tokens)

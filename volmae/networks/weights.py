@@ -31,6 +31,8 @@ __all__ = [
     "encoder_state_from",
     "resample_pos_embed",
     "load_encoder_weights",
+    "load_unetr_decoder_weights",
+    "load_pretrained",
     "POS_EMBED_KEY",
     "CHECKPOINT_FORMAT",
     "monai_unetr_to_volmae",
@@ -61,6 +63,7 @@ class LoadReport:
     shape_mismatch: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    decoder_loaded: list[str] = field(default_factory=list)  # UNETR decoder keys (masked-unetr pretraining)
 
     @property
     def ok(self) -> bool:
@@ -73,6 +76,11 @@ class LoadReport:
             f"{len(self.shape_mismatch)} shape mismatches, {len(self.missing)} missing, "
             f"{len(self.unexpected)} unused"
         ]
+        if self.decoder_loaded:
+            lines.append(
+                f"decoder weights (masked-unetr pretraining): {len(self.decoder_loaded)} tensors loaded; the "
+                "reconstruction head is not (the segmentation head starts fresh)"
+            )
         for k in self.resampled:
             lines.append(f"  resampled  {k} (position grid or attention window changed with the ROI)")
         for k in self.regenerated:
@@ -283,6 +291,39 @@ def load_encoder_weights(
     fixed |= {k for k in own if k.endswith(".relative_position_index")}
     report.missing = [k for k in own if k not in src and k not in fixed]
     encoder.load_state_dict(to_load, strict=False)
+    return report
+
+
+def load_unetr_decoder_weights(network: torch.nn.Module, ckpt: Mapping, report: LoadReport) -> None:
+    """Load the convolutional stem, skip paths, up-sampling stages and skip norms of a ``masked-unetr`` pretraining
+    checkpoint (:class:`~volmae.networks.masked_unetr.MaskedUNETR`, whose keys are a UNETR's) into the UNETR
+    ``network``, adding to ``report``; the reconstruction ``head.*`` and ``mask_token`` are left out. Other
+    checkpoints carry no decoder to load: nothing happens."""
+    if ckpt.get("kind") != "masked-unetr":
+        return
+    state = {k.removeprefix("module."): v for k, v in model_state(ckpt).items()}
+    own = {k: v for k, v in network.state_dict().items() if not k.startswith(("encoder.", "head."))}
+    to_load = {}
+    for key, target in own.items():
+        if key not in state:
+            report.missing.append(key)
+        elif state[key].shape != target.shape:
+            report.shape_mismatch[key] = (tuple(state[key].shape), tuple(target.shape))
+        else:
+            to_load[key] = state[key]
+    network.load_state_dict(to_load, strict=False)
+    report.decoder_loaded.extend(to_load)
+
+
+def load_pretrained(network: torch.nn.Module, source: str | Path) -> LoadReport:
+    """What ``--pretrained`` loads into a segmentation ``network``: its encoder (:func:`load_encoder_weights`) and,
+    from a masked-unetr pretraining checkpoint, its UNETR decoder too (:func:`load_unetr_decoder_weights`)."""
+    encoder = getattr(network, "encoder", None)
+    if encoder is None:
+        raise CheckpointError(f"pretrained={source}: {type(network).__name__} has no encoder to load into")
+    ckpt = read_checkpoint(source)
+    report = load_encoder_weights(encoder, ckpt)
+    load_unetr_decoder_weights(network, ckpt, report)
     return report
 
 

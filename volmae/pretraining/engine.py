@@ -23,7 +23,13 @@ from volmae.data.transforms import infer_transforms
 from volmae.evaluation.pictures import save_reconstruction_png
 from volmae.networks.mae import MaskedAutoencoder
 from volmae.networks.registry import build_mae
-from volmae.networks.weights import CheckpointError, load_state_exactly, model_state, read_checkpoint
+from volmae.networks.weights import (
+    CheckpointError,
+    load_encoder_weights,
+    load_state_exactly,
+    model_state,
+    read_checkpoint,
+)
 from volmae.utils.loop import LoopConfig, TrainLoop
 from volmae.utils.optim import param_groups
 from volmae.utils.runtime import as_layout, channels_last
@@ -37,7 +43,9 @@ class PretrainConfig(StageConfig):
     pretrains on every training image, otherwise the held-out fold's images are left out. ``init_from`` continues
     pretraining from an earlier run's weights (its ``model.pt`` or ``checkpoint.pt``, the same network) with a fresh
     optimizer and learning-rate schedule: a longer run on top of a finished one, or a pretrained model adapted to
-    new unlabeled scans. ``resume`` continues a stopped run instead and wins over ``init_from``."""
+    new unlabeled scans; for ``method="masked-unetr"`` it also takes an MAE run, whose encoder starts the UNETR.
+    ``resume`` continues a stopped run instead and wins over ``init_from``. ``method``: see
+    :func:`volmae.networks.registry.build_mae`."""
 
     out_dir: str = "runs/pretrain"
     batch_size: int = 4
@@ -53,6 +61,8 @@ class PretrainConfig(StageConfig):
     num_pictures: int = 2
     init_from: str | None = None
     compile: bool = False  # torch.compile the masked pass (MaskedReconstruction.compile_pass)
+    method: str = "auto"
+    feature_size: int | None = None  # masked-unetr: the fine-tuning UNETR's (default the preset's)
 
 
 @dataclass
@@ -80,6 +90,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         decoder_dim=cfg.decoder_dim,
         decoder_depth=cfg.decoder_depth,
         decoder_heads=cfg.decoder_heads,
+        method=cfg.method,
+        feature_size=cfg.feature_size,
     ).to(device)
     if cfg.init_from and not (cfg.resume and (out / "checkpoint.pt").exists()):
         init_weights(model, cfg.init_from)
@@ -135,9 +147,15 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
 
 def init_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load every weight of an earlier pretraining run into ``model`` (strict: same kind, preset, ROI and patch);
-    a mismatch names the differing keys."""
+    a mismatch names the differing keys. A masked-unetr ``model`` also takes the encoder of an MAE run (every
+    encoder tensor must load: same preset and patch; a changed ROI resamples the position grid)."""
     ckpt = read_checkpoint(path)
     kind = ckpt.get("kind")
+    if kind == "mae" and model.volmae_config["kind"] == "masked-unetr":
+        report = load_encoder_weights(model.encoder, ckpt)
+        if not report.ok:
+            raise CheckpointError(f"{path}: its MAE encoder does not fit this UNETR's:\n{report.summary()}")
+        return
     if kind is not None and kind != model.volmae_config["kind"]:
         raise CheckpointError(
             f"{path}: holds a {kind} model, not a {model.volmae_config['kind']}; init_from takes the model.pt or "
