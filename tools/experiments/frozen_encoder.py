@@ -1,14 +1,20 @@
-"""Diagnostic for issue 2 (cause 3 of docs/hippocampus_study.md): UNETR fine-tuned with its ViT encoder frozen at its
-(random or pretrained) initialisation. Usage: python frozen_encoder.py OUT_DIR [volmae-train flags...]"""
+"""Diagnostic for issue 2 (docs/hippocampus_study.md, cause 3): ``volmae-train`` with UNETR's ViT encoder frozen at
+its initialisation (random, or the ``--pretrained`` weights); only the convolutional stem, skip paths and decoder
+train. Usage: ``python tools/experiments/frozen_encoder.py [volmae-train flags...]``."""
+
 import sys
-import volmae.training.engine as eng
+
+import volmae.training.engine as engine
 from volmae.cli.train import main
 
-_build = eng.build_segmenter
-def frozen(*a, **k):
-    m = _build(*a, **k)
-    for p in m.encoder.parameters():
-        p.requires_grad_(False)
-    return m
-eng.build_segmenter = frozen
+_build = engine.build_segmenter
+
+
+def _frozen(*args, **kwargs):
+    model = _build(*args, **kwargs)
+    model.encoder.requires_grad_(False)  # param_groups leaves frozen parameters out of the optimizer
+    return model
+
+
+engine.build_segmenter = _frozen
 sys.exit(main(sys.argv[1:]))
