@@ -141,7 +141,7 @@ def test_masked_unetr_pretraining_on_real_mri(msd_hippocampus, tmp_path):
     listing.write_text("\n".join(str(p) for p in sorted((msd_hippocampus / "imagesTr").glob("*.nii.gz"))[:4]))
     result = pretrain(
         PretrainConfig(
-            str(listing), str(tmp_path / "pre"), preset="vit-tiny", method="masked-unetr", roi_size=(40, 56, 40),
+            str(listing), str(tmp_path / "pre"), preset="vit-tiny", method="masked-unetr", roi_size=(24, 32, 24),
             epochs=2, batch_size=2, lr=2e-3, warmup_epochs=0, device="cpu", quiet=True, num_pictures=1,
         )
     )  # fmt: skip
