@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import wilcoxon
 
 from volmae.errors import DataError
-from volmae.evaluation.compare import compare_evaluations, main, read_case_dice
+from volmae.evaluation.compare import compare_evaluations, compare_pooled, main, read_case_dice
 from volmae.evaluation.metrics import CaseMetrics, summarise
 
 NAMES = ["Anterior", "Posterior"]
@@ -63,3 +63,29 @@ def test_missing_metrics_named(tmp_path, capsys):
     assert main([str(tmp_path), str(tmp_path)]) == 2
     assert "no metrics.csv" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 2
+
+
+def test_pooled_pairs_concatenate_cases(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    folders, diffs, va, vb = [], [], [], []
+    for k in range(2):
+        base = rng.uniform(0.6, 0.9, size=(15, 2))
+        gain = rng.uniform(-0.02, 0.04, size=15)
+        a = _write_eval(tmp_path / f"a{k}", {f"c{i}": tuple(base[i] + gain[i]) for i in range(15)})
+        b = _write_eval(tmp_path / f"b{k}", {f"c{i}": tuple(base[i]) for i in range(15)})
+        folders += [a, b]
+        diffs.append(gain)
+        va.append((base + gain[:, None]).mean(1))
+        vb.append(base.mean(1))
+    r = compare_pooled([(folders[0], folders[1]), (folders[2], folders[3])])
+    gain = np.concatenate(diffs)
+    assert r.n == 30  # the same case ids in both pairs count twice: (pair, case)
+    assert r.mean_diff == pytest.approx(float(gain.mean()), abs=1e-5)
+    assert r.wins_a == int((gain > 0).sum())
+    assert r.wilcoxon_p == pytest.approx(float(wilcoxon(np.concatenate(va), np.concatenate(vb)).pvalue), rel=1e-3)
+    assert main([str(f) for f in folders]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and out[-1].startswith("pooled a")
+    assert main([str(f) for f in folders[:3]]) == 2  # an odd number of folders is not a set of pairs
+    with pytest.raises(ValueError, match=r"pairs=\[\]"):
+        compare_pooled([])

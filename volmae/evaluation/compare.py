@@ -6,6 +6,9 @@ question is paired: per case, how much better is ``a`` than ``b``? This reads th
 difference of the foreground-mean Dice, a seeded bootstrap 95% interval of that mean, the number of cases each
 model wins, and the two-sided Wilcoxon signed-rank p-value (scipy).
 
+Several pairs (e.g. one per label subset or seed) pool into one test over every (pair, case):
+``python -m volmae.evaluation.compare A1 B1 A2 B2 ...``; each pair must score the same cases.
+
 Usage: ``python -m volmae.evaluation.compare RUN_A/eval RUN_B/eval``
 """
 
@@ -15,6 +18,7 @@ import csv
 import math
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +27,7 @@ from scipy.stats import wilcoxon
 
 from volmae.errors import DataError
 
-__all__ = ["PairedComparison", "compare_evaluations", "read_case_dice"]
+__all__ = ["PairedComparison", "compare_evaluations", "compare_pooled", "read_case_dice"]
 
 
 def read_case_dice(folder: str | Path) -> dict[str, float]:
@@ -68,19 +72,36 @@ class PairedComparison:
 
 def compare_evaluations(a: str | Path, b: str | Path, n_boot: int = 10000, seed: int = 0) -> PairedComparison:
     """Paired comparison of the evaluations in folders ``a`` and ``b`` over the cases they share (all of them)."""
-    da, db = read_case_dice(a), read_case_dice(b)
-    if set(da) != set(db):
-        only = sorted(set(da) ^ set(db))
-        raise DataError(f"{a} and {b} scored different cases (e.g. {only[:3]}); compare the same fold")
-    cases = sorted(da)
-    va, vb = np.array([da[c] for c in cases]), np.array([db[c] for c in cases])
+    return compare_pooled([(a, b)], n_boot, seed)
+
+
+def compare_pooled(
+    pairs: Sequence[tuple[str | Path, str | Path]], n_boot: int = 10000, seed: int = 0
+) -> PairedComparison:
+    """One paired comparison over every (pair, case) of several ``(a, b)`` evaluation pairs.
+
+    Each pair (e.g. pretrained vs scratch fine-tuned on one label subset) must score the same cases; the per-case
+    differences of all pairs are pooled (``n`` = pairs x cases) for the mean, the bootstrap interval, the wins and
+    the Wilcoxon test."""
+    if not pairs:
+        raise ValueError("pairs=[]: need at least one (a, b) pair of evaluations")
+    va_all, vb_all = [], []
+    for a, b in pairs:
+        da, db = read_case_dice(a), read_case_dice(b)
+        if set(da) != set(db):
+            only = sorted(set(da) ^ set(db))
+            raise DataError(f"{a} and {b} scored different cases (e.g. {only[:3]}); compare the same fold")
+        cases = sorted(da)
+        va_all += [da[c] for c in cases]
+        vb_all += [db[c] for c in cases]
+    va, vb = np.array(va_all), np.array(vb_all)
     diff = va - vb
     rng = np.random.default_rng(seed)
     boot = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
     p = float(wilcoxon(va, vb).pvalue) if np.any(diff != 0) else math.nan
     return PairedComparison(
-        n=len(cases),
+        n=len(diff),
         mean_a=float(va.mean()),
         mean_b=float(vb.mean()),
         mean_diff=float(diff.mean()),
@@ -93,11 +114,15 @@ def compare_evaluations(a: str | Path, b: str | Path, n_boot: int = 10000, seed:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2:
-        print("usage: python -m volmae.evaluation.compare EVAL_A EVAL_B", file=sys.stderr)
+    if len(args) < 2 or len(args) % 2:
+        print("usage: python -m volmae.evaluation.compare EVAL_A EVAL_B [EVAL_A2 EVAL_B2 ...]", file=sys.stderr)
         return 2
+    pairs = list(zip(args[0::2], args[1::2]))
     try:
-        print(compare_evaluations(*args).line(args[0], args[1]))
+        for a, b in pairs:
+            print(compare_evaluations(a, b).line(a, b))
+        if len(pairs) > 1:
+            print(compare_pooled(pairs).line("pooled a", "pooled b"))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
