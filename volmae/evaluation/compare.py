@@ -72,7 +72,7 @@ class PairedComparison:
 
 def compare_evaluations(a: str | Path, b: str | Path, n_boot: int = 10000, seed: int = 0) -> PairedComparison:
     """Paired comparison of the evaluations in folders ``a`` and ``b`` over the cases they share (all of them)."""
-    return compare_pooled([(a, b)], n_boot, seed)
+    return _paired(*_paired_dice(a, b), n_boot=n_boot, seed=seed)
 
 
 def compare_pooled(
@@ -85,16 +85,26 @@ def compare_pooled(
     the Wilcoxon test."""
     if not pairs:
         raise ValueError("pairs=[]: need at least one (a, b) pair of evaluations")
-    va_all, vb_all = [], []
-    for a, b in pairs:
-        da, db = read_case_dice(a), read_case_dice(b)
-        if set(da) != set(db):
-            only = sorted(set(da) ^ set(db))
-            raise DataError(f"{a} and {b} scored different cases (e.g. {only[:3]}); compare the same fold")
-        cases = sorted(da)
-        va_all += [da[c] for c in cases]
-        vb_all += [db[c] for c in cases]
-    va, vb = np.array(va_all), np.array(vb_all)
+    return _pooled([_paired_dice(a, b) for a, b in pairs], n_boot, seed)
+
+
+def _paired_dice(a: str | Path, b: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The per-case Dice of evaluations ``a`` and ``b``, in one case order; they must score the same cases."""
+    da, db = read_case_dice(a), read_case_dice(b)
+    if set(da) != set(db):
+        only = sorted(set(da) ^ set(db))
+        raise DataError(f"{a} and {b} scored different cases (e.g. {only[:3]}); compare the same fold")
+    cases = sorted(da)
+    return np.array([da[c] for c in cases]), np.array([db[c] for c in cases])
+
+
+def _pooled(values: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int = 10000, seed: int = 0) -> PairedComparison:
+    """:func:`_paired` over the concatenated values of several pairs."""
+    return _paired(np.concatenate([a for a, _ in values]), np.concatenate([b for _, b in values]), n_boot, seed)
+
+
+def _paired(va: np.ndarray, vb: np.ndarray, n_boot: int = 10000, seed: int = 0) -> PairedComparison:
+    """Mean difference, seeded bootstrap 95 % interval, wins and Wilcoxon p of paired values ``va`` vs ``vb``."""
     diff = va - vb
     rng = np.random.default_rng(seed)
     boot = diff[rng.integers(0, len(diff), size=(n_boot, len(diff)))].mean(axis=1)
@@ -119,10 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pairs = list(zip(args[0::2], args[1::2]))
     try:
-        for a, b in pairs:
-            print(compare_evaluations(a, b).line(a, b))
+        values = [_paired_dice(a, b) for a, b in pairs]  # each file read once
+        for (a, b), (va, vb) in zip(pairs, values):
+            print(_paired(va, vb).line(a, b))
         if len(pairs) > 1:
-            print(compare_pooled(pairs).line("pooled a", "pooled b"))
+            print(_pooled(values).line("pooled a", "pooled b"))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
