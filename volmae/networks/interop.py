@@ -26,8 +26,8 @@ from volmae.networks.registry import build_from_config
 from volmae.networks.weights import (
     CHECKPOINT_FORMAT,
     encoder_state_from,
-    model_state,
     monai_unetr_to_volmae,
+    unwrapped_state,
     volmae_unetr_to_monai,
 )
 
@@ -97,7 +97,7 @@ def export_to_monai(ckpt: Mapping, encoder_only: bool = False) -> tuple[str, dic
 
 def monai_unetr_sizes(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """What a MONAI ``UNETR`` state dict says about its sizes (everything but heads and ROI shape)."""
-    state = {k.removeprefix("module."): v for k, v in model_state(state).items()}
+    state = unwrapped_state(state)
     try:
         patch = state["vit.patch_embedding.patch_embeddings.weight"]
         blocks = {int(k.split(".")[2]) for k in state if k.startswith("vit.blocks.")}

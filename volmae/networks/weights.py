@@ -29,6 +29,7 @@ __all__ = [
     "load_state_exactly",
     "model_state",
     "encoder_state_from",
+    "unwrapped_state",
     "resample_pos_embed",
     "load_encoder_weights",
     "load_unetr_decoder_weights",
@@ -162,9 +163,14 @@ def model_state(ckpt: Mapping) -> Mapping[str, torch.Tensor]:
     return ckpt
 
 
+def unwrapped_state(ckpt: Mapping) -> dict[str, torch.Tensor]:
+    """:func:`model_state`'s tensors under their own names (DDP's ``module.`` prefix removed)."""
+    return {k.removeprefix("module."): v for k, v in model_state(ckpt).items() if isinstance(v, torch.Tensor)}
+
+
 def encoder_state_from(ckpt: Mapping, family: str = "vit") -> dict[str, torch.Tensor]:
     """Filter a checkpoint (or state dict) down to the keys of a ``family`` encoder, renamed to its own names."""
-    state = {k.removeprefix("module."): v for k, v in model_state(ckpt).items() if isinstance(v, torch.Tensor)}
+    state = unwrapped_state(ckpt)
 
     def find(fam: str) -> dict[str, torch.Tensor]:
         roots, marker, _ = FAMILIES[fam]
@@ -301,7 +307,7 @@ def load_unetr_decoder_weights(network: torch.nn.Module, ckpt: Mapping, report: 
     checkpoints carry no decoder to load: nothing happens."""
     if ckpt.get("kind") != "masked-unetr":
         return
-    state = {k.removeprefix("module."): v for k, v in model_state(ckpt).items()}
+    state = unwrapped_state(ckpt)
     own = {k: v for k, v in network.state_dict().items() if not k.startswith(("encoder.", "head."))}
     to_load = {}
     for key, target in own.items():
