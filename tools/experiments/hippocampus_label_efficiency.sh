@@ -12,6 +12,8 @@ set -euo pipefail
 DATA=${1:-../shared/data/msd_hippocampus}
 OUT=${2:-runs/label_efficiency}
 COMMON=(--dataset-dir "$DATA" --fold 0 --roi-size 40 56 40 --device cpu --quiet)
+# the 10 % fine-tuning recipe (17 labeled cases, 40 epochs); add --fraction-seed S
+F10=(--label-fraction 0.1 --epochs 40 --batch-size 2 --num-samples 2 --lr 5e-4 --warmup-epochs 2 --val-every 0)
 
 evaluate() {  # evaluate RUN [extra flags...] -> RUN/eval (or RUN/eval_tta_lcc with extra flags)
   local run=$1; shift
@@ -26,8 +28,7 @@ for seed in 0 1; do
   for init in scratch mae; do
     run="$OUT/frac10_seed${seed}_${init}"
     extra=(); [ "$init" = mae ] && extra=(--pretrained "$OUT/mae100/model.pt")
-    volmae-train "${COMMON[@]}" --out-dir "$run" --label-fraction 0.1 --fraction-seed "$seed" --epochs 40 \
-      --batch-size 2 --num-samples 2 --lr 5e-4 --warmup-epochs 2 --val-every 0 "${extra[@]}"
+    volmae-train "${COMMON[@]}" --out-dir "$run" "${F10[@]}" --fraction-seed "$seed" "${extra[@]}"
     evaluate "$run"
   done
   python -m volmae.evaluation.compare "$OUT/frac10_seed${seed}_mae/eval" "$OUT/frac10_seed${seed}_scratch/eval"
@@ -41,8 +42,8 @@ evaluate "$run" --tta-flips 0 --largest-component
 
 # Exploratory, looked at after the results above (see the study): layer decay 1.0 instead of 0.75, subset 0.
 run="$OUT/frac10_seed0_mae_ld1"
-volmae-train "${COMMON[@]}" --out-dir "$run" --label-fraction 0.1 --fraction-seed 0 --epochs 40 --batch-size 2 \
-  --num-samples 2 --lr 5e-4 --warmup-epochs 2 --val-every 0 --pretrained "$OUT/mae100/model.pt" --layer-decay 1.0
+volmae-train "${COMMON[@]}" --out-dir "$run" "${F10[@]}" --fraction-seed 0 --pretrained "$OUT/mae100/model.pt" \
+  --layer-decay 1.0
 evaluate "$run"
 python -m volmae.evaluation.compare "$run/eval" "$OUT/frac10_seed0_scratch/eval"
 
@@ -58,16 +59,18 @@ labeled = {it["case"] for it in label_fraction(train, 0.1, 0)}
 print(" ".join([it["case"] for it in train if it["case"] not in labeled][:30]))
 PY
 )
+evaluate_val() {  # RUN -> RUN/eval_val, scored on the 30 validation cases (never the test fold)
+  # shellcheck disable=SC2086
+  volmae-evaluate --model "$1/model.pt" --dataset-dir "$DATA" --cases $val30 --out-dir "$1/eval_val" --device cpu \
+    --quiet
+}
 finetune_mae400() {  # SEED LAYER_DECAY -> $OUT/mae400_s${SEED}_ld${LAYER_DECAY}
-  volmae-train "${COMMON[@]}" --out-dir "$OUT/mae400_s$1_ld$2" --label-fraction 0.1 --fraction-seed "$1" --epochs 40 \
-    --batch-size 2 --num-samples 2 --lr 5e-4 --warmup-epochs 2 --val-every 0 --pretrained "$OUT/mae400/model.pt" \
-    --layer-decay "$2"
+  volmae-train "${COMMON[@]}" --out-dir "$OUT/mae400_s$1_ld$2" "${F10[@]}" --fraction-seed "$1" \
+    --pretrained "$OUT/mae400/model.pt" --layer-decay "$2"
 }
 for ld in 0.75 1.0; do
   finetune_mae400 0 $ld
-  # shellcheck disable=SC2086
-  volmae-evaluate --model "$OUT/mae400_s0_ld$ld/model.pt" --dataset-dir "$DATA" --cases $val30 \
-    --out-dir "$OUT/mae400_s0_ld$ld/eval_val" --device cpu --quiet
+  evaluate_val "$OUT/mae400_s0_ld$ld"
 done
 # measured: 0.8040 (0.75) vs 0.8162 (1.0) -> 1.0
 finetune_mae400 1 1.0
@@ -76,9 +79,7 @@ for seed in 0 1; do
   python -m volmae.evaluation.compare "$OUT/mae400_s${seed}_ld1.0/eval" "$OUT/frac10_seed${seed}_scratch/eval"
 done
 # the scratch run on the same 30 validation cases (scored afterwards): 0.8243
-# shellcheck disable=SC2086
-volmae-evaluate --model "$OUT/frac10_seed0_scratch/model.pt" --dataset-dir "$DATA" --cases $val30 \
-  --out-dir "$OUT/frac10_seed0_scratch/eval_val" --device cpu --quiet
+evaluate_val "$OUT/frac10_seed0_scratch"
 
 # The second pre-registered run (docs/hippocampus_study.md): the 400-epoch MAE pretrained 600 epochs more (a warm
 # restart: fresh optimizer and warm-up + cosine), subset 0 fine-tuned with layer decay 1.0 and scored on the
@@ -86,35 +87,29 @@ volmae-evaluate --model "$OUT/frac10_seed0_scratch/model.pt" --dataset-dir "$DAT
 volmae-pretrain "${COMMON[@]}" --out-dir "$OUT/mae1000" --epochs 600 --batch-size 4 --num-samples 2 \
   --lr 5e-4 --warmup-epochs 10 --init-from "$OUT/mae400/model.pt"
 finetune_mae1000() {  # SEED -> $OUT/mae1000_s${SEED}
-  volmae-train "${COMMON[@]}" --out-dir "$OUT/mae1000_s$1" --label-fraction 0.1 --fraction-seed "$1" --epochs 40 \
-    --batch-size 2 --num-samples 2 --lr 5e-4 --warmup-epochs 2 --val-every 0 --pretrained "$OUT/mae1000/model.pt" \
-    --layer-decay 1.0
+  volmae-train "${COMMON[@]}" --out-dir "$OUT/mae1000_s$1" "${F10[@]}" --fraction-seed "$1" \
+    --pretrained "$OUT/mae1000/model.pt" --layer-decay 1.0
 }
 finetune_mae1000 0
-# shellcheck disable=SC2086
-volmae-evaluate --model "$OUT/mae1000_s0/model.pt" --dataset-dir "$DATA" --cases $val30 \
-  --out-dir "$OUT/mae1000_s0/eval_val" --device cpu --quiet
+evaluate_val "$OUT/mae1000_s0"
 # only if ahead of 0.8243 on the validation cases:
 # finetune_mae1000 1; for seed in 0 1; do evaluate "$OUT/mae1000_s$seed"; done (then compare, paired, as above)
 
 # Diagnostic (docs/hippocampus_study.md, 2026-12-01): does the ViT matter at 10 % labels? Subset 0, scored on the
 # validation cases: scratch vs the ViT frozen at its random initialisation (0.8173 vs 0.8110).
-F10=(--label-fraction 0.1 --fraction-seed 0 --epochs 40 --batch-size 2 --num-samples 2 --lr 5e-4 --warmup-epochs 2 --val-every 0)
-volmae-train "${COMMON[@]}" "${F10[@]}" --out-dir "$OUT/d1_scratch"
-python tools/experiments/frozen_encoder.py "${COMMON[@]}" "${F10[@]}" --out-dir "$OUT/d1_frozen_random"
+volmae-train "${COMMON[@]}" "${F10[@]}" --fraction-seed 0 --out-dir "$OUT/d1_scratch"
+python tools/experiments/frozen_encoder.py "${COMMON[@]}" "${F10[@]}" --fraction-seed 0 \
+  --out-dir "$OUT/d1_frozen_random"
 for r in d1_scratch d1_frozen_random; do
-  # shellcheck disable=SC2086
-  volmae-evaluate --model "$OUT/$r/model.pt" --dataset-dir "$DATA" --cases $val30 --out-dir "$OUT/$r/eval_val" \
-    --device cpu --quiet
+  evaluate_val "$OUT/$r"
 done
 
 # The third pre-registered run: masked-unetr pretraining of the whole UNETR, then the 10 % recipe with layer decay 1.0.
 volmae-pretrain "${COMMON[@]}" --out-dir "$OUT/munetr" --method masked-unetr --epochs 30 --batch-size 4 \
   --num-samples 1 --lr 5e-4 --warmup-epochs 2
-volmae-train "${COMMON[@]}" "${F10[@]}" --out-dir "$OUT/munetr_s0" --pretrained "$OUT/munetr/model.pt" --layer-decay 1.0
-# shellcheck disable=SC2086
-volmae-evaluate --model "$OUT/munetr_s0/model.pt" --dataset-dir "$DATA" --cases $val30 \
-  --out-dir "$OUT/munetr_s0/eval_val" --device cpu --quiet
+volmae-train "${COMMON[@]}" "${F10[@]}" --fraction-seed 0 --out-dir "$OUT/munetr_s0" \
+  --pretrained "$OUT/munetr/model.pt" --layer-decay 1.0
+evaluate_val "$OUT/munetr_s0"
 # (0.8111 vs scratch 0.8173 on the validation cases: behind, so its test step was not run.)
 
 # The fourth pre-registered run: the same weights vs scratch at a quarter of the fine-tuning budget (10 epochs).
@@ -126,9 +121,7 @@ short() {  # NAME SEED [extra args] -> $OUT/short_NAME_sSEED
 short scratch 0
 short munetr 0 --pretrained "$OUT/munetr/model.pt" --layer-decay 1.0
 for r in short_scratch_s0 short_munetr_s0; do
-  # shellcheck disable=SC2086
-  volmae-evaluate --model "$OUT/$r/model.pt" --dataset-dir "$DATA" --cases $val30 --out-dir "$OUT/$r/eval_val" \
-    --device cpu --quiet
+  evaluate_val "$OUT/$r"
 done
 # only if short_munetr_s0 is ahead there: subset 1 of both, all four on the test fold, pooled paired comparison
 # short scratch 1; short munetr 1 --pretrained "$OUT/munetr/model.pt" --layer-decay 1.0
