@@ -393,6 +393,12 @@ def test_multichannel_entries(tmp_path):
     assert dl.in_channels == 2 and len(dl.unlabeled[0]["image"]) == 2
 
 
+def test_json_entries_may_name_their_case(tmp_path):
+    entries = [{"image": "/site1/img_001.nii.gz", "case": "site1_001"}, {"image": "/site2/img_001.nii.gz"}]
+    (tmp_path / "l.json").write_text(json.dumps(entries))
+    assert [it["case"] for it in load_image_list(tmp_path / "l.json").unlabeled] == ["site1_001", "img_001"]
+
+
 @pytest.mark.parametrize(
     "name, text, match",
     [

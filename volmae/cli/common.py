@@ -47,7 +47,10 @@ def add_config_args(
         if f.name in skip:
             continue
         tp, _ = _unwrap_optional(hints[f.name])
-        default = None if f.default is dataclasses.MISSING else f.default
+        if f.default_factory is not dataclasses.MISSING:  # e.g. a list default
+            default = f.default_factory()
+        else:
+            default = None if f.default is dataclasses.MISSING else f.default
         kw: dict[str, Any] = {"dest": f.name, "help": helps.get(f.name, "")}
         if f.name in required:
             kw["required"] = True

@@ -66,6 +66,25 @@ HELPS: dict[str, str] = {
     "resume": "continue the run in --out-dir from its checkpoint.pt",
     "overwrite": "replace what is already there (a run's checkpoint in --out-dir; label maps for volmae-infer)",
     "quiet": "no progress bars or per-epoch lines",
+    # volmae-study
+    "encoders": "encoder presets to pretrain and fine-tune (each from scratch and from its pretraining)",
+    "methods": "pretraining method per encoder (default: masked-unetr for a ViT preset, masked-volume for nnFormer)",
+    "peer": "CNN peer preset trained from scratch at the same budget (dynunet), or none",
+    "fractions": "label fractions of the training cases, each in (0, 1]",
+    "seeds": "seeds: each picks a labeled subset and the training seed; pretrained and scratch share them (pairs)",
+    "steps": "fine-tuning budget of every run in optimizer steps (epochs = steps / steps per epoch, per fraction)",
+    "pretrain_epochs": "epochs of each encoder's pretraining",
+    "pretrain_lr": "peak learning rate of pretraining",
+    "pretrain_batch_size": "volumes per pretraining step",
+    "reuse_pretraining": "PRESET=PATH: use that pretrained model.pt for the preset instead of pretraining it",
+    "pretrain_sources": "more images to pretrain on: MSD task folders, image folders or image lists (cross-dataset)",
+    "pretrain_on_dataset": "pretrain on the study dataset's training images too (--no-pretrain-on-dataset: only on "
+    "--pretrain-sources)",
+    "curve_fractions": "fractions whose runs record validation Dice vs step (convergence curves)",
+    "curve_points": "validations per curve run",
+    "curve_cases": "held-out cases each curve validation scores (descriptive: the final model is never selected on "
+    "them)",
+    "report_only": "write the tables and plots of the finished runs and stop",
     "model": "fine-tuned model.pt (from volmae-train); volmae-infer / volmae-evaluate: or --bundle instead",
     "bundle": "trained MONAI bundle: btcv, brats, hippocampus (looked up in $VOLMAE_BUNDLES, then the repository's "
     "bundles/) or a bundle folder; its models/model.pt segments the scans (default btcv when --model is not given)",

@@ -165,10 +165,10 @@ def _walk_images(folder: Path):
                 yield Path(dirpath) / f
 
 
-def _list_entries(path: Path) -> list[str | list[str]]:
+def _list_entries(path: Path) -> list[str | list[str] | tuple[str | list[str], str]]:
     """The image entries of a list file: one path per line (``.txt``; ``#`` comments), an ``image`` column (or
     the first column) of a ``.csv``, or a JSON list of paths / ``{"image": ...}`` (also under ``training`` /
-    ``test`` / ``unlabeled``, MONAI's datalist keys)."""
+    ``test`` / ``unlabeled``, MONAI's datalist keys); a JSON entry with a ``case`` too gives ``(image, case)``."""
     suffix = path.suffix.lower()
     try:
         text = path.read_text()
@@ -188,7 +188,8 @@ def _list_entries(path: Path) -> list[str | list[str]]:
             image = e.get("image") if isinstance(e, dict) else e
             if not isinstance(image, (str, list)):
                 raise DataError(f"{path}: entry {i} names no image ({e!r})")
-            entries.append(image)
+            case = e.get("case") if isinstance(e, dict) else None
+            entries.append((image, str(case)) if case is not None else image)
         return entries
     if suffix == ".csv":
         rows = list(csv.reader(text.splitlines()))
@@ -206,8 +207,8 @@ def load_image_list(source: str | Path) -> Datalist:
 
     ``source``: a folder (every ``.nii`` / ``.nii.gz`` below it) or a list file (see :func:`_list_entries`; relative
     paths are relative to the file). Case ids come from the path relative to the list's folder, so that
-    ``patient1/ct.nii.gz`` and ``patient2/ct.nii.gz`` stay distinct. An entry may be a list of paths (the channels
-    of one case). The images land in :attr:`Datalist.unlabeled`; ``items`` is empty (nothing to fine-tune on).
+    ``patient1/ct.nii.gz`` and ``patient2/ct.nii.gz`` stay distinct, or from a JSON entry's ``case``. An entry may
+    be a list of paths (the channels of one case). The images land in :attr:`Datalist.unlabeled`; ``items`` is empty (nothing to fine-tune on).
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -220,13 +221,14 @@ def load_image_list(source: str | Path) -> Datalist:
         raise DataError(f"{path}: the image list is empty (no .nii / .nii.gz images)")
     images, seen = [], {}
     for entry in entries:
+        entry, given = entry if isinstance(entry, tuple) else (entry, None)
         image = _resolve(root, entry)
         first = Path(image[0] if isinstance(image, list) else image)
         try:
             rel = first.relative_to(root.resolve())
         except ValueError:
             rel = Path(first.name)
-        case = case_id("_".join(rel.parts))
+        case = given or case_id("_".join(rel.parts))
         if case in seen:
             raise DataError(f"{path}: {first} and {seen[case]} give the same case id {case!r}; rename one")
         seen[case] = first

@@ -80,16 +80,17 @@ def load_segmentation_model(
     config = copy.deepcopy(ckpt["config"])
     task = dict(ckpt["task"])
     state = ckpt["model"]
-    trained_roi = list(config["encoder"]["img_size"])
+    sizes = config.get("encoder", config)  # where the window is stored (a CNN has no encoder: at the top)
+    trained_roi = list(sizes["img_size"])
     if roi_size is not None and list(roi_size) != trained_roi:
-        config["encoder"]["img_size"] = [int(s) for s in roi_size]
+        sizes["img_size"] = [int(s) for s in roi_size]
         task["preprocessing"] = {**task["preprocessing"], "roi_size": [int(s) for s in roi_size]}
     try:
         model = build_from_config(config)
     except ValueError as e:
         raise CheckpointError(f"{path}: cannot build the network for roi_size={roi_size} ({e})") from None
     try:
-        if config["encoder"]["img_size"] != trained_roi:
+        if "encoder" in config and sizes["img_size"] != trained_roi:  # a ViT's token grid changed
             report = load_encoder_weights(model.encoder, {"model": state, "config": ckpt["config"]})
             if not report.ok:
                 raise RuntimeError(report.summary())

@@ -13,37 +13,43 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from volmae.errors import ConfigError, VolmaeError
+from volmae.networks.dynunet import build_dynunet_network, nnunet_plan
 from volmae.networks.mae import MaskedAutoencoder
 from volmae.networks.masked_unetr import MaskedUNETR
 from volmae.networks.masked_volume import MaskedVolumeModel
 from volmae.networks.nnformer import NnFormer
-from volmae.networks.nnformer_encoder import NnFormerEncoder
+from volmae.networks.nnformer_encoder import NnFormerEncoder, nearest_valid_sizes
 from volmae.networks.unetr import UNETR
 from volmae.networks.vit import ViTEncoder
 
 __all__ = [
     "Preset",
     "NnFormerPreset",
+    "CnnPreset",
     "PRESETS",
     "get_preset",
     "build_encoder",
     "build_mae",
     "build_unetr",
     "build_nnformer",
+    "build_dynunet",
     "build_segmenter",
     "build_from_config",
     "list_presets",
+    "fit_roi",
     "SEGMENTATION_KINDS",
     "PRETRAINING_KINDS",
     "METHODS",
 ]
 
 # Checkpoint ``kind`` s: the network a checkpoint holds (a segmentation network or a pretraining model).
-SEGMENTATION_KINDS = ("unetr", "nnformer")
+SEGMENTATION_KINDS = ("unetr", "nnformer", "dynunet")
 PRETRAINING_KINDS = ("mae", "masked-volume", "masked-unetr")
 # Pretraining methods (``volmae-pretrain --method``): "auto" is MAE for a ViT preset, masked volume for nnFormer.
-METHODS = {"vit": ("auto", "mae", "masked-unetr"), "nnformer": ("auto", "masked-volume")}
+METHODS = {"vit": ("auto", "mae", "masked-unetr"), "nnformer": ("auto", "masked-volume"), "cnn": ()}
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,19 @@ class NnFormerPreset:
         return {k: getattr(self, k) for k in keys}
 
 
-PRESETS: dict[str, Preset | NnFormerPreset] = {
+@dataclass(frozen=True)
+class CnnPreset:
+    """The plain CNN peer (MONAI ``DynUNet``, planned for the ROI by :func:`volmae.networks.dynunet.nnunet_plan`):
+    a segmentation network only, with no encoder to pretrain."""
+
+    base_filters: int
+    max_filters: int
+    res_block: bool
+    description: str
+    family: str = "cnn"
+
+
+PRESETS: dict[str, Preset | NnFormerPreset | CnnPreset] = {
     # CPU-sized: the hippocampus demo on 2 cores.
     "vit-tiny": Preset(192, 12, 3, 768, 8, 192, 4, 6, 16, "ViT-Ti (192 wide, 12 blocks), patch 8; CPU demo size"),
     "vit-small": Preset(384, 12, 6, 1536, 16, 384, 8, 12, 16, "ViT-S (384 wide, 12 blocks), patch 16"),
@@ -104,6 +122,8 @@ PRESETS: dict[str, Preset | NnFormerPreset] = {
     "nnformer-tumor": NnFormerPreset(
         (4, 4, 4), 96, (2, 2, 2, 2), (3, 6, 12, 24), (4, 4, 8, 4), True, "nnFormer brain tumour, 128^3"
     ),
+    # nnU-Net-like plain CNN: the label-efficiency study's peer (filters 32 .. 320, residual blocks off).
+    "dynunet": CnnPreset(32, 320, False, "MONAI DynUNet, nnU-Net plan for the ROI; CNN peer, no pretraining"),
 }
 
 
@@ -111,7 +131,7 @@ def list_presets() -> str:
     return "\n".join(f"{k:17s} {v.description}" for k, v in PRESETS.items())
 
 
-def get_preset(name: str, family: str | None = None) -> Preset | NnFormerPreset:
+def get_preset(name: str, family: str | None = None) -> Preset | NnFormerPreset | CnnPreset:
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[name]
@@ -119,6 +139,20 @@ def get_preset(name: str, family: str | None = None) -> Preset | NnFormerPreset:
         others = ", ".join(k for k, v in PRESETS.items() if v.family == family)
         raise ConfigError(f"preset {name!r} is an {p.family} preset; this needs a {family} one ({others})")
     return p
+
+
+def fit_roi(preset: str, roi_size: Sequence[int]) -> tuple[int, int, int]:
+    """The smallest ROI ``>= roi_size`` per axis that the preset's network tiles: a multiple of the ViT patch; for
+    nnFormer, sizes whose stage grids its windows divide; for the CNN peer, a multiple of 8 (three down-samplings
+    of its plan at least)."""
+    roi = tuple(int(r) for r in roi_size)
+    if len(roi) != 3 or any(r < 1 for r in roi):
+        raise ConfigError(f"roi_size={tuple(roi_size)}: expected three positive ints")
+    p = get_preset(preset)
+    if isinstance(p, NnFormerPreset):
+        return tuple(int(r) for r in nearest_valid_sizes(roi, p.patch_size, p.window_sizes)[1])  # type: ignore[return-value]
+    step = p.patch_size if isinstance(p, Preset) else 8
+    return tuple(-(-r // step) * step for r in roi)  # type: ignore[return-value]
 
 
 @contextlib.contextmanager
@@ -149,6 +183,8 @@ def build_encoder(
     """The encoder of a preset (:class:`ViTEncoder` or :class:`NnFormerEncoder`); ``overrides`` replace any of its
     constructor arguments."""
     p = get_preset(preset)
+    if isinstance(p, CnnPreset):
+        raise ConfigError(f"preset {preset!r} is a CNN without a separate encoder: nothing to pretrain or extract")
     kwargs: dict[str, Any] = dict(in_channels=in_channels, img_size=img_size, **p.encoder_kwargs())
     if patch_size is not None:
         kwargs["patch_size"] = patch_size
@@ -179,7 +215,9 @@ def build_mae(
     preset (mask ratio 0.6; :class:`MaskedUNETR`), ``feature_size`` as the fine-tuning UNETR's (default the
     preset's)."""
     p = get_preset(preset)
-    family = "nnformer" if isinstance(p, NnFormerPreset) else "vit"
+    family = p.family
+    if family == "cnn":
+        raise ConfigError(f"preset {preset!r} is the CNN peer: volmae pretrains ViT and nnFormer encoders only")
     if method not in METHODS[family]:
         raise ConfigError(
             f"method={method!r} does not apply to the {family} preset {preset!r}; choose one of {METHODS[family]}"
@@ -285,6 +323,33 @@ def build_nnformer(
     return _with_pretrained(model, pretrained)
 
 
+def build_dynunet(
+    preset: str = "dynunet",
+    in_channels: int = 1,
+    out_channels: int = 2,
+    img_size: Sequence[int] | int = 96,
+    spacing: Sequence[float] | float = 1.0,
+) -> torch.nn.Module:
+    """The CNN peer: MONAI's ``DynUNet`` with the nnU-Net plan (:func:`volmae.networks.dynunet.nnunet_plan`) for an
+    ROI of ``img_size`` voxels at ``spacing`` mm. Fully convolutional: it segments windows of any size that its
+    strides divide."""
+    p = get_preset(preset, "cnn")
+    with _named(preset):
+        plan = nnunet_plan(img_size, spacing, base_filters=p.base_filters, max_filters=p.max_filters)
+        kwargs = dict(
+            in_channels=in_channels,
+            out_channels=out_channels,
+            **plan,
+            upsample_kernel_size=plan["strides"][1:],
+            res_block=p.res_block,
+        )
+        model = build_dynunet_network(**kwargs)
+    size = [int(img_size)] * 3 if isinstance(img_size, int) else [int(s) for s in img_size]
+    model.volmae_config = {"kind": "dynunet", "preset": preset, "img_size": size, "dynunet": kwargs}
+    model.load_report = None
+    return model
+
+
 def build_segmenter(
     preset: str = "vit-base",
     in_channels: int = 1,
@@ -295,12 +360,26 @@ def build_segmenter(
     feature_size: int | None = None,
     skip_norm: bool = True,
     deep_supervision: bool | None = None,
+    spacing: Sequence[float] | float = 1.0,
     **encoder_overrides: Any,
-) -> UNETR | NnFormer:
-    """The segmentation network of any preset: UNETR for a ViT preset, nnFormer for an nnFormer one. The options
-    of the other family must stay at their defaults (``feature_size``/``skip_norm`` are UNETR's,
-    ``deep_supervision`` nnFormer's)."""
+) -> UNETR | NnFormer | torch.nn.Module:
+    """The segmentation network of any preset: UNETR for a ViT preset, nnFormer for an nnFormer one, DynUNet for
+    the CNN peer (planned for ``img_size`` at ``spacing``, which only it uses). The options of the other families
+    must stay at their defaults (``feature_size``/``skip_norm`` are UNETR's, ``deep_supervision`` nnFormer's)."""
     p = get_preset(preset)
+    if isinstance(p, CnnPreset):
+        given = {
+            "patch_size": patch_size is not None,
+            "pretrained": bool(pretrained),
+            "feature_size": feature_size is not None,
+            "skip_norm": not skip_norm,
+            "deep_supervision": bool(deep_supervision),
+            **{k: True for k in encoder_overrides},
+        }
+        bad = [k for k, v in given.items() if v]
+        if bad:
+            raise ConfigError(f"preset {preset!r} (the CNN peer) takes no {', '.join(bad)}: it is trained from scratch")
+        return build_dynunet(preset, in_channels, out_channels, img_size, spacing)
     if isinstance(p, NnFormerPreset):
         if feature_size is not None or not skip_norm:
             raise ConfigError(f"feature_size / skip_norm are UNETR options; preset {preset!r} builds an nnFormer")
@@ -341,9 +420,13 @@ _HEAD_KEY = {k: v[2] for k, v in _NETWORKS.items()}
 
 def build_from_config(
     config: dict[str, Any],
-) -> MaskedAutoencoder | UNETR | MaskedVolumeModel | MaskedUNETR | NnFormer:
+) -> MaskedAutoencoder | UNETR | MaskedVolumeModel | MaskedUNETR | NnFormer | torch.nn.Module:
     """Rebuild a network from the ``volmae_config`` stored in a checkpoint (no preset lookup needed)."""
     kind = config.get("kind")
+    if kind == "dynunet" and isinstance(config.get("dynunet"), dict):
+        model = build_dynunet_network(**config["dynunet"])
+        model.volmae_config = config
+        return model
     if kind not in _NETWORKS or "encoder" not in config:
         raise ConfigError(f"checkpoint config describes no volmae network (kind={kind!r})")
     enc_cls, net_cls, key = _NETWORKS[kind]

@@ -1,5 +1,5 @@
-"""Supervised fine-tuning of UNETR or nnFormer (from scratch or from pretrained weights) with sliding-window
-validation; the preset picks the network.
+"""Supervised fine-tuning of UNETR or nnFormer (from scratch or from pretrained weights), or training of the
+DynUNet CNN peer from scratch, with sliding-window validation; the preset picks the network.
 
 ``finetune(FinetuneConfig(...))`` writes to ``out_dir``: ``checkpoint.pt`` (resumable), ``model_best.pt`` (best
 validation Dice), ``model.pt`` (the model to use: the last epoch's, or with ``select_best`` the best validated
@@ -81,7 +81,8 @@ def dice_per_class(pred: torch.Tensor, label: torch.Tensor, classes: list[int]) 
 
 
 def finetune(cfg: FinetuneConfig) -> FinetuneResult:
-    """Fine-tune (or resume fine-tuning) a UNETR or nnFormer on one fold of an MSD-layout dataset."""
+    """Fine-tune (or resume fine-tuning) a UNETR or nnFormer, or train the DynUNet peer, on one fold of an MSD-layout
+    dataset."""
     if cfg.val_every < 0:
         raise ConfigError(f"val_every={cfg.val_every}: must be >= 0 (0 disables validation)")
     device, prep, datalist, out, dist, lr = prepare_stage(cfg)
@@ -107,6 +108,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         cfg.feature_size,
         cfg.skip_norm,
         cfg.deep_supervision,
+        spacing=prep.pixdim or 1.0,  # the CNN peer plans its strides from it
     ).to(device)
     if model.load_report is not None and dist.is_main:
         atomic_write_text(out / "pretrained_load_report.txt", model.load_report.summary() + "\n")

@@ -1,0 +1,72 @@
+"""The study's plan: which runs, their pairs, budgets, curves and folders, and the settings it refuses."""
+
+import pytest
+
+from tests.study.conftest import tiny_study
+from volmae.data.datalist import label_fraction, load_datalist, split_fold
+from volmae.errors import ConfigError
+from volmae.study import FinetuneRun, PretrainRun, plan_study
+
+
+def test_default_plan_pretrains_each_encoder_once_and_pairs_every_run(study_task, tmp_path):
+    cfg = tiny_study(
+        study_task, tmp_path / "s", encoders=["vit-tiny", "nnformer-tiny"], steps=20, curve_fractions=[0.25]
+    )
+    runs = plan_study(cfg)
+    pre = [r for r in runs if isinstance(r, PretrainRun)]
+    ft = [r for r in runs if isinstance(r, FinetuneRun)]
+    assert [r.preset for r in pre] == ["vit-tiny", "nnformer-tiny"] and runs[:2] == pre  # pretraining first
+    assert {r.method for r in pre} == {"masked-unetr", "auto"}
+    assert len(ft) == 2 * 2 * (2 * 2 + 1)  # fractions x seeds x (2 encoders x 2 inits + the DynUNet peer)
+    assert len({r.out_dir for r in runs}) == len(runs)
+    train, _ = split_fold(load_datalist(study_task), 0)
+    for r in ft:
+        assert r.labeled_cases == len(label_fraction(train, r.fraction, r.seed))
+        assert r.epochs == max(1, round(20 / -(-r.labeled_cases // 2)))  # the step budget, in whole epochs
+        assert (r.pretrained is not None) == (r.init == "pretrained")
+        if r.init == "pretrained":
+            assert r.pretrain.preset == r.preset and r.pretrained == r.pretrain.model_path
+        assert (r.val_every > 0) == (r.fraction == 0.25)
+    peer = [r for r in ft if r.preset == "dynunet"]
+    assert len(peer) == 4 and {r.init for r in peer} == {"scratch"}
+
+
+def test_reused_pretraining_replaces_the_pretraining_run(study_task, tmp_path):
+    weights = tmp_path / "mae.pt"
+    weights.write_bytes(b"x")
+    runs = plan_study(tiny_study(study_task, tmp_path / "s", reuse_pretraining=[f"vit-tiny={weights}"], peer="none"))
+    assert not any(isinstance(r, PretrainRun) for r in runs)
+    pre = [r for r in runs if r.init == "pretrained"]
+    assert pre and all(r.pretrained == weights and r.pretrain is None for r in pre)
+
+
+def test_each_preset_gets_an_roi_it_tiles(study_task, tmp_path):
+    runs = plan_study(
+        tiny_study(study_task, tmp_path / "s", encoders=["vit-tiny", "nnformer-tiny"], roi_size=(20, 28, 20))
+    )
+    roi = {r.preset: r.roi_size for r in runs}
+    assert roi == {"vit-tiny": (24, 32, 24), "nnformer-tiny": (32, 32, 32), "dynunet": (24, 32, 24)}
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(fractions=[0.0, 0.5]), "fractions"),
+        (dict(fractions=[0.5, 0.5]), "repeated"),
+        (dict(seeds=[1, 1]), "seeds"),
+        (dict(steps=0), "steps=0"),
+        (dict(methods=["mae", "mae"]), "one per encoder"),
+        (dict(methods=["masked-volume"]), "does not apply to 'vit-tiny'"),
+        (dict(encoders=["dynunet"]), "pass it as peer"),
+        (dict(peer="vit-tiny"), "needs a cnn one"),
+        (dict(encoders=[], peer="none"), "nothing to study"),
+        (dict(reuse_pretraining=["vit-tiny"]), "expected PRESET=PATH"),
+        (dict(reuse_pretraining=["vit-base=x.pt"]), "not one of the study's encoders"),
+        (dict(reuse_pretraining=["vit-tiny=/no/such.pt"]), "no file"),
+        (dict(pretrain_on_dataset=False), "needs pretrain_sources"),
+        (dict(encoders=["vit-huge"]), "unknown model preset"),
+    ],
+)
+def test_bad_settings_are_named(study_task, tmp_path, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        plan_study(tiny_study(study_task, tmp_path / "s", **kw))

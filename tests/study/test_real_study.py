@@ -1,0 +1,65 @@
+"""The study on real MRI: ``volmae-study`` end to end on 15 MSD hippocampus cases (3 held out), and its CLI errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cli.conftest import assert_clean_error
+from volmae.cli.study import main
+
+
+def hippocampus_subset(source: Path, dest: Path, n: int = 15) -> Path:
+    """An MSD task folder of the first ``n`` real cases (symlinks), no splits.json: a seeded 5-fold split."""
+    meta = json.loads((source / "dataset.json").read_text())
+    meta.update(training=meta["training"][:n], test=[], numTraining=n)
+    for item in meta["training"]:
+        for key in ("image", "label"):
+            (dest / item[key]).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink((source / item[key]).resolve(), dest / item[key])
+    (dest / "dataset.json").write_text(json.dumps(meta))
+    return dest
+
+
+@pytest.mark.realdata
+def test_study_command_on_real_hippocampus(msd_hippocampus, tmp_path):
+    task = hippocampus_subset(msd_hippocampus, tmp_path / "task")
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "volmae.cli.study", "--dataset-dir", str(task), "--out-dir", str(out),
+           "--encoders", "vit-tiny", "--fractions", "0.5", "--seeds", "0", "--steps", "6",
+           "--roi-size", "24", "32", "24", "--batch-size", "2", "--num-samples", "1", "--pretrain-batch-size", "6",
+           "--pretrain-epochs", "1", "--curve-fractions", "0.5", "--curve-points", "2", "--curve-cases", "2",
+           "--device", "cpu"]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "3 of 3 fine-tuning runs finished (4 of 4 runs in all)" in p.stdout
+    runs = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/result.json"))]
+    assert {(r["preset"], r["init"]) for r in runs} == {
+        ("vit-tiny", "scratch"),
+        ("vit-tiny", "pretrained"),
+        ("dynunet", "scratch"),
+    }
+    assert {r["eval_cases"] for r in runs} == {3} and {r["labeled_cases"] for r in runs} == {6}
+    assert all(0.0 <= r["dice"] <= 1.0 for r in runs)
+    assert all(len(r["curve"]) == 2 for r in runs)  # 6 steps = 2 epochs of 3, validated after each
+    assert (out / "pretrain" / "vit-tiny" / "pictures").is_dir()  # reconstruction pictures of the pretraining
+    for name in ("runs.csv", "summary.md", "paired.csv", "dice_vs_labels.png", "convergence.png"):
+        assert (out / name).is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # finished: only the report
+    assert again.returncode == 0 and "done in" not in again.stdout
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--fractions", "0", "0.5"], "fractions=[0.0, 0.5]: each must be in (0, 1]"),
+        (["--encoders", "dynunet"], "pass it as peer"),
+        (["--reuse-pretraining", "vit-tiny"], "expected PRESET=PATH"),
+    ],
+)
+def test_bad_study_flags_are_one_line_errors(capsys, synthetic_task, tmp_path, extra, needle):
+    rc = main(["--dataset-dir", str(synthetic_task), "--out-dir", str(tmp_path / "s"), "--device", "cpu", *extra])
+    assert_clean_error(rc, capsys.readouterr().err, "volmae-study", needle)

@@ -1,0 +1,186 @@
+"""What a label-efficiency study runs: its settings (:class:`StudyConfig`) and its runs (:func:`plan_study`).
+
+The design, fixed before any run:
+
+* **pretraining** once per encoder preset on the training side of ``fold`` plus the dataset's unlabeled images
+  (labels unused; the held-out fold's images stay unseen), optionally plus the images of other datasets
+  (``pretrain_sources``, the cross-dataset check), or reused from an earlier run
+  (``reuse_pretraining`` ``PRESET=PATH``);
+* **fine-tuning** of every encoder preset from scratch and from its pretraining, and of the CNN peer (``peer``,
+  MONAI ``DynUNet``) from scratch, at each label ``fraction`` x ``seed``. The seed picks the labeled subset
+  (``label_fraction(train, fraction, seed)``) and the training seed, so a pretrained run and its scratch twin see
+  the same labels, crops and order: the pairs of the paired test;
+* the **budget** is ``steps`` optimizer steps for every run, whatever the fraction (epochs =
+  ``round(steps / steps_per_epoch)``): a 5 % run trains as long as a 100 % run, so the curves compare labels, not
+  compute. Warm-up is 5 % of the run;
+* **convergence**: runs at ``curve_fractions`` validate every ``epochs / curve_points`` epochs on the first
+  ``curve_cases`` held-out cases (Dice vs step, descriptive only: the model kept is always the last epoch's, never
+  selected on those cases);
+* **evaluation** of every final model on the whole held-out fold, in each case's original space
+  (:func:`volmae.evaluation.evaluate.evaluate`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from volmae.data.datalist import label_fraction, load_datalist, split_fold
+from volmae.data.loading import steps_per_epoch
+from volmae.data.transforms import get_preprocessing
+from volmae.errors import ConfigError
+from volmae.networks.registry import METHODS, fit_roi, get_preset
+
+__all__ = ["StudyConfig", "PretrainRun", "FinetuneRun", "plan_study", "pretrained_overrides"]
+
+INITS = ("scratch", "pretrained")
+
+
+@dataclass
+class StudyConfig:
+    """Settings of a label-efficiency study (``volmae-study`` flags map onto these names)."""
+
+    dataset_dir: str
+    out_dir: str = "runs/study"
+    encoders: list[str] = field(default_factory=lambda: ["vit-tiny", "nnformer-tiny"])
+    methods: list[str] | None = None  # per encoder; default: masked-unetr for a ViT, masked-volume for nnFormer
+    peer: str = "dynunet"  # the CNN peer's preset; "none" leaves it out
+    fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    fold: int = 0
+    preprocessing: str = "hippocampus"
+    roi_size: tuple[int, int, int] | None = None  # each preset rounds it up to what it tiles (registry.fit_roi)
+    steps: int = 400  # fine-tuning budget per run, in optimizer steps
+    lr: float = 5e-4
+    batch_size: int = 2
+    num_samples: int = 2
+    layer_decay: float = 1.0  # for pretrained runs (docs/hippocampus_study.md: 1.0 beat 0.75 on validation cases)
+    pretrain_epochs: int = 30
+    pretrain_lr: float = 5e-4
+    pretrain_batch_size: int = 4
+    reuse_pretraining: list[str] | None = None  # PRESET=PATH: reuse that pretraining instead of running one
+    pretrain_sources: list[str] | None = None  # more image folders / lists / MSD tasks to pretrain on
+    pretrain_on_dataset: bool = True  # False: pretrain on pretrain_sources only (e.g. 1-channel MRI for BraTS)
+    curve_fractions: list[float] = field(default_factory=lambda: [0.1])
+    curve_points: int = 8
+    curve_cases: int = 10
+    device: str = "auto"
+    quiet: bool = True
+    report_only: bool = False
+
+
+@dataclass(frozen=True)
+class PretrainRun:
+    preset: str
+    method: str
+    roi_size: tuple[int, int, int]
+    out_dir: Path
+
+    @property
+    def name(self) -> str:
+        return f"pretrain/{self.preset}"
+
+    @property
+    def model_path(self) -> Path:
+        return self.out_dir / "model.pt"
+
+
+@dataclass(frozen=True)
+class FinetuneRun:
+    preset: str
+    init: str  # "scratch" or "pretrained"
+    fraction: float
+    seed: int
+    labeled_cases: int
+    epochs: int
+    val_every: int  # 0: no convergence curve
+    roi_size: tuple[int, int, int]
+    out_dir: Path
+    pretrained: Path | None  # the weights a pretrained run starts from
+    pretrain: PretrainRun | None  # the study's pretraining it waits for (None: reused weights or scratch)
+
+    @property
+    def name(self) -> str:
+        return f"finetune/{self.out_dir.name}"
+
+
+def _method(preset: str, given: str | None) -> str:
+    family = get_preset(preset).family
+    method = given or ("masked-unetr" if family == "vit" else "auto")
+    if method not in METHODS[family]:
+        raise ConfigError(f"methods: {method!r} does not apply to {preset!r}; choose one of {METHODS[family]}")
+    return method
+
+
+def pretrained_overrides(entries: list[str] | None, encoders: list[str]) -> dict[str, Path]:
+    """``["PRESET=PATH", ...]`` -> {preset: path}, each preset one of the study's encoders and each file present."""
+    out: dict[str, Path] = {}
+    for entry in entries or []:
+        preset, sep, path = entry.partition("=")
+        if not sep or not path:
+            raise ConfigError(f"reuse_pretraining={entry!r}: expected PRESET=PATH, e.g. vit-tiny=runs/mae/model.pt")
+        if preset not in encoders:
+            raise ConfigError(f"reuse_pretraining={entry!r}: {preset!r} is not one of the study's encoders {encoders}")
+        if not Path(path).is_file():
+            raise ConfigError(f"reuse_pretraining={entry!r}: no file {path}")
+        out[preset] = Path(path)
+    return out
+
+
+def _check(cfg: StudyConfig) -> None:
+    if not cfg.encoders and cfg.peer == "none":
+        raise ConfigError("encoders=[] and peer='none': nothing to study")
+    if not cfg.fractions or any(not 0.0 < f <= 1.0 for f in cfg.fractions):
+        raise ConfigError(f"fractions={cfg.fractions}: each must be in (0, 1]")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"seeds={cfg.seeds}: need at least one, without repeats")
+    if len(set(cfg.fractions)) != len(cfg.fractions):
+        raise ConfigError(f"fractions={cfg.fractions}: repeated")
+    for name in ("steps", "batch_size", "num_samples", "pretrain_epochs", "curve_points", "curve_cases"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)}: must be >= 1")
+    if not cfg.pretrain_on_dataset and not cfg.pretrain_sources and cfg.encoders and not cfg.reuse_pretraining:
+        raise ConfigError("pretrain_on_dataset=False needs pretrain_sources (the images to pretrain on)")
+    if cfg.methods is not None and len(cfg.methods) != len(cfg.encoders):
+        raise ConfigError(f"methods={cfg.methods}: give one per encoder ({cfg.encoders})")
+    for preset in cfg.encoders:
+        if get_preset(preset).family == "cnn":
+            raise ConfigError(f"encoders: {preset!r} is a CNN; pass it as peer (it has no encoder to pretrain)")
+    if cfg.peer != "none":
+        get_preset(cfg.peer, "cnn")
+
+
+def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
+    """Every run of the study, pretraining first, each with its own folder under ``out_dir``."""
+    _check(cfg)
+    out = Path(cfg.out_dir)
+    prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size)
+    train, _ = split_fold(load_datalist(cfg.dataset_dir), cfg.fold)
+    reused = pretrained_overrides(cfg.reuse_pretraining, cfg.encoders)
+    pretrains: dict[str, PretrainRun] = {}
+    for i, preset in enumerate(cfg.encoders):
+        method = _method(preset, cfg.methods[i] if cfg.methods else None)
+        if preset not in reused:
+            pretrains[preset] = PretrainRun(preset, method, fit_roi(preset, prep.roi_size), out / "pretrain" / preset)
+    runs: list[PretrainRun | FinetuneRun] = list(pretrains.values())
+    models = [(p, init) for p in cfg.encoders for init in INITS] + (
+        [(cfg.peer, "scratch")] if cfg.peer != "none" else []
+    )
+    for fraction in sorted(cfg.fractions):
+        for seed in cfg.seeds:
+            n = len(label_fraction(train, fraction, seed))
+            epochs = max(1, round(cfg.steps / steps_per_epoch(n, cfg.batch_size)))
+            curve = any(math.isclose(fraction, f) for f in cfg.curve_fractions)
+            val_every = max(1, epochs // cfg.curve_points) if curve else 0
+            for preset, init in models:
+                pre = pretrains.get(preset) if init == "pretrained" else None
+                weights = (pre.model_path if pre else reused.get(preset)) if init == "pretrained" else None
+                tag = f"{preset}_{init}_{fraction * 100:g}pct_s{seed}"
+                roi = fit_roi(preset, prep.roi_size)
+                runs.append(
+                    FinetuneRun(
+                        preset, init, fraction, seed, n, epochs, val_every, roi, out / "runs" / tag, weights, pre
+                    )
+                )
+    return runs

@@ -1,0 +1,259 @@
+"""Carry out a study's plan: every run resumable, finished runs skipped, one study folder shared by processes.
+
+A run is finished when its ``result.json`` exists (written last, atomically). An unfinished run resumes from its
+``checkpoint.pt``; one that trained but was not yet evaluated is only evaluated. Several ``volmae-study`` processes
+on one ``out_dir`` (e.g. one per CPU core with ``OMP_NUM_THREADS=1``) split the runs: a process claims a run with
+an exclusive ``.claim`` file naming its host and pid, skips runs claimed by live processes, takes over claims of
+dead ones (same host), and waits for a pretraining another process holds before the runs that need it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from volmae.data.datalist import load_datalist, pretraining_items
+from volmae.errors import ConfigError
+from volmae.evaluation.evaluate import EvaluateConfig, evaluate
+from volmae.networks.registry import get_preset
+from volmae.pretraining.engine import PretrainConfig, pretrain
+from volmae.study.plan import FinetuneRun, PretrainRun, StudyConfig, plan_study
+from volmae.training.engine import FinetuneConfig, finetune
+from volmae.utils.io import atomic_write_json, atomic_write_text, config_yaml
+
+__all__ = ["run_study", "execute", "RESULT", "read_result"]
+
+RESULT = "result.json"
+CLAIM = ".claim"
+WAIT_SECONDS = 30.0
+
+
+def read_result(folder: Path) -> dict | None:
+    path = folder / RESULT
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(folder: Path) -> bool:
+    """Take ``folder``'s run for this process; False when a live process (or one on another host) holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path, me = folder / CLAIM, f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                host, pid = path.read_text().split()
+            except (OSError, ValueError):
+                return False  # being written by its claimant right now
+            if f"{host} {pid}" == me:
+                return True
+            if host != socket.gethostname() or _alive(int(pid)):
+                return False
+            path.unlink(missing_ok=True)  # its claimant died: take the run over
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def _release(folder: Path) -> None:
+    (folder / CLAIM).unlink(missing_ok=True)
+
+
+def _pretrain_source(run: PretrainRun, cfg: StudyConfig) -> tuple[str, int | None]:
+    """The ``dataset_dir`` and ``fold`` of a pretraining: the study's dataset (its held-out fold left out), or an
+    image list of that dataset's training side (unless ``pretrain_on_dataset`` is off) plus every image of
+    ``pretrain_sources``."""
+    if not cfg.pretrain_sources:
+        return cfg.dataset_dir, cfg.fold
+    sources = [(cfg.dataset_dir, cfg.fold)] if cfg.pretrain_on_dataset else []
+    sources += [(s, None) for s in cfg.pretrain_sources]
+    images = []
+    for i, (source, fold) in enumerate(sources):  # case ids prefixed by the source: two sources may share names
+        tag = f"{i}_{Path(source).name}"
+        for it in pretraining_items(load_datalist(source), fold, True):
+            images.append({"image": it["image"], "case": f"{tag}_{it['case']}"})
+    path = run.out_dir / "images.json"
+    atomic_write_text(path, json.dumps(images, indent=1))
+    return str(path), None
+
+
+def _run_pretrain(run: PretrainRun, cfg: StudyConfig) -> dict:
+    source, fold = _pretrain_source(run, cfg)
+    t0 = time.time()
+    res = pretrain(
+        PretrainConfig(
+            dataset_dir=source,
+            out_dir=str(run.out_dir),
+            preset=run.preset,
+            preprocessing=cfg.preprocessing,
+            roi_size=run.roi_size,
+            epochs=cfg.pretrain_epochs,
+            batch_size=cfg.pretrain_batch_size,
+            num_samples=1,
+            lr=cfg.pretrain_lr,
+            warmup_epochs=max(1.0, cfg.pretrain_epochs / 15),
+            fold=fold,
+            method=run.method,
+            device=cfg.device,
+            quiet=cfg.quiet,
+            resume=(run.out_dir / "checkpoint.pt").is_file(),
+        )
+    )
+    seconds = sum(h.get("seconds", 0.0) for h in res.history)
+    return {"kind": "pretrain", "preset": run.preset, "method": run.method, "epochs": cfg.pretrain_epochs,
+            "roi_size": list(run.roi_size), "train_seconds": seconds, "wall_seconds_this_process": time.time() - t0,
+            "source": source, "model": str(res.model_path)}  # fmt: skip
+
+
+def _run_finetune(run: FinetuneRun, cfg: StudyConfig) -> dict:
+    trained = run.out_dir / "trained.json"
+    if not trained.is_file():
+        res = finetune(
+            FinetuneConfig(
+                dataset_dir=cfg.dataset_dir,
+                out_dir=str(run.out_dir),
+                preset=run.preset,
+                preprocessing=cfg.preprocessing,
+                roi_size=run.roi_size,
+                epochs=run.epochs,
+                batch_size=cfg.batch_size,
+                num_samples=cfg.num_samples,
+                lr=cfg.lr,
+                warmup_epochs=0.05 * run.epochs,
+                seed=run.seed,
+                device=cfg.device,
+                quiet=cfg.quiet,
+                resume=(run.out_dir / "checkpoint.pt").is_file(),
+                fold=cfg.fold,
+                label_fraction=run.fraction,
+                fraction_seed=run.seed,
+                pretrained=str(run.pretrained) if run.pretrained else None,
+                layer_decay=cfg.layer_decay if run.pretrained else 1.0,
+                val_every=run.val_every,
+                val_cases=cfg.curve_cases if run.val_every else None,
+            )
+        )
+        if res.num_train_cases != run.labeled_cases:  # the plan and the engine must pick the same subset
+            raise ConfigError(f"{run.out_dir}: trained on {res.num_train_cases} cases, planned {run.labeled_cases}")
+        atomic_write_json(trained, {"history": res.history, "model": str(res.model_path)})
+    history = json.loads(trained.read_text())["history"]
+    report = evaluate(
+        EvaluateConfig(
+            model=str(run.out_dir / "model.pt"),
+            dataset_dir=cfg.dataset_dir,
+            out_dir=str(run.out_dir / "eval"),
+            fold=cfg.fold,
+            device=cfg.device,
+            num_overlays=1,
+            quiet=True,
+        )
+    )
+    mean = report.summary["mean"]
+    return {
+        "kind": "finetune",
+        "preset": run.preset,
+        "family": get_preset(run.preset).family,
+        "init": run.init,
+        "fraction": run.fraction,
+        "labeled_cases": run.labeled_cases,
+        "seed": run.seed,
+        "epochs": run.epochs,
+        "steps": history[-1]["step"] if history else 0,
+        "roi_size": list(run.roi_size),
+        "pretrained": str(run.pretrained) if run.pretrained else None,
+        "train_seconds": sum(h.get("seconds", 0.0) for h in history),
+        "eval_cases": mean["n"],
+        "dice": mean["dice_mean"],
+        "hd95": mean["hd95_mean"],
+        "dice_per_class": {n: report.summary[n]["dice_mean"] for n in report.names},
+        "curve": [{"step": h["step"], "val_dice": h["val_dice"]} for h in history if "val_dice" in h],
+    }
+
+
+def _ready(run: PretrainRun | FinetuneRun) -> bool:
+    pre = run.pretrain if isinstance(run, FinetuneRun) else None
+    return pre is None or (pre.out_dir / RESULT).is_file()
+
+
+def execute(runs: list[PretrainRun | FinetuneRun], cfg: StudyConfig, wait: float = WAIT_SECONDS) -> int:
+    """Do every unfinished run of ``runs`` this process can claim, waiting on runs other processes hold until
+    all are finished; returns how many this process did."""
+    done = 0
+    pending = [r for r in runs if read_result(r.out_dir) is None]
+    while pending:
+        progressed = False
+        for run in list(pending):
+            if read_result(run.out_dir) is not None:
+                pending.remove(run)
+                continue
+            if not _ready(run) or not _claim(run.out_dir):
+                continue
+            try:
+                if not cfg.quiet:
+                    print(f"volmae-study: {run.name}", flush=True)
+                t0 = time.time()
+                result = _run_pretrain(run, cfg) if isinstance(run, PretrainRun) else _run_finetune(run, cfg)
+                result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+                atomic_write_json(run.out_dir / RESULT, result)
+                print(f"volmae-study: {run.name} done in {time.time() - t0:.0f} s", flush=True)
+            finally:
+                _release(run.out_dir)
+            pending.remove(run)
+            done += 1
+            progressed = True
+        if pending and not progressed:
+            time.sleep(wait)  # everything left is held by other processes or waits for their pretraining
+    return done
+
+
+# settings free to differ on a resume: how runs are done or shown, and which runs there are (more seeds, fractions
+# or models add runs; the finished ones stay valid, their folders name what they computed)
+_FREE = ("device", "quiet", "report_only", "seeds", "fractions", "encoders", "peer")
+
+
+def _check_same_study(path: Path, cfg: StudyConfig) -> None:
+    """Refuse to resume a study folder with other settings: its finished runs would be mixed with new ones."""
+    if not path.is_file():
+        return
+    import yaml
+
+    before = yaml.safe_load(path.read_text()) or {}
+    now = yaml.safe_load(config_yaml(cfg))
+    changed = sorted(k for k in set(before) | set(now) if k not in _FREE and before.get(k) != now.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
+        raise ConfigError(
+            f"{path.parent} holds a study with other settings ({diffs}); use another --out-dir, or the settings in "
+            f"{path}"
+        )
+
+
+def run_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
+    """Plan the study, record its settings in ``out_dir/study.yaml`` and ``plan.json``, and run what is left."""
+    runs = plan_study(cfg)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_same_study(out / "study.yaml", cfg)
+    atomic_write_text(out / "study.yaml", config_yaml(cfg))
+    plan = [{"name": r.name, **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(r).items()
+                                if k != "pretrain"}} for r in runs]  # fmt: skip
+    atomic_write_json(out / "plan.json", plan)
+    if not cfg.report_only:
+        execute(runs, cfg)
+    return runs
