@@ -208,7 +208,8 @@ def load_image_list(source: str | Path) -> Datalist:
     ``source``: a folder (every ``.nii`` / ``.nii.gz`` below it) or a list file (see :func:`_list_entries`; relative
     paths are relative to the file). Case ids come from the path relative to the list's folder, so that
     ``patient1/ct.nii.gz`` and ``patient2/ct.nii.gz`` stay distinct, or from a JSON entry's ``case``. An entry may
-    be a list of paths (the channels of one case). The images land in :attr:`Datalist.unlabeled`; ``items`` is empty (nothing to fine-tune on).
+    be a list of paths (the channels of one case). The images land in :attr:`Datalist.unlabeled`; ``items`` is
+    empty (nothing to fine-tune on).
     """
     path = Path(source).expanduser()
     if path.is_dir():
