@@ -12,7 +12,16 @@ from tests.study.conftest import tiny_study
 from volmae.data.datalist import load_datalist, split_fold
 from volmae.errors import ConfigError
 from volmae.study import FinetuneRun, plan_study, run_study
-from volmae.study.runner import CLAIM, RESULT, _claim, _pretrain_source, _release, execute, read_result
+from volmae.study.runner import (
+    CLAIM,
+    RESULT,
+    StudyRunsFailed,
+    _claim,
+    _pretrain_source,
+    _release,
+    execute,
+    read_result,
+)
 
 
 def test_claims_are_exclusive_and_dead_claimants_lose_them(tmp_path):
@@ -75,3 +84,17 @@ def test_pretraining_on_more_sources_lists_their_images(study_task, tmp_path):
     assert not held_out & {it["image"] for it in load_datalist(source).unlabeled}
     cfg = tiny_study(study_task, tmp_path / "s")
     assert _pretrain_source(plan_study(cfg)[0], cfg) == (str(study_task), 0)  # no sources: the dataset, its fold
+
+
+def test_a_failing_run_is_recorded_and_the_rest_of_the_study_finishes(study_task, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    cfg = tiny_study(study_task, tmp_path / "s", fractions=[0.5], seeds=[0], peer="none",
+                     reuse_pretraining=[f"vit-tiny={bad}"])  # fmt: skip
+    runs = plan_study(cfg)
+    with pytest.raises(StudyRunsFailed, match=r"1 run\(s\) failed \(vit-tiny_pretrained_50pct_s0: .*bad.pt"):
+        execute(runs, cfg)
+    scratch, pretrained = sorted(runs, key=lambda r: r.init != "scratch")
+    assert read_result(scratch.out_dir) is not None and read_result(pretrained.out_dir) is None
+    assert "bad.pt" in (pretrained.out_dir / "failed.txt").read_text()
+    assert not (pretrained.out_dir / CLAIM).exists()

@@ -4,7 +4,8 @@ HELPS: dict[str, str] = {
     "dataset_dir": "MSD-layout task folder (dataset.json, imagesTr/, labelsTr/, optional splits.json)",
     "out_dir": "output folder (checkpoints, logs, reports); created if missing",
     "preset": "model preset: vit-tiny, vit-small, vit-base (UNETR / MAE) or nnformer-tiny, nnformer-synapse, "
-    "nnformer-tumor (nnFormer / masked-volume pretraining)",
+    "nnformer-tumor (nnFormer / masked-volume pretraining); volmae-train also dynunet (MONAI DynUNet, nnU-Net plan, "
+    "from scratch)",
     "preprocessing": "preprocessing preset: hippocampus, mri or ct",
     "roi_size": "network input / crop size D H W (ViT: multiples of the patch size; nnFormer: an error names the "
     "nearest sizes that fit its windows)",

@@ -5,15 +5,27 @@ command to resume; start it once per core on the same --out-dir to split the run
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from volmae.cli.common import stage_main
+from volmae.errors import DataError
 from volmae.study import StudyConfig, report_study, run_study
+from volmae.study.runner import StudyRunsFailed
+
+
+def _report(cfg: StudyConfig):
+    return report_study(cfg.out_dir, title=cfg.dataset_dir.rstrip("/").split("/")[-1])
 
 
 def _run(cfg: StudyConfig) -> str:
-    runs = run_study(cfg)
-    report = report_study(cfg.out_dir, title=cfg.dataset_dir.rstrip("/").split("/")[-1])
+    try:
+        runs = run_study(cfg)
+    except StudyRunsFailed:
+        with contextlib.suppress(DataError):  # report the runs that did finish, then say what failed
+            print(_report(cfg).text())
+        raise
+    report = _report(cfg)
     finished = len(report.runs) + sum(1 for r in runs if r.name.startswith("pretrain/"))
     return "\n".join(
         [report.text(), f"{len(report.runs)} of {sum(1 for r in runs if r.name.startswith('finetune/'))} fine-tuning "

@@ -17,17 +17,24 @@ from dataclasses import asdict
 from pathlib import Path
 
 from volmae.data.datalist import load_datalist, pretraining_items
-from volmae.errors import ConfigError
+from volmae.errors import ConfigError, find_volmae_error
 from volmae.evaluation.evaluate import EvaluateConfig, evaluate
 from volmae.networks.registry import get_preset
 from volmae.pretraining.engine import PretrainConfig, pretrain
 from volmae.study.plan import FinetuneRun, PretrainRun, StudyConfig, plan_study
 from volmae.training.engine import FinetuneConfig, finetune
 from volmae.utils.io import atomic_write_json, atomic_write_text, config_yaml
+from volmae.utils.loop import TrainingInterrupted
 
-__all__ = ["run_study", "execute", "RESULT", "read_result"]
+__all__ = ["run_study", "execute", "RESULT", "read_result", "StudyRunsFailed"]
+
+
+class StudyRunsFailed(ConfigError):
+    """Some runs of a study failed (each named, its error in its ``failed.txt``); the others finished."""
+
 
 RESULT = "result.json"
+FAILED = "failed.txt"
 CLAIM = ".claim"
 WAIT_SECONDS = 30.0
 
@@ -191,15 +198,26 @@ def _ready(run: PretrainRun | FinetuneRun) -> bool:
     return pre is None or (pre.out_dir / RESULT).is_file()
 
 
+def _failed(run: PretrainRun | FinetuneRun, failures: dict[Path, str]) -> str | None:
+    """Why ``run`` (or the pretraining it needs) failed in this process, if it did."""
+    pre = run.pretrain if isinstance(run, FinetuneRun) else None
+    return failures.get(run.out_dir) or (pre is not None and failures.get(pre.out_dir)) or None
+
+
 def execute(runs: list[PretrainRun | FinetuneRun], cfg: StudyConfig, wait: float = WAIT_SECONDS) -> int:
     """Do every unfinished run of ``runs`` this process can claim, waiting on runs other processes hold until
-    all are finished; returns how many this process did."""
-    done = 0
+    all are finished; returns how many this process did.
+
+    A run that fails with a user-facing error (a bad file, a non-finite loss, ...) is written to its
+    ``failed.txt`` and skipped, with the runs that need its pretraining, so that one bad run does not stop a
+    long study; :class:`StudyRunsFailed` naming every failure is raised at the end (a rerun retries them). SIGTERM
+    (:class:`TrainingInterrupted`) stops at once, the run checkpointed."""
+    done, failures = 0, {}
     pending = [r for r in runs if read_result(r.out_dir) is None]
     while pending:
         progressed = False
         for run in list(pending):
-            if read_result(run.out_dir) is not None:
+            if read_result(run.out_dir) is not None or _failed(run, failures):
                 pending.remove(run)
                 continue
             if not _ready(run) or not _claim(run.out_dir):
@@ -211,14 +229,25 @@ def execute(runs: list[PretrainRun | FinetuneRun], cfg: StudyConfig, wait: float
                 result = _run_pretrain(run, cfg) if isinstance(run, PretrainRun) else _run_finetune(run, cfg)
                 result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
                 atomic_write_json(run.out_dir / RESULT, result)
+                (run.out_dir / FAILED).unlink(missing_ok=True)
                 print(f"volmae-study: {run.name} done in {time.time() - t0:.0f} s", flush=True)
+                done += 1
+            except Exception as e:  # noqa: BLE001 - user errors are recorded, bugs and SIGTERM propagate
+                err = find_volmae_error(e)
+                if err is None or isinstance(err, TrainingInterrupted):
+                    raise
+                failures[run.out_dir] = str(err)
+                atomic_write_text(run.out_dir / FAILED, f"{err}\n")
+                print(f"volmae-study: {run.name} failed: {err}", flush=True)
             finally:
                 _release(run.out_dir)
             pending.remove(run)
-            done += 1
             progressed = True
         if pending and not progressed:
             time.sleep(wait)  # everything left is held by other processes or waits for their pretraining
+    if failures:
+        listed = "; ".join(f"{Path(k).name}: {v}" for k, v in failures.items())
+        raise StudyRunsFailed(f"{len(failures)} run(s) failed ({listed}); the rest finished, rerun to retry them")
     return done
 
 
