@@ -193,10 +193,11 @@ def _plot_dice(summary: list[dict], path: Path, title: str) -> None:
     lines: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for s in summary:
         lines[(s["preset"], s["init"])].append(s)
-    for (preset, init), pts in sorted(lines.items()):
+    for i, ((preset, init), pts) in enumerate(sorted(lines.items())):
         pts.sort(key=lambda s: s["labeled_cases"])
+        dodge = 1.0 + 0.025 * (i - (len(lines) - 1) / 2)  # side by side on the log axis: error bars stay apart
         ax.errorbar(
-            [s["labeled_cases"] for s in pts],
+            [s["labeled_cases"] * dodge for s in pts],
             [s["dice_mean"] for s in pts],
             yerr=[s["dice_std"] for s in pts],
             label=f"{preset} {init}",
