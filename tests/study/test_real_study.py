@@ -1,15 +1,20 @@
-"""The study on real MRI: ``volmae-study`` end to end on 15 MSD hippocampus cases (3 held out), and its CLI errors."""
+"""The study on real MRI: ``volmae-study`` end to end on 15 MSD hippocampus cases (3 held out), resumed and
+extended; and its CLI errors."""
 
 import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.cli.conftest import assert_clean_error
 from volmae.cli.study import main
+from volmae.errors import ConfigError
+from volmae.study import FinetuneRun, StudyConfig, run_study
+from volmae.study.runner import RESULT, execute, read_result
 
 
 def hippocampus_subset(source: Path, dest: Path, n: int = 15) -> Path:
@@ -46,10 +51,33 @@ def test_study_command_on_real_hippocampus(msd_hippocampus, tmp_path):
     assert all(0.0 <= r["dice"] <= 1.0 for r in runs)
     assert all(len(r["curve"]) == 2 for r in runs)  # 6 steps = 2 epochs of 3, validated after each
     assert (out / "pretrain" / "vit-tiny" / "pictures").is_dir()  # reconstruction pictures of the pretraining
+    report = (out / "runs" / "vit-tiny_pretrained_50pct_s0" / "pretrained_load_report.txt").read_text()
+    assert "decoder weights (masked-unetr pretraining): 24 tensors loaded" in report
+    assert json.loads((out / "plan.json").read_text())[0]["name"] == "pretrain/vit-tiny"
+    assert not list(out.glob("**/.claim"))
     for name in ("runs.csv", "summary.md", "paired.csv", "dice_vs_labels.png", "convergence.png"):
         assert (out / name).is_file()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # finished: only the report
     assert again.returncode == 0 and "done in" not in again.stdout
+
+    # resume and extension, through the Python API with the same settings as the command line above
+    cfg = StudyConfig(
+        str(task), str(out), encoders=["vit-tiny"], fractions=[0.5], seeds=[0], steps=6, roi_size=(24, 32, 24),
+        batch_size=2, num_samples=1, pretrain_batch_size=6, pretrain_epochs=1, curve_fractions=[0.5],
+        curve_points=2, curve_cases=2, device="cpu",
+    )  # fmt: skip
+    runs = run_study(cfg)
+    assert execute(runs, cfg) == 0  # everything finished: nothing redone
+    victim = next(r for r in runs if isinstance(r, FinetuneRun) and r.init == "pretrained")
+    trained = (victim.out_dir / "trained.json").read_text()
+    (victim.out_dir / RESULT).unlink()
+    assert execute(runs, cfg) == 1  # only that run, and only its evaluation: training is not repeated
+    assert (victim.out_dir / "trained.json").read_text() == trained
+    more = replace(cfg, seeds=[0, 1], report_only=True)  # more seeds: accepted, the finished runs stay valid
+    added = [r for r in run_study(more) if read_result(r.out_dir) is None]
+    assert len(added) == 3 and all(r.seed == 1 for r in added)
+    with pytest.raises(ConfigError, match="holds a study with other settings .*steps: 6 -> 7"):
+        run_study(replace(cfg, steps=7))
 
 
 @pytest.mark.parametrize(

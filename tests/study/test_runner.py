@@ -1,6 +1,6 @@
-"""Running a study: every run done once, resumed or skipped on a rerun, claims shared between processes."""
+"""Running a study: claims shared between processes, pretraining sources, failing runs (the end-to-end run, its
+resume and extension: test_real_study.py)."""
 
-import json
 import os
 import socket
 import subprocess
@@ -10,11 +10,9 @@ import pytest
 
 from tests.study.conftest import tiny_study
 from volmae.data.datalist import load_datalist, split_fold
-from volmae.errors import ConfigError
-from volmae.study import FinetuneRun, plan_study, run_study
+from volmae.study import plan_study
 from volmae.study.runner import (
     CLAIM,
-    RESULT,
     StudyRunsFailed,
     _claim,
     _pretrain_source,
@@ -39,34 +37,6 @@ def test_claims_are_exclusive_and_dead_claimants_lose_them(tmp_path):
     assert (run / CLAIM).read_text() == f"{socket.gethostname()} {os.getpid()}"
     (run / CLAIM).write_text(f"elsewhere.example {os.getpid()}")
     assert not _claim(run)  # another host's pid cannot be checked from here: left alone
-
-
-def test_a_study_runs_once_then_resumes_and_skips(study_task, tmp_path):
-    cfg = tiny_study(study_task, tmp_path / "s", fractions=[0.5], seeds=[0])
-    runs = run_study(cfg)
-    assert all(read_result(r.out_dir) is not None for r in runs)
-    ft = [r for r in runs if isinstance(r, FinetuneRun)]
-    for r in ft:
-        res = read_result(r.out_dir)
-        assert res["labeled_cases"] == r.labeled_cases and res["steps"] >= 2 and 0.0 <= res["dice"] <= 1.0
-        assert (r.out_dir / "eval" / "metrics.csv").is_file() and not (r.out_dir / CLAIM).exists()
-        assert len(res["curve"]) == res["epochs"] // r.val_every
-    pre = next(r for r in ft if r.init == "pretrained")
-    assert "decoder" in (pre.out_dir / "pretrained_load_report.txt").read_text()  # masked-unetr: decoder loaded
-    assert json.loads((tmp_path / "s" / "plan.json").read_text())[0]["name"] == "pretrain/vit-tiny"
-
-    assert execute(runs, cfg) == 0  # everything finished: nothing redone
-    victim = ft[0]
-    trained = (victim.out_dir / "trained.json").read_text()
-    (victim.out_dir / RESULT).unlink()
-    assert execute(runs, cfg) == 1  # only that run, and only its evaluation: training is not repeated
-    assert (victim.out_dir / "trained.json").read_text() == trained
-
-    more = tiny_study(study_task, tmp_path / "s", fractions=[0.5], seeds=[0, 1], report_only=True)  # more seeds
-    added = [r for r in run_study(more) if read_result(r.out_dir) is None]  # accepted: the finished runs stay valid
-    assert len(added) == 3 and all(r.seed == 1 for r in added)
-    with pytest.raises(ConfigError, match="holds a study with other settings .*steps: 2 -> 3"):
-        run_study(tiny_study(study_task, tmp_path / "s", fractions=[0.5], seeds=[0], steps=3))
 
 
 def test_pretraining_on_more_sources_lists_their_images(study_task, tmp_path):
