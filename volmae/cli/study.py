@@ -10,7 +10,7 @@ import sys
 
 from volmae.cli.common import stage_main
 from volmae.errors import DataError
-from volmae.study import StudyConfig, report_study, run_study
+from volmae.study import FinetuneRun, StudyConfig, report_study, run_study
 from volmae.study.runner import StudyRunsFailed
 
 
@@ -26,10 +26,11 @@ def _run(cfg: StudyConfig) -> str:
             print(_report(cfg).text())
         raise
     report = _report(cfg)
-    finished = len(report.runs) + sum(1 for r in runs if r.name.startswith("pretrain/"))
+    finetunes = sum(isinstance(r, FinetuneRun) for r in runs)
+    finished = len(report.runs) + len(runs) - finetunes  # pretrainings: done once run_study ran (not report_only)
     return "\n".join(
-        [report.text(), f"{len(report.runs)} of {sum(1 for r in runs if r.name.startswith('finetune/'))} fine-tuning "
-         f"runs finished ({finished} of {len(runs)} runs in all)"] + [f"wrote {p}" for p in report.files]
+        [report.text(), f"{len(report.runs)} of {finetunes} fine-tuning runs finished ({finished} of {len(runs)} "
+         "runs in all)"] + [f"wrote {p}" for p in report.files]
     )  # fmt: skip
 
 

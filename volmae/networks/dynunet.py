@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from monai.networks.nets import DynUNet
 
+from volmae.networks.patching import as_tuple
+
 __all__ = ["nnunet_plan", "build_dynunet_network", "DYNUNET_KEYS"]
 
 # the DynUNet constructor arguments a checkpoint stores (``volmae_config["dynunet"]``)
@@ -40,10 +42,8 @@ def nnunet_plan(
 ) -> dict[str, list]:
     """``kernel_size``, ``strides`` (both per level, level 0 the input convolution) and ``filters`` for an ROI of
     ``img_size`` (``D H W`` voxels) at ``spacing`` (mm per axis)."""
-    size = [int(img_size)] * 3 if isinstance(img_size, int) else [int(s) for s in img_size]
+    size = list(as_tuple(img_size, 3, "img_size"))
     space = [float(spacing)] * 3 if isinstance(spacing, int | float) else [float(s) for s in spacing]
-    if len(size) != 3 or any(s < 1 for s in size):
-        raise ValueError(f"img_size={img_size}: expected three positive sizes")
     if len(space) != 3 or any(s <= 0 for s in space):
         raise ValueError(f"spacing={spacing}: expected three positive spacings")
     if min_size < 1 or max_levels < 1:

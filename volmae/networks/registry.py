@@ -22,6 +22,7 @@ from volmae.networks.masked_unetr import MaskedUNETR
 from volmae.networks.masked_volume import MaskedVolumeModel
 from volmae.networks.nnformer import NnFormer
 from volmae.networks.nnformer_encoder import NnFormerEncoder, nearest_valid_sizes
+from volmae.networks.patching import as_tuple
 from volmae.networks.unetr import UNETR
 from volmae.networks.vit import ViTEncoder
 
@@ -344,7 +345,7 @@ def build_dynunet(
             res_block=p.res_block,
         )
         model = build_dynunet_network(**kwargs)
-    size = [int(img_size)] * 3 if isinstance(img_size, int) else [int(s) for s in img_size]
+    size = list(as_tuple(img_size, 3, "img_size"))  # valid: the plan checked it
     model.volmae_config = {"kind": "dynunet", "preset": preset, "img_size": size, "dynunet": kwargs}
     model.load_report = None
     return model

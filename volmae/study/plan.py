@@ -158,15 +158,16 @@ def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
     prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size)
     train, _ = split_fold(load_datalist(cfg.dataset_dir), cfg.fold)
     reused = pretrained_overrides(cfg.reuse_pretraining, cfg.encoders)
+    models = [(p, init) for p in cfg.encoders for init in INITS] + (
+        [(cfg.peer, "scratch")] if cfg.peer != "none" else []
+    )
+    rois = {preset: fit_roi(preset, prep.roi_size) for preset, _ in models}
     pretrains: dict[str, PretrainRun] = {}
     for i, preset in enumerate(cfg.encoders):
         method = _method(preset, cfg.methods[i] if cfg.methods else None)
         if preset not in reused:
-            pretrains[preset] = PretrainRun(preset, method, fit_roi(preset, prep.roi_size), out / "pretrain" / preset)
+            pretrains[preset] = PretrainRun(preset, method, rois[preset], out / "pretrain" / preset)
     runs: list[PretrainRun | FinetuneRun] = list(pretrains.values())
-    models = [(p, init) for p in cfg.encoders for init in INITS] + (
-        [(cfg.peer, "scratch")] if cfg.peer != "none" else []
-    )
     for fraction in sorted(cfg.fractions):
         for seed in cfg.seeds:
             n = len(label_fraction(train, fraction, seed))
@@ -177,10 +178,10 @@ def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
                 pre = pretrains.get(preset) if init == "pretrained" else None
                 weights = (pre.model_path if pre else reused.get(preset)) if init == "pretrained" else None
                 tag = f"{preset}_{init}_{fraction * 100:g}pct_s{seed}"
-                roi = fit_roi(preset, prep.roi_size)
                 runs.append(
                     FinetuneRun(
-                        preset, init, fraction, seed, n, epochs, val_every, roi, out / "runs" / tag, weights, pre
+                        preset, init, fraction, seed, n, epochs, val_every, rois[preset], out / "runs" / tag, weights,
+                        pre,
                     )
-                )
+                )  # fmt: skip
     return runs

@@ -55,7 +55,7 @@ def _groups(rows: list[dict]) -> dict[tuple[str, str, float], list[dict]]:
     groups: dict[tuple[str, str, float], list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["preset"], r["init"], r["fraction"])].append(r)
-    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])))
+    return dict(sorted(groups.items()))
 
 
 def _nanmean(values: list[float | None]) -> float:
@@ -182,11 +182,18 @@ def _style(preset: str, init: str, presets: list[str]) -> dict:
     return {"color": color, "linestyle": "-" if pretrained else "--", "marker": "o" if pretrained else "s"}
 
 
-def _plot_dice(summary: list[dict], path: Path, title: str) -> None:
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display here or in CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_dice(summary: list[dict], path: Path, title: str) -> None:
+    plt = _pyplot()
 
     presets = sorted({s["preset"] for s in summary})
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -220,10 +227,7 @@ def _plot_dice(summary: list[dict], path: Path, title: str) -> None:
 
 
 def _plot_curves(rows: list[dict], path: Path, title: str) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     curves = [r for r in rows if r.get("curve")]
     fractions = sorted({r["fraction"] for r in curves})

@@ -100,16 +100,30 @@ def _pretrain_source(run: PretrainRun, cfg: StudyConfig) -> tuple[str, int | Non
     return str(path), None
 
 
+def _stage_settings(run: PretrainRun | FinetuneRun, cfg: StudyConfig) -> dict:
+    """What a run's stage config takes from the run and the study alike (pretraining and fine-tuning)."""
+    return dict(
+        out_dir=str(run.out_dir),
+        preset=run.preset,
+        preprocessing=cfg.preprocessing,
+        roi_size=run.roi_size,
+        device=cfg.device,
+        quiet=cfg.quiet,
+        resume=(run.out_dir / "checkpoint.pt").is_file(),
+    )
+
+
+def _train_seconds(history: list[dict]) -> float:
+    return sum(h.get("seconds", 0.0) for h in history)
+
+
 def _run_pretrain(run: PretrainRun, cfg: StudyConfig) -> dict:
     source, fold = _pretrain_source(run, cfg)
     t0 = time.time()
     res = pretrain(
         PretrainConfig(
             dataset_dir=source,
-            out_dir=str(run.out_dir),
-            preset=run.preset,
-            preprocessing=cfg.preprocessing,
-            roi_size=run.roi_size,
+            **_stage_settings(run, cfg),
             epochs=cfg.pretrain_epochs,
             batch_size=cfg.pretrain_batch_size,
             num_samples=1,
@@ -117,12 +131,9 @@ def _run_pretrain(run: PretrainRun, cfg: StudyConfig) -> dict:
             warmup_epochs=max(1.0, cfg.pretrain_epochs / 15),
             fold=fold,
             method=run.method,
-            device=cfg.device,
-            quiet=cfg.quiet,
-            resume=(run.out_dir / "checkpoint.pt").is_file(),
         )
     )
-    seconds = sum(h.get("seconds", 0.0) for h in res.history)
+    seconds = _train_seconds(res.history)
     return {"kind": "pretrain", "preset": run.preset, "method": run.method, "epochs": cfg.pretrain_epochs,
             "roi_size": list(run.roi_size), "train_seconds": seconds, "wall_seconds_this_process": time.time() - t0,
             "source": source, "model": str(res.model_path)}  # fmt: skip
@@ -134,19 +145,13 @@ def _run_finetune(run: FinetuneRun, cfg: StudyConfig) -> dict:
         res = finetune(
             FinetuneConfig(
                 dataset_dir=cfg.dataset_dir,
-                out_dir=str(run.out_dir),
-                preset=run.preset,
-                preprocessing=cfg.preprocessing,
-                roi_size=run.roi_size,
+                **_stage_settings(run, cfg),
                 epochs=run.epochs,
                 batch_size=cfg.batch_size,
                 num_samples=cfg.num_samples,
                 lr=cfg.lr,
                 warmup_epochs=0.05 * run.epochs,
                 seed=run.seed,
-                device=cfg.device,
-                quiet=cfg.quiet,
-                resume=(run.out_dir / "checkpoint.pt").is_file(),
                 fold=cfg.fold,
                 label_fraction=run.fraction,
                 fraction_seed=run.seed,
@@ -184,7 +189,7 @@ def _run_finetune(run: FinetuneRun, cfg: StudyConfig) -> dict:
         "steps": history[-1]["step"] if history else 0,
         "roi_size": list(run.roi_size),
         "pretrained": str(run.pretrained) if run.pretrained else None,
-        "train_seconds": sum(h.get("seconds", 0.0) for h in history),
+        "train_seconds": _train_seconds(history),
         "eval_cases": mean["n"],
         "dice": mean["dice_mean"],
         "hd95": mean["hd95_mean"],
@@ -193,14 +198,19 @@ def _run_finetune(run: FinetuneRun, cfg: StudyConfig) -> dict:
     }
 
 
+def _needs(run: PretrainRun | FinetuneRun) -> PretrainRun | None:
+    """The study's pretraining that ``run`` starts from, if any."""
+    return run.pretrain if isinstance(run, FinetuneRun) else None
+
+
 def _ready(run: PretrainRun | FinetuneRun) -> bool:
-    pre = run.pretrain if isinstance(run, FinetuneRun) else None
+    pre = _needs(run)
     return pre is None or (pre.out_dir / RESULT).is_file()
 
 
 def _failed(run: PretrainRun | FinetuneRun, failures: dict[Path, str]) -> str | None:
     """Why ``run`` (or the pretraining it needs) failed in this process, if it did."""
-    pre = run.pretrain if isinstance(run, FinetuneRun) else None
+    pre = _needs(run)
     return failures.get(run.out_dir) or (pre is not None and failures.get(pre.out_dir)) or None
 
 
