@@ -10,6 +10,7 @@ import pytest
 
 from tests.study.conftest import tiny_study
 from volmae.data.datalist import load_datalist, split_fold
+from volmae.errors import ConfigError
 from volmae.study import plan_study
 from volmae.study.runner import (
     CLAIM,
@@ -68,3 +69,21 @@ def test_a_failing_run_is_recorded_and_the_rest_of_the_study_finishes(study_task
     assert read_result(scratch.out_dir) is not None and read_result(pretrained.out_dir) is None
     assert "bad.pt" in (pretrained.out_dir / "failed.txt").read_text()
     assert not (pretrained.out_dir / CLAIM).exists()
+
+
+def test_a_resume_may_add_reused_weights_for_an_added_encoder_only(study_task, tmp_path):
+    from volmae.study.runner import _check_same_study
+    from volmae.utils.io import config_yaml
+
+    weights = {name: tmp_path / f"{name}.pt" for name in ("a", "b")}
+    for path in weights.values():
+        path.write_bytes(b"")
+    first = tiny_study(study_task, tmp_path / "s", reuse_pretraining=[f"vit-tiny={weights['a']}"])
+    record = tmp_path / "study.yaml"
+    record.write_text(config_yaml(first))
+    both = ["vit-tiny", "nnformer-tiny"]
+    added = [f"vit-tiny={weights['a']}", f"nnformer-tiny={weights['b']}"]
+    _check_same_study(record, tiny_study(study_task, tmp_path / "s", encoders=both, reuse_pretraining=added))
+    for reuse in ([f"vit-tiny={weights['b']}"], None):  # the earlier encoder's weights changed or dropped
+        with pytest.raises(ConfigError, match="reuse_pretraining"):
+            _check_same_study(record, tiny_study(study_task, tmp_path / "s", encoders=both, reuse_pretraining=reuse))

@@ -266,6 +266,15 @@ def execute(runs: list[PretrainRun | FinetuneRun], cfg: StudyConfig, wait: float
 _FREE = ("device", "quiet", "report_only", "seeds", "fractions", "encoders", "peer")
 
 
+def _reuse_extends(before: dict, now: dict) -> bool:
+    """Whether ``reuse_pretraining`` only adds weights for encoders the earlier study did not have (an added
+    encoder, like more seeds, adds runs); a changed or dropped entry of an earlier encoder is a changed study."""
+    old = dict(e.partition("=")[::2] for e in before.get("reuse_pretraining") or [])
+    new = dict(e.partition("=")[::2] for e in now.get("reuse_pretraining") or [])
+    earlier = set(before.get("encoders") or [])
+    return all(new.get(p) == old.get(p) for p in earlier)
+
+
 def _check_same_study(path: Path, cfg: StudyConfig) -> None:
     """Refuse to resume a study folder with other settings: its finished runs would be mixed with new ones."""
     if not path.is_file():
@@ -275,6 +284,8 @@ def _check_same_study(path: Path, cfg: StudyConfig) -> None:
     before = yaml.safe_load(path.read_text()) or {}
     now = yaml.safe_load(config_yaml(cfg))
     changed = sorted(k for k in set(before) | set(now) if k not in _FREE and before.get(k) != now.get(k))
+    if "reuse_pretraining" in changed and _reuse_extends(before, now):
+        changed.remove("reuse_pretraining")
     if changed:
         diffs = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
         raise ConfigError(
