@@ -94,3 +94,28 @@ def test_no_finished_run_and_mismatched_cases(tmp_path):
     rep = report_study(tmp_path / "s")
     assert "scored different cases" in rep.paired[0]["error"]
     assert not (tmp_path / "s" / "convergence.png").exists()  # no run recorded a curve
+
+
+def test_folds_pool_into_one_report(study, tmp_path):
+    other = [f"d{i}" for i in range(4)]  # fold 1 holds out other cases
+    fold1 = tmp_path / "fold1"
+    for seed in (0, 1):
+        fake_run(fold1, "vit-tiny", "scratch", 0.25, seed, [0.6] * 4, cases=other)
+        fake_run(fold1, "vit-tiny", "pretrained", 0.25, seed, [0.7, 0.7, 0.5, 0.7], cases=other)
+    pooled = tmp_path / "pooled"
+    rep = report_study(pooled, pool=[study, fold1, pooled])  # out_dir listed again: counted once
+    assert len(rep.runs) == 12 + 4 and (pooled / "summary.md").is_file()
+    row = next(s for s in rep.summary if (s["preset"], s["init"], s["fraction"]) == ("vit-tiny", "pretrained", 0.25))
+    assert row["runs"] == 4 and row["seeds"] == "0 1; 2 studies"
+    test = "vit-tiny pretrained vs scratch"
+    paired = next(p for p in rep.paired if p["comparison"] == test and p["fraction"] == 0.25)
+    runs = [study / "runs", fold1 / "runs"]
+    pairs = [
+        (r / f"vit-tiny_pretrained_25pct_s{s}/eval", r / f"vit-tiny_scratch_25pct_s{s}/eval")
+        for r in runs
+        for s in (0, 1)
+    ]
+    expected = compare_pooled(pairs)
+    assert paired["pairs"] == 2 * 6 + 2 * 4 and paired["seeds"] == 4
+    assert paired["diff"] == pytest.approx(expected.mean_diff) == pytest.approx((12 * 0.025 + 8 * 0.05) / 20)
+    assert not any(p["fraction"] == 1.0 and p["pairs"] != 12 for p in rep.paired)  # fold 1 has no 100 % runs

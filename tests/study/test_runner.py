@@ -87,3 +87,19 @@ def test_a_resume_may_add_reused_weights_for_an_added_encoder_only(study_task, t
     for reuse in ([f"vit-tiny={weights['b']}"], None):  # the earlier encoder's weights changed or dropped
         with pytest.raises(ConfigError, match="reuse_pretraining"):
             _check_same_study(record, tiny_study(study_task, tmp_path / "s", encoders=both, reuse_pretraining=reuse))
+
+
+def test_only_studies_of_the_same_design_pool(study_task, tmp_path):
+    from volmae.study.runner import check_pool
+    from volmae.utils.io import config_yaml
+
+    folds = {f: tmp_path / f"fold{f}" for f in (0, 1)}
+    for f, folder in folds.items():
+        folder.mkdir()
+        (folder / "study.yaml").write_text(config_yaml(tiny_study(study_task, folder, fold=f, seeds=[f])))
+    check_pool(tiny_study(study_task, folds[0], pool_studies=[str(folds[1])]))  # another fold, other seeds: fine
+    (folds[1] / "study.yaml").write_text(config_yaml(tiny_study(study_task, folds[1], fold=1, steps=3)))
+    with pytest.raises(ConfigError, match=r"fold1 is a study of another design \(steps: 3 -> 2\)"):
+        check_pool(tiny_study(study_task, folds[0], pool_studies=[str(folds[1])]))
+    with pytest.raises(ConfigError, match="not a study folder"):
+        check_pool(tiny_study(study_task, folds[0], pool_studies=[str(tmp_path)]))

@@ -86,6 +86,8 @@ HELPS: dict[str, str] = {
     "curve_cases": "held-out cases each curve validation scores (descriptive: the final model is never selected on "
     "them)",
     "report_only": "write the tables and plots of the finished runs and stop",
+    "pool_studies": "study folders of the same design on other folds (e.g. leave-one-out on a few cases) whose "
+    "finished runs the tables, paired tests and plots pool with this one's (a fold: a run; a held-out case: a pair)",
     "model": "fine-tuned model.pt (from volmae-train); volmae-infer / volmae-evaluate: or --bundle instead",
     "bundle": "trained MONAI bundle: btcv, brats, hippocampus (looked up in $VOLMAE_BUNDLES, then the repository's "
     "bundles/) or a bundle folder; its models/model.pt segments the scans (default btcv when --model is not given)",

@@ -15,7 +15,7 @@ from volmae.study.runner import StudyRunsFailed
 
 
 def _report(cfg: StudyConfig):
-    return report_study(cfg.out_dir, title=cfg.dataset_dir.rstrip("/").split("/")[-1])
+    return report_study(cfg.out_dir, title=cfg.dataset_dir.rstrip("/").split("/")[-1], pool=cfg.pool_studies or ())
 
 
 def _run(cfg: StudyConfig) -> str:

@@ -68,6 +68,7 @@ class StudyConfig:
     device: str = "auto"
     quiet: bool = True
     report_only: bool = False
+    pool_studies: list[str] | None = None  # report: pool these study folders' runs (same design, other folds)
 
 
 @dataclass(frozen=True)

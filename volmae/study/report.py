@@ -9,6 +9,9 @@ Writes to the study folder:
   :func:`volmae.evaluation.compare.compare_pooled`), and the CNN peer vs each pretrained encoder the same way;
 * ``dice_vs_labels.png``: held-out Dice vs labeled cases, every model and init, error bars = std over seeds;
 * ``convergence.png``: validation Dice vs fine-tuning step at the curve fractions, mean over seeds (band: std).
+
+``pool`` adds the runs of other study folders of the same design on other folds (a small dataset's cross-validation,
+``volmae-study --pool-studies``): every (fold, seed) is then one run, and every (fold, seed, held-out case) one pair.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +46,13 @@ class StudyReport:
 
 
 def collect_runs(out_dir: str | Path) -> list[dict]:
-    """The ``result.json`` of every finished fine-tuning run under ``out_dir/runs``, each with its ``run_dir``."""
+    """The ``result.json`` of every finished fine-tuning run under ``out_dir/runs``, each with its ``run_dir`` and
+    ``study`` (``out_dir``)."""
     rows = []
     for folder in sorted((Path(out_dir) / "runs").glob("*")):
         res = read_result(folder)
         if res is not None and res.get("kind") == "finetune":
-            rows.append({**res, "run_dir": str(folder)})
+            rows.append({**res, "run_dir": str(folder), "study": str(out_dir)})
     return rows
 
 
@@ -74,7 +79,7 @@ def _summary(rows: list[dict]) -> list[dict]:
                 "fraction": fraction,
                 "labeled_cases": float(np.mean([r["labeled_cases"] for r in g])),
                 "runs": len(g),
-                "seeds": " ".join(str(r["seed"]) for r in sorted(g, key=lambda r: r["seed"])),
+                "seeds": _seeds(g),
                 "dice_mean": float(dice.mean()),
                 "dice_std": float(dice.std(ddof=1)) if len(g) > 1 else 0.0,
                 "hd95_mean": _nanmean([r["hd95"] for r in g]),  # NaN (null in JSON): no foreground predicted
@@ -85,13 +90,21 @@ def _summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _seeds(g: list[dict]) -> str:
+    """``"0 1"``; pooled over study folders (folds), ``"0 1; 3 studies"``."""
+    seeds = " ".join(str(s) for s in sorted({r["seed"] for r in g}))
+    studies = len({r["study"] for r in g})
+    return f"{seeds}; {studies} studies" if studies > 1 else seeds
+
+
 def _pairs(rows: list[dict], a: tuple[str, str], b: tuple[str, str]) -> dict[float, list[tuple[str, str]]]:
-    """{fraction: [(a's eval, b's eval) per seed both finished]} for models ``a`` / ``b`` = (preset, init)."""
-    by = {(r["preset"], r["init"], r["fraction"], r["seed"]): r["run_dir"] for r in rows}
+    """{fraction: [(a's eval, b's eval) per (study, seed) both finished]} for models ``a`` / ``b`` = (preset, init)."""
+    by = {(r["preset"], r["init"], r["fraction"], r["study"], r["seed"]): r["run_dir"] for r in rows}
     out: dict[float, list[tuple[str, str]]] = defaultdict(list)
-    for (preset, init, fraction, seed), run in sorted(by.items()):
-        if (preset, init) == a and (b[0], b[1], fraction, seed) in by:
-            out[fraction].append((f"{run}/eval", f"{by[(b[0], b[1], fraction, seed)]}/eval"))
+    for (preset, init, fraction, study, seed), run in sorted(by.items()):
+        twin = (b[0], b[1], fraction, study, seed)
+        if (preset, init) == a and twin in by:
+            out[fraction].append((f"{run}/eval", f"{by[twin]}/eval"))
     return dict(sorted(out.items()))
 
 
@@ -154,7 +167,8 @@ def _markdown(summary: list[dict], paired: list[dict]) -> str:
     if paired:
         lines += [
             "",
-            "Paired tests (a vs b; pairs = seeds x held-out cases; CI: bootstrap 95 % of the mean difference):",
+            "Paired tests (a vs b; pairs = seeds x held-out cases, per fold when pooled; CI: bootstrap 95 % of the "
+            "mean difference):",
             "",
             "| a vs b | fraction | seeds | pairs | a | b | a - b | 95 % CI | a better | Wilcoxon p |",
             "|---|---|---|---|---|---|---|---|---|---|",
@@ -259,10 +273,12 @@ def _plot_curves(rows: list[dict], path: Path, title: str) -> bool:
     return True
 
 
-def report_study(out_dir: str | Path, title: str = "label efficiency") -> StudyReport:
-    """Tables and plots of the finished runs under ``out_dir``; raises :class:`DataError` when none finished."""
+def report_study(out_dir: str | Path, title: str = "label efficiency", pool: Sequence[str | Path] = ()) -> StudyReport:
+    """Tables and plots of the finished runs under ``out_dir`` (and the ``pool`` folders: the same design on other
+    folds), written to ``out_dir``; raises :class:`DataError` when none finished."""
     out = Path(out_dir)
-    rows = collect_runs(out)
+    folders = list(dict.fromkeys(Path(p).resolve() for p in [out, *pool]))  # out_dir may be one of the pool
+    rows = [r for folder in folders for r in collect_runs(folder)]
     if not rows:
         raise DataError(f"{out}: no finished fine-tuning run yet (runs/*/result.json)")
     summary, paired = _summary(rows), _paired_rows(rows)
