@@ -119,3 +119,26 @@ def test_folds_pool_into_one_report(study, tmp_path):
     assert paired["pairs"] == 2 * 6 + 2 * 4 and paired["seeds"] == 4
     assert paired["diff"] == pytest.approx(expected.mean_diff) == pytest.approx((12 * 0.025 + 8 * 0.05) / 20)
     assert not any(p["fraction"] == 1.0 and p["pairs"] != 12 for p in rep.paired)  # fold 1 has no 100 % runs
+
+
+def test_the_cli_pools_folds_into_a_report_folder(study_task, tmp_path, capsys):
+    from volmae.cli.study import main
+    from volmae.study import StudyConfig
+    from volmae.utils.io import config_yaml
+
+    folds = [tmp_path / f"f{f}" for f in (0, 1)]
+    for f, folder in enumerate(folds):
+        cases = [f"{f}_{c}" for c in CASES]
+        fake_run(folder, "vit-tiny", "scratch", 1.0, 0, [0.6] * 6, cases=cases)
+        fake_run(folder, "vit-tiny", "pretrained", 1.0, 0, [0.65] * 6, cases=cases)
+        (folder / "study.yaml").write_text(config_yaml(StudyConfig(str(study_task), str(folder), fold=f)))
+    pooled = tmp_path / "pooled"
+    flags = ["--dataset-dir", str(study_task), "--out-dir", str(pooled), "--report-only"]
+    assert main([*flags, "--pool-studies", *map(str, folds)]) == 0
+    out = capsys.readouterr().out
+    assert "4 finished fine-tuning runs pooled from 2 studies" in out
+    assert "| vit-tiny pretrained vs scratch | 1 | 2 | 12 | 0.6500 | 0.6000 | +0.0500 |" in out
+    assert (pooled / "dice_vs_labels.png").is_file()
+    flags[3] = str(tmp_path / "pooled_7_steps")
+    assert main([*flags, "--steps", "7", "--pool-studies", *map(str, folds)]) == 2  # another design: refused
+    assert "is a study of another design (steps: 400 -> 7)" in capsys.readouterr().err

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The cross-dataset checks of the label-efficiency study (docs/results.md), one core (OMP_NUM_THREADS=1):
+# 1. BraTS: vit-tiny MAE-pretrained on 1-channel MRI of *other* datasets only (MSD hippocampus, the MNI152 T1, the
+#    TotalSegmentator MR example; --no-pretrain-on-dataset), fine-tuned on 2 BraTS 2013 cases (FLAIR + T1c, the
+#    1-channel patch projection repeated over the 2 channels), evaluated on the other 2; fold 0 = DeepMedic's own
+#    train / validation split, fold 1 the swap (the same pretraining, reused); both folds pooled in one report.
+# 2. CT: vit-tiny MAE-pretrained on the CT a fold does not hold out (its 2 ircadb CTs, labels unused, + the
+#    TotalSegmentator CT example), fine-tuned on those 2 CTs' manual BTCV-numbered masks, evaluated on the third;
+#    leave-one-out over the 3 ircadb cases, pooled.
+# ROI 64^3, one volume x 2 crops per step, 100 (BraTS) / 60 (CT) steps: CPU-sized; the same command with
+# --roi-size 96 96 96 and more --steps is the GPU-sized one.
+# Usage: tools/experiments/cross_dataset_study.sh [DATA_DIR] [OUT_DIR]
+set -euo pipefail
+D=$(realpath "${1:-../shared/data}")
+OUT=${2:-runs/cross_dataset}
+mkdir -p "$OUT" && cd "$OUT"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+# BraTS: the 4 cases as one MSD task, folds = DeepMedic's validation pair, then its train pair
+mkdir -p brats_src
+for c in "$D"/brats2013_deepmedic/{train,validation}/*/; do ln -sfn "$c" "brats_src/$(basename "$c")"; done
+[ -f brats_task/dataset.json ] || python "$OLDPWD/tools/convert_brats.py" brats_src brats_task
+echo '{"folds": [["brats_2013_pat0003_1", "brats_2013_pat0004_1"], ["brats_2013_pat0005_1", "brats_2013_pat0006_1"]]}' \
+  > brats_task/splits.json
+printf '%s\n' "$D/mni152_nilearn/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz" \
+  "$D/totalseg_examples/example_mr_sm.nii.gz" > other_mri.txt
+B=(--dataset-dir brats_task --preprocessing mri --roi-size 64 64 64 --encoders vit-tiny --methods mae --peer none
+   --fractions 1.0 --seeds 0 --steps 100 --batch-size 1 --curve-fractions 1.0 --curve-points 5 --curve-cases 2
+   --device cpu --no-pretrain-on-dataset --pretrain-epochs 8 --pretrain-sources "$D/msd_hippocampus" other_mri.txt)
+volmae-study "${B[@]}" --fold 0 --out-dir brats_f0
+volmae-study "${B[@]}" --fold 1 --out-dir brats_f1 --reuse-pretraining vit-tiny=brats_f0/pretrain/vit-tiny/model.pt
+volmae-study "${B[@]}" --out-dir brats --report-only --pool-studies brats_f0 brats_f1  # the pooled report
+
+# CT: the ircadb task beside the read-only data, with leave-one-out folds
+mkdir -p ircadb_task/imagesTr ircadb_task/labelsTr
+cp -f "$D/ircadb01_ct/dataset.json" ircadb_task/ && chmod u+w ircadb_task/dataset.json
+for c in 001 007 017; do
+  ln -sfn "$D/ircadb01_ct/imagesTr/ircadb_$c.nii.gz" ircadb_task/imagesTr/
+  ln -sfn "$D/ircadb01_ct/labelsTr/ircadb_$c.nii.gz" ircadb_task/labelsTr/
+done
+echo '{"folds": [["ircadb_001"], ["ircadb_007"], ["ircadb_017"]]}' > ircadb_task/splits.json
+echo "$D/totalseg_examples/example_ct_sm.nii.gz" > other_ct.txt
+C=(--dataset-dir ircadb_task --preprocessing ct --roi-size 64 64 64 --encoders vit-tiny --methods mae --peer none
+   --fractions 1.0 --seeds 0 --steps 60 --batch-size 1 --curve-fractions 1.0 --curve-points 5 --curve-cases 1
+   --device cpu --pretrain-sources other_ct.txt --pretrain-epochs 40 --pretrain-batch-size 2)
+for f in 0 1 2; do volmae-study "${C[@]}" --fold $f --out-dir ct_f$f; done
+volmae-study "${C[@]}" --out-dir ct --report-only --pool-studies ct_f0 ct_f1 ct_f2
