@@ -270,12 +270,13 @@ _POOL_FREE = (*_FREE, "fold", "out_dir", "reuse_pretraining")
 
 
 def _reuse_extends(before: dict, now: dict) -> bool:
-    """Whether ``reuse_pretraining`` only adds weights for encoders the earlier study did not have (an added
-    encoder, like more seeds, adds runs); a changed or dropped entry of an earlier encoder is a changed study."""
+    """Whether ``reuse_pretraining`` differs only for encoders that the earlier study or this one does not run (an
+    added encoder, like more seeds, adds runs; a left-out one keeps its runs); a changed, added or dropped entry of
+    an encoder both run is a changed study."""
     old = dict(e.partition("=")[::2] for e in before.get("reuse_pretraining") or [])
     new = dict(e.partition("=")[::2] for e in now.get("reuse_pretraining") or [])
-    earlier = set(before.get("encoders") or [])
-    return all(new.get(p) == old.get(p) for p in earlier)
+    both = set(before.get("encoders") or []) & set(now.get("encoders") or [])
+    return all(new.get(p) == old.get(p) for p in both)
 
 
 def _changed(path: Path, cfg: StudyConfig, free: tuple[str, ...]) -> tuple[dict, dict, list[str]]:
