@@ -29,6 +29,8 @@ def test_default_plan_pretrains_each_encoder_once_and_pairs_every_run(study_task
         assert (r.val_every > 0) == (r.fraction == 0.25)
     peer = [r for r in ft if r.preset == "dynunet"]
     assert len(peer) == 4 and {r.init for r in peer} == {"scratch"}
+    no_curves = plan_study(tiny_study(study_task, tmp_path / "s", curve_points=0))
+    assert not any(getattr(r, "val_every", 0) for r in no_curves)
 
 
 def test_reused_pretraining_replaces_the_pretraining_run(study_task, tmp_path):
@@ -55,6 +57,7 @@ def test_each_preset_gets_an_roi_it_tiles(study_task, tmp_path):
         (dict(fractions=[0.5, 0.5]), "repeated"),
         (dict(seeds=[1, 1]), "seeds"),
         (dict(steps=0), "steps=0"),
+        (dict(curve_points=-1), "curve_points=-1"),
         (dict(methods=["mae", "mae"]), "one per encoder"),
         (dict(methods=["masked-volume"]), "does not apply to 'vit-tiny'"),
         (dict(encoders=["dynunet"]), "pass it as peer"),

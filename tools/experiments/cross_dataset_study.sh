@@ -7,7 +7,8 @@
 # 2. CT: vit-tiny MAE-pretrained on the CT a fold does not hold out (its 2 ircadb CTs, labels unused, + the
 #    TotalSegmentator CT example), fine-tuned on those 2 CTs' manual BTCV-numbered masks, evaluated on the third;
 #    leave-one-out over the 3 ircadb cases, pooled.
-# ROI 64^3, one volume x 2 crops per step, 100 (BraTS) / 60 (CT) steps: CPU-sized; the same command with
+# ROI 64^3, one volume x 2 crops per step, 100 (BraTS) / 60 (CT) steps, no convergence curves (each validation
+# would score whole volumes by sliding window): CPU-sized; the same command with
 # --roi-size 96 96 96 and more --steps is the GPU-sized one.
 # Usage: tools/experiments/cross_dataset_study.sh [DATA_DIR] [OUT_DIR]
 set -euo pipefail
@@ -25,7 +26,7 @@ echo '{"folds": [["brats_2013_pat0003_1", "brats_2013_pat0004_1"], ["brats_2013_
 printf '%s\n' "$D/mni152_nilearn/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz" \
   "$D/totalseg_examples/example_mr_sm.nii.gz" > other_mri.txt
 B=(--dataset-dir brats_task --preprocessing mri --roi-size 64 64 64 --encoders vit-tiny --methods mae --peer none
-   --fractions 1.0 --seeds 0 --steps 100 --batch-size 1 --curve-fractions 1.0 --curve-points 5 --curve-cases 2
+   --fractions 1.0 --seeds 0 --steps 100 --batch-size 1 --curve-points 0
    --device cpu --no-pretrain-on-dataset --pretrain-epochs 8 --pretrain-sources "$D/msd_hippocampus" other_mri.txt)
 volmae-study "${B[@]}" --fold 0 --out-dir brats_f0
 volmae-study "${B[@]}" --fold 1 --out-dir brats_f1 --reuse-pretraining vit-tiny=brats_f0/pretrain/vit-tiny/model.pt
@@ -41,7 +42,7 @@ done
 echo '{"folds": [["ircadb_001"], ["ircadb_007"], ["ircadb_017"]]}' > ircadb_task/splits.json
 echo "$D/totalseg_examples/example_ct_sm.nii.gz" > other_ct.txt
 C=(--dataset-dir ircadb_task --preprocessing ct --roi-size 64 64 64 --encoders vit-tiny --methods mae --peer none
-   --fractions 1.0 --seeds 0 --steps 60 --batch-size 1 --curve-fractions 1.0 --curve-points 5 --curve-cases 1
+   --fractions 1.0 --seeds 0 --steps 60 --batch-size 1 --curve-points 0
    --device cpu --pretrain-sources other_ct.txt --pretrain-epochs 40 --pretrain-batch-size 2)
 for f in 0 1 2; do volmae-study "${C[@]}" --fold $f --out-dir ct_f$f; done
 volmae-study "${C[@]}" --out-dir ct --report-only --pool-studies ct_f0 ct_f1 ct_f2

@@ -82,7 +82,7 @@ HELPS: dict[str, str] = {
     "pretrain_on_dataset": "pretrain on the study dataset's training images too (--no-pretrain-on-dataset: only on "
     "--pretrain-sources)",
     "curve_fractions": "fractions whose runs record validation Dice vs step (convergence curves)",
-    "curve_points": "validations per curve run",
+    "curve_points": "validations per curve run (0: no curves, e.g. large volumes on a CPU)",
     "curve_cases": "held-out cases each curve validation scores (descriptive: the final model is never selected on "
     "them)",
     "report_only": "write the tables and plots of the finished runs and stop",

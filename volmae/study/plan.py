@@ -63,7 +63,7 @@ class StudyConfig:
     pretrain_sources: list[str] | None = None  # more image folders / lists / MSD tasks to pretrain on
     pretrain_on_dataset: bool = True  # False: pretrain on pretrain_sources only (e.g. 1-channel MRI for BraTS)
     curve_fractions: list[float] = field(default_factory=lambda: [0.1])
-    curve_points: int = 8
+    curve_points: int = 8  # 0: no curves (each validation scores curve_cases whole volumes)
     curve_cases: int = 10
     device: str = "auto"
     quiet: bool = True
@@ -138,9 +138,11 @@ def _check(cfg: StudyConfig) -> None:
         raise ConfigError(f"seeds={cfg.seeds}: need at least one, without repeats")
     if len(set(cfg.fractions)) != len(cfg.fractions):
         raise ConfigError(f"fractions={cfg.fractions}: repeated")
-    for name in ("steps", "batch_size", "num_samples", "pretrain_epochs", "curve_points", "curve_cases"):
+    for name in ("steps", "batch_size", "num_samples", "pretrain_epochs", "curve_cases"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be >= 1")
+    if cfg.curve_points < 0:
+        raise ConfigError(f"curve_points={cfg.curve_points}: must be >= 0 (0: no convergence curves)")
     if not cfg.pretrain_on_dataset and not cfg.pretrain_sources and cfg.encoders and not cfg.reuse_pretraining:
         raise ConfigError("pretrain_on_dataset=False needs pretrain_sources (the images to pretrain on)")
     if cfg.methods is not None and len(cfg.methods) != len(cfg.encoders):
@@ -173,7 +175,7 @@ def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
         for seed in cfg.seeds:
             n = len(label_fraction(train, fraction, seed))
             epochs = max(1, round(cfg.steps / steps_per_epoch(n, cfg.batch_size)))
-            curve = any(math.isclose(fraction, f) for f in cfg.curve_fractions)
+            curve = cfg.curve_points > 0 and any(math.isclose(fraction, f) for f in cfg.curve_fractions)
             val_every = max(1, epochs // cfg.curve_points) if curve else 0
             for preset, init in models:
                 pre = pretrains.get(preset) if init == "pretrained" else None
