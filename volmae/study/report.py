@@ -259,7 +259,7 @@ def _plot_curves(rows: list[dict], path: Path, title: str) -> bool:
             vals = np.array([[{p["step"]: p["val_dice"] for p in r["curve"]}[s] for s in steps] for r in runs])
             mean, std = vals.mean(0), vals.std(0)
             style = _style(preset, init, presets)
-            ax.plot(steps, mean, label=f"{preset} {init} ({len(runs)} seeds)", **style)
+            ax.plot(steps, mean, label=f"{preset} {init} ({len(runs)} run{'s' * (len(runs) > 1)})", **style)
             ax.fill_between(steps, mean - std, mean + std, color=style["color"], alpha=0.12)
         labeled = int(np.mean([r["labeled_cases"] for r in curves if r["fraction"] == fraction]))
         ax.set_title(f"{title}: {fraction * 100:g} % labels ({labeled} cases)")
