@@ -259,6 +259,33 @@ def test_multichannel_unlabeled_and_splits(tmp_path):
     assert dl.splits == [["a_flair"], ["case_001", "case_002"]]
 
 
+def test_labels_present_marks_what_each_case_annotates(tmp_path):
+    root = make_msd_folder(tmp_path / "t", n=2)
+    meta = json.loads((root / "dataset.json").read_text())
+    cases = [c["image"].split("/")[-1].removesuffix(".nii.gz") for c in meta["training"]]
+    for present, error in [
+        ({cases[0]: [0, "2"]}, None),
+        ({"nobody": [1]}, "names cases not in 'training'"),
+        ({cases[0]: ["liver"]}, "must map case ids to lists of label values"),
+        ([1, 2], "must map case ids"),
+    ]:
+        (root / "dataset.json").write_text(json.dumps({**meta, "labels_present": present}))
+        if error:
+            with pytest.raises(DataError, match=error):
+                load_msd_datalist(root)
+            continue
+        dl = load_msd_datalist(root)
+        assert dl.annotated == {cases[0]: [0, 2]} and all("labels_present" not in it for it in dl.items)
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert load_msd_datalist(root).annotated == {}  # fully annotated: every class scored everywhere
+
+
+def test_real_ircadb_lists_its_annotated_organs(ircadb_ct):
+    dl = load_msd_datalist(ircadb_ct)
+    assert dl.annotated["ircadb_017"] == [0, 6, 8, 9, 10]  # no spleen or kidney masks in case 17
+    assert set(dl.annotated) == {it["case"] for it in dl.items}
+
+
 def test_missing_dataset_folder(tmp_path):
     with pytest.raises(DataError, match="dataset folder not found") as info:
         load_msd_datalist(tmp_path / "absent")

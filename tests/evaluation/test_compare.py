@@ -27,6 +27,11 @@ def test_read_case_dice_averages_classes(tmp_path):
     assert read_case_dice(tmp_path) == pytest.approx({"a": 0.7, "b": 0.75})
 
 
+def test_read_case_dice_leaves_unscored_classes_out(tmp_path):
+    _write_eval(tmp_path, {"a": (0.8, float("nan")), "b": (1.0, 0.5)})  # a: Posterior not annotated
+    assert read_case_dice(tmp_path) == pytest.approx({"a": 0.8, "b": 0.75})
+
+
 def test_paired_difference_wins_and_wilcoxon(tmp_path):
     rng = np.random.default_rng(1)
     base = rng.uniform(0.6, 0.9, size=(20, 2))

@@ -103,6 +103,20 @@ def test_empty_classes():
     assert r.voxels_pred == {"both_empty": 0, "missed": 0, "false_alarm": 512}
 
 
+def test_classes_not_annotated_in_a_case_are_not_scored():
+    pred = _masks(_box(2, 2, 2), _box(2, 2, 2), None)
+    true = _masks(_box(2, 2, 2), None, None)  # class 1 is in the image but unmasked: its prediction is no error
+    r = case_metrics(pred, true, ["liver", "stomach", "gallbladder"], "c", (1, 1, 1), scored=[True, False, False])
+    assert r.dice["liver"] == 1.0 and all(math.isnan(r.dice[n]) for n in ("stomach", "gallbladder"))
+    assert math.isnan(r.hd95["stomach"]) and r.voxels_pred["stomach"] == 512
+    other = case_metrics(pred, _masks(_box(2, 2, 2), _box(2, 2, 2), None), ["liver", "stomach", "gallbladder"], "d")
+    s = summarise([r, other], ["liver", "stomach", "gallbladder"]).summary
+    assert s["mean"]["dice_mean"] == pytest.approx(np.mean([1.0, np.mean([1.0, 1.0, 1.0])]))  # case c: liver only
+    assert s["stomach"]["n"] == 1 and s["stomach"]["n_hd95_undefined"] == 0 and s["gallbladder"]["n"] == 1
+    with pytest.raises(ValueError, match="scored has 2 entries for 3 classes"):
+        case_metrics(pred, true, ["liver", "stomach", "gallbladder"], "c", scored=[True, False])
+
+
 def test_shape_mismatch():
     with pytest.raises(ValueError, match="case7"):
         case_metrics(

@@ -61,6 +61,10 @@ class Datalist:
     root: Path | None = None
     unlabeled: list[dict] = field(default_factory=list)
     splits: list[list[str]] | None = None
+    # {case: label values annotated in it}, for partially annotated tasks (``dataset.json`` "labels_present", e.g.
+    # 3D-IRCADb, whose cases mask different organs): a class not annotated in a case is not scored there, since
+    # the organ may be in the image, unmasked. Kept out of the items, which MONAI's collate would batch.
+    annotated: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -136,7 +140,22 @@ def load_msd_datalist(dataset_dir: str | Path, dataset_json: str = "dataset.json
             splits = json.loads(split_path.read_text()).get("folds")
         except (json.JSONDecodeError, AttributeError) as e:
             raise DataError(f"{split_path}: not a valid splits file ({e})") from None
-    return Datalist(items, labels, modality, str(meta.get("name", root.name)), root, unlabeled, splits)
+    annotated = _annotated(meta.get("labels_present"), {it["case"] for it in items}, meta_path)
+    return Datalist(items, labels, modality, str(meta.get("name", root.name)), root, unlabeled, splits, annotated)
+
+
+def _annotated(present, cases: set[str], meta_path: Path) -> dict[str, list[int]]:
+    """``dataset.json`` "labels_present" ({case: [label values]}) checked: known cases, integer labels."""
+    if present is None:
+        return {}
+    try:
+        out = {str(c): sorted(int(v) for v in values) for c, values in present.items()}
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DataError(f"{meta_path}: 'labels_present' must map case ids to lists of label values ({e})") from None
+    unknown = sorted(set(out) - cases)
+    if unknown:
+        raise DataError(f"{meta_path}: 'labels_present' names cases not in 'training': {unknown[:5]}")
+    return out
 
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii")

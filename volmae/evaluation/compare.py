@@ -45,7 +45,8 @@ def read_case_dice(folder: str | Path) -> dict[str, float]:
             per_case[row["case"]].append(float(row["dice"]))
     if not per_case:
         raise DataError(f"{path}: no cases")
-    return {c: float(np.mean(v)) for c, v in per_case.items()}
+    # nan: a class not annotated in that case (a partially annotated task), left out of its mean
+    return {c: float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan") for c, v in per_case.items()}
 
 
 @dataclass

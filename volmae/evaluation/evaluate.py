@@ -74,12 +74,14 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
         seg = pred.labels[0].numpy()
         if seg.shape != truth.shape:
             raise DataError(f"{item['label']}: label shape {truth.shape} differs from the prediction {seg.shape}")
+        present = datalist.annotated.get(item["case"])  # partially annotated task: score what this case masks
         res = case_metrics(
             label_masks(torch.from_numpy(seg), classes),
             label_masks(torch.from_numpy(truth), classes),
             names,
             item["case"],
             _spacing(affine),
+            None if present is None else [set(c if isinstance(c, list) else [c]) <= set(present) for c in classes],
         )
         results.append(res)
         if cfg.save_predictions:
@@ -87,7 +89,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
         if i < cfg.num_overlays:
             img, _ = load_volume(item["image"] if isinstance(item["image"], str) else item["image"][0])
             img = img[..., 0] if img.ndim == 4 else img  # stacked channels (X Y Z C): picture the first
-            mean_dice = float(np.mean(list(res.dice.values())))
+            mean_dice = float(np.nanmean(list(res.dice.values())))
             save_overlay_png(
                 img,
                 truth,

@@ -2,7 +2,9 @@
 
 Classes are evaluated one at a time as binary masks, so a 14-class 512 x 512 x 300 CT never needs a one-hot
 copy. Conventions: a class absent from both prediction and truth has Dice 1 and HD95 0 (a correct empty answer);
-absent from exactly one, Dice 0 and HD95 ``nan`` (undefined distance; counted in ``n_hd95_undefined``).
+absent from exactly one, Dice 0 and HD95 ``nan`` (undefined distance; counted in ``n_hd95_undefined``). A class not
+*annotated* in a case (``scored=False``: a partially annotated task) has Dice and HD95 ``nan`` and is left out of
+that case's mean and of the class's statistics.
 HD95 is in millimetres when a spacing is given.
 """
 
@@ -49,16 +51,23 @@ def case_metrics(
     names: Sequence[str],
     case: str,
     spacing: Sequence[float] | None = None,
+    scored: Sequence[bool] | None = None,
 ) -> CaseMetrics:
-    """Dice and HD95 for each of the ``K`` channels of ``K D H W`` boolean masks."""
+    """Dice and HD95 for each of the ``K`` channels of ``K D H W`` boolean masks (``nan`` where ``scored`` is
+    False: the class is not annotated in this case)."""
     if pred_masks.shape != true_masks.shape:
         raise ValueError(f"{case}: prediction {tuple(pred_masks.shape)} and truth {tuple(true_masks.shape)} differ")
+    if scored is not None and len(scored) != len(names):
+        raise ValueError(f"{case}: scored has {len(scored)} entries for {len(names)} classes")
     dice, hd, nt, npred = {}, {}, {}, {}
     for k, name in enumerate(names):
         p, t = pred_masks[k].bool(), true_masks[k].bool()
         sp, st = int(p.sum()), int(t.sum())
         inter = int((p & t).sum())
         nt[name], npred[name] = st, sp
+        if scored is not None and not scored[k]:
+            dice[name], hd[name] = math.nan, math.nan
+            continue
         if sp == 0 and st == 0:
             dice[name], hd[name] = 1.0, 0.0
             continue
@@ -145,9 +154,9 @@ def summarise(cases: list[CaseMetrics], names: Sequence[str]) -> EvaluationRepor
             "hd95_mean": hm,
             "hd95_std": hs,
             "n": k,
-            "n_hd95_undefined": sum(1 for c in cases if math.isnan(c.hd95[n])),
+            "n_hd95_undefined": sum(1 for c in cases if math.isnan(c.hd95[n]) and not math.isnan(c.dice[n])),
         }
-    per_case_dice = [float(np.mean([c.dice[n] for n in names])) for c in cases]
+    per_case_dice = [_stats([c.dice[n] for n in names])[0] for c in cases]  # over the classes scored in the case
     per_case_hd = [
         float(np.nanmean([c.hd95[n] for n in names])) if any(not math.isnan(c.hd95[n]) for n in names) else math.nan
         for c in cases
