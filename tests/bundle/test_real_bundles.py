@@ -195,6 +195,14 @@ def test_btcv_on_real_ct(ircadb_ct, tmp_path):
     seg, ref = nib.load(done[0].label_map), nib.load(scan)
     assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
     assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(14))
+    from volmae.data.convert import BTCV_LABELS
+    from volmae.evaluation.evaluate import EvaluateConfig, evaluate
+
+    case = Path(scan).name.split(".")[0]  # IRCADb masks only some organs per case (dataset.json "labels_present")
+    annotated = set(json.loads((task / "dataset.json").read_text())["labels_present"][case])
+    ev = EvaluateConfig(None, str(task), str(tmp_path / "ev"), cases=[case], overlap=0.25, bundle=str(root))
+    dice = evaluate(ev).cases[0].dice
+    assert len(annotated) < 14 and all(np.isnan(dice[BTCV_LABELS[k]]) == (k not in annotated) for k in range(1, 14))
 
 
 def test_btcv_on_totalsegmentator_example_mapped_to_btcv(tmp_path):
