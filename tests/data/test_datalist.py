@@ -280,6 +280,18 @@ def test_labels_present_marks_what_each_case_annotates(tmp_path):
     assert load_msd_datalist(root).annotated == {}  # fully annotated: every class scored everywhere
 
 
+def test_regions_are_read_and_checked(tmp_path):
+    root = make_msd_folder(tmp_path / "t", n=2)
+    meta = json.loads((root / "dataset.json").read_text())
+    for regions, error in [({"TC": [2, 3], "WT": [1, 2, 3]}, None), ({"TC": []}, "'regions': region 'TC'")]:
+        (root / "dataset.json").write_text(json.dumps({**meta, "regions": regions}))
+        if error:
+            with pytest.raises(DataError, match=error):
+                load_msd_datalist(root)
+        else:
+            assert load_msd_datalist(root).regions == regions
+
+
 def test_real_ircadb_lists_its_annotated_organs(ircadb_ct):
     dl = load_msd_datalist(ircadb_ct)
     assert dl.annotated["ircadb_017"] == [0, 6, 8, 9, 10]  # no spleen or kidney masks in case 17

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from volmae.data.regions import check_regions
 from volmae.errors import DataError
 
 __all__ = [
@@ -65,6 +66,9 @@ class Datalist:
     # 3D-IRCADb, whose cases mask different organs): a class not annotated in a case is not scored there, since
     # the organ may be in the image, unmasked. Kept out of the items, which MONAI's collate would batch.
     annotated: dict[str, list[int]] = field(default_factory=dict)
+    # ``dataset.json`` "regions" ({name: label values}, BraTS TC / WT / ET): what the task is scored on, whichever
+    # way a model was trained (sigmoid regions, or softmax labels whose map is then cut into the regions)
+    regions: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -141,7 +145,14 @@ def load_msd_datalist(dataset_dir: str | Path, dataset_json: str = "dataset.json
         except (json.JSONDecodeError, AttributeError) as e:
             raise DataError(f"{split_path}: not a valid splits file ({e})") from None
     annotated = _annotated(meta.get("labels_present"), {it["case"] for it in items}, meta_path)
-    return Datalist(items, labels, modality, str(meta.get("name", root.name)), root, unlabeled, splits, annotated)
+    regions = {}
+    if meta.get("regions"):
+        try:
+            regions = dict(zip(meta["regions"], check_regions(meta["regions"])))
+        except (ValueError, TypeError, AttributeError) as e:
+            raise DataError(f"{meta_path}: 'regions': {e}") from None
+    name = str(meta.get("name", root.name))
+    return Datalist(items, labels, modality, name, root, unlabeled, splits, annotated, regions)
 
 
 def _annotated(present, cases: set[str], meta_path: Path) -> dict[str, list[int]]:

@@ -59,8 +59,10 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     datalist = load_msd_datalist(cfg.dataset_dir)
     items = datalist.by_case(cfg.cases) if cfg.cases else split_fold(datalist, cfg.fold)[1]
     preflight(items, predictor.task.get("in_channels"), True, "evaluation datalist", predictor.prep.pixdim)
-    regions = predictor.task.get("regions")
-    if regions:  # nested tumour regions are what BraTS is scored on: one mask per region
+    # nested tumour regions are what BraTS is scored on, one mask per region: the model's (sigmoid regions), else
+    # the task's (a softmax label map cut into the regions, as nnU-Net scores BraTS)
+    regions = predictor.task.get("regions") or datalist.regions
+    if regions:
         classes, names = [list(v) for v in regions.values()], list(regions)
     else:
         classes = sorted(k for k in labels if k > 0)
