@@ -162,6 +162,12 @@ def test_make_folds_bad_count(n):
         make_folds(CASES, n)
 
 
+def test_too_few_cases_for_the_default_folds_ask_for_a_splits_file():
+    with pytest.raises(DataError, match="3 cases are too few for the default 5-fold split; write a splits.json"):
+        split_fold(_synthetic_datalist(3), 0)
+    assert len(split_fold(_synthetic_datalist(3, splits=[["c0"], ["c1"], ["c2"]]), 2)[0]) == 2
+
+
 def _synthetic_datalist(n=10, splits=None) -> Datalist:
     items = [{"image": f"/x/c{i}.nii.gz", "label": f"/y/c{i}.nii.gz", "case": f"c{i}"} for i in range(n)]
     return Datalist(items, {0: "bg", 1: "fg"}, {0: "CT"}, splits=splits)

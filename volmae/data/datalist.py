@@ -280,7 +280,13 @@ def make_folds(cases: Sequence[str], n_folds: int = 5, seed: int = 0) -> list[li
 
 def split_fold(datalist: Datalist, fold: int, n_folds: int = 5, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """``(train items, held-out items)`` for ``fold``; uses the folder's ``splits.json`` when it has one."""
-    folds = datalist.splits or make_folds([it["case"] for it in datalist.items], n_folds, seed)
+    cases = [it["case"] for it in datalist.items]
+    if not datalist.splits and len(cases) < n_folds:
+        raise DataError(
+            f"{datalist.root or datalist.name}: {len(cases)} cases are too few for the default {n_folds}-fold split; "
+            'write a splits.json beside dataset.json, e.g. {"folds": [["case_a"], ["case_b"], ...]}'
+        )
+    folds = datalist.splits or make_folds(cases, n_folds, seed)
     if not 0 <= fold < len(folds):
         raise DataError(f"fold={fold}: the datalist has folds 0..{len(folds) - 1}")
     held = set(folds[fold])
