@@ -25,3 +25,8 @@ volmae-study --dataset-dir "$DATA" --out-dir "$OUT" --encoders vit-tiny --peer d
   --report-only
 # The full default study (both encoders, 5 / 10 / 25 / 50 / 100 %, 3 seeds) is the same command without
 # --encoders / --fractions / --seeds; its finished runs here are kept (fractions, seeds and encoders may grow).
+# The nnFormer arm of the published run (10 %, reusing the 13-epoch masked-volume pretraining of docs/nnformer.md;
+# NNF_PRE = that model.pt), added to the same folder:
+#   volmae-study --dataset-dir "$DATA" --out-dir "$OUT" --encoders vit-tiny nnformer-tiny --peer dynunet \
+#     --fractions 0.1 --seeds 0 1 --steps 100 --curve-fractions 0.1 --curve-points 8 --curve-cases 10 --device cpu \
+#     --reuse-pretraining "vit-tiny=$PRE" "nnformer-tiny=$NNF_PRE"
