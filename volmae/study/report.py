@@ -277,8 +277,10 @@ def report_study(out_dir: str | Path, title: str = "label efficiency", pool: Seq
     """Tables and plots of the finished runs under ``out_dir`` (and the ``pool`` folders: the same design on other
     folds), written to ``out_dir``; raises :class:`DataError` when none finished."""
     out = Path(out_dir)
-    folders = list(dict.fromkeys(Path(p).resolve() for p in [out, *pool]))  # out_dir may be one of the pool
-    rows = [r for folder in folders for r in collect_runs(folder)]
+    folders: dict[Path, Path] = {}
+    for folder in [out, *map(Path, pool)]:  # out_dir may be one of the pool: counted once, named as given
+        folders.setdefault(folder.resolve(), folder)
+    rows = [r for folder in folders.values() for r in collect_runs(folder)]
     if not rows:
         raise DataError(f"{out}: no finished fine-tuning run yet (runs/*/result.json)")
     summary, paired = _summary(rows), _paired_rows(rows)
