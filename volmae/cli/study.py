@@ -28,11 +28,11 @@ def _run(cfg: StudyConfig) -> str:
     report = _report(cfg)
     finetunes = sum(isinstance(r, FinetuneRun) for r in runs)
     finished = len(report.runs) + len(runs) - finetunes  # pretrainings: done once run_study ran (not report_only)
-    count = f"{len(report.runs)} of {finetunes} fine-tuning runs finished ({finished} of {len(runs)} runs in all)"
     if cfg.pool_studies:
-        count = (
-            f"{len(report.runs)} finished fine-tuning runs pooled from {len({r['study'] for r in report.runs})} studies"
-        )
+        studies = len({r["study"] for r in report.runs})
+        count = f"{len(report.runs)} finished fine-tuning runs pooled from {studies} studies"
+    else:
+        count = f"{len(report.runs)} of {finetunes} fine-tuning runs finished ({finished} of {len(runs)} runs in all)"
     return "\n".join([report.text(), count] + [f"wrote {p}" for p in report.files])
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from scipy.stats import wilcoxon
 
 from volmae.errors import DataError
+from volmae.evaluation.metrics import defined_mean
 
 __all__ = ["PairedComparison", "compare_evaluations", "compare_pooled", "read_case_dice"]
 
@@ -46,7 +47,7 @@ def read_case_dice(folder: str | Path) -> dict[str, float]:
     if not per_case:
         raise DataError(f"{path}: no cases")
     # nan: a class not annotated in that case (a partially annotated task), left out of its mean
-    return {c: float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan") for c, v in per_case.items()}
+    return {c: defined_mean(v) for c, v in per_case.items()}
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 from volmae.bundle.loading import DEFAULT_BUNDLE
 from volmae.data import load_msd_datalist, load_volume, preflight, split_fold
 from volmae.errors import DataError
-from volmae.evaluation.metrics import EvaluationReport, case_metrics, label_masks, summarise
+from volmae.evaluation.metrics import EvaluationReport, case_metrics, defined_mean, label_masks, summarise
 from volmae.evaluation.pictures import save_overlay_png
 from volmae.inference.predictor import predictor_for
 from volmae.utils.io import atomic_save_nifti
@@ -91,7 +91,7 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
         if i < cfg.num_overlays:
             img, _ = load_volume(item["image"] if isinstance(item["image"], str) else item["image"][0])
             img = img[..., 0] if img.ndim == 4 else img  # stacked channels (X Y Z C): picture the first
-            mean_dice = float(np.nanmean(list(res.dice.values())))
+            mean_dice = defined_mean(res.dice.values())
             save_overlay_png(
                 img,
                 truth,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from monai.metrics import compute_hausdorff_distance
 
 from volmae.utils.io import atomic_write_json, atomic_write_text
 
-__all__ = ["CaseMetrics", "EvaluationReport", "case_metrics", "label_masks", "summarise"]
+__all__ = ["CaseMetrics", "EvaluationReport", "case_metrics", "label_masks", "summarise", "defined_mean"]
 
 
 def label_masks(label_map: torch.Tensor, classes: Sequence[int | Sequence[int]]) -> torch.Tensor:
@@ -135,8 +135,20 @@ class EvaluationReport:
         return csv_path, json_path
 
 
+def _defined(values: Iterable[float | None]) -> np.ndarray:
+    """The values that are defined: not ``nan`` (an undefined HD95, a class not annotated) and not ``None`` (a
+    ``nan`` read back from JSON)."""
+    return np.array([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+
+
+def defined_mean(values: Iterable[float | None]) -> float:
+    """Mean of the defined values (see :func:`_defined`); ``nan`` when none is."""
+    v = _defined(values)
+    return float(v.mean()) if v.size else math.nan
+
+
 def _stats(values: list[float]) -> tuple[float, float, int]:
-    v = np.array([x for x in values if not math.isnan(x)], dtype=float)
+    v = _defined(values)
     if v.size == 0:
         return math.nan, math.nan, 0
     return float(v.mean()), float(v.std()), int(v.size)
@@ -156,11 +168,8 @@ def summarise(cases: list[CaseMetrics], names: Sequence[str]) -> EvaluationRepor
             "n": k,
             "n_hd95_undefined": sum(1 for c in cases if math.isnan(c.hd95[n]) and not math.isnan(c.dice[n])),
         }
-    per_case_dice = [_stats([c.dice[n] for n in names])[0] for c in cases]  # over the classes scored in the case
-    per_case_hd = [
-        float(np.nanmean([c.hd95[n] for n in names])) if any(not math.isnan(c.hd95[n]) for n in names) else math.nan
-        for c in cases
-    ]
+    per_case_dice = [defined_mean(c.dice[n] for n in names) for c in cases]  # over the classes scored in the case
+    per_case_hd = [defined_mean(c.hd95[n] for n in names) for c in cases]
     dm, ds, k = _stats(per_case_dice)
     hm, hs, _ = _stats(per_case_hd)
     summary["mean"] = {"dice_mean": dm, "dice_std": ds, "hd95_mean": hm, "hd95_std": hs, "n": k}

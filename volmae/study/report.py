@@ -27,6 +27,7 @@ import numpy as np
 
 from volmae.errors import DataError
 from volmae.evaluation.compare import PairedComparison, compare_pooled
+from volmae.evaluation.metrics import defined_mean
 from volmae.networks.registry import get_preset
 from volmae.study.runner import read_result
 from volmae.utils.io import atomic_write_text
@@ -63,11 +64,6 @@ def _groups(rows: list[dict]) -> dict[tuple[str, str, float], list[dict]]:
     return dict(sorted(groups.items()))
 
 
-def _nanmean(values: list[float | None]) -> float:
-    v = [float(x) for x in values if x is not None and not np.isnan(x)]
-    return float(np.mean(v)) if v else float("nan")
-
-
 def _summary(rows: list[dict]) -> list[dict]:
     out = []
     for (preset, init, fraction), g in _groups(rows).items():
@@ -82,7 +78,7 @@ def _summary(rows: list[dict]) -> list[dict]:
                 "seeds": _seeds(g),
                 "dice_mean": float(dice.mean()),
                 "dice_std": float(dice.std(ddof=1)) if len(g) > 1 else 0.0,
-                "hd95_mean": _nanmean([r["hd95"] for r in g]),  # NaN (null in JSON): no foreground predicted
+                "hd95_mean": defined_mean(r["hd95"] for r in g),  # NaN (null in JSON): no foreground predicted
                 "steps": float(np.mean([r["steps"] for r in g])),
                 "train_minutes": float(np.mean([r["train_seconds"] for r in g]) / 60),
             }
