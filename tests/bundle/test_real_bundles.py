@@ -1,7 +1,8 @@
 """Each bundle driven end to end on real volumes: hippocampus (MSD Task04), BraTS 2013 (FLAIR + T1c, converted), and
 BTCV on real CT (3D-IRCADb-01, BTCV numbering) plus TotalSegmentator's example CT with its model-made organs mapped
 to the 13 BTCV labels (a pipeline check, never an accuracy figure). Small ROIs / presets and few epochs keep it to
-CPU minutes; ``slow`` runs the shipped ViT-B/16 at 96^3."""
+CPU minutes. ``slow`` (run by hand) runs the shipped ViT-B/16 at 96^3, the held-out IRCADb evaluation, the
+TotalSegmentator CT and torchrun for the btcv / brats bundles; the quick suite keeps one real run of each step."""
 
 from __future__ import annotations
 
@@ -180,7 +181,8 @@ def _btcv_small(root: Path) -> None:
     edit_bundle(root, ("inference.json",), preset="vit-tiny", roi_size=[64, 64, 64])
 
 
-def test_btcv_on_real_ct(ircadb_ct, tmp_path):
+def _train_btcv_on_ircadb(ircadb_ct: Path, tmp_path: Path) -> tuple[Path, Path, list[dict]]:
+    """The BTCV bundle (vit-tiny, 64^3) one epoch on two cropped IRCADb CTs, validated on the third."""
     root = copy_bundle("btcv", tmp_path / "bundles")
     _btcv_small(root)
     task = _cropped_task(ircadb_ct, tmp_path / "task", (256, 256, 120))
@@ -190,21 +192,33 @@ def test_btcv_on_real_ct(ircadb_ct, tmp_path):
         **{"train#dataset#data": data[:2], "validate#dataset#data": data[2:], "train#trainer#max_epochs": 1},
         **{"val_interval": 1, "device": "cpu"},
     )  # fmt: skip
+    return root, task, data
+
+
+def test_btcv_on_real_ct(ircadb_ct, tmp_path):
+    root, _, data = _train_btcv_on_ircadb(ircadb_ct, tmp_path)
     scan = data[2]["image"]
     done = infer(InferConfig([scan], bundle=str(root), output=str(tmp_path / "o"), overlap=0.25, quiet=True))
     seg, ref = nib.load(done[0].label_map), nib.load(scan)
     assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
     assert set(np.unique(np.asarray(seg.dataobj))) <= set(range(14))
+
+
+@pytest.mark.slow
+def test_btcv_held_out_ct_is_scored_on_its_annotated_organs_only(ircadb_ct, tmp_path):
+    """IRCADb masks only some organs per case (dataset.json ``labels_present``): the others score nan, not 1."""
     from volmae.data.convert import BTCV_LABELS
     from volmae.evaluation.evaluate import EvaluateConfig, evaluate
 
-    case = Path(scan).name.split(".")[0]  # IRCADb masks only some organs per case (dataset.json "labels_present")
+    root, task, data = _train_btcv_on_ircadb(ircadb_ct, tmp_path)
+    case = Path(data[2]["image"]).name.split(".")[0]
     annotated = set(json.loads((task / "dataset.json").read_text())["labels_present"][case])
     ev = EvaluateConfig(None, str(task), str(tmp_path / "ev"), cases=[case], overlap=0.25, bundle=str(root))
     dice = evaluate(ev).cases[0].dice
     assert len(annotated) < 14 and all(np.isnan(dice[BTCV_LABELS[k]]) == (k not in annotated) for k in range(1, 14))
 
 
+@pytest.mark.slow
 def test_btcv_on_totalsegmentator_example_mapped_to_btcv(tmp_path):
     from tests.conftest import require_dataset
     from volmae.data.convert import BTCV_LABELS, totalseg_to_btcv
@@ -277,6 +291,7 @@ def _torchrun_training(root: Path, cwd: Path, overrides: dict) -> list[float]:
     return [float(d) for d in re.findall(r"val_mean_dice: ([0-9.]+)", out.stdout + out.stderr)]
 
 
+@pytest.mark.slow  # the quick suite runs hippocampus's torchrun test; all overlays come from volmae.bundle.configs
 @pytest.mark.parametrize("name", ["btcv", "brats"])
 def test_multi_process_training_of_the_ct_and_tumour_bundles(name, request, tmp_path):
     """The issue's command for btcv (real abdominal CT) and brats (real two-channel glioma MRI), CPU-sized."""

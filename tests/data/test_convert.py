@@ -13,7 +13,15 @@ import pytest
 
 from tests.conftest import save_nifti
 from volmae.data.checks import preflight
-from volmae.data.convert import BRATS_LAYOUTS, BTCV_VALIDATION, convert_brats, convert_btcv
+from volmae.data.convert import (
+    BRATS_LAYOUTS,
+    BTCV_LABELS,
+    BTCV_VALIDATION,
+    TOTALSEG_TO_BTCV,
+    convert_brats,
+    convert_btcv,
+    totalseg_to_btcv,
+)
 from volmae.data.datalist import load_msd_datalist, split_fold
 from volmae.errors import DataError
 
@@ -195,3 +203,22 @@ def test_brats_converter_on_real_brats2013(tmp_path, brats2013):
     assert np.array_equal(np.isin(lab, [2, 3]), np.isin(raw, [1, 3, 4]))
     assert np.array_equal(lab == 3, raw == 4)
     np.testing.assert_allclose(img.affine, nib.load(case / "OTMultiClass.nii.gz").affine)
+
+
+@pytest.mark.realdata
+def test_totalsegmentator_classes_map_to_the_btcv_organs_of_their_names():
+    """TotalSegmentator's example CT labels in BTCV numbering: each source class is the BTCV organ of the same name
+    (the example ships TotalSegmentator's own label names), voxel for voxel, and every other structure becomes 0."""
+    from tests.conftest import require_dataset
+
+    src = require_dataset("totalseg_examples")
+    names = json.loads((src / "label_map_total_and_total_mr.json").read_text())["total"]
+    assert sorted(TOTALSEG_TO_BTCV.values()) == list(range(1, 14))
+    for ts, btcv in TOTALSEG_TO_BTCV.items():
+        assert set(names[str(ts)].split("_")) == set(BTCV_LABELS[btcv].split()), (ts, btcv)
+    seg = np.asarray(nib.load(src / "example_seg.nii.gz").dataobj).round().astype(np.int64)
+    mapped = totalseg_to_btcv(seg)
+    assert mapped.dtype == np.uint8 and mapped.shape == seg.shape
+    for ts, btcv in TOTALSEG_TO_BTCV.items():
+        assert np.array_equal(mapped == btcv, seg == ts), names[str(ts)]
+    assert (mapped[~np.isin(seg, list(TOTALSEG_TO_BTCV))] == 0).all() and (mapped == 6).sum() > 1000  # a liver
