@@ -31,6 +31,7 @@ volmae-study --dataset-dir "$DATA" --out-dir "$OUT" --encoders vit-tiny --peer d
 #     --fractions 0.1 --seeds 0 1 --steps 100 --curve-fractions 0.1 --curve-points 8 --curve-cases 10 --device cpu \
 #     --reuse-pretraining "vit-tiny=$PRE" "nnformer-tiny=$NNF_PRE"
 # Of the 25 % runs the published report holds UNETR only (DynUNet at 25 % did not run for CPU time); its UNETR pairs
-# at 50 / 100 % (seed 0) were added to the same folder with:
-#   volmae-study --dataset-dir "$DATA" --out-dir "$OUT" --encoders vit-tiny --peer none --fractions 0.5 1.0 \
-#     --seeds 0 --steps 100 --curve-fractions 0.1 --curve-points 8 --curve-cases 10 --device cpu "${reuse[@]}"
+# at 50 % (seeds 0 1) and 100 % (seed 0) were added to the same folder with:
+#   volmae-study --dataset-dir "$DATA" --out-dir "$OUT" --encoders vit-tiny --peer none --fractions 0.5 \
+#     --seeds 0 1 --steps 100 --curve-fractions 0.1 --curve-points 8 --curve-cases 10 --device cpu "${reuse[@]}"
+#   (and the same with --fractions 1.0 --seeds 0)
