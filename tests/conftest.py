@@ -59,6 +59,12 @@ def ircadb_ct() -> Path:
 
 
 @pytest.fixture(scope="session")
+def totalseg_examples() -> Path:
+    """``<data>/totalseg_examples`` (TotalSegmentator's small example CT + MR, model-made labels, label names)."""
+    return require_dataset("totalseg_examples")
+
+
+@pytest.fixture(scope="session")
 def brats2013() -> Path:
     """``<data>/brats2013_deepmedic`` (4 BraTS 2013 cases, FLAIR + T1c, DeepMedic's folder layout)."""
     return require_dataset("brats2013_deepmedic")

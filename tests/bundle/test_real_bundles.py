@@ -219,11 +219,10 @@ def test_btcv_held_out_ct_is_scored_on_its_annotated_organs_only(ircadb_ct, tmp_
 
 
 @pytest.mark.slow
-def test_btcv_on_totalsegmentator_example_mapped_to_btcv(tmp_path):
-    from tests.conftest import require_dataset
+def test_btcv_on_totalsegmentator_example_mapped_to_btcv(totalseg_examples, tmp_path):
     from volmae.data.convert import BTCV_LABELS, totalseg_to_btcv
 
-    src = require_dataset("totalseg_examples")
+    src = totalseg_examples
     task = tmp_path / "task"
     (task / "imagesTr").mkdir(parents=True)
     (task / "labelsTr").mkdir()

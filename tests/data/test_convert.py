@@ -206,12 +206,10 @@ def test_brats_converter_on_real_brats2013(tmp_path, brats2013):
 
 
 @pytest.mark.realdata
-def test_totalsegmentator_classes_map_to_the_btcv_organs_of_their_names():
+def test_totalsegmentator_classes_map_to_the_btcv_organs_of_their_names(totalseg_examples):
     """TotalSegmentator's example CT labels in BTCV numbering: each source class is the BTCV organ of the same name
     (the example ships TotalSegmentator's own label names), voxel for voxel, and every other structure becomes 0."""
-    from tests.conftest import require_dataset
-
-    src = require_dataset("totalseg_examples")
+    src = totalseg_examples
     names = json.loads((src / "label_map_total_and_total_mr.json").read_text())["total"]
     assert sorted(TOTALSEG_TO_BTCV.values()) == list(range(1, 14))
     for ts, btcv in TOTALSEG_TO_BTCV.items():
