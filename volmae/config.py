@@ -31,6 +31,7 @@ class StageConfig:
     roi_size: tuple[int, int, int] | None = None
     patch_size: int | None = None
     epochs: int = 100
+    steps: int | None = None  # an exact optimizer-step budget; when set it replaces epochs (utils.loop)
     batch_size: int = 2
     num_samples: int | None = None
     lr: float = 1e-3
@@ -71,6 +72,8 @@ def prepare_stage(cfg: StageConfig) -> StageSetup:
     for name in ("epochs", "batch_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be >= 1")
+    if cfg.steps is not None and cfg.steps < 1:
+        raise ConfigError(f"steps={cfg.steps}: must be >= 1 (or unset: train whole epochs)")
     if cfg.lr <= 0:
         raise ConfigError(f"lr={cfg.lr}: must be > 0")
     if cfg.lr_scaling not in LR_SCALING:

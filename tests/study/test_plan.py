@@ -22,7 +22,7 @@ def test_default_plan_pretrains_each_encoder_once_and_pairs_every_run(study_task
     train, _ = split_fold(load_datalist(study_task), 0)
     for r in ft:
         assert r.labeled_cases == len(label_fraction(train, r.fraction, r.seed))
-        assert r.epochs == max(1, round(20 / -(-r.labeled_cases // 2)))  # the step budget, in whole epochs
+        assert r.steps == 20 and r.epochs == -(-20 // -(-r.labeled_cases // 2))  # exact: the last epoch cut short
         assert (r.pretrained is not None) == (r.init == "pretrained")
         if r.init == "pretrained":
             assert r.pretrain.preset == r.preset and r.pretrained == r.pretrain.model_path

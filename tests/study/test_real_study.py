@@ -34,7 +34,7 @@ def test_study_command_on_real_hippocampus(msd_hippocampus, tmp_path):
     task = hippocampus_subset(msd_hippocampus, tmp_path / "task")
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "volmae.cli.study", "--dataset-dir", str(task), "--out-dir", str(out),
-           "--encoders", "vit-tiny", "--fractions", "0.5", "--seeds", "0", "--steps", "6",
+           "--encoders", "vit-tiny", "--fractions", "0.5", "--seeds", "0", "--steps", "5",
            "--roi-size", "24", "32", "24", "--batch-size", "2", "--num-samples", "1", "--pretrain-batch-size", "6",
            "--pretrain-epochs", "1", "--curve-fractions", "0.5", "--curve-points", "2", "--curve-cases", "2",
            "--device", "cpu"]  # fmt: skip
@@ -49,7 +49,8 @@ def test_study_command_on_real_hippocampus(msd_hippocampus, tmp_path):
     }
     assert {r["eval_cases"] for r in runs} == {3} and {r["labeled_cases"] for r in runs} == {6}
     assert all(0.0 <= r["dice"] <= 1.0 for r in runs)
-    assert all(len(r["curve"]) == 2 for r in runs)  # 6 steps = 2 epochs of 3, validated after each
+    assert {r["steps"] for r in runs} == {5}  # an exact budget: an epoch of 3 steps, then one cut to 2
+    assert all([c["step"] for c in r["curve"]] == [3, 5] for r in runs)  # validated after each
     assert (out / "pretrain" / "vit-tiny" / "pictures").is_dir()  # reconstruction pictures of the pretraining
     report = (out / "runs" / "vit-tiny_pretrained_50pct_s0" / "pretrained_load_report.txt").read_text()
     assert "decoder weights (masked-unetr pretraining): 24 tensors loaded" in report
@@ -62,7 +63,7 @@ def test_study_command_on_real_hippocampus(msd_hippocampus, tmp_path):
 
     # resume and extension, through the Python API with the same settings as the command line above
     cfg = StudyConfig(
-        str(task), str(out), encoders=["vit-tiny"], fractions=[0.5], seeds=[0], steps=6, roi_size=(24, 32, 24),
+        str(task), str(out), encoders=["vit-tiny"], fractions=[0.5], seeds=[0], steps=5, roi_size=(24, 32, 24),
         batch_size=2, num_samples=1, pretrain_batch_size=6, pretrain_epochs=1, curve_fractions=[0.5],
         curve_points=2, curve_cases=2, device="cpu",
     )  # fmt: skip
@@ -76,7 +77,7 @@ def test_study_command_on_real_hippocampus(msd_hippocampus, tmp_path):
     more = replace(cfg, seeds=[0, 1], report_only=True)  # more seeds: accepted, the finished runs stay valid
     added = [r for r in run_study(more) if read_result(r.out_dir) is None]
     assert len(added) == 3 and all(r.seed == 1 for r in added)
-    with pytest.raises(ConfigError, match="holds a study with other settings .*steps: 6 -> 7"):
+    with pytest.raises(ConfigError, match="holds a study with other settings .*steps: 5 -> 7"):
         run_study(replace(cfg, steps=7))
 
 

@@ -9,7 +9,7 @@ import torch
 from monai.data import Dataset
 from monai.transforms import Compose, RandGaussianNoised, RandSpatialCropd
 
-from volmae.errors import CheckpointError
+from volmae.errors import CheckpointError, VolmaeError
 from volmae.utils.loop import LoopConfig, TrainingError, TrainingInterrupted, TrainLoop, warmup_cosine
 from volmae.utils.optim import param_groups
 from volmae.utils.runtime import as_layout, channels_last
@@ -19,7 +19,7 @@ class Stop(Exception):
     pass
 
 
-def toy_run(out, epochs=3, resume=False, on_step=None, batch=2, layout=None):
+def toy_run(out, epochs=3, resume=False, on_step=None, batch=2, layout=None, max_steps=None):
     """``layout`` None: the toy network; "plain" / "channels_last": one with a 4 -> 4 channel 3^3 convolution (whose
     weight's memory order differs between the layouts) and no dropout (its mask follows memory order), trained in
     that layout."""
@@ -35,7 +35,17 @@ def toy_run(out, epochs=3, resume=False, on_step=None, batch=2, layout=None):
     loop = TrainLoop(
         model,
         param_groups(model, 0.01),
-        LoopConfig(out, epochs, 1e-2, warmup_epochs=1, seed=3, checkpoint_every_steps=1, quiet=True, batch_size=batch),
+        LoopConfig(
+            out,
+            epochs,
+            1e-2,
+            warmup_epochs=1,
+            seed=3,
+            checkpoint_every_steps=1,
+            quiet=True,
+            batch_size=batch,
+            max_steps=max_steps,
+        ),
         kind="toy",
         model_config={},
     )
@@ -67,6 +77,43 @@ def test_resume_after_a_crash_is_bitwise_identical(tmp_path, stop_at):
         assert torch.equal(reference[k], resumed[k]), k
     assert loop.state.epoch == 3 and loop.state.step == 9
     assert [h["epoch"] for h in loop.state.history] == [1, 2, 3]
+
+
+def test_an_exact_step_budget_cuts_the_last_epoch_and_spans_the_schedule(tmp_path):
+    """5 volumes in batches of 2: 3 steps per epoch; 7 steps are 3 epochs, the last one step long, and the
+    learning rate follows warmup + cosine over exactly 7 steps."""
+    lrs = []
+    _, loop = toy_run(
+        tmp_path / "run", epochs=99, max_steps=7, on_step=lambda lp, n: lrs.append(lp.optimizer.param_groups[0]["lr"])
+    )
+    assert loop.epochs == 3 and loop.state.epoch == 3 and loop.state.step == 7
+    assert [h["step"] for h in loop.state.history] == [3, 6, 7]
+    assert lrs == pytest.approx([1e-2 * warmup_cosine(s, 7, 3) for s in range(7)])
+    assert lrs[-1] < lrs[-2]  # the cosine ends at the budget, not at a whole number of epochs (9 steps)
+
+
+@pytest.mark.parametrize("stop_at", [5, 7])  # mid-epoch; the one step of the cut final epoch
+def test_resume_under_an_exact_step_budget_is_bitwise_identical(tmp_path, stop_at):
+    reference, _ = toy_run(tmp_path / "ref", max_steps=7)
+
+    def crash(loop, n):
+        if n == stop_at:
+            raise Stop
+
+    with pytest.raises(Stop):
+        toy_run(tmp_path / "run", on_step=crash, max_steps=7)
+    resumed, loop = toy_run(tmp_path / "run", resume=True, max_steps=7)
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    assert loop.state.step == 7 and [h["step"] for h in loop.state.history] == [3, 6, 7]
+    calls = []
+    again, loop = toy_run(tmp_path / "run", resume=True, max_steps=7, on_step=lambda lp, n: calls.append(n))
+    assert calls == [] and loop.state.step == 7  # a finished budget trains no further
+    assert all(torch.equal(reference[k], again[k]) for k in reference)
+
+
+def test_a_step_budget_below_one_is_refused(tmp_path):
+    with pytest.raises(VolmaeError, match="max_steps=0"):
+        toy_run(tmp_path / "run", max_steps=0)
 
 
 @pytest.mark.parametrize("first, then", [("plain", "channels_last"), ("channels_last", "plain")])

@@ -73,7 +73,8 @@ HELPS: dict[str, str] = {
     "peer": "CNN peer preset trained from scratch at the same budget (dynunet), or none",
     "fractions": "label fractions of the training cases, each in (0, 1]",
     "seeds": "seeds: each picks a labeled subset and the training seed; pretrained and scratch share them (pairs)",
-    "steps": "fine-tuning budget of every run in optimizer steps (epochs = steps / steps per epoch, per fraction)",
+    "steps": "optimizer-step budget, exact: replaces --epochs (the last epoch is cut short, the schedule spans these "
+    "steps); volmae-study: the fine-tuning budget of every run",
     "pretrain_epochs": "epochs of each encoder's pretraining",
     "pretrain_lr": "peak learning rate of pretraining",
     "pretrain_batch_size": "volumes per pretraining step",

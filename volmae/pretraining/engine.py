@@ -123,6 +123,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             desc="pretrain",
             batch_size=cfg.batch_size,
             num_workers=cfg.num_workers,
+            max_steps=cfg.steps,
         ),
         kind=model.volmae_config["kind"],
         model_config=model.volmae_config,

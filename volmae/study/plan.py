@@ -10,9 +10,9 @@ The design, fixed before any run:
   MONAI ``DynUNet``) from scratch, at each label ``fraction`` x ``seed``. The seed picks the labeled subset
   (``label_fraction(train, fraction, seed)``) and the training seed, so a pretrained run and its scratch twin see
   the same labels, crops and order: the pairs of the paired test;
-* the **budget** is ``steps`` optimizer steps for every run, whatever the fraction (epochs =
-  ``round(steps / steps_per_epoch)``): a 5 % run trains as long as a 100 % run, so the curves compare labels, not
-  compute. Warm-up is 5 % of the run;
+* the **budget** is exactly ``steps`` optimizer steps for every run, whatever the fraction (``ceil(steps /
+  steps_per_epoch)`` epochs, the last cut short; :class:`volmae.utils.loop.LoopConfig` ``max_steps``): a 5 % run
+  trains as long as a 100 % run, so the curves compare labels, not compute. Warm-up is 5 % of the steps;
 * **convergence**: runs at ``curve_fractions`` validate every ``epochs / curve_points`` epochs on the first
   ``curve_cases`` held-out cases (Dice vs step, descriptive only: the model kept is always the last epoch's, never
   selected on those cases);
@@ -94,7 +94,8 @@ class FinetuneRun:
     fraction: float
     seed: int
     labeled_cases: int
-    epochs: int
+    epochs: int  # ceil(steps / steps per epoch): the last one is cut short at ``steps``
+    steps: int
     val_every: int  # 0: no convergence curve
     roi_size: tuple[int, int, int]
     out_dir: Path
@@ -174,7 +175,7 @@ def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
     for fraction in sorted(cfg.fractions):
         for seed in cfg.seeds:
             n = len(label_fraction(train, fraction, seed))
-            epochs = max(1, round(cfg.steps / steps_per_epoch(n, cfg.batch_size)))
+            epochs = math.ceil(cfg.steps / steps_per_epoch(n, cfg.batch_size))
             curve = cfg.curve_points > 0 and any(math.isclose(fraction, f) for f in cfg.curve_fractions)
             val_every = max(1, epochs // cfg.curve_points) if curve else 0
             for preset, init in models:
@@ -183,8 +184,8 @@ def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
                 tag = f"{preset}_{init}_{fraction * 100:g}pct_s{seed}"
                 runs.append(
                     FinetuneRun(
-                        preset, init, fraction, seed, n, epochs, val_every, rois[preset], out / "runs" / tag, weights,
-                        pre,
+                        preset, init, fraction, seed, n, epochs, cfg.steps, val_every, rois[preset], out / "runs" / tag,
+                        weights, pre,
                     )
                 )  # fmt: skip
     return runs

@@ -142,6 +142,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
             desc="finetune",
             batch_size=cfg.batch_size,
             num_workers=cfg.num_workers,
+            max_steps=cfg.steps,
         ),
         kind=model.volmae_config["kind"],
         model_config=model.volmae_config,
@@ -169,7 +170,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         return loss_fn(loop.net(x), y), x.shape[0]
 
     def validate(epoch: int) -> dict[str, float] | None:
-        last = epoch + 1 == cfg.epochs
+        last = epoch + 1 == loop.epochs
         if val_ds is None or ((epoch + 1) % cfg.val_every and not last):
             return None
         sums = np.zeros(len(classes) + 1)  # per-class Dice sums and the case count; ranks take every N-th case

@@ -11,6 +11,8 @@ What it guarantees:
 - **Nothing lost.** ``checkpoint.pt`` (full state) is written atomically at every epoch end, every
   ``checkpoint_every_steps`` steps and on SIGTERM; a non-finite loss stops the run with the batch's case files
   named and leaves the last good checkpoint in place.
+- **An exact step budget** when ``max_steps`` is set: ``ceil(max_steps / steps per epoch)`` epochs, the last cut
+  short, and the learning-rate schedule spans exactly ``max_steps`` steps (an epoch budget rounds to whole epochs).
 - Warmup + cosine learning rate per step, per-group ``lr_scale`` (layer-wise decay), AMP on CUDA, gradient
   clipping, a tqdm bar, TensorBoard scalars and ``history.json``.
 """
@@ -86,6 +88,7 @@ class LoopConfig:
     desc: str = "train"
     batch_size: int = 1  # volumes per rank per step
     num_workers: int = 0
+    max_steps: int | None = None  # an exact optimizer-step budget; replaces max_epochs when set
 
 
 @dataclass
@@ -166,6 +169,7 @@ class TrainLoop:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self._writer = None
         self._stop = False
+        self.epochs = cfg.max_epochs  # epochs of this run (with max_steps: known once fit() sees the dataset)
 
     # ------------------------------------------------------------------------------------------- checkpoints
     @property
@@ -263,12 +267,15 @@ class TrainLoop:
         monitor: str | None = None,
         resume: bool = False,
     ) -> LoopState:
-        """Train on ``dataset`` until ``max_epochs``, ``cfg.batch_size`` volumes per rank per step
-        (:func:`volmae.data.loading.epoch_loader`). ``step_fn(batch) -> (loss, n_samples)`` runs the forward pass
-        through :attr:`net` (under autocast); ``on_epoch_end(epoch)`` may return metrics (every rank calls it, so
-        it may run collectives); the best ``monitor`` value saves ``model_best.pt``."""
+        """Train on ``dataset`` for ``max_epochs`` (or exactly ``max_steps`` steps), ``cfg.batch_size`` volumes per
+        rank per step (:func:`volmae.data.loading.epoch_loader`). ``step_fn(batch) -> (loss, n_samples)`` runs the
+        forward pass through :attr:`net` (under autocast); ``on_epoch_end(epoch)`` may return metrics (every rank
+        calls it, so it may run collectives); the best ``monitor`` value saves ``model_best.pt``."""
         cfg, d = self.cfg, self.dist
         steps = steps_per_epoch(len(dataset), cfg.batch_size, d.world_size)
+        if cfg.max_steps is not None and cfg.max_steps < 1:
+            raise VolmaeError(f"max_steps={cfg.max_steps}: must be >= 1")
+        self.epochs = math.ceil(cfg.max_steps / steps) if cfg.max_steps else cfg.max_epochs
         rng_at_resume = None
         if resume:
             if not self.checkpoint_path.is_file():
@@ -276,12 +283,12 @@ class TrainLoop:
             rng_at_resume = self.load_checkpoint()["rng"]
             self._rebatch(steps)
         self.state.world_size, self.state.batch_size = d.world_size, cfg.batch_size
-        total = cfg.max_epochs * steps
+        total = cfg.max_steps or self.epochs * steps
         warmup = int(round(cfg.warmup_epochs * steps))
         handler_installed = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if handler_installed else None
         try:
-            while self.state.epoch < cfg.max_epochs:
+            while self.state.epoch < self.epochs and self.state.step < total:
                 loader = epoch_loader(
                     dataset,
                     cfg.batch_size,
@@ -325,10 +332,11 @@ class TrainLoop:
         if rng_at_resume is not None and st.batch_in_epoch:
             _set_rng_state(rng_at_resume)  # model randomness (masks, dropout) as it was at the checkpoint
         first = st.batch_in_epoch
+        last = min(steps_per_epoch, first + total - st.step)  # an exact step budget cuts the final epoch short
         self.model.train()
         bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"{cfg.desc} {st.epoch + 1}/{cfg.max_epochs}",
+            total=last,
+            desc=f"{cfg.desc} {st.epoch + 1}/{self.epochs}",
             disable=cfg.quiet or not d.is_main,
             leave=False,
             initial=first,
@@ -336,7 +344,7 @@ class TrainLoop:
         )
         t0, losses = time.time(), st.epoch_losses  # a resumed epoch keeps the losses of its first part
         for i, batch in enumerate(loader, start=first):
-            if i >= steps_per_epoch:
+            if i >= last:
                 break
             factor = warmup_cosine(st.step, total, warmup, cfg.min_lr_ratio)
             for g in self.optimizer.param_groups:
@@ -403,4 +411,4 @@ class TrainLoop:
         atomic_write_json(self.out_dir / "history.json", st.history)
         if not self.cfg.quiet:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in st.history[-1].items() if isinstance(v, float))
-            tqdm.write(f"[{self.cfg.desc}] epoch {st.epoch}/{self.cfg.max_epochs}: {shown}")
+            tqdm.write(f"[{self.cfg.desc}] epoch {st.epoch}/{self.epochs}: {shown}")
