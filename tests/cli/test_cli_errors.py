@@ -241,6 +241,13 @@ def test_dicom_folder_with_two_series_in_a_datalist(capsys, task, tmp_path):
     assert_clean_error(rc, err, "volmae-pretrain", str(mixed), "2 DICOM series")
 
 
+@pytest.mark.parametrize("prog", ["volmae-train", "volmae-pretrain"])
+def test_a_step_budget_below_one_names_the_value(capsys, task, tmp_path, prog):
+    rc, err = run_main(capsys, prog, "--dataset-dir", str(task), "--out-dir", str(tmp_path / "o"), "--steps", "0")
+    assert_clean_error(rc, err, prog, "steps=0", "must be >= 1")
+    assert not (tmp_path / "o").exists()
+
+
 def test_usage_errors_are_argparse_exits(capsys):
     with pytest.raises(SystemExit) as info:
         MAINS["volmae-train"]([])  # --dataset-dir is required

@@ -1,6 +1,7 @@
 """SIGKILL a real ``volmae-train`` / ``volmae-pretrain`` process at a random point, ``--resume`` it, and get the
 uninterrupted run's weights, bitwise."""
 
+import json
 import random
 import signal
 import subprocess
@@ -49,3 +50,16 @@ def test_sigkill_at_a_random_point_then_resume_matches_uninterrupted(synthetic_t
     b = torch.load(run / "model.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), f"{stage}: resumed weights differ (killed after step {killed_at})"
+
+
+@pytest.mark.parametrize("stage", ["train", "pretrain"])
+def test_steps_trains_an_exact_budget_whatever_the_epochs(synthetic_task, tmp_path, stage):
+    """``--steps 3`` at 2 steps per epoch: an epoch of 2 steps, then one cut to 1 (``--epochs 3`` is replaced)."""
+    out = tmp_path / "run"
+    p = subprocess.run(
+        stage_cmd(stage, synthetic_task, out, "--steps", "3"), capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stderr
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history] == [2, 3]
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["step"] == 3
