@@ -12,7 +12,7 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.inference.test_infer import model_checkpoint
@@ -74,6 +74,7 @@ def mutate(src: nib.Nifti1Image, m: dict) -> tuple[bytes, bytes]:
 @pytest.mark.realdata
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(m=MUTATIONS)
+@example(m={"dim": (5, 2, 2, 2)})  # found by this test: a 5D X Y Z 1 1 header reached MONAI's Orientation as 4D
 def test_mutated_headers_give_a_clear_error_or_a_correct_result(tmp_path_factory, msd_hippocampus, m):
     tmp = tmp_path_factory.mktemp("fuzz")
     model = model_checkpoint(tmp / "model.pt", "hippocampus", roi=(40, 56, 40))

@@ -3,7 +3,10 @@ every unreadable input."""
 
 from __future__ import annotations
 
+import copy
 import gzip
+import pickle
+import threading
 from pathlib import Path
 
 import nibabel as nib
@@ -67,6 +70,48 @@ def test_list_of_files_stacks_channels(write_nifti):
     )["image"]
     assert tuple(img.shape) == (2, 5, 6, 7)
     assert float(img[0].max()) == 0.0 and float(img[1].min()) == 1.0
+
+
+def _read_while_another_thread_reads(reader, mine, theirs):
+    """``reader.read(mine)``, then another thread's ``reader.read(theirs)``, then ``reader.get_data`` of mine: the
+    order in which ``CacheDataset``'s thread pool can interleave two cases on one shared reader."""
+    img = reader.read(mine)
+    other = threading.Thread(target=reader.read, args=(theirs,))
+    other.start()
+    other.join()
+    return reader.get_data(img)
+
+
+def test_one_reader_shared_by_threads_keeps_each_threads_files(write_nifti):
+    a0, a1 = write_nifti("a0.nii.gz", np.zeros((5, 6, 7), np.float32)), write_nifti("a1.nii.gz", np.ones((5, 6, 7)))
+    b = write_nifti("b.nii.gz", np.full((5, 6, 7), 2.0, np.float32))
+    data, _ = _read_while_another_thread_reads(VolumeReader(), [str(a0), str(a1)], str(b))
+    assert data.shape == (2, 5, 6, 7)  # MONAI's NibabelReader would zip the two images with b's one name: 1 channel
+    assert data[0].max() == 0.0 and data[1].min() == 1.0
+    cut = write_nifti("cut.nii.gz", np.random.default_rng(1).normal(size=(30, 30, 30)).astype(np.float32))
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(DataError) as info:
+        _read_while_another_thread_reads(VolumeReader(), str(cut), str(b))
+    _assert_names(info, cut, "truncated")  # not b, whose name the other thread's read left on the reader
+    assert str(b) not in str(info.value)
+
+
+def test_reader_pickles_and_copies(write_nifti):
+    path = write_nifti("v.nii.gz", np.arange(60, dtype=np.float32).reshape(3, 4, 5))
+    loader = LoadVolumed("image", ensure_channel_first=True, image_only=True)
+    for twin in (copy.deepcopy(loader), pickle.loads(pickle.dumps(loader))):
+        assert tuple(twin({"image": str(path)})["image"].shape) == (1, 3, 4, 5)
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 7, 1), (5, 6, 7, 1, 1)])
+def test_trailing_singleton_dimensions_read_as_the_3d_volume(tmp_path, shape):
+    arr = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    path = tmp_path / "v.nii.gz"
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), str(path))
+    assert nib.load(path).shape == shape
+    img = _load_volumed(path)
+    assert tuple(img.shape) == (1, 5, 6, 7)
+    np.testing.assert_array_equal(img[0].numpy(), arr.reshape(5, 6, 7))
 
 
 def test_load_volume_returns_array_and_affine(write_nifti):

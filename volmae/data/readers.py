@@ -10,6 +10,7 @@ Every failure becomes one :class:`~volmae.errors.DataError` that names the file.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -143,7 +144,36 @@ def open_nifti(path: str | os.PathLike, **kwargs) -> nib.Nifti1Image:
 
 
 class VolumeReader(NibabelReader):
-    """MONAI reader for ``.nii`` / ``.nii.gz`` files and DICOM series folders; a list of files stacks channels."""
+    """MONAI reader for ``.nii`` / ``.nii.gz`` files and DICOM series folders; a list of files stacks channels.
+
+    Trailing singleton dimensions are squeezed (MONAI's ``squeeze_non_spatial_dims``): a 5D ``X Y Z 1 1`` file, as
+    some converters write, reads as the 3D volume it is, not as a 4D array the spatial transforms refuse.
+
+    Thread safety: MONAI's ``NibabelReader`` keeps the file names of the last ``read`` on the instance and pairs
+    them with the images in ``get_data``; ``LoadImage`` holds one reader that every thread of ``CacheDataset``'s
+    pool shares, so between one thread's ``read`` and ``get_data`` another thread's ``read`` replaces them (an error
+    then names another case's file, and a multi-file image zipped with a one-file list loses channels). Here the
+    names are per thread.
+    """
+
+    def __init__(self, *args, squeeze_non_spatial_dims: bool = True, **kwargs) -> None:
+        self._local = threading.local()
+        super().__init__(*args, squeeze_non_spatial_dims=squeeze_non_spatial_dims, **kwargs)
+
+    @property
+    def filenames(self):
+        return getattr(self._local, "filenames", ())
+
+    @filenames.setter
+    def filenames(self, value) -> None:
+        self._local.filenames = value
+
+    def __getstate__(self) -> dict:  # a thread-local does not pickle or deepcopy (DataLoader workers, MONAI copies)
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     def verify_suffix(self, filename: Sequence[os.PathLike] | os.PathLike) -> bool:
         return all(str(f).lower().endswith(NIFTI_SUFFIXES) or is_dicom_dir(f) for f in ensure_tuple(filename))
