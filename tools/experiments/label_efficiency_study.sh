@@ -30,8 +30,10 @@ volmae-study --dataset-dir "$DATA" --out-dir "$OUT" --encoders vit-tiny --peer d
 #   volmae-study --dataset-dir "$DATA" --out-dir "$OUT" --encoders vit-tiny nnformer-tiny --peer dynunet \
 #     --fractions 0.1 --seeds 0 1 --steps 100 --curve-fractions 0.1 --curve-points 8 --curve-cases 10 --device cpu \
 #     --reuse-pretraining "vit-tiny=$PRE" "nnformer-tiny=$NNF_PRE"
-# Of the 25 % runs the published report holds UNETR only (DynUNet at 25 % did not run for CPU time); its UNETR pairs
-# at 50 % (seeds 0 1) and 100 % (seed 0) were added to the same folder with:
-#   volmae-study --dataset-dir "$DATA" --out-dir "$OUT" --encoders vit-tiny --peer none --fractions 0.5 \
+# Of the 25 % runs the published report holds UNETR only (DynUNet at 25 % did not run for CPU time). Its UNETR pairs
+# at 25 / 50 / 100 % (seeds 0 1) train exactly 100 steps: they were (re)run into the same folder, after moving the
+# epoch-rounded 25 / 50 / 100 % runs of an earlier volmae out of it, with:
+#   volmae-study --dataset-dir "$DATA" --out-dir "$OUT" --encoders vit-tiny --peer none --fractions 0.25 0.5 1.0 \
 #     --seeds 0 1 --steps 100 --curve-fractions 0.1 --curve-points 8 --curve-cases 10 --device cpu "${reuse[@]}"
-#   (and the same with --fractions 1.0 --seeds 0)
+# The 10 % runs kept from that earlier volmae trained 99 steps (11 whole epochs of 9); the 5 % runs are exactly
+# what this volmae trains (25 epochs of 4 steps).
