@@ -23,6 +23,7 @@ def test_default_plan_pretrains_each_encoder_once_and_pairs_every_run(study_task
     for r in ft:
         assert r.labeled_cases == len(label_fraction(train, r.fraction, r.seed))
         assert r.steps == 20 and r.epochs == -(-20 // -(-r.labeled_cases // 2))  # exact: the last epoch cut short
+        assert r.warmup_epochs * -(-r.labeled_cases // 2) == pytest.approx(1.0)  # 5 % of the 20 steps
         assert (r.pretrained is not None) == (r.init == "pretrained")
         if r.init == "pretrained":
             assert r.pretrain.preset == r.preset and r.pretrained == r.pretrain.model_path

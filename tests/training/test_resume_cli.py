@@ -1,7 +1,6 @@
 """SIGKILL a real ``volmae-train`` / ``volmae-pretrain`` process at a random point, ``--resume`` it, and get the
 uninterrupted run's weights, bitwise."""
 
-import importlib
 import json
 import random
 import signal
@@ -11,6 +10,7 @@ import time
 import pytest
 import torch
 
+from tests.cli.conftest import MAINS
 from tests.conftest import stage_command
 
 
@@ -60,7 +60,7 @@ def test_steps_trains_an_exact_budget_whatever_the_epochs(synthetic_task, tmp_pa
     out = tmp_path / "run"
     cmd = stage_cmd(stage, synthetic_task, out, "--steps", "3")
     assert cmd[1:3] == ["-m", f"volmae.cli.{stage}"]
-    assert importlib.import_module(f"volmae.cli.{stage}").main(cmd[3:]) == 0
+    assert MAINS[f"volmae-{stage}"](cmd[3:]) == 0
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history] == [2, 3]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["state"]["step"] == 3

@@ -96,6 +96,7 @@ class FinetuneRun:
     labeled_cases: int
     epochs: int  # ceil(steps / steps per epoch): the last one is cut short at ``steps``
     steps: int
+    warmup_epochs: float  # 5 % of ``steps``, in this run's epochs (the loop's unit)
     val_every: int  # 0: no convergence curve
     roi_size: tuple[int, int, int]
     out_dir: Path
@@ -175,7 +176,8 @@ def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
     for fraction in sorted(cfg.fractions):
         for seed in cfg.seeds:
             n = len(label_fraction(train, fraction, seed))
-            epochs = math.ceil(cfg.steps / steps_per_epoch(n, cfg.batch_size))
+            per_epoch = steps_per_epoch(n, cfg.batch_size)
+            epochs, warmup_epochs = math.ceil(cfg.steps / per_epoch), 0.05 * cfg.steps / per_epoch
             curve = cfg.curve_points > 0 and any(math.isclose(fraction, f) for f in cfg.curve_fractions)
             val_every = max(1, epochs // cfg.curve_points) if curve else 0
             for preset, init in models:
@@ -184,8 +186,8 @@ def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
                 tag = f"{preset}_{init}_{fraction * 100:g}pct_s{seed}"
                 runs.append(
                     FinetuneRun(
-                        preset, init, fraction, seed, n, epochs, cfg.steps, val_every, rois[preset], out / "runs" / tag,
-                        weights, pre,
+                        preset, init, fraction, seed, n, epochs, cfg.steps, warmup_epochs, val_every, rois[preset],
+                        out / "runs" / tag, weights, pre,
                     )
                 )  # fmt: skip
     return runs

@@ -17,7 +17,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from volmae.data.datalist import load_datalist, pretraining_items
-from volmae.data.loading import steps_per_epoch
 from volmae.errors import ConfigError, find_volmae_error
 from volmae.evaluation.evaluate import EvaluateConfig, evaluate
 from volmae.networks.registry import get_preset
@@ -152,7 +151,7 @@ def _run_finetune(run: FinetuneRun, cfg: StudyConfig) -> dict:
                 batch_size=cfg.batch_size,
                 num_samples=cfg.num_samples,
                 lr=cfg.lr,
-                warmup_epochs=0.05 * run.steps / steps_per_epoch(run.labeled_cases, cfg.batch_size),
+                warmup_epochs=run.warmup_epochs,
                 seed=run.seed,
                 fold=cfg.fold,
                 label_fraction=run.fraction,
