@@ -4,7 +4,9 @@ A step is forward + backward + optimizer on one batch. The reference is what a M
 ``monai.networks.nets.MaskedAutoEncoderViT`` with volmae's sizes (encoder, SelfMedMAE decoder, qkv bias), the
 norm-pix loss on masked patches in a few lines of einops, and ``torch.optim.AdamW(model.parameters())``, in fp32.
 volmae is ``build_mae(preset)`` with the optimizer its engine makes (``volmae.utils.optim.adamw``) and, on CUDA, the
-engine's autocast (bf16); ``volmae-compile`` is the same with ``volmae-pretrain --compile``
+engine's autocast (bf16); on the CPU its linear layers run their forward products on oneDNN as the engine's do
+(``volmae.utils.onednn``), and ``volmae-mkl`` is the same without that (``--no-onednn-linear``: PyTorch's default
+MKL products); ``volmae-compile`` is volmae with ``volmae-pretrain --compile``
 (``MaskedReconstruction.compile_pass``), its one-off compilation timed apart (the first warm-up step). Both start
 from the same weights (volmae's, copied into MONAI's layout; MONAI's extra class token stays) and see the same
 batches: random crops of the real MNI152 T1 (``$VOLMAE_DATA/mni152_nilearn``, z-scored) or, without it, smoothed
@@ -14,11 +16,14 @@ round times ``--steps`` steps after ``--warmup``.
 Printed per configuration and variant: median step time, volumes/s, peak memory (CPU: the child's peak RSS; CUDA:
 peak allocated), mean loss over the timed steps (equal objectives: the two should agree within a few %), the ratios
 MONAI / each volmae variant, and on CUDA the achieved TFLOP/s (FLOPs of one step counted by
-``torch.utils.flop_counter``).
+``torch.utils.flop_counter``). Then, unless ``--paired-steps 0``, the eager variants once more in one process with
+their steps interleaved (MONAI, volmae, volmae-mkl, MONAI, ...) and the median over those rounds of
+``time(MONAI) / time(variant)``: on a shared machine whose speed drifts by tens of per cent within minutes, this
+pairing resolves a few per cent that the separate processes cannot.
 Run by hand:
 
     python benchmarks/mae_step.py [--config vit-base:96:2 vit-tiny:40x56x40:4] [--device cpu] [--no-compile]
-                                  [--out-json FILE]
+                                  [--paired-steps 10] [--out-json FILE]
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import add_common_args, alternate_rounds, parse_or_serve, peak_bytes, run_meta
+from common import add_common_args, alternate_rounds, parse_or_serve, peak_bytes, run_child, run_meta
 from einops import rearrange
+
+from volmae.utils.runtime import sync
 
 
 def parse_config(text: str) -> tuple[str, tuple[int, int, int], int]:
@@ -116,18 +123,17 @@ def reference_loss(model, x: torch.Tensor) -> torch.Tensor:
     return (per_patch * mask).sum() / mask.sum()
 
 
-def child(args) -> dict:
-    """One variant in this process: build, warm up, time; returns figures as a dict."""
+def make_step(variant: str, preset: str, roi, device: torch.device):
+    """``(model, step)`` of one variant, from volmae's seeded weights; ``step(x)`` runs one optimizer step and
+    returns the loss."""
     from volmae.networks import build_mae
+    from volmae.utils.onednn import use_onednn_linears
     from volmae.utils.optim import adamw, param_groups
     from volmae.utils.runtime import autocast
 
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    preset, roi, batch = parse_config(args.child_config)
     torch.manual_seed(0)
     ours = build_mae(preset, 1, roi)
-    if args.child == "monai":
+    if variant == "monai":
         model = reference_model(ours).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
 
@@ -136,17 +142,14 @@ def child(args) -> dict:
 
     else:
         model = ours.to(device)
+        use_onednn_linears(model, device, variant != "volmae-mkl")  # as volmae-pretrain does on the CPU
         opt = adamw(param_groups(model, 0.05), lr=1e-4)
-        if args.child == "volmae-compile":
+        if variant == "volmae-compile":
             model.compile_pass()
 
         def loss_of(x):
             with autocast(device, device.type == "cuda"):
                 return model(x)[0]
-
-    del ours
-    data = [b.to(device) for b in batches(roi, batch, args.warmup + args.steps)]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step(x):
         opt.zero_grad(set_to_none=True)
@@ -156,20 +159,56 @@ def child(args) -> dict:
         return loss
 
     model.train()
+    return model, step
+
+
+def paired_child(args, device: torch.device, preset: str, roi, batch: int) -> dict:
+    """Every eager variant in this one process, their steps interleaved (A B C A B C ...): a machine that slows
+    down for a while slows each variant's step of that round alike, so ``time(MONAI) / time(variant)`` per round
+    resolves a few per cent where separate processes minutes apart cannot. (Peak memory is not per variant here.)"""
+    variants = args.paired_variants.split(",")
+    steps = {v: make_step(v, preset, roi, device)[1] for v in variants}
+    data = [b.to(device) for b in batches(roi, batch, args.warmup + args.steps)]
+    for x in data[: args.warmup]:
+        for step in steps.values():
+            step(x)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    losses: dict[str, list[float]] = {v: [] for v in variants}
+    for x in data[args.warmup :]:
+        for v, step in steps.items():
+            sync(device)
+            t = time.perf_counter()
+            loss = float(step(x))  # float(): waits for the device too
+            times[v].append(time.perf_counter() - t)
+            losses[v].append(loss)
+    return {"paired_times": times, "paired_losses": losses}
+
+
+def child(args) -> dict:
+    """One variant in this process (or, ``--child paired``, all eager ones): build, warm up, time; returns figures
+    as a dict."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    preset, roi, batch = parse_config(args.child_config)
+    if args.child == "paired":
+        return paired_child(args, device, preset, roi, batch)
+    model, step = make_step(args.child, preset, roi, device)
+    data = [b.to(device) for b in batches(roi, batch, args.warmup + args.steps)]
+
     first = time.perf_counter()
     for i, x in enumerate(data[: args.warmup]):
         step(x)
         if i == 0:
-            sync()
+            sync(device)
             first = time.perf_counter() - first  # includes the compilation for volmae-compile
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, losses = [], []
     for x in data[args.warmup :]:
-        sync()
+        sync(device)
         t = time.perf_counter()
         loss = step(x)
-        sync()
+        sync(device)
         times.append(time.perf_counter() - t)
         losses.append(float(loss))
     out = {"times": times, "losses": losses, "first_step_s": first}
@@ -185,6 +224,22 @@ def child(args) -> dict:
     return out
 
 
+def paired_rows(config: str, variants: list[str], child_args: list[str], args) -> dict:
+    """Run the interleaved one-process child, print its rows (median step, median of the per-round ratios MONAI /
+    variant) and return its figures."""
+    steps = ["--steps", str(args.paired_steps)]
+    r = run_child(__file__, "paired", [*child_args, *steps, "--paired-variants", ",".join(variants)])
+    times, out = r["paired_times"], {"variants": variants, "times": r["paired_times"], "losses": r["paired_losses"]}
+    for v in variants:  # no loss column: the variants draw their masks one after another from one generator
+        print(f"| {config} | {v}, interleaved in one process | {statistics.median(times[v]):.3f} | | | | |")
+    for v in variants[1:]:
+        ratio = statistics.median(m / t for m, t in zip(times["monai"], times[v], strict=True))
+        out[f"speedup_monai_over_{v}"] = ratio
+        label = f"ratio MONAI / {v}, median of {len(times[v])} interleaved rounds"
+        print(f"| {config} | {label} | **{ratio:.2f}x** | | | | |")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", nargs="+", default=["vit-base:96:2", "vit-tiny:40x56x40:4"], help="preset:ROI:batch")
@@ -192,15 +247,20 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true", help="leave out the volmae-compile variant")
+    ap.add_argument(
+        "--paired-steps", type=int, default=10, help="steps of the interleaved one-process comparison (0: none)"
+    )
     ap.add_argument("--child-config", help=argparse.SUPPRESS)
-    add_common_args(ap)
+    ap.add_argument("--paired-variants", help=argparse.SUPPRESS)
+    add_common_args(ap, ("monai", "volmae", "volmae-mkl", "volmae-compile", "paired"))
     args = parse_or_serve(ap, child)
     if args is None:
         return 0
     results = []
     head = "| config | variant | step s (median) | volumes/s | peak memory GiB | mean loss | first step s |"
     print(head + "\n|---|---|---|---|---|---|---|")
-    variants = ["monai", "volmae"] + ([] if args.no_compile else ["volmae-compile"])
+    variants = ["monai", "volmae"] + (["volmae-mkl"] if args.device == "cpu" else [])
+    variants += [] if args.no_compile else ["volmae-compile"]
     for config in args.config:
         preset, roi, batch = parse_config(config)
         child_args = ["--child-config", config, "--device", args.device, "--threads", str(args.threads)]
@@ -230,6 +290,8 @@ def main() -> int:
             row[f"speedup_monai_over_{variant}"], row[f"loss_rel_diff_{variant}"] = speedup, loss_diff
             tail = f"| | | loss differs {100 * loss_diff:.1f} % | |"
             print(f"| {config} | ratio MONAI / {variant} | **{speedup:.2f}x** {tail}")
+        if args.paired_steps:
+            row["paired"] = paired_rows(config, [v for v in variants if v != "volmae-compile"], child_args, args)
         results.append(row)
     if args.out_json:
         meta = run_meta(args)

@@ -42,6 +42,7 @@ class StageConfig:
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True  # CPU training of convolutional networks: see volmae.utils.runtime.channels_last
+    onednn_linear: bool = True  # CPU training: linear layers' forward products on oneDNN, see volmae.utils.onednn
     num_workers: int = 0
     cache: str = "memory"
     cache_dir: str | None = None

@@ -31,6 +31,7 @@ from volmae.networks.weights import (
     read_checkpoint,
 )
 from volmae.utils.loop import LoopConfig, TrainLoop
+from volmae.utils.onednn import use_onednn_linears
 from volmae.utils.optim import param_groups
 from volmae.utils.runtime import as_layout, channels_last
 
@@ -102,6 +103,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     # the ViT MAE embeds its visible patches with a linear map (no convolution to speed up); the masked-volume
     # model is convolutional throughout
     layout = channels_last(model, device, cfg.channels_last and not isinstance(model, MaskedAutoencoder))
+    use_onednn_linears(model, device, cfg.onednn_linear)
     if cfg.compile:
         model.compile_pass()
     loop = TrainLoop(

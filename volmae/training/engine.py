@@ -33,6 +33,7 @@ from volmae.inference.predictor import Predictor
 from volmae.networks.registry import build_segmenter
 from volmae.utils.io import atomic_write, atomic_write_text
 from volmae.utils.loop import LoopConfig, TrainLoop
+from volmae.utils.onednn import use_onednn_linears
 from volmae.utils.optim import param_groups
 from volmae.utils.runtime import as_layout, channels_last
 
@@ -115,6 +116,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         if not cfg.quiet:
             print(model.load_report.summary())
     layout = channels_last(model, device, cfg.channels_last)  # faster 3D convolutions on the CPU
+    use_onednn_linears(model, device, cfg.onednn_linear)
     layer_decay = cfg.layer_decay if cfg.pretrained else 1.0
     task = {
         "preprocessing": asdict(prep),
