@@ -155,3 +155,24 @@ def test_both_engines_apply_the_onednn_flag(synthetic_task, tmp_path, monkeypatc
         else:
             engine.finetune(engine.FinetuneConfig(**base, feature_size=4))
     assert seen == [("MaskedAutoencoder" if stage == "pretraining" else "UNETR", "cpu", flag)]
+
+
+@needs_onednn
+def test_a_turned_layer_traces_as_f_linear_under_torch_compile():
+    """While dynamo traces, the layer is a plain ``F.linear`` (inductor then picks its own kernel): the oneDNN op
+    is not in the captured graph (it would be without the ``is_compiling`` check: dynamo traces the autograd
+    function's forward)."""
+    graphs = []
+
+    def recording_backend(gm, example_inputs):
+        graphs.append(gm.print_readable(print_output=False))
+        return gm.forward
+
+    model = nn.Sequential(nn.Linear(384, 384), nn.GELU())
+    use_onednn_linears(model, CPU)
+    x = torch.randn(3, 384, requires_grad=True)
+    out = torch.compile(model, backend=recording_backend)(x)
+    out.sum().backward()
+    assert len(graphs) == 1 and "linear" in graphs[0] and "_linear_pointwise" not in graphs[0]
+    torch.testing.assert_close(out, F.gelu(F.linear(x, model[0].weight, model[0].bias)))
+    assert x.grad is not None and x.grad.abs().sum() > 0
