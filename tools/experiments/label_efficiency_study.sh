@@ -35,6 +35,10 @@ volmae-study --dataset-dir "$DATA" --out-dir "$OUT" --encoders vit-tiny --peer d
 # epoch-rounded 25 / 50 / 100 % runs of an earlier volmae out of it, with:
 #   volmae-study --dataset-dir "$DATA" --out-dir "$OUT" --encoders vit-tiny --peer none --fractions 0.25 0.5 1.0 \
 #     --seeds 0 1 --steps 100 --curve-fractions 0.1 --curve-points 8 --curve-cases 10 --device cpu "${reuse[@]}"
-# The 10 % runs kept from that earlier volmae trained 99 steps (11 whole epochs of 9); the 5 % runs are exactly
-# what this volmae trains (25 epochs of 4 steps). Added last: the DynUNet peer at 100 % (--peer dynunet --fractions 1.0 --seeds 0) and a
-# third seed at 5 % (--peer none --fractions 0.05 --seeds 2), the same command otherwise.
+# The 5 % runs are exactly what this volmae trains (25 epochs of 4 steps). Added next: the DynUNet peer at 100 %
+# (--peer dynunet --fractions 1.0 --seeds 0) and a third seed at 5 % (--peer none --fractions 0.05 --seeds 2), the
+# same command otherwise. Last (2026-12-02), the UNETR 10 % pairs, which had trained 99 steps (11 whole epochs of 9),
+# were rerun at 100 after moving their folders out, and the third seed added from 10 % up (two workers):
+#   volmae-study ... --encoders vit-tiny --peer none --fractions 0.1 --seeds 0 1 2 --steps 100 ...
+#   volmae-study ... --encoders vit-tiny --peer none --fractions 0.25 0.5 1.0 --seeds 2 --steps 100 ...
+# The DynUNet and nnFormer 10 % runs kept from the earlier volmae trained 99 steps.
