@@ -12,8 +12,11 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,6 +52,28 @@ def alternate_rounds(script: str, variants: list[str], args: list[str], rounds: 
             for key, value in run_child(script, variant, args).items():
                 runs[variant].setdefault(key, []).extend(value if isinstance(value, list) else [value])
     return runs
+
+
+def interleaved(
+    calls: dict[str, Callable[[int], object]], rounds: int, sync: Callable[[], None] = lambda: None
+) -> tuple[dict[str, list[float]], dict[str, list[object]]]:
+    """Each call's seconds and return value per round, the calls alternating within a round (round ``i`` runs
+    every ``f(i)`` in turn, ``sync()`` before each): a machine that slows down for a while slows every call of that
+    round alike, so per-round ratios (:func:`median_ratio`) resolve a few per cent where separate runs cannot."""
+    times: dict[str, list[float]] = {k: [] for k in calls}
+    values: dict[str, list[object]] = {k: [] for k in calls}
+    for i in range(rounds):
+        for k, f in calls.items():
+            sync()
+            t = time.perf_counter()
+            values[k].append(f(i))
+            times[k].append(time.perf_counter() - t)
+    return times, values
+
+
+def median_ratio(a: list[float], b: list[float]) -> float:
+    """Median over rounds of ``a / b`` (times of the same rounds of :func:`interleaved`)."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
 
 
 def peak_bytes(device: torch.device) -> int:

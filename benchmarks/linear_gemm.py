@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from common import add_common_args, run_meta
+from common import add_common_args, interleaved, median_ratio, run_meta
 
 from volmae.utils.onednn import OneDNNLinear, onednn_linear
 
@@ -33,14 +31,8 @@ LAYERS = [(768, 2304), (768, 3072), (3072, 768), (768, 768), (384, 1536), (1536,
 def paired_ratio(a, b, reps: int) -> float:
     """Median over ``reps`` interleaved pairs of ``time(a) / time(b)``, after one warm-up call of each."""
     a(), b()
-    ratios = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        a()
-        t1 = time.perf_counter()
-        b()
-        ratios.append((t1 - t0) / (time.perf_counter() - t1))
-    return statistics.median(ratios)
+    times, _ = interleaved({"a": lambda i: a(), "b": lambda i: b()}, reps)
+    return median_ratio(times["a"], times["b"])
 
 
 def cell(m: int, k: int, n: int, what: str, reps: int) -> float:

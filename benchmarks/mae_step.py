@@ -36,7 +36,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import add_common_args, alternate_rounds, parse_or_serve, peak_bytes, run_child, run_meta
+from common import (
+    add_common_args,
+    alternate_rounds,
+    interleaved,
+    median_ratio,
+    parse_or_serve,
+    peak_bytes,
+    run_child,
+    run_meta,
+)
 from einops import rearrange
 
 from volmae.utils.runtime import sync
@@ -172,15 +181,9 @@ def paired_child(args, device: torch.device, preset: str, roi, batch: int) -> di
     for x in data[: args.warmup]:
         for step in steps.values():
             step(x)
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    losses: dict[str, list[float]] = {v: [] for v in variants}
-    for x in data[args.warmup :]:
-        for v, step in steps.items():
-            sync(device)
-            t = time.perf_counter()
-            loss = float(step(x))  # float(): waits for the device too
-            times[v].append(time.perf_counter() - t)
-            losses[v].append(loss)
+    timed = data[args.warmup :]
+    calls = {v: (lambda i, step=step: float(step(timed[i]))) for v, step in steps.items()}  # float(): waits too
+    times, losses = interleaved(calls, len(timed), lambda: sync(device))
     return {"paired_times": times, "paired_losses": losses}
 
 
@@ -233,7 +236,7 @@ def paired_rows(config: str, variants: list[str], child_args: list[str], args) -
     for v in variants:  # no loss column: the variants draw their masks one after another from one generator
         print(f"| {config} | {v}, interleaved in one process | {statistics.median(times[v]):.3f} | | | | |")
     for v in variants[1:]:
-        ratio = statistics.median(m / t for m, t in zip(times["monai"], times[v], strict=True))
+        ratio = median_ratio(times["monai"], times[v])
         out[f"speedup_monai_over_{v}"] = ratio
         label = f"ratio MONAI / {v}, median of {len(times[v])} interleaved rounds"
         print(f"| {config} | {label} | **{ratio:.2f}x** | | | | |")
