@@ -43,6 +43,14 @@ def test_reused_pretraining_replaces_the_pretraining_run(study_task, tmp_path):
     assert pre and all(r.pretrained == weights and r.pretrain is None for r in pre)
 
 
+def test_encoders_none_plans_the_cnn_peer_only(study_task, tmp_path):
+    cfg = tiny_study(study_task, tmp_path / "s", encoders=["none"], fractions=[0.5], seeds=[0, 1])
+    assert cfg.encoders == []
+    runs = plan_study(cfg)
+    assert [(r.preset, r.init, r.seed) for r in runs] == [("dynunet", "scratch", 0), ("dynunet", "scratch", 1)]
+    assert all(isinstance(r, FinetuneRun) and r.pretrain is None for r in runs)
+
+
 def test_each_preset_gets_an_roi_it_tiles(study_task, tmp_path):
     runs = plan_study(
         tiny_study(study_task, tmp_path / "s", encoders=["vit-tiny", "nnformer-tiny"], roi_size=(20, 28, 20))
@@ -64,6 +72,8 @@ def test_each_preset_gets_an_roi_it_tiles(study_task, tmp_path):
         (dict(encoders=["dynunet"]), "pass it as peer"),
         (dict(peer="vit-tiny"), "needs a cnn one"),
         (dict(encoders=[], peer="none"), "nothing to study"),
+        (dict(encoders=["none"], peer="none"), "nothing to study"),
+        (dict(encoders=["vit-tiny", "none"]), "'none' stands alone"),
         (dict(reuse_pretraining=["vit-tiny"]), "expected PRESET=PATH"),
         (dict(reuse_pretraining=["vit-base=x.pt"]), "not one of the study's encoders"),
         (dict(reuse_pretraining=["vit-tiny=/no/such.pt"]), "no file"),

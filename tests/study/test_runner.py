@@ -86,6 +86,7 @@ def test_a_resume_may_add_reused_weights_for_an_added_encoder_only(study_task, t
     _check_same_study(record, tiny_study(study_task, tmp_path / "s", encoders=both, reuse_pretraining=added))
     record.write_text(config_yaml(tiny_study(study_task, tmp_path / "s", encoders=both, reuse_pretraining=added)))
     _check_same_study(record, first)  # back to the first encoder alone: its weights are the same
+    _check_same_study(record, tiny_study(study_task, tmp_path / "s", encoders=["none"]))  # the CNN peer alone
     record.write_text(config_yaml(first))
     for reuse in ([f"vit-tiny={weights['b']}"], None):  # the earlier encoder's weights changed or dropped
         with pytest.raises(ConfigError, match="reuse_pretraining"):

@@ -71,7 +71,8 @@ HELPS: dict[str, str] = {
     "overwrite": "replace what is already there (a run's checkpoint in --out-dir; label maps for volmae-infer)",
     "quiet": "no progress bars or per-epoch lines",
     # volmae-study
-    "encoders": "encoder presets to pretrain and fine-tune (each from scratch and from its pretraining)",
+    "encoders": "encoder presets to pretrain and fine-tune (each from scratch and from its pretraining); none: the "
+    "CNN peer only",
     "methods": "pretraining method per encoder (default: masked-unetr for a ViT preset, masked-volume for nnFormer)",
     "peer": "CNN peer preset trained from scratch at the same budget (dynunet), or none",
     "fractions": "label fractions of the training cases, each in (0, 1]",

@@ -70,6 +70,10 @@ class StudyConfig:
     report_only: bool = False
     pool_studies: list[str] | None = None  # report: pool these study folders' runs (same design, other folds)
 
+    def __post_init__(self) -> None:
+        if self.encoders == ["none"]:  # the CLI's way to write encoders=[]: the CNN peer only (like peer="none")
+            self.encoders = []
+
 
 @dataclass(frozen=True)
 class PretrainRun:
@@ -134,6 +138,8 @@ def pretrained_overrides(entries: list[str] | None, encoders: list[str]) -> dict
 def _check(cfg: StudyConfig) -> None:
     if not cfg.encoders and cfg.peer == "none":
         raise ConfigError("encoders=[] and peer='none': nothing to study")
+    if "none" in cfg.encoders:
+        raise ConfigError(f"encoders={cfg.encoders}: 'none' stands alone (the CNN peer only)")
     if not cfg.fractions or any(not 0.0 < f <= 1.0 for f in cfg.fractions):
         raise ConfigError(f"fractions={cfg.fractions}: each must be in (0, 1]")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
