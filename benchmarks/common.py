@@ -92,12 +92,28 @@ def parse_or_serve(ap: argparse.ArgumentParser, child) -> argparse.Namespace | N
     return args
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows): the CPU figures depend on it (the same
+    VM has run on an AMD EPYC and on an Intel Xeon)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run_meta(args: argparse.Namespace) -> dict:
     """What a results JSON records about its run: the command line, device, threads, torch and the machine."""
-    return {
+    meta = {
         "command": " ".join(["python", os.path.relpath(Path(sys.argv[0]).resolve(), REPO), *sys.argv[1:]]),
         "device": args.device,
         "threads": args.threads,
         "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
     }
+    if args.device.startswith("cuda"):
+        meta["gpu"] = torch.cuda.get_device_name()
+    return meta

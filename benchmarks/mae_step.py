@@ -4,9 +4,10 @@ A step is forward + backward + optimizer on one batch. The reference is what a M
 ``monai.networks.nets.MaskedAutoEncoderViT`` with volmae's sizes (encoder, SelfMedMAE decoder, qkv bias), the
 norm-pix loss on masked patches in a few lines of einops, and ``torch.optim.AdamW(model.parameters())``, in fp32.
 volmae is ``build_mae(preset)`` with the optimizer its engine makes (``volmae.utils.optim.adamw``) and, on CUDA, the
-engine's autocast (bf16); on the CPU its linear layers run their forward products on oneDNN as the engine's do
-(``volmae.utils.onednn``), and ``volmae-mkl`` is the same without that (``--no-onednn-linear``: PyTorch's default
-MKL products); ``volmae-compile`` is volmae with ``volmae-pretrain --compile``
+engine's autocast (bf16); on the CPU its linear layers are what the engine makes them (``volmae.utils.onednn``:
+forward products on oneDNN on AMD CPUs, MKL elsewhere), and ``volmae-mkl`` / ``volmae-onednn`` force each of the two
+(``--no-onednn-linear`` / ``--onednn-linear``; one of them is the same model as ``volmae``, a control of the noise);
+``volmae-compile`` is volmae with ``volmae-pretrain --compile``
 (``MaskedReconstruction.compile_pass``), its one-off compilation timed apart (the first warm-up step). Both start
 from the same weights (volmae's, copied into MONAI's layout; MONAI's extra class token stays) and see the same
 batches: random crops of the real MNI152 T1 (``$VOLMAE_DATA/mni152_nilearn``, z-scored) or, without it, smoothed
@@ -16,10 +17,10 @@ round times ``--steps`` steps after ``--warmup``.
 Printed per configuration and variant: median step time, volumes/s, peak memory (CPU: the child's peak RSS; CUDA:
 peak allocated), mean loss over the timed steps (equal objectives: the two should agree within a few %), the ratios
 MONAI / each volmae variant, and on CUDA the achieved TFLOP/s (FLOPs of one step counted by
-``torch.utils.flop_counter``). Then, unless ``--paired-steps 0``, the eager variants once more in one process with
-their steps interleaved (MONAI, volmae, volmae-mkl, MONAI, ...) and the median over those rounds of
-``time(MONAI) / time(variant)``: on a shared machine whose speed drifts by tens of per cent within minutes, this
-pairing resolves a few per cent that the separate processes cannot.
+``torch.utils.flop_counter``). Then, unless ``--paired-steps 0``, every variant once more in one process with
+their steps interleaved (MONAI, volmae, volmae-mkl, volmae-onednn, volmae-compile, MONAI, ...; the compilation in the
+warm-up) and the median over those rounds of ``time(MONAI) / time(variant)``: on a shared machine whose speed drifts
+by tens of per cent within minutes, this pairing resolves a few per cent that the separate processes cannot.
 Run by hand:
 
     python benchmarks/mae_step.py [--config vit-base:96:2 vit-tiny:40x56x40:4] [--device cpu] [--no-compile]
@@ -151,7 +152,8 @@ def make_step(variant: str, preset: str, roi, device: torch.device):
 
     else:
         model = ours.to(device)
-        use_onednn_linears(model, device, variant != "volmae-mkl")  # as volmae-pretrain does on the CPU
+        forced = {"volmae-mkl": False, "volmae-onednn": True}
+        use_onednn_linears(model, device, forced.get(variant))  # None: as volmae-pretrain does on this CPU
         opt = adamw(param_groups(model, 0.05), lr=1e-4)
         if variant == "volmae-compile":
             model.compile_pass()
@@ -172,7 +174,7 @@ def make_step(variant: str, preset: str, roi, device: torch.device):
 
 
 def paired_child(args, device: torch.device, preset: str, roi, batch: int) -> dict:
-    """Every eager variant in this one process, their steps interleaved (A B C A B C ...): a machine that slows
+    """Every variant in this one process, their steps interleaved (A B C A B C ...): a machine that slows
     down for a while slows each variant's step of that round alike, so ``time(MONAI) / time(variant)`` per round
     resolves a few per cent where separate processes minutes apart cannot. (Peak memory is not per variant here.)"""
     variants = args.paired_variants.split(",")
@@ -188,8 +190,8 @@ def paired_child(args, device: torch.device, preset: str, roi, batch: int) -> di
 
 
 def child(args) -> dict:
-    """One variant in this process (or, ``--child paired``, all eager ones): build, warm up, time; returns figures
-    as a dict."""
+    """One variant in this process (or, ``--child paired``, all of them interleaved): build, warm up, time; returns
+    figures as a dict."""
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     preset, roi, batch = parse_config(args.child_config)
@@ -255,14 +257,14 @@ def main() -> int:
     )
     ap.add_argument("--child-config", help=argparse.SUPPRESS)
     ap.add_argument("--paired-variants", help=argparse.SUPPRESS)
-    add_common_args(ap, ("monai", "volmae", "volmae-mkl", "volmae-compile", "paired"))
+    add_common_args(ap, ("monai", "volmae", "volmae-mkl", "volmae-onednn", "volmae-compile", "paired"))
     args = parse_or_serve(ap, child)
     if args is None:
         return 0
     results = []
     head = "| config | variant | step s (median) | volumes/s | peak memory GiB | mean loss | first step s |"
     print(head + "\n|---|---|---|---|---|---|---|")
-    variants = ["monai", "volmae"] + (["volmae-mkl"] if args.device == "cpu" else [])
+    variants = ["monai", "volmae"] + (["volmae-mkl", "volmae-onednn"] if args.device == "cpu" else [])
     variants += [] if args.no_compile else ["volmae-compile"]
     for config in args.config:
         preset, roi, batch = parse_config(config)
@@ -294,7 +296,7 @@ def main() -> int:
             tail = f"| | | loss differs {100 * loss_diff:.1f} % | |"
             print(f"| {config} | ratio MONAI / {variant} | **{speedup:.2f}x** {tail}")
         if args.paired_steps:
-            row["paired"] = paired_rows(config, [v for v in variants if v != "volmae-compile"], child_args, args)
+            row["paired"] = paired_rows(config, variants, child_args, args)
         results.append(row)
     if args.out_json:
         meta = run_meta(args)

@@ -42,7 +42,7 @@ class StageConfig:
     device: str = "auto"
     amp: bool = True
     channels_last: bool = True  # CPU training of convolutional networks: see volmae.utils.runtime.channels_last
-    onednn_linear: bool = True  # CPU training: linear layers' forward products on oneDNN, see volmae.utils.onednn
+    onednn_linear: bool | None = None  # CPU training: linears' forward products on oneDNN (None: on AMD CPUs only)
     num_workers: int = 0
     cache: str = "memory"
     cache_dir: str | None = None

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from volmae.utils import onednn
-from volmae.utils.onednn import OneDNNLinear, onednn_available, onednn_linear, use_onednn_linears
+from volmae.utils.onednn import OneDNNLinear, cpu_vendor, onednn_available, onednn_linear, use_onednn_linears
 
 CPU = torch.device("cpu")
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
@@ -68,10 +68,10 @@ def test_use_onednn_linears_turns_only_wide_plain_linears():
     model = nn.Sequential(nn.Linear(384, 768), nn.Linear(768, 192), nn.Linear(192, 192), LoRA(512, 512))
     keys = list(model.state_dict())
     expected = 1 if onednn_available() else 0
-    assert use_onednn_linears(model, CPU) == expected
+    assert use_onednn_linears(model, CPU, True) == expected
     assert [type(m).__name__ for m in model] == ["OneDNNLinear" if expected else "Linear", "Linear", "Linear", "LoRA"]
     assert list(model.state_dict()) == keys and isinstance(model[0], nn.Linear)
-    assert use_onednn_linears(nn.Sequential(nn.Linear(192, 192)), CPU, min_features=128) == expected
+    assert use_onednn_linears(nn.Sequential(nn.Linear(192, 192)), CPU, True, min_features=128) == expected
     for device, enabled in [(torch.device("cuda"), True), (CPU, False)]:
         assert use_onednn_linears(nn.Sequential(nn.Linear(512, 512)), device, enabled) == 0
     with pytest.raises(ValueError, match="min_features=0"):
@@ -79,9 +79,27 @@ def test_use_onednn_linears_turns_only_wide_plain_linears():
 
 
 @needs_onednn
+@pytest.mark.parametrize("vendor, turned", [("AuthenticAMD", 1), ("GenuineIntel", 0), ("", 0)])
+def test_by_default_only_amd_cpus_turn_their_layers(monkeypatch, vendor, turned):
+    monkeypatch.setattr(onednn, "cpu_vendor", lambda: vendor)
+    assert use_onednn_linears(nn.Sequential(nn.Linear(512, 512)), CPU) == turned  # enabled=None: where it pays
+    assert use_onednn_linears(nn.Sequential(nn.Linear(512, 512)), CPU, True) == 1  # forced: any CPU
+    assert use_onednn_linears(nn.Sequential(nn.Linear(512, 512)), CPU, False) == 0
+
+
+def test_the_cpu_vendor_is_read_from_cpuinfo(tmp_path):
+    amd = tmp_path / "amd"
+    amd.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n\nprocessor\t: 1\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n")
+    assert cpu_vendor(str(amd)) == "AuthenticAMD"
+    assert cpu_vendor(str(arm)) == "" and cpu_vendor(str(tmp_path / "none")) == ""
+
+
+@needs_onednn
 def test_a_turned_model_copies_and_pickles():
     model = nn.Sequential(nn.Linear(384, 384))
-    use_onednn_linears(model, CPU)
+    use_onednn_linears(model, CPU, True)
     x = torch.randn(2, 384)
     for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
         assert isinstance(clone[0], OneDNNLinear)
@@ -136,7 +154,7 @@ class _Built(Exception):
 
 
 @pytest.mark.parametrize("stage", ["pretraining", "training"])
-@pytest.mark.parametrize("flag", [True, False])
+@pytest.mark.parametrize("flag", [None, True, False])
 def test_both_engines_apply_the_onednn_flag(synthetic_task, tmp_path, monkeypatch, stage, flag):
     import importlib
 

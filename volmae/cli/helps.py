@@ -59,8 +59,9 @@ HELPS: dict[str, str] = {
     "channels_last": "on the CPU, train convolutional networks (UNETR, nnFormer, masked-volume) with channels-last "
     "memory: 1.1-1.3x faster steps measured, equal results to float rounding (--no-channels-last: the plain layout)",
     "onednn_linear": "on the CPU, compute the forward products of linear layers 384 or more features wide with "
-    "oneDNN instead of MKL: a ViT-B MAE step measured 1.03x faster, equal results to float rounding "
-    "(--no-onednn-linear: PyTorch's default)",
+    "oneDNN instead of MKL, equal results to float rounding: a ViT-B MAE step measured 1.03x faster on an AMD CPU "
+    "and no faster on an Intel one (default: on AMD CPUs only; --onednn-linear: on any CPU; --no-onednn-linear: "
+    "PyTorch's default MKL)",
     "num_workers": "data-loading worker processes",
     "cache": "dataset cache: memory, disk (needs --cache-dir) or none",
     "cache_dir": "folder for --cache disk (default $VOLMAE_CACHE_DIR, else ~/.cache/volmae; keyed by file and "

@@ -9,7 +9,13 @@ into a loss for narrow layers (192 features: ``vit-tiny``), so only layers with 
 inputs and outputs are turned (``benchmarks/linear_gemm.py`` measures the grid). The backward products
 (``dX = dY W`` and ``dW = dY^T X``) stay on MKL, the faster of the two there. MONAI has no such layer;
 ``torch.compile`` reaches the same kernel but costs a minute of compilation per shape and gave no net gain for
-the whole step on this CPU (``docs/performance.md``).
+the whole step on that CPU (``docs/performance.md``).
+
+Where it pays depends on the CPU, likely because MKL tunes its GEMM for Intel processors: on an Intel Xeon
+(Emerald Rapids, AVX-512, 2 cores) oneDNN was level with MKL at best (forward + backward 0.88-1.02x on the layers
+that would be turned; ``benchmarks/results/linear_gemm_cpu_xeon.md``) and the ViT-B MAE step no faster. So by
+default (``enabled=None``) layers are turned on AMD CPUs only, where it was measured to win; ``enabled=True`` turns
+them on any CPU.
 
 Only the kernel changes: results equal ``F.linear``'s to float rounding, the module stays an ``nn.Linear`` (same
 parameters, state-dict keys and checkpoints), and every input the kernel does not cover (not fp32, not on the CPU,
@@ -18,16 +24,38 @@ under autocast, while ``torch.compile`` traces) goes to ``F.linear`` unchanged.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["OneDNNLinear", "onednn_available", "onednn_linear", "use_onednn_linears"]
+__all__ = ["OneDNNLinear", "cpu_vendor", "onednn_available", "onednn_linear", "onednn_pays", "use_onednn_linears"]
 
 
 def onednn_available() -> bool:
     """Whether this PyTorch build has oneDNN and its linear kernel."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+@functools.cache
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's ``vendor_id`` (``AuthenticAMD``, ``GenuineIntel``, ...) from ``cpuinfo``; ``""`` where there is
+    none (not Linux, or not x86)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def onednn_pays() -> bool:
+    """The default of :func:`use_onednn_linears`: on AMD CPUs, where oneDNN's forward products beat MKL's (measured on
+    Zen 3); not on Intel CPUs, where MKL's were as fast or faster (Emerald Rapids), nor on others (not measured)."""
+    return cpu_vendor() == "AuthenticAMD"
 
 
 class _OneDNNLinearFn(torch.autograd.Function):
@@ -72,9 +100,11 @@ class OneDNNLinear(nn.Linear):
         return onednn_linear(x, self.weight, self.bias)
 
 
-def use_onednn_linears(model: nn.Module, device: torch.device, enabled: bool = True, min_features: int = 384) -> int:
+def use_onednn_linears(
+    model: nn.Module, device: torch.device, enabled: bool | None = None, min_features: int = 384
+) -> int:
     """Turn each plain ``nn.Linear`` of ``model`` with ``min_features`` or more inputs and outputs into an
-    :class:`OneDNNLinear`, for training on the CPU.
+    :class:`OneDNNLinear`, for training on the CPU; ``enabled=None`` where it pays (:func:`onednn_pays`).
 
     Returns how many it turned (0 when ``device`` is not the CPU, ``enabled`` is False or oneDNN is missing). The
     modules keep their parameters and names; only their class changes, so optimizers and checkpoints are unaffected.
@@ -82,6 +112,8 @@ def use_onednn_linears(model: nn.Module, device: torch.device, enabled: bool = T
     """
     if min_features < 1:
         raise ValueError(f"min_features={min_features}: must be >= 1")
+    if enabled is None:
+        enabled = onednn_pays()
     if not enabled or device.type != "cpu" or not onednn_available():
         return 0
     turned = 0
