@@ -1,6 +1,6 @@
-"""Peak memory and time of whole ``volmae-infer`` runs on the CPU: the small real CT of ``totalseg_examples`` and a
-synthetic 512 x 512 x 300 CT, with the wall time split into load, preprocess, network, stitch, postprocess, invert
-and save (the per-phase seconds volmae-infer prints).
+"""Peak memory and time of whole ``volmae-infer`` runs (on the CPU unless ``--device cuda``): the small real CT of
+``totalseg_examples`` and a synthetic 512 x 512 x 300 CT, with the wall time split into load, preprocess, network,
+stitch, postprocess, invert and save (the per-phase seconds volmae-infer prints).
 
 Writes a synthetic abdominal-CT-like volume (512 x 512 x 300 int16, 0.78 x 0.78 x 1.5 mm: body ellipse of soft
 tissue with brighter organs and bone), copies ``bundles/btcv`` into a temporary folder with randomly initialised
@@ -8,7 +8,7 @@ weights (the shipped UNETR ViT-B/16, 14 classes, 96^3 window), runs ``volmae-inf
 process and prints wall time, phase split, the child's peak resident memory and the label map's shape. Run by hand:
 
     python benchmarks/infer_large_ct.py [--shape 512 512 300] [--spacing 0.78 0.78 1.5] [--no-real] [--compile]
-        [--out-json FILE]
+        [--device cpu|cuda] [--out-json FILE]
 """
 
 from __future__ import annotations
@@ -78,9 +78,10 @@ def main() -> int:
         help="also segment the small real CT of totalseg_examples (first, when the data is present)",
     )
     ap.add_argument("--compile", action="store_true", help="pass --compile to volmae-infer")
+    ap.add_argument("--device", default="cpu", help="volmae-infer's --device (cuda: AMP, the issue's GPU target)")
     ap.add_argument("--out-json", default=None)
     args = ap.parse_args()
-    extra = ["--device", "cpu", *(["--compile"] if args.compile else [])]
+    extra = ["--device", args.device, *(["--compile"] if args.compile else [])]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
