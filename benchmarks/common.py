@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from volmae.utils.runtime import cpu_info
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -93,15 +95,9 @@ def parse_or_serve(ap: argparse.ArgumentParser, child) -> argparse.Namespace | N
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows): the CPU figures depend on it (the same
-    VM has run on an AMD EPYC and on an Intel Xeon)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (else what ``platform`` knows): the CPU figures depend on it (the same VM has run on an
+    AMD EPYC and on an Intel Xeon)."""
+    return cpu_info("model name") or platform.processor() or platform.machine()
 
 
 def run_meta(args: argparse.Namespace) -> dict:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from volmae.utils import onednn
 from volmae.utils.onednn import OneDNNLinear, cpu_vendor, onednn_available, onednn_linear, use_onednn_linears
+from volmae.utils.runtime import cpu_info
 
 CPU = torch.device("cpu")
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
@@ -94,6 +95,7 @@ def test_the_cpu_vendor_is_read_from_cpuinfo(tmp_path):
     arm.write_text("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n")
     assert cpu_vendor(str(amd)) == "AuthenticAMD"
     assert cpu_vendor(str(arm)) == "" and cpu_vendor(str(tmp_path / "none")) == ""
+    assert cpu_info("cpu family", str(amd)) == "25" and cpu_info("CPU implementer", str(arm)) == "0x41"
 
 
 @needs_onednn

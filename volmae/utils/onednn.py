@@ -24,11 +24,11 @@ under autocast, while ``torch.compile`` traces) goes to ``F.linear`` unchanged.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from volmae.utils.runtime import cpu_info
 
 __all__ = ["OneDNNLinear", "cpu_vendor", "onednn_available", "onednn_linear", "onednn_pays", "use_onednn_linears"]
 
@@ -38,18 +38,10 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-@functools.cache
 def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU's ``vendor_id`` (``AuthenticAMD``, ``GenuineIntel``, ...) from ``cpuinfo``; ``""`` where there is
-    none (not Linux, or not x86)."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return ""
+    """The CPU's ``vendor_id`` (``AuthenticAMD``, ``GenuineIntel``, ...); ``""`` where there is none (not Linux, or
+    not x86)."""
+    return cpu_info("vendor_id", cpuinfo)
 
 
 def onednn_pays() -> bool:

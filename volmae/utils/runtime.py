@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import sys
@@ -23,6 +24,7 @@ __all__ = [
     "as_layout",
     "match_state_layouts",
     "failure_reason",
+    "cpu_info",
 ]
 
 
@@ -133,3 +135,18 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@functools.cache
+def cpu_info(field: str, cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The first value of ``field`` (``vendor_id``, ``model name``, ...) in ``cpuinfo``; ``""`` where there is none
+    (not Linux, or a field this processor does not list)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                name, sep, value = line.partition(":")
+                if sep and name.strip() == field:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
