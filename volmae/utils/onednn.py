@@ -104,9 +104,9 @@ def use_onednn_linears(
     """
     if min_features < 1:
         raise ValueError(f"min_features={min_features}: must be >= 1")
-    if enabled is None:
-        enabled = onednn_pays()
-    if not enabled or device.type != "cpu" or not onednn_available():
+    if device.type != "cpu" or not onednn_available():
+        return 0
+    if not (onednn_pays() if enabled is None else enabled):  # the CPU's vendor is read only for a CPU model
         return 0
     turned = 0
     for m in model.modules():
