@@ -51,6 +51,20 @@ def test_encoders_none_plans_the_cnn_peer_only(study_task, tmp_path):
     assert all(isinstance(r, FinetuneRun) and r.pretrain is None for r in runs)
 
 
+def test_peer_steps_gives_the_cnn_peer_its_own_budget(study_task, tmp_path):
+    cfg = tiny_study(study_task, tmp_path / "s", steps=40, peer_steps=10, fractions=[1.0], curve_fractions=[1.0])
+    runs = [r for r in plan_study(cfg) if isinstance(r, FinetuneRun)]
+    by_model = {(r.preset, r.init): r for r in runs}
+    peer, encoder = by_model["dynunet", "scratch"], by_model["vit-tiny", "scratch"]
+    assert (peer.steps, encoder.steps, by_model["vit-tiny", "pretrained"].steps) == (10, 40, 40)
+    per_epoch = -(-peer.labeled_cases // 2)
+    assert peer.epochs == -(-10 // per_epoch) and encoder.epochs == -(-40 // per_epoch)
+    assert peer.warmup_epochs * per_epoch == pytest.approx(0.5) and encoder.warmup_epochs * per_epoch == 2.0
+    assert peer.val_every == max(1, peer.epochs // cfg.curve_points)  # its curve spans its own budget
+    default = plan_study(tiny_study(study_task, tmp_path / "t", steps=40, fractions=[1.0]))
+    assert {(r.preset, r.steps) for r in default if isinstance(r, FinetuneRun)} == {("vit-tiny", 40), ("dynunet", 40)}
+
+
 def test_each_preset_gets_an_roi_it_tiles(study_task, tmp_path):
     runs = plan_study(
         tiny_study(study_task, tmp_path / "s", encoders=["vit-tiny", "nnformer-tiny"], roi_size=(20, 28, 20))
@@ -66,6 +80,8 @@ def test_each_preset_gets_an_roi_it_tiles(study_task, tmp_path):
         (dict(fractions=[0.5, 0.5]), "repeated"),
         (dict(seeds=[1, 1]), "seeds"),
         (dict(steps=0), "steps=0"),
+        (dict(peer_steps=0), "peer_steps=0"),
+        (dict(peer_steps=50, peer="none"), "needs a peer"),
         (dict(curve_points=-1), "curve_points=-1"),
         (dict(methods=["mae", "mae"]), "one per encoder"),
         (dict(methods=["masked-volume"]), "does not apply to 'vit-tiny'"),

@@ -80,6 +80,8 @@ HELPS: dict[str, str] = {
     "seeds": "seeds: each picks a labeled subset and the training seed; pretrained and scratch share them (pairs)",
     "steps": "optimizer-step budget, exact: replaces --epochs (the last epoch is cut short, the schedule spans these "
     "steps); volmae-study: the fine-tuning budget of every run",
+    "peer_steps": "the CNN peer's step budget (default: --steps); e.g. the steps it takes as many minutes as --steps "
+    "take the encoders, to compare at equal compute instead of equal steps",
     "pretrain_epochs": "epochs of each encoder's pretraining",
     "pretrain_lr": "peak learning rate of pretraining",
     "pretrain_batch_size": "volumes per pretraining step",

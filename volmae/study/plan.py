@@ -12,7 +12,9 @@ The design, fixed before any run:
   the same labels, crops and order: the pairs of the paired test;
 * the **budget** is exactly ``steps`` optimizer steps for every run, whatever the fraction (``ceil(steps /
   steps_per_epoch)`` epochs, the last cut short; :class:`volmae.utils.loop.LoopConfig` ``max_steps``): a 5 % run
-  trains as long as a 100 % run, so the curves compare labels, not compute. Warm-up is 5 % of the steps;
+  trains as long as a 100 % run, so the curves compare labels, not compute. Warm-up is 5 % of the steps. The CNN
+  peer may get its own budget (``peer_steps``): the steps that take it as long as ``steps`` take the encoders, to
+  compare at equal compute (a CNN step costs several transformer steps on a CPU) rather than at equal steps;
 * **convergence**: runs at ``curve_fractions`` validate every ``epochs / curve_points`` epochs on the first
   ``curve_cases`` held-out cases (Dice vs step, descriptive only: the model kept is always the last epoch's, never
   selected on those cases);
@@ -52,6 +54,7 @@ class StudyConfig:
     preprocessing: str = "hippocampus"
     roi_size: tuple[int, int, int] | None = None  # each preset rounds it up to what it tiles (registry.fit_roi)
     steps: int = 400  # fine-tuning budget per run, in optimizer steps
+    peer_steps: int | None = None  # the CNN peer's budget (None: steps), e.g. to match the encoders' minutes
     lr: float = 5e-4
     batch_size: int = 2
     num_samples: int = 2
@@ -149,6 +152,8 @@ def _check(cfg: StudyConfig) -> None:
     for name in ("steps", "batch_size", "num_samples", "pretrain_epochs", "curve_cases"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be >= 1")
+    if cfg.peer_steps is not None and (cfg.peer_steps < 1 or cfg.peer == "none"):
+        raise ConfigError(f"peer_steps={cfg.peer_steps}: must be >= 1, and needs a peer (peer={cfg.peer!r})")
     if cfg.curve_points < 0:
         raise ConfigError(f"curve_points={cfg.curve_points}: must be >= 0 (0: no convergence curves)")
     if not cfg.pretrain_on_dataset and not cfg.pretrain_sources and cfg.encoders and not cfg.reuse_pretraining:
@@ -183,16 +188,17 @@ def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
         for seed in cfg.seeds:
             n = len(label_fraction(train, fraction, seed))
             per_epoch = steps_per_epoch(n, cfg.batch_size)
-            epochs, warmup_epochs = math.ceil(cfg.steps / per_epoch), 0.05 * cfg.steps / per_epoch
             curve = cfg.curve_points > 0 and any(math.isclose(fraction, f) for f in cfg.curve_fractions)
-            val_every = max(1, epochs // cfg.curve_points) if curve else 0
             for preset, init in models:
+                steps = cfg.peer_steps if preset == cfg.peer and cfg.peer_steps else cfg.steps
+                epochs, warmup_epochs = math.ceil(steps / per_epoch), 0.05 * steps / per_epoch
+                val_every = max(1, epochs // cfg.curve_points) if curve else 0
                 pre = pretrains.get(preset) if init == "pretrained" else None
                 weights = (pre.model_path if pre else reused.get(preset)) if init == "pretrained" else None
                 tag = f"{preset}_{init}_{fraction * 100:g}pct_s{seed}"
                 runs.append(
                     FinetuneRun(
-                        preset, init, fraction, seed, n, epochs, cfg.steps, warmup_epochs, val_every, rois[preset],
+                        preset, init, fraction, seed, n, epochs, steps, warmup_epochs, val_every, rois[preset],
                         out / "runs" / tag, weights, pre,
                     )
                 )  # fmt: skip
