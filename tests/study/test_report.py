@@ -68,6 +68,8 @@ def test_summary_paired_tests_and_plots(study):
     assert (paired["ci_low"], paired["wilcoxon_p"]) == (expected.ci95[0], expected.wilcoxon_p)
     peer = next(p for p in rep.paired if p["comparison"] == "dynunet vs vit-tiny pretrained" and p["fraction"] == 1.0)
     assert peer["diff"] == pytest.approx(0.05 - 0.025)
+    gap = next(p for p in rep.paired if p["comparison"] == "dynunet vs vit-tiny scratch" and p["fraction"] == 1.0)
+    assert gap["diff"] == pytest.approx(0.05) and gap["pairs"] == 12  # the gap pretraining is to close
     for name in ("runs.csv", "summary.csv", "paired.csv", "summary.md", "dice_vs_labels.png", "convergence.png"):
         assert study / name in rep.files
     assert matplotlib.image.imread(study / "dice_vs_labels.png").ndim == 3

@@ -6,7 +6,8 @@ Writes to the study folder:
   held-out Dice / HD95 and Dice per class);
 * ``summary.csv`` / ``summary.md``: mean +/- std over seeds per (model, init, fraction); the paired test of
   pretrained vs scratch per encoder and fraction, pooled over seeds (every (seed, held-out case) is a pair:
-  :func:`volmae.evaluation.compare.compare_pooled`), and the CNN peer vs each pretrained encoder the same way;
+  :func:`volmae.evaluation.compare.compare_pooled`), and the CNN peer vs each encoder, pretrained and from scratch
+  (the gap that pretraining is to close), the same way;
 * ``dice_vs_labels.png``: held-out Dice vs labeled cases, every model and init, error bars = std over seeds;
 * ``convergence.png``: validation Dice vs fine-tuning step at the curve fractions, mean over seeds (band: std).
 
@@ -29,6 +30,7 @@ from volmae.errors import DataError
 from volmae.evaluation.compare import PairedComparison, compare_pooled
 from volmae.evaluation.metrics import defined_mean
 from volmae.networks.registry import get_preset
+from volmae.study.plan import INITS
 from volmae.study.runner import read_result
 from volmae.utils.io import atomic_write_text
 
@@ -108,7 +110,7 @@ def _paired_rows(rows: list[dict]) -> list[dict]:
     presets = sorted({r["preset"] for r in rows if r["init"] == "pretrained"})
     peers = sorted({r["preset"] for r in rows if r.get("family") == "cnn"})
     tests = [(f"{p} pretrained vs scratch", (p, "pretrained"), (p, "scratch")) for p in presets]
-    tests += [(f"{c} vs {p} pretrained", (c, "scratch"), (p, "pretrained")) for c in peers for p in presets]
+    tests += [(f"{c} vs {p} {init}", (c, "scratch"), (p, init)) for c in peers for p in presets for init in INITS[::-1]]
     out = []
     for name, a, b in tests:
         for fraction, pairs in _pairs(rows, a, b).items():
