@@ -109,6 +109,8 @@ def run_meta(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "machine": platform.machine(),
         "cpu": cpu_model(),
+        # which matrix units the CPU figures could use (hosts of one model name differ: AMX exposed or not)
+        "cpu_features": [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in cpu_info("flags").split()],
     }
     if args.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name()

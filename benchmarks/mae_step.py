@@ -8,7 +8,9 @@ engine's autocast (bf16); on the CPU its linear layers are what the engine makes
 forward products on oneDNN on AMD CPUs, MKL elsewhere), and ``volmae-mkl`` / ``volmae-onednn`` force each of the two
 (``--no-onednn-linear`` / ``--onednn-linear``; one of them is the same model as ``volmae``, a control of the noise);
 ``volmae-compile`` is volmae with ``volmae-pretrain --compile``
-(``MaskedReconstruction.compile_pass``), its one-off compilation timed apart (the first warm-up step). Both start
+(``MaskedReconstruction.compile_pass``), its one-off compilation timed apart (the first warm-up step); with
+``--cpu-bf16``, ``volmae-bf16`` is volmae under ``torch.autocast("cpu", torch.bfloat16)`` (not what the engine
+does on the CPU: whether it pays depends on the CPU's bf16 units, AMX above all). Both start
 from the same weights (volmae's, copied into MONAI's layout; MONAI's extra class token stays) and see the same
 batches: random crops of the real MNI152 T1 (``$VOLMAE_DATA/mni152_nilearn``, z-scored) or, without it, smoothed
 noise. Each variant runs in its own child process (clean peak memory), the variants alternating ``--rounds`` times; a
@@ -24,7 +26,7 @@ by tens of per cent within minutes, this pairing resolves a few per cent that th
 Run by hand:
 
     python benchmarks/mae_step.py [--config vit-base:96:2 vit-tiny:40x56x40:4] [--device cpu] [--no-compile]
-                                  [--paired-steps 10] [--out-json FILE]
+                                  [--cpu-bf16] [--paired-steps 10] [--out-json FILE]
 """
 
 from __future__ import annotations
@@ -159,6 +161,9 @@ def make_step(variant: str, preset: str, roi, device: torch.device):
             model.compile_pass()
 
         def loss_of(x):
+            if variant == "volmae-bf16":  # CPU bf16 autocast, which volmae's engine does not use (see main's help)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    return model(x)[0]
             with autocast(device, device.type == "cuda"):
                 return model(x)[0]
 
@@ -253,11 +258,17 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-compile", action="store_true", help="leave out the volmae-compile variant")
     ap.add_argument(
+        "--cpu-bf16",
+        action="store_true",
+        help="add volmae-bf16: volmae under torch.autocast('cpu', bfloat16), to ask whether bf16 pays on this CPU "
+        "(volmae trains in fp32 on the CPU: docs/performance.md)",
+    )
+    ap.add_argument(
         "--paired-steps", type=int, default=10, help="steps of the interleaved one-process comparison (0: none)"
     )
     ap.add_argument("--child-config", help=argparse.SUPPRESS)
     ap.add_argument("--paired-variants", help=argparse.SUPPRESS)
-    add_common_args(ap, ("monai", "volmae", "volmae-mkl", "volmae-onednn", "volmae-compile", "paired"))
+    add_common_args(ap, ("monai", "volmae", "volmae-mkl", "volmae-onednn", "volmae-compile", "volmae-bf16", "paired"))
     args = parse_or_serve(ap, child)
     if args is None:
         return 0
@@ -266,6 +277,10 @@ def main() -> int:
     print(head + "\n|---|---|---|---|---|---|---|")
     variants = ["monai", "volmae"] + (["volmae-mkl", "volmae-onednn"] if args.device == "cpu" else [])
     variants += [] if args.no_compile else ["volmae-compile"]
+    if args.cpu_bf16:
+        if args.device != "cpu":
+            raise SystemExit("--cpu-bf16 is a CPU question; on CUDA volmae's own variant already runs bf16 autocast")
+        variants.append("volmae-bf16")
     for config in args.config:
         preset, roi, batch = parse_config(config)
         child_args = ["--child-config", config, "--device", args.device, "--threads", str(args.threads)]

@@ -13,14 +13,18 @@ volmae's path: ``Predictor.logits`` with ``compile=True`` (``volmae.inference.co
 it eager. Each variant runs in its own child process (clean peak RSS / peak GPU memory) and writes its label map; the
 parent reports wall times (volmae's split into the one-off compilation, measured on one batch of windows before the
 volume, and the volume), peak memory, the share of voxels whose argmax agrees (target >= 99.9 %) and the ratio
-MONAI / volmae on the total. Run by hand:
+MONAI / volmae on the total. ``--cpu-bf16`` adds a third child, ``volmae-bf16``: the same predictor under
+``torch.autocast("cpu", torch.bfloat16)`` (volmae infers in fp32 on the CPU; this asks whether this CPU's bf16 units
+would pay). Run by hand:
 
-    python benchmarks/sliding_window.py [--shape 512 512 200] [--mode gaussian] [--device cpu] [--out-json FILE]
+    python benchmarks/sliding_window.py [--shape 512 512 200] [--mode gaussian] [--device cpu] [--cpu-bf16]
+                                        [--out-json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -84,17 +88,21 @@ def child(args) -> dict:
         else:
             prep = Preprocessing("ct", (96, 96, 96))
             pred = Predictor(ours.to(device), prep, device, 4, 0.5, args.mode, amp=True, compile=args.compile)
-            sync()
-            t = time.perf_counter()
-            if args.compile:  # the one-off compilation, on one batch of windows
-                pred.network(torch.zeros(4, 1, 96, 96, 96, device=device))
-            sync()
-            out["compile_s"] = time.perf_counter() - t
-            out["compile_failed"] = getattr(pred.network, "failed", None)
-            t = time.perf_counter()
-            labels = pred.logits(image).argmax(1)
-            sync()
-            out["volume_s"] = time.perf_counter() - t
+            # volmae-bf16: the same predictor under CPU bf16 autocast (the Predictor's own amp is CUDA-only)
+            bf16 = args.child == "volmae-bf16"
+            cpu_bf16 = torch.autocast("cpu", torch.bfloat16) if bf16 else contextlib.nullcontext()
+            with cpu_bf16:
+                sync()
+                t = time.perf_counter()
+                if args.compile:  # the one-off compilation, on one batch of windows
+                    pred.network(torch.zeros(4, 1, 96, 96, 96, device=device))
+                sync()
+                out["compile_s"] = time.perf_counter() - t
+                out["compile_failed"] = getattr(pred.network, "failed", None)
+                t = time.perf_counter()
+                labels = pred.logits(image).argmax(1)
+                sync()
+                out["volume_s"] = time.perf_counter() - t
     np.save(args.labels, labels.to(torch.uint8).cpu().numpy())
     out["peak_bytes"] = peak_bytes(device)
     return out
@@ -105,40 +113,51 @@ def main() -> int:
     ap.add_argument("--shape", type=int, nargs=3, default=[512, 512, 200])
     ap.add_argument("--mode", choices=["gaussian", "constant"], default="gaussian")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument(
+        "--cpu-bf16",
+        action="store_true",
+        help="also run volmae's predictor under torch.autocast('cpu', bfloat16): does bf16 pay on this CPU?",
+    )
     ap.add_argument("--labels", help=argparse.SUPPRESS)
-    add_common_args(ap)
+    add_common_args(ap, ("monai", "volmae", "volmae-bf16"))
     args = parse_or_serve(ap, child)
     if args is None:
         return 0
+    if args.cpu_bf16 and args.device != "cpu":
+        raise SystemExit("--cpu-bf16 is a CPU question; on CUDA both paths already run bf16 autocast")
+    variants = ["monai", "volmae"] + (["volmae-bf16"] if args.cpu_bf16 else [])
     res, labels = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in ("monai", "volmae"):
+        for variant in variants:
             path = Path(tmp) / f"{variant}.npy"
             extra = ["--labels", str(path), "--mode", args.mode, "--shape", *map(str, args.shape)]
             extra += ["--device", args.device, "--threads", str(args.threads)]
             res[variant] = run_child(__file__, variant, [*extra, "--compile" if args.compile else "--no-compile"])
             labels[variant] = np.load(path)
-    agree = float((labels["monai"] == labels["volmae"]).mean())
     ref_s = res["monai"]["volume_s"]
-    ours_s = res["volmae"]["volume_s"] + res["volmae"]["compile_s"]
-    name = f"volmae ({'compiled' if args.compile else 'eager'})"
     print(f"volume 1 x {' x '.join(map(str, args.shape))}, UNETR-B 96^3, overlap 0.5, {args.mode}, {args.device}")
     print("| variant | one-off compile s | volume s | total s | peak memory GiB |\n|---|---|---|---|---|")
     print(f"| MONAI SlidingWindowInferer | - | {ref_s:.1f} | {ref_s:.1f} | {res['monai']['peak_bytes'] / 2**30:.2f} |")
-    print(
-        f"| {name} | {res['volmae']['compile_s']:.1f} | {res['volmae']['volume_s']:.1f} | {ours_s:.1f} | "
-        f"{res['volmae']['peak_bytes'] / 2**30:.2f} |"
-    )
-    print(
-        f"ratio MONAI / volmae (total): {ref_s / ours_s:.2f}x; (volume only) {ref_s / res['volmae']['volume_s']:.2f}x"
-    )
-    print(f"argmax agreement: {100 * agree:.4f} % of voxels (target >= 99.9 %)")
-    if res["volmae"].get("compile_failed"):
-        print(f"compilation failed, volmae ran eager: {res['volmae']['compile_failed']}")
+    agree, ratio = {}, {}
+    for variant in variants[1:]:
+        r = res[variant]
+        ours_s = r["volume_s"] + r["compile_s"]
+        agree[variant] = float((labels["monai"] == labels[variant]).mean())
+        ratio[variant] = ref_s / ours_s
+        name = f"{variant} ({'compiled' if args.compile else 'eager'})"
+        print(f"| {name} | {r['compile_s']:.1f} | {r['volume_s']:.1f} | {ours_s:.1f} | {r['peak_bytes'] / 2**30:.2f} |")
+    for variant in variants[1:]:
+        volume_ratio = ref_s / res[variant]["volume_s"]
+        print(f"ratio MONAI / {variant} (total): {ratio[variant]:.2f}x; (volume only) {volume_ratio:.2f}x")
+        print(f"argmax agreement MONAI vs {variant}: {100 * agree[variant]:.4f} % of voxels (target >= 99.9 %)")
+        if res[variant].get("compile_failed"):
+            print(f"compilation failed, {variant} ran eager: {res[variant]['compile_failed']}")
     if args.out_json:
         meta = run_meta(args)
-        out = {"meta": meta, "shape": args.shape, "mode": args.mode, "results": res, "argmax_agreement": agree}
-        out["ratio_total"] = ref_s / ours_s
+        out = {"meta": meta, "shape": args.shape, "mode": args.mode, "results": res}
+        out["argmax_agreement"], out["ratio_total"] = agree["volmae"], ratio["volmae"]
+        if args.cpu_bf16:
+            out["argmax_agreement_bf16"], out["ratio_total_bf16"] = agree["volmae-bf16"], ratio["volmae-bf16"]
         Path(args.out_json).write_text(json.dumps(out, indent=1))
     return 0
 

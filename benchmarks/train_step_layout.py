@@ -6,14 +6,18 @@ engine's fused AdamW, on one batch of random crops of the real MNI152 T1 (``$VOL
 else smoothed noise) with random 3-class labels. ``channels_last`` converts the network and each batch with
 ``volmae.utils.runtime.channels_last`` / ``as_layout``. Each variant runs in its own child process; the two alternate
 ``--rounds`` times; a round times ``--steps`` steps after ``--warmup``. Printed: median step time, peak RSS, mean
-loss (equal to float rounding) and the ratio plain / channels-last. Run by hand:
+loss (equal to float rounding) and the ratio plain / channels-last; ``--cpu-bf16`` adds ``channels_last_bf16``, the
+step under ``torch.autocast("cpu", torch.bfloat16)`` as ``volmae-train --cpu-bf16`` runs it, and the ratio
+channels-last / channels-last bf16. Run by hand:
 
     python benchmarks/train_step_layout.py [--config vit-tiny:40x56x40:4 nnformer-tiny:48x64x48:4 vit-base:96:2]
+                                           [--cpu-bf16]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -23,7 +27,7 @@ import torch
 from common import add_common_args, alternate_rounds, parse_or_serve, peak_bytes, run_meta
 from mae_step import batches, parse_config
 
-VARIANTS = ("plain", "channels_last")
+VARIANTS = ("plain", "channels_last", "channels_last_bf16")
 
 
 def child(args) -> dict:
@@ -38,8 +42,8 @@ def child(args) -> dict:
     preset, roi, batch = parse_config(args.child_config)
     torch.manual_seed(0)
     net = build_segmenter(preset, 1, 3, roi).to(device)
-    on = channels_last(net, device, args.child == "channels_last")
-    if args.child == "channels_last" and not on:
+    on = channels_last(net, device, args.child != "plain")
+    if args.child != "plain" and not on:
         raise RuntimeError(f"channels-last is not applied on {device}")
     opt = adamw(param_groups(net, 1e-5), lr=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
@@ -49,10 +53,13 @@ def child(args) -> dict:
         for x in batches(roi, batch, args.warmup + args.steps)
     ]
 
+    bf16 = args.child == "channels_last_bf16"  # what volmae-train --cpu-bf16 does
+
     def step(x, y):
         opt.zero_grad(set_to_none=True)
-        out = net(x)
-        loss = loss_fn(out[0] if isinstance(out, list | tuple) else out, y)
+        with torch.autocast("cpu", torch.bfloat16) if bf16 else contextlib.nullcontext():
+            out = net(x)
+            loss = loss_fn(out[0] if isinstance(out, list | tuple) else out, y)
         loss.backward()
         opt.step()
         return float(loss)
@@ -73,6 +80,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--cpu-bf16", action="store_true", help="add channels_last_bf16: channels-last under CPU bf16 autocast"
+    )
     ap.add_argument("--child-config", help=argparse.SUPPRESS)
     add_common_args(ap, variants=VARIANTS)
     args = parse_or_serve(ap, child)
@@ -83,7 +93,8 @@ def main() -> int:
     for config in args.config:
         child_args = ["--child-config", config, "--device", args.device, "--threads", str(args.threads)]
         child_args += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-        runs = alternate_rounds(__file__, list(VARIANTS), child_args, args.rounds)
+        variants = list(VARIANTS) if args.cpu_bf16 else list(VARIANTS[:2])
+        runs = alternate_rounds(__file__, variants, child_args, args.rounds)
         row = {"config": config}
         for variant, r in runs.items():
             med, peak = statistics.median(r["times"]), max(r["peak_bytes"])
@@ -91,6 +102,9 @@ def main() -> int:
             print(f"| {config} | {variant} | {med:.3f} | {peak / 2**30:.2f} | {statistics.mean(r['losses']):.4f} |")
         row["speedup"] = row["plain"]["step_s_median"] / row["channels_last"]["step_s_median"]
         print(f"| {config} | plain / channels-last | **{row['speedup']:.2f}x** | | |")
+        if args.cpu_bf16:
+            row["speedup_bf16"] = row["channels_last"]["step_s_median"] / row["channels_last_bf16"]["step_s_median"]
+            print(f"| {config} | channels-last / channels-last bf16 | **{row['speedup_bf16']:.2f}x** | | |")
         results.append(row)
     if args.out_json:
         Path(args.out_json).write_text(json.dumps({"meta": run_meta(args), "results": results}, indent=1))

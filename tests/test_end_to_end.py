@@ -4,6 +4,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -81,6 +83,17 @@ def test_pretrain_finetune_evaluate_on_real_mri(msd_hippocampus, tmp_path):
     done = infer(InferConfig(images, str(ft.model_path), output=str(tmp_path / "seg"), quiet=True, device="cpu"))
     assert all(c.status == "ok" for c in done) and len(done) == len(images)
     assert input_digests(task) == before, "volmae-infer modified an input"
+    # the opt-in bf16 CPU path, on the same real scans: same grids, nearly the same labels (a model this briefly
+    # trained has near-tied logits, so this bounds the path's damage; Dice parity of a trained model is measured in
+    # docs/performance.md)
+    half = infer(
+        InferConfig(images, str(ft.model_path), output=str(tmp_path / "seg16"), quiet=True, device="cpu", cpu_bf16=True)
+    )
+    assert all(c.status == "ok" for c in half) and len(half) == len(images)
+    for a, b in zip(done, half, strict=True):
+        la, lb = nib.load(a.label_map), nib.load(b.label_map)
+        assert la.shape == lb.shape and np.allclose(la.affine, lb.affine)
+        assert (np.asarray(la.dataobj) == np.asarray(lb.dataobj)).mean() > 0.95
 
 
 @pytest.mark.realdata

@@ -17,7 +17,7 @@ from volmae.data.transforms import Preprocessing, get_preprocessing
 from volmae.errors import ConfigError
 from volmae.utils.distributed import Dist, init_distributed
 from volmae.utils.io import atomic_write_text, config_yaml
-from volmae.utils.runtime import resolve_device
+from volmae.utils.runtime import check_cpu_bf16, resolve_device
 
 __all__ = ["StageConfig", "StageSetup", "prepare_stage"]
 
@@ -41,6 +41,7 @@ class StageConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    cpu_bf16: bool = False  # CPU bf16 autocast (opt-in; pays with AMX): see volmae.utils.runtime.cpu_has_bf16_units
     channels_last: bool = True  # CPU training of convolutional networks: see volmae.utils.runtime.channels_last
     onednn_linear: bool | None = None  # CPU training: linears' forward products on oneDNN (None: on AMD CPUs only)
     num_workers: int = 0
@@ -80,6 +81,7 @@ def prepare_stage(cfg: StageConfig) -> StageSetup:
     if cfg.lr_scaling not in LR_SCALING:
         raise ConfigError(f"lr_scaling={cfg.lr_scaling!r}: expected one of {', '.join(LR_SCALING)}")
     dist, device = init_distributed(resolve_device(cfg.device), cfg.dist_timeout)
+    check_cpu_bf16(device, cfg.cpu_bf16)
     prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size, num_samples=cfg.num_samples)
     datalist = load_datalist(cfg.dataset_dir)
     out = Path(cfg.out_dir)

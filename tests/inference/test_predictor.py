@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+import volmae.utils.runtime as runtime
 from volmae.data.transforms import get_preprocessing
-from volmae.errors import CheckpointError
+from volmae.errors import CheckpointError, ConfigError
 from volmae.inference.predictor import Predictor, load_segmentation_model
 from volmae.networks.registry import build_unetr
 
@@ -60,6 +61,38 @@ def test_compiled_predictor_runs_windows_through_one_batch_shape(monkeypatch):
     fast = Predictor(model, prep, torch.device("cpu"), overlap=0.25, compile=True).logits(x)
     assert torch.allclose(fast, eager, atol=1e-5)
     assert set(shapes) == {(4, 1, 16, 16, 16)} and len(shapes) == 2
+
+
+def test_cpu_bf16_runs_the_network_in_bf16_and_stitches_in_fp32(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16_units", lambda: True)
+    prep = get_preprocessing("mri", roi_size=(16, 16, 16))
+    torch.manual_seed(0)
+    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL)
+    seen = []
+    model.encoder.blocks[0].mlp.linear1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    x = torch.nn.functional.avg_pool3d(torch.randn(1, 1, 20, 30, 16), 3, 1, 1) * 3  # structured, not white noise
+    fp32 = Predictor(model, prep, torch.device("cpu"), overlap=0.25).logits(x)
+    assert set(seen) == {torch.float32}
+    seen.clear()
+    bf16 = Predictor(model, prep, torch.device("cpu"), overlap=0.25, cpu_bf16=True).logits(x)
+    assert set(seen) == {torch.bfloat16} and bf16.dtype == torch.float32
+    assert not torch.equal(bf16, fp32)
+    assert (bf16 - fp32).abs().max() < 0.05 * fp32.abs().max()  # bf16 rounding (8 bits of mantissa), not a bug
+    assert (bf16.argmax(1) == fp32.argmax(1)).float().mean() > 0.9
+
+
+def test_cpu_bf16_warns_on_a_cpu_without_bf16_units(monkeypatch, caplog):
+    monkeypatch.setattr(runtime, "cpu_has_bf16_units", lambda: False)
+    model = build_unetr("vit-tiny", 1, 2, 16, 8, 4, **SMALL)
+    with caplog.at_level("WARNING", logger="volmae.utils.runtime"):
+        Predictor(model, get_preprocessing("mri", roi_size=(16, 16, 16)), torch.device("cpu"), cpu_bf16=True)
+    assert "no AMX" in caplog.text
+
+
+def test_cpu_bf16_is_refused_on_cuda():
+    model = build_unetr("vit-tiny", 1, 2, 16, 8, 4, **SMALL)
+    with pytest.raises(ConfigError, match="cpu_bf16=True on device cuda"):
+        Predictor(model, get_preprocessing("mri", roi_size=(16, 16, 16)), torch.device("cuda"), cpu_bf16=True)
 
 
 @pytest.mark.parametrize(

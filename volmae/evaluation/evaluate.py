@@ -40,6 +40,7 @@ class EvaluateConfig:
     tta_flips: list[int] | None = None
     largest_component: bool = False
     compile: bool = False
+    cpu_bf16: bool = False
     num_overlays: int = 4
     save_predictions: bool = False
     quiet: bool = False

@@ -54,6 +54,7 @@ class InferConfig:
     tta_flips: list[int] | None = None
     largest_component: bool = False
     compile: bool = False
+    cpu_bf16: bool = False
     per_class: bool = False
     save_probabilities: bool = False
     overwrite: bool = False

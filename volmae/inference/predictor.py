@@ -25,7 +25,7 @@ from volmae.errors import CheckpointError, ConfigError
 from volmae.inference.compiled import CompiledWindows
 from volmae.networks.registry import PRETRAINING_KINDS, SEGMENTATION_KINDS, build_from_config
 from volmae.networks.weights import load_encoder_weights, read_checkpoint, state_mismatch
-from volmae.utils.runtime import autocast, sync
+from volmae.utils.runtime import autocast, check_cpu_bf16, sync
 
 __all__ = [
     "Predictor",
@@ -140,6 +140,10 @@ class Predictor:
         compile: run the windows through ``torch.compile`` (inductor, frozen weights, one batch shape:
             :class:`~volmae.inference.compiled.CompiledWindows`); the first volume pays the compilation (about a
             minute for UNETR-B on the CPU, less from inductor's on-disk cache), later windows run faster.
+        amp: autocast on CUDA (bf16, else fp16). cpu_bf16: bf16 autocast on the CPU, off by default: it pays on
+            CPUs with AMX (:func:`~volmae.utils.runtime.cpu_has_bf16_units`; elsewhere a warning says it will likely be
+            slower) and
+            changes outputs as GPU autocast does (stitching and softmax stay fp32).
     """
 
     def __init__(
@@ -158,7 +162,9 @@ class Predictor:
         regions=None,
         progress: bool = False,
         compile: bool = False,
+        cpu_bf16: bool = False,
     ) -> None:
+        check_cpu_bf16(device, cpu_bf16)
         if not 0.0 <= overlap < 1.0:
             raise ValueError(f"overlap={overlap}: must be in [0, 1)")
         if mode not in ("gaussian", "constant"):
@@ -169,6 +175,7 @@ class Predictor:
             raise ValueError(f"tta_flips={tuple(tta_flips)}: spatial axes are 0, 1 and 2")
         self.model, self.prep, self.device = model, prep, device
         self.sw_batch_size, self.overlap, self.mode, self.amp = sw_batch_size, overlap, mode, amp
+        self.cpu_bf16 = cpu_bf16
         self.multilabel = multilabel
         self.stitch_device = stitch_device or device  # torch.device or "auto"
         self.tta_flips = tuple(tta_flips)
@@ -199,7 +206,7 @@ class Predictor:
         self.model.eval()
         x = image.as_tensor() if isinstance(image, MetaTensor) else image
         network = self._timed_network if self.timings is not None else self.network
-        with autocast(self.device, self.amp):
+        with autocast(self.device, self.amp or self.cpu_bf16, self.cpu_bf16):
             out = sliding_window_inference(
                 x.to(self.device),
                 self.prep.roi_size,
@@ -346,7 +353,8 @@ def check_model_source(model, bundle) -> None:
 def predictor_for(cfg, device: torch.device, **extra) -> Predictor:
     """A :class:`Predictor` for ``cfg.model`` (or, when the config has one and no model is given, its trained
     ``cfg.bundle``) from a stage config's window / TTA fields (``sw_batch_size``, ``overlap``, ``amp``,
-    ``tta_flips``, ``largest_component``, ``compile``), as ``volmae-evaluate`` and ``volmae-infer`` share."""
+    ``tta_flips``, ``largest_component``, ``compile``, ``cpu_bf16``), as ``volmae-evaluate`` and ``volmae-infer``
+    share."""
     check_model_source(cfg.model, getattr(cfg, "bundle", None))
     source = cfg.model
     if not source:
@@ -362,5 +370,6 @@ def predictor_for(cfg, device: torch.device, **extra) -> Predictor:
         tta_flips=cfg.tta_flips or (),
         largest_component=cfg.largest_component,
         compile=cfg.compile,
+        cpu_bf16=getattr(cfg, "cpu_bf16", False),
         **extra,
     )

@@ -118,6 +118,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             betas=(0.9, 0.95),
             grad_clip=cfg.grad_clip,
             amp=cfg.amp,
+            cpu_bf16=cfg.cpu_bf16,
             device=device,
             seed=cfg.seed,
             checkpoint_every_steps=cfg.checkpoint_every_steps,

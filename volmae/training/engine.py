@@ -137,6 +137,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
             cfg.weight_decay,
             grad_clip=cfg.grad_clip,
             amp=cfg.amp,
+            cpu_bf16=cfg.cpu_bf16,
             device=device,
             seed=cfg.seed,
             checkpoint_every_steps=cfg.checkpoint_every_steps,
@@ -162,7 +163,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     )
     # a deep-supervision network returns [full, /2, ...] in training; the loss then weighs them 1, 1/2, ...
     loss_fn = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))
-    predictor = Predictor(model, prep, device, cfg.sw_batch_size, cfg.overlap, amp=cfg.amp)
+    predictor = Predictor(model, prep, device, cfg.sw_batch_size, cfg.overlap, amp=cfg.amp, cpu_bf16=cfg.cpu_bf16)
     classes = sorted(k for k in datalist.labels if k > 0)
     names = [datalist.labels[k] for k in classes]
 

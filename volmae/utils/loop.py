@@ -81,6 +81,7 @@ class LoopConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float | None = None
     amp: bool = True
+    cpu_bf16: bool = False  # bf16 autocast on the CPU (volmae.utils.runtime.amp_dtype)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
     checkpoint_every_steps: int = 0
@@ -349,7 +350,7 @@ class TrainLoop:
             factor = warmup_cosine(st.step, total, warmup, cfg.min_lr_ratio)
             for g in self.optimizer.param_groups:
                 g["lr"] = cfg.lr * factor * g["lr_scale"]
-            with autocast(cfg.device, cfg.amp):
+            with autocast(cfg.device, cfg.amp or cfg.cpu_bf16, cfg.cpu_bf16):
                 loss, _ = step_fn(batch)
             value = loss.detach().float().item()
             # one collective: the mean loss over the ranks, and whether any rank's loss is non-finite (all stop)
