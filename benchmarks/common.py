@@ -100,6 +100,12 @@ def cpu_model() -> str:
     return cpu_info("model name") or platform.processor() or platform.machine()
 
 
+def cpu_features() -> list[str]:
+    """Which matrix units the CPU figures could use: hosts of one model name differ (AMX exposed or not)."""
+    flags = cpu_info("flags").split()
+    return [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+
+
 def run_meta(args: argparse.Namespace) -> dict:
     """What a results JSON records about its run: the command line, device, threads, torch and the machine."""
     meta = {
@@ -109,8 +115,7 @@ def run_meta(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "machine": platform.machine(),
         "cpu": cpu_model(),
-        # which matrix units the CPU figures could use (hosts of one model name differ: AMX exposed or not)
-        "cpu_features": [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in cpu_info("flags").split()],
+        "cpu_features": cpu_features(),
     }
     if args.device.startswith("cuda"):
         meta["gpu"] = torch.cuda.get_device_name()

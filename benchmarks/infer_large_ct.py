@@ -8,7 +8,7 @@ weights (the shipped UNETR ViT-B/16, 14 classes, 96^3 window), runs ``volmae-inf
 process and prints wall time, phase split, the child's peak resident memory and the label map's shape. Run by hand:
 
     python benchmarks/infer_large_ct.py [--shape 512 512 300] [--spacing 0.78 0.78 1.5] [--no-real] [--compile]
-        [--device cpu|cuda] [--out-json FILE]
+        [--cpu-bf16] [--device cpu|cuda] [--out-json FILE]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from common import cpu_features, cpu_model
 
 from volmae.data.paths import dataset_path
 
@@ -78,10 +79,11 @@ def main() -> int:
         help="also segment the small real CT of totalseg_examples (first, when the data is present)",
     )
     ap.add_argument("--compile", action="store_true", help="pass --compile to volmae-infer")
+    ap.add_argument("--cpu-bf16", action="store_true", help="pass --cpu-bf16 to volmae-infer (pays on AMX CPUs)")
     ap.add_argument("--device", default="cpu", help="volmae-infer's --device (cuda: AMP, the issue's GPU target)")
     ap.add_argument("--out-json", default=None)
     args = ap.parse_args()
-    extra = ["--device", args.device, *(["--compile"] if args.compile else [])]
+    extra = ["--device", args.device] + ["--compile"] * args.compile + ["--cpu-bf16"] * args.cpu_bf16
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -105,6 +107,8 @@ def main() -> int:
         "volmae_infer": " ".join(["volmae-infer", "SCAN", "--bundle", "btcv(random weights)", *extra]),
         "synthetic_spacing_mm": args.spacing,
         "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+        "cpu_features": cpu_features(),
         "results": results,
     }
     print(json.dumps(out, indent=2))
