@@ -88,6 +88,16 @@ def test_a_partial_study_pairs_only_finished_twins(study):
     assert len(rep.runs) == 5
 
 
+def test_peer_gap_is_reported_before_any_pretrained_run(study):
+    for run in (study / "runs").glob("vit-tiny_pretrained_*"):
+        (run / "result.json").unlink()  # pretraining still to come
+    rep = report_study(study)
+    assert {p["comparison"] for p in rep.paired} == {"dynunet vs vit-tiny scratch"}
+    gap = next(p for p in rep.paired if p["fraction"] == 0.25)
+    assert gap["diff"] == pytest.approx(0.05) and gap["pairs"] == 12
+    assert "| dynunet vs vit-tiny scratch | 0.25 | 2 | 12 |" in (study / "summary.md").read_text()
+
+
 def test_no_finished_run_and_mismatched_cases(tmp_path):
     with pytest.raises(DataError, match="no finished fine-tuning run"):
         report_study(tmp_path / "empty")

@@ -9,7 +9,11 @@
 # with --peer-steps 220, set from a 20-step run at 5 % labels whose 4-step epochs overstated its step cost at
 # ~5.4 s; that run was stopped and the folder's peer_steps set to 280 before the DynUNet run started afresh).
 # Every run's measured training minutes are in its result.json and the report.
-# Usage: tools/experiments/equal_time_peer.sh [DATA_DIR] [OUT_DIR] PRETRAINED
+# Scarce labels (2026-12-03, the VM's Intel host with AMX, fp32): FRACTION 0.05 (8 labeled cases), STEPS 640,
+# PEER_STEPS 228, from 2-thread timings at 5 % labels there (UNETR-Ti 60 steps: 1.9 s per step in its 4-step
+# epochs; DynUNet 24 steps: 5.3 s per step), i.e. ~20.3 and ~20.1 min. That study's DynUNet and scratch UNETR ran
+# at one thread each side by side (the step budgets, not the wall minutes, define the comparison).
+# Usage: tools/experiments/equal_time_peer.sh [DATA_DIR] [OUT_DIR] PRETRAINED [FRACTION] [STEPS] [PEER_STEPS]
 # PRETRAINED: the study's masked-UNETR pretraining (see label_efficiency_study.sh; 30 epochs, ~30 min at 2 threads
 # on the Xeon host):
 #   volmae-pretrain --dataset-dir DATA --out-dir pre --preset vit-tiny --method masked-unetr --epochs 30 \
@@ -18,6 +22,9 @@ set -euo pipefail
 DATA=${1:-../shared/data/msd_hippocampus}
 OUT=${2:-runs/equal_time_peer}
 PRE=${3:?the masked-UNETR pretraining model.pt}
+FRACTION=${4:-1.0}
+STEPS=${5:-800}
+PEER_STEPS=${6:-280}
 OMP_NUM_THREADS=2 volmae-study --dataset-dir "$DATA" --out-dir "$OUT" --encoders vit-tiny --peer dynunet \
-  --fractions 1.0 --seeds 0 --steps 800 --peer-steps 280 --curve-points 0 --device cpu \
+  --fractions "$FRACTION" --seeds 0 --steps "$STEPS" --peer-steps "$PEER_STEPS" --curve-points 0 --device cpu \
   --reuse-pretraining "vit-tiny=$PRE"
