@@ -57,6 +57,15 @@ def test_hippocampus_literal_commands_write_into_the_bundle(msd_hippocampus, tmp
     ref = nib.load(scan)
     assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
+    # the CPU bf16 lever from the command line (MONAI's engines autocast on CUDA only): the same label map but for
+    # bf16 rounding at near-ties
+    out = _bundle_cli(
+        run, "run", "inference", "--config_file", str(root / "inference.json"), "--input", str(scan),
+        "--cpu_bf16", "true", "--output_dir", str(run / "bf16"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    bf16 = np.asarray(nib.load(run / "bf16" / "hippocampus_001_seg.nii.gz").dataobj)
+    assert bf16.shape == seg.shape and (bf16 == np.asarray(seg.dataobj)).mean() > 0.99
 
     # TorchScript: the ViT's einops reshapes need tracing; the traced model equals the eager one at the ROI
     ts = root / "models" / "model.ts"

@@ -142,6 +142,67 @@ def test_bundle_inference_and_volmae_infer_write_the_same_label_map(trained, tmp
     assert np.array_equal(np.asarray(cli_out.dataobj), np.asarray(bundle_out.dataobj))
 
 
+def _bf16_spy(wf) -> list:
+    """dtypes of the first transformer MLP's outputs in every call of the workflow's network."""
+    seen: list = []
+    net = wf.parser.get_parsed_content("network")
+    net.encoder.blocks[0].mlp.linear1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    return seen
+
+
+def test_cpu_bf16_override_autocasts_bundle_inference(trained, tmp_path, monkeypatch):
+    from monai.bundle import ConfigWorkflow
+
+    import volmae.utils.runtime as runtime
+    from volmae.inference.inferers import Bf16SlidingWindowInferer
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16_units", lambda: True)
+    root, task = trained
+    src = task / "imagesTr" / "case_000.nii.gz"
+    maps, seen = {}, {}
+    for flag in (False, True):
+        out = tmp_path / str(flag)
+        wf = ConfigWorkflow(
+            config_file=str(root / "configs" / "inference.json"), workflow_type="infer", input=str(src),
+            device="cpu", output_dir=str(out), cpu_bf16=flag,
+        )  # fmt: skip
+        wf.initialize()
+        inferer = wf.parser.get_parsed_content("inferer")
+        assert isinstance(inferer, Bf16SlidingWindowInferer) and inferer.cpu_bf16 is flag
+        seen[flag] = _bf16_spy(wf)
+        wf.run()
+        wf.finalize()
+        maps[flag] = np.asarray(nib.load(out / "case_000_seg.nii.gz").dataobj)
+    assert set(seen[False]) == {torch.float32} and set(seen[True]) == {torch.bfloat16}
+    assert maps[True].shape == maps[False].shape and (maps[True] == maps[False]).mean() > 0.99
+
+
+def test_cpu_bf16_override_trains_the_bundle(tmp_path, monkeypatch):
+    from monai.bundle import ConfigWorkflow
+
+    import volmae.utils.runtime as runtime
+    from tests.bundle.conftest import copy_bundle
+    from tests.conftest import make_msd_folder
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16_units", lambda: True)
+    task = make_msd_folder(tmp_path / "task", shape=(20, 28, 20))
+    root = copy_bundle("hippocampus", tmp_path / "bundles")
+    data = items(task)
+    wf = ConfigWorkflow(
+        config_file=str(root / "train.json"), workflow_type="train", dataset_dir=str(task), cpu_bf16=True,
+        **{"train#dataset#data": data[:2], "validate#dataset#data": data[4:5]},
+        **{"train#trainer#max_epochs": 1, "val_interval": 1, "device": "cpu"},
+    )  # fmt: skip
+    wf.initialize()
+    seen = _bf16_spy(wf)
+    wf.run()
+    wf.finalize()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    assert set(seen) == {torch.bfloat16} and np.isfinite(float(trainer.state.output[0]["loss"]))
+    state = torch.load(root / "models" / "model_final.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())  # fp32 master weights
+
+
 def test_wrong_channel_count_is_named(trained, tmp_path):
     root, task = trained
     two = save_nifti(tmp_path / "two.nii.gz", np.random.default_rng(0).normal(size=(20, 28, 20, 2)).astype(np.float32))

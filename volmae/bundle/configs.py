@@ -35,6 +35,9 @@ def _common(s: BundleSpec) -> dict:
         "dataset_dir": f"$str(volmae.data.dataset_path('{s.dataset}') or '')",
         "device": "$volmae.bundle.device('auto')",
         "amp": "$torch.device(@device).type == 'cuda'",
+        # MONAI's engines autocast on CUDA only; on the CPU, --cpu_bf16 true autocasts the network through volmae's
+        # inferers (pays on CPUs with AMX: volmae.inference.inferers)
+        "cpu_bf16": False,
         "seed": 0,
         "preset": s.preset,
         "in_channels": len(s.channels),
@@ -73,11 +76,12 @@ def _loader(ds: str, batch: int | str, shuffle: bool) -> dict:
 
 def _sliding(s: BundleSpec) -> dict:
     return {
-        "_target_": "SlidingWindowInferer",
+        "_target_": "volmae.inference.inferers.Bf16SlidingWindowInferer",
         "roi_size": "@roi_size",
         "sw_batch_size": s.sw_batch_size,
         "overlap": 0.5,
         "mode": "gaussian",
+        "cpu_bf16": "@cpu_bf16",
     }
 
 
@@ -136,7 +140,7 @@ def train_config(s: BundleSpec) -> dict:
             "num_workers": 0,
         },
         "dataloader": _loader("@train#dataset", s.batch_size, True),
-        "inferer": {"_target_": "SimpleInferer"},
+        "inferer": {"_target_": "volmae.inference.inferers.Bf16SimpleInferer", "cpu_bf16": "@cpu_bf16"},
         "lr_scheduler": {
             "_target_": "monai.optimizers.WarmupCosineSchedule",
             "optimizer": "@optimizer",

@@ -62,9 +62,10 @@ def metadata(s: BundleSpec) -> dict:
     pred = _tensor(s, s.out_channels, "segmentation", labels)
     out = {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
-        "version": "0.1.0",
+        "version": "0.2.0",
         "changelog": {
-            "0.1.0": f"first release: UNETR ({s.preset}), {s.roi_size[0]}x{s.roi_size[1]}x{s.roi_size[2]} ROI"
+            "0.2.0": "cpu_bf16: bf16 autocast of the network on the CPU (opt-in, for CPUs with AMX)",
+            "0.1.0": f"first release: UNETR ({s.preset}), {s.roi_size[0]}x{s.roi_size[1]}x{s.roi_size[2]} ROI",
         },
         "monai_version": _VERSIONS["monai"],
         "pytorch_version": _VERSIONS["torch"],

@@ -1,0 +1,88 @@
+"""MONAI inferers that can run the network under CPU bf16 autocast, for the bundles' ignite workflows.
+
+Why not MONAI's own: ``SupervisedTrainer`` / ``SupervisedEvaluator`` autocast with ``torch.autocast("cuda")`` when
+``amp=True``, so a bundle's ``amp`` does nothing on the CPU, where bf16 pays on CPUs with AMX (docs/performance.md:
+UNETR-B sliding windows 1.33x, a UNETR-Ti fine-tuning step 1.53x over fp32). These subclasses keep MONAI's
+inferers, their arguments and config ids (MONAI Label reads ``inferer#roi_size`` and friends) and add one flag,
+``cpu_bf16``: the network (not the stitching, not the loss) runs under ``torch.autocast("cpu", torch.bfloat16)``
+and its outputs come back as float32, as :class:`~volmae.inference.Predictor` does for ``volmae-infer --cpu-bf16``.
+Off (the default) they are MONAI's inferers unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from monai.inferers import SimpleInferer, SlidingWindowInferer
+
+from volmae.errors import ConfigError
+from volmae.utils.runtime import autocast, check_cpu_bf16
+
+__all__ = ["Bf16SimpleInferer", "Bf16SlidingWindowInferer", "cpu_bf16_network"]
+
+
+def _to_float(out: Any) -> Any:
+    """float32 copies of the floating tensors in a network output (a tensor, a sequence or a mapping of them)."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, Mapping):
+        return {k: _to_float(v) for k, v in out.items()}
+    if isinstance(out, Sequence) and not isinstance(out, str):
+        return type(out)(_to_float(v) for v in out)
+    return out
+
+
+def cpu_bf16_network(network: Callable[..., Any]) -> Callable[..., Any]:
+    """``network`` run under CPU bf16 autocast, its outputs float32 (so stitching and losses stay fp32)."""
+    cpu = torch.device("cpu")
+
+    def run(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if x.device.type != "cpu":
+            raise ConfigError(f"cpu_bf16=True with inputs on {x.device}: it is CPU autocast; on CUDA use amp")
+        with autocast(cpu, True, cpu_bf16=True):
+            return _to_float(network(x, *args, **kwargs))
+
+    return run
+
+
+class _CpuBf16:
+    """Mixin: ``cpu_bf16`` (bool) wraps the network the inferer calls with :func:`cpu_bf16_network`."""
+
+    def _set_cpu_bf16(self, cpu_bf16: bool | str) -> None:
+        # `python -m monai.bundle run ... --cpu_bf16 true` hands over the string "true" (fire parses Python
+        # literals only), and a bare string would be truthy even as "false": take the words, refuse the rest
+        if isinstance(cpu_bf16, str) and cpu_bf16.lower() in ("true", "false"):
+            cpu_bf16 = cpu_bf16.lower() == "true"
+        if not isinstance(cpu_bf16, bool):
+            raise ConfigError(f"cpu_bf16={cpu_bf16!r}: expected true or false")
+        if cpu_bf16:
+            check_cpu_bf16(torch.device("cpu"), True)  # warns on a CPU without AMX
+        self.cpu_bf16 = cpu_bf16
+
+    def _network(self, network: Callable[..., Any]) -> Callable[..., Any]:
+        return cpu_bf16_network(network) if self.cpu_bf16 else network
+
+
+class Bf16SimpleInferer(_CpuBf16, SimpleInferer):
+    """MONAI's :class:`~monai.inferers.SimpleInferer` (``network(inputs)``), with ``cpu_bf16`` (module docstring)."""
+
+    def __init__(self, cpu_bf16: bool | str = False) -> None:
+        super().__init__()
+        self._set_cpu_bf16(cpu_bf16)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(inputs, self._network(network), *args, **kwargs)
+
+
+class Bf16SlidingWindowInferer(_CpuBf16, SlidingWindowInferer):
+    """MONAI's :class:`~monai.inferers.SlidingWindowInferer` (same arguments), with ``cpu_bf16`` (module
+    docstring): the windows' network calls autocast, the gaussian-weighted stitching stays float32."""
+
+    def __init__(self, *args: Any, cpu_bf16: bool | str = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._set_cpu_bf16(cpu_bf16)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(inputs, self._network(network), *args, **kwargs)
