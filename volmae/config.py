@@ -6,9 +6,9 @@ and may change a default by redeclaring the field. Console-script flags are gene
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -19,7 +19,18 @@ from volmae.utils.distributed import Dist, init_distributed
 from volmae.utils.io import atomic_write_text, config_yaml
 from volmae.utils.runtime import check_cpu_bf16, resolve_device
 
-__all__ = ["StageConfig", "StageSetup", "prepare_stage"]
+__all__ = ["StageConfig", "StageSetup", "parse_flag", "prepare_stage"]
+
+
+def parse_flag(name: str, value: Any, optional: bool = False) -> bool | None:
+    """A yes/no setting as a bool. ``python -m monai.bundle run ... --pretrain#resume true`` hands over the string
+    "true" (the bundle CLI parses Python literals only), and a bare string is truthy even as "false": take the words
+    true / false (any case), refuse anything else but a bool (or None when ``optional``)."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if isinstance(value, bool) or (optional and value is None):
+        return value
+    raise ConfigError(f"{name}={value!r}: expected true or false")
 
 
 @dataclass
@@ -53,6 +64,11 @@ class StageConfig:
     quiet: bool = False
     lr_scaling: str = "none"
     dist_timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # annotations are strings here (postponed evaluation)
+            if f.type in ("bool", "bool | None"):
+                setattr(self, f.name, parse_flag(f.name, getattr(self, f.name), optional=f.type != "bool"))
 
 
 class StageSetup(NamedTuple):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
+from volmae.config import parse_flag
 from volmae.errors import ConfigError
 from volmae.utils.runtime import autocast, check_cpu_bf16
 
@@ -51,12 +52,7 @@ class _CpuBf16:
     """Mixin: ``cpu_bf16`` (bool) wraps the network the inferer calls with :func:`cpu_bf16_network`."""
 
     def _set_cpu_bf16(self, cpu_bf16: bool | str) -> None:
-        # `python -m monai.bundle run ... --cpu_bf16 true` hands over the string "true" (fire parses Python
-        # literals only), and a bare string would be truthy even as "false": take the words, refuse the rest
-        if isinstance(cpu_bf16, str) and cpu_bf16.lower() in ("true", "false"):
-            cpu_bf16 = cpu_bf16.lower() == "true"
-        if not isinstance(cpu_bf16, bool):
-            raise ConfigError(f"cpu_bf16={cpu_bf16!r}: expected true or false")
+        cpu_bf16 = parse_flag("cpu_bf16", cpu_bf16)  # `--cpu_bf16 true` arrives as a string
         if cpu_bf16:
             check_cpu_bf16(torch.device("cpu"), True)  # warns on a CPU without AMX
         self.cpu_bf16 = cpu_bf16
