@@ -128,3 +128,45 @@ def test_nnformer_masked_volume_pretrain_finetune_evaluate_infer_on_real_mri(msd
                 **{**common, "preset": "vit-tiny"},
             )
         )  # fmt: skip
+
+
+@pytest.mark.realdata
+def test_brats_at_a_coarser_spacing_train_evaluate_infer(brats2013, tmp_path):
+    """Real BraTS 2013 (FLAIR + T1c) fine-tuned at a ``pixdim`` other than the preset's: the spacing is stored with
+    the model, evaluation and ``volmae-infer`` resample to it and answer on each case's own 240 x 240 x 155 grid, and
+    the converter has zeroed the air that DeepMedic's z-scoring left at a constant (the ``mri`` preset normalises
+    non-zero voxels only)."""
+    import os
+
+    from volmae.data.convert import convert_brats
+    from volmae.errors import DataError
+    from volmae.inference.predictor import segmentation_checkpoint
+
+    src = tmp_path / "src"
+    src.mkdir()
+    cases = sorted((brats2013 / "train").iterdir())  # two cases: one trains, one is held out
+    for c in cases:
+        os.symlink(c, src / c.name)
+    task = tmp_path / "task"
+    convert_brats(src, task)
+    (task / "splits.json").write_text(json.dumps({"folds": [[cases[1].name]]}))
+    img = np.asarray(nib.load(task / "imagesTr" / f"{cases[0].name}.nii.gz").dataobj)
+    brain = np.asarray(nib.load(cases[0] / "brainmask.nii.gz").dataobj) > 0
+    assert (img[~brain] == 0).all() and (img[brain] != 0).mean() > 0.99
+    common = dict(dataset_dir=str(task), preprocessing="mri", roi_size=(32, 32, 32), device="cpu", quiet=True)
+    ft = finetune(
+        FinetuneConfig(out_dir=str(tmp_path / "ft"), pixdim=(3.0, 3.0, 3.0), steps=2, batch_size=1, feature_size=8,
+                       val_every=0, **common)  # fmt: skip
+    )
+    task_meta = segmentation_checkpoint(ft.model_path)["task"]
+    assert tuple(task_meta["preprocessing"]["pixdim"]) == (3.0, 3.0, 3.0)
+    report = evaluate(EvaluateConfig(str(ft.model_path), str(task), str(tmp_path / "ev"), device="cpu", quiet=True))
+    assert [c.case for c in report.cases] == [cases[1].name] and set(report.names) == {"TC", "WT", "ET"}
+    with pytest.raises(DataError, match="channel"):  # FLAIR alone where the model takes FLAIR + T1c
+        infer(InferConfig([str(cases[1] / "Flair_subtrMeanDivStd.nii.gz")], str(ft.model_path), quiet=True,
+                          output=str(tmp_path / "flair"), device="cpu"))  # fmt: skip
+    scan = str(task / "imagesTr" / f"{cases[1].name}.nii.gz")
+    done = infer(InferConfig([scan], str(ft.model_path), output=str(tmp_path / "seg"), quiet=True, device="cpu"))
+    seg = nib.load(done[0].label_map)
+    assert done[0].status == "ok" and seg.shape == (240, 240, 155)
+    np.testing.assert_allclose(seg.affine, nib.load(scan).affine, atol=1e-4)

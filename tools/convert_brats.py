@@ -3,7 +3,8 @@
 
 Usage: python tools/convert_brats.py SRC DST [--layout auto|brats2021|brats2023|brats2013-deepmedic] [--overwrite]
 Labels become 1 edema, 2 non-enhancing core, 3 enhancing (TC = {2, 3}, WT = {1, 2, 3}, ET = {3}); cases without a
-segmentation go to imagesTs/ (unlabeled, usable for MAE pretraining).
+segmentation go to imagesTs/ (unlabeled, usable for MAE pretraining). The brats2013-deepmedic layout's images are
+set to 0 outside each case's brainmask (DeepMedic z-scored them with the air at a constant; official releases have 0).
 """
 
 from __future__ import annotations

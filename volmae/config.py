@@ -40,6 +40,7 @@ class StageConfig:
     preset: str = "vit-tiny"
     preprocessing: str = "hippocampus"
     roi_size: tuple[int, int, int] | None = None
+    pixdim: tuple[float, float, float] | None = None  # target voxel spacing in mm (None: the preset's)
     patch_size: int | None = None
     epochs: int = 100
     steps: int | None = None  # an exact optimizer-step budget; when set it replaces epochs (utils.loop)
@@ -98,7 +99,7 @@ def prepare_stage(cfg: StageConfig) -> StageSetup:
         raise ConfigError(f"lr_scaling={cfg.lr_scaling!r}: expected one of {', '.join(LR_SCALING)}")
     dist, device = init_distributed(resolve_device(cfg.device), cfg.dist_timeout)
     check_cpu_bf16(device, cfg.cpu_bf16)
-    prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size, num_samples=cfg.num_samples)
+    prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size, pixdim=cfg.pixdim, num_samples=cfg.num_samples)
     datalist = load_datalist(cfg.dataset_dir)
     out = Path(cfg.out_dir)
     if (out / "checkpoint.pt").exists() and not (cfg.resume or cfg.overwrite):

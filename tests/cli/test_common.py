@@ -21,6 +21,7 @@ from volmae.utils.loop import TrainingInterrupted
 class Cfg:
     dataset_dir: str
     roi_size: tuple[int, int, int] | None = None
+    pixdim: tuple[float, float, float] | None = None
     cases: list[str] | None = None
     lr: float = 1e-3
     epochs: int = 3
@@ -59,10 +60,15 @@ def test_typed_flags_and_both_spellings():
             "--no-amp",
             "--grad-clip",
             "2",
+            "--pixdim",
+            "1.5",
+            "1.5",
+            "2",
         ]
     )
     cfg = config_from_args(Cfg, args)
     assert cfg.roi_size == (32, 48, 32) and isinstance(cfg.roi_size, tuple)
+    assert cfg.pixdim == (1.5, 1.5, 2.0) and isinstance(cfg.pixdim, tuple)  # any tuple field, not only *_size
     assert cfg.cases == ["a", "b"] and cfg.lr == 0.5 and cfg.epochs == 7 and cfg.amp is False
     assert cfg.grad_clip == 2.0
     assert config_from_args(Cfg, _parser().parse_args(["--dataset-dir", "d", "--amp"])).amp is True

@@ -93,14 +93,19 @@ def test_btcv_refuses_to_replace_existing_output(tmp_path):
 
 
 def _brats_case(root: Path, layout: str, case: str, labels: np.ndarray | None, shape=SHAPE) -> list[np.ndarray]:
-    """Write one case; channel k is the constant-offset image ``k * 10 + noise`` so the stacking order shows."""
+    """Write one case; channel k is the constant-offset image ``k * 10 + noise`` so the stacking order shows. A layout
+    with a brain mask gets one covering all but the first slab (x = 0), and the channels returned are masked."""
     lay = BRATS_LAYOUTS[layout]
     rng = np.random.default_rng(len(case))
     chans = []
+    brain = np.ones(shape, bool)
+    if lay.brain_mask:
+        brain[0] = False
+        save_nifti(root / case / f"{case}{lay.brain_mask}.nii.gz", brain.astype(np.int32))
     for k, (_, suffix) in enumerate(lay.channels):
         arr = (k * 10 + rng.random(shape)).astype(np.float32)
         save_nifti(root / case / f"{case}{suffix}.nii.gz", arr)
-        chans.append(arr)
+        chans.append(np.where(brain, arr, 0.0))
     if labels is not None:
         save_nifti(root / case / f"{case}{lay.seg}.nii.gz", labels)
     return chans
@@ -164,6 +169,19 @@ def test_brats_missing_modality_and_bad_grid_named(tmp_path):
         convert_brats(tmp_path / "empty", tmp_path / "out")
 
 
+def test_brats_brain_mask_missing_or_off_grid_named(tmp_path):
+    """The DeepMedic layout needs each case's brain mask (its background is a constant, not 0), on the images' grid."""
+    case = "brats_2013_pat0009_1"
+    _brats_case(tmp_path / "a", "brats2013-deepmedic", case, _labels([0, 2]))
+    (tmp_path / "a" / case / f"{case}brainmask.nii.gz").unlink()
+    with pytest.raises(DataError, match=f"{case}: no brainmask file"):
+        convert_brats(tmp_path / "a", tmp_path / "out")
+    save_nifti(tmp_path / "a" / case / f"{case}brainmask.nii.gz", np.ones((6, 7, 9), np.int32))
+    with pytest.raises(DataError, match=r"brainmask.nii.gz: brain mask grid \(6, 7, 9\) does not match"):
+        convert_brats(tmp_path / "a", tmp_path / "out")
+    assert not (tmp_path / "out" / "dataset.json").exists()
+
+
 @pytest.mark.realdata
 def test_btcv_converter_on_real_ct(tmp_path, ircadb_ct):
     """The three real IRCADb CTs (BTCV numbering) laid out as a Synapse download: copied byte for byte, loadable,
@@ -186,8 +204,9 @@ def test_btcv_converter_on_real_ct(tmp_path, ircadb_ct):
 
 @pytest.mark.realdata
 def test_brats_converter_on_real_brats2013(tmp_path, brats2013):
-    """One real BraTS 2013 case: FLAIR + T1c stacked, the 5 BraTS-2013 labels folded into MSD's 3 so that the
-    standard regions keep their voxel counts (WT = 1-4, TC = 1, 3, 4, ET = 4)."""
+    """One real BraTS 2013 case: FLAIR + T1c stacked, 0 outside the brain mask (DeepMedic left the air at a constant
+    there) and unchanged inside, the 5 BraTS-2013 labels folded into MSD's 3 so that the standard regions keep their
+    voxel counts (WT = 1-4, TC = 1, 3, 4, ET = 4)."""
     case = sorted((brats2013 / "train").iterdir())[0]
     (tmp_path / "src").mkdir()
     os.symlink(case, tmp_path / "src" / case.name)  # a symlinked case folder is followed
@@ -196,7 +215,10 @@ def test_brats_converter_on_real_brats2013(tmp_path, brats2013):
     img = nib.load(dl.items[0]["image"])
     assert img.shape == (240, 240, 155, 2) and dl.modality == {0: "FLAIR", 1: "T1gd"}
     flair = np.asarray(nib.load(case / "Flair_subtrMeanDivStd.nii.gz").dataobj)
-    np.testing.assert_allclose(np.asarray(img.dataobj[..., 0]), flair)
+    brain = np.asarray(nib.load(case / "brainmask.nii.gz").dataobj) > 0
+    assert np.unique(flair[~brain]).size == 1 and flair[~brain][0] < -3  # the constant this layout's mask undoes
+    np.testing.assert_allclose(np.asarray(img.dataobj[..., 0]), np.where(brain, flair, 0.0))
+    assert json.loads((tmp_path / "out" / "dataset.json").read_text())["background"].startswith("set to 0")
     raw = np.asarray(nib.load(case / "OTMultiClass.nii.gz").dataobj).round()
     lab = np.asarray(nib.load(dl.items[0]["label"]).dataobj)
     assert np.array_equal(lab > 0, raw > 0)

@@ -36,6 +36,13 @@ def test_overrides_none_keep_preset_and_roi_becomes_int_tuple():
     assert PREPROCESSING["hippocampus"].roi_size == (40, 56, 40)  # the preset itself is unchanged
 
 
+def test_pixdim_override_becomes_float_tuple():
+    p = get_preprocessing("mri", pixdim=[2, 2, 3], roi_size=None)
+    assert p.pixdim == (2.0, 2.0, 3.0) and all(type(v) is float for v in p.pixdim)
+    assert get_preprocessing("mri", pixdim=None).pixdim == (1.0, 1.0, 1.0)
+    assert PREPROCESSING["mri"].pixdim == (1.0, 1.0, 1.0)
+
+
 @pytest.mark.parametrize("name", ["CT", "brain", "", "hippocampus "])
 def test_unknown_preset(name):
     with pytest.raises(ConfigError, match="unknown preprocessing preset") as info:
@@ -52,6 +59,8 @@ def test_unknown_preset(name):
         ({"roi_size": (32, -8, 32)}, "roi_size"),
         ({"pixdim": (1.0, 0.0, 1.0)}, "pixdim"),
         ({"pixdim": (1.0, 1.0)}, "pixdim"),
+        ({"pixdim": 2.0}, r"pixdim=2.0: expected three values"),
+        ({"roi_size": 32}, r"roi_size=32: expected three values"),
         ({"num_samples": 0}, "num_samples"),
     ],
 )

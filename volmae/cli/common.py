@@ -71,8 +71,10 @@ def add_config_args(
 
 def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any):
     """Build ``cls`` from parsed flags (fields absent from ``args`` keep their defaults)."""
+    hints = typing.get_type_hints(cls)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
-    values = {k: (tuple(v) if isinstance(v, list) and k.endswith("_size") else v) for k, v in values.items()}
+    as_tuple = {k for k in values if typing.get_origin(_unwrap_optional(hints[k])[0]) is tuple}  # argparse gives lists
+    values = {k: (tuple(v) if isinstance(v, list) and k in as_tuple else v) for k, v in values.items()}
     values.update(fixed)
     return cls(**values)
 

@@ -9,6 +9,8 @@ HELPS: dict[str, str] = {
     "preprocessing": "preprocessing preset: hippocampus, mri or ct",
     "roi_size": "network input / crop size D H W (ViT: multiples of the patch size; nnFormer: an error names the "
     "nearest sizes that fit its windows)",
+    "pixdim": "target voxel spacing in mm, D H W after RAS reorientation (default from the preprocessing preset: "
+    "1 mm for MRI, 1.5 x 1.5 x 2 for CT); stored with the model, so evaluation and inference resample the same way",
     "patch_size": "ViT patch size (8 or 16) or nnFormer embedding stride (default from the preset)",
     "feature_size": "UNETR decoder width at full resolution (default from the preset; volmae-pretrain: --method "
     "masked-unetr, match the fine-tuning run)",

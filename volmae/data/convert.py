@@ -8,7 +8,8 @@
   ``BraTS-GLI-00000-000-t2f.nii.gz`` ...; the BraTS 2013 FLAIR + T1c cases of DeepMedic's examples) -> one
   multi-channel NIfTI per case (channels last, MSD Task01 order) and labels remapped to MSD Task01's convention:
   1 edema, 2 non-enhancing tumour core (necrosis included), 3 enhancing tumour; so tumour core = {2, 3},
-  whole tumour = {1, 2, 3}, enhancing = {3} (``dataset.json`` records these regions).
+  whole tumour = {1, 2, 3}, enhancing = {3} (``dataset.json`` records these regions). A layout whose background is
+  not 0 (DeepMedic's) is masked with its brain masks (:class:`BratsLayout`).
 
 Both check every pair before writing (headers: dimensions, shapes, affines), write each output file atomically,
 never replace an existing file unless ``overwrite=True``, and write ``dataset.json`` last, so an interrupted
@@ -168,11 +169,15 @@ def convert_btcv(src: str | Path, dst: str | Path, overwrite: bool = False) -> d
 @dataclass(frozen=True)
 class BratsLayout:
     """File naming of one BraTS release: ``channels`` as (MSD modality name, file-name suffix before ``.nii[.gz]``)
-    in MSD Task01 order, the label file's suffix, and the map from its label values to MSD Task01's."""
+    in MSD Task01 order, the label file's suffix, and the map from its label values to MSD Task01's. ``brain_mask``:
+    the suffix of a brain mask outside which the images are set to 0, for a release whose images were normalised
+    with the background left at a non-zero constant (the official releases are skull-stripped to 0, which the
+    ``mri`` preset's non-zero normalisation relies on)."""
 
     channels: tuple[tuple[str, str], ...]
     seg: str
     remap: Mapping[int, int]
+    brain_mask: str | None = None
 
 
 BRATS_LAYOUTS: dict[str, BratsLayout] = {
@@ -185,10 +190,13 @@ BRATS_LAYOUTS: dict[str, BratsLayout] = {
         (("FLAIR", "-t2f"), ("T1w", "-t1n"), ("T1gd", "-t1c"), ("T2w", "-t2w")), "-seg", {0: 0, 1: 2, 2: 1, 3: 3}
     ),
     # BraTS 2013 as in DeepMedic's examples (FLAIR + T1c only): 1 necrosis, 2 edema, 3 non-enhancing, 4 enhancing.
+    # Its images are z-scored inside the brain with the air left at a constant (about -3.6), which non-zero
+    # normalisation would take for tissue: brainmask.nii.gz sets it back to 0.
     "brats2013-deepmedic": BratsLayout(
         (("FLAIR", "Flair_subtrMeanDivStd"), ("T1gd", "T1c_subtrMeanDivStd")),
         "OTMultiClass",
         {0: 0, 1: 2, 2: 1, 3: 2, 4: 3},
+        brain_mask="brainmask",
     ),
 }
 
@@ -231,8 +239,29 @@ def _brats_cases(src: Path, files: Sequence[Path], lay: BratsLayout) -> dict[str
         cid = case_id(f.name)
         if cid in cases:
             raise DataError(f"{f}: case id {cid!r} appears twice under {src}")
-        cases[cid] = {"channels": chans, "seg": _find(f, lay.seg)}
+        mask = _find(f, lay.brain_mask) if lay.brain_mask else None
+        if lay.brain_mask and mask is None:
+            raise DataError(f"{f}: no {lay.brain_mask} file (this layout's images need it: see BratsLayout)")
+        cases[cid] = {"channels": chans, "seg": _find(f, lay.seg), "mask": mask}
     return cases
+
+
+def _stack_channels(case: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """A case's channels as one ``X Y Z C`` float32 array (zero outside its brain mask, when it has one), and the
+    affine of its first channel."""
+    imgs = [open_nifti(p) for p in case["channels"]]
+    stacked = np.stack([np.asarray(i.dataobj, dtype=np.float32).reshape(i.shape[:3]) for i in imgs], axis=-1)
+    if not np.isfinite(stacked).all():
+        raise DataError(f"{case['channels'][0].parent}: NaN/Inf voxels in the images")
+    if case.get("mask") is not None:
+        m = open_nifti(case["mask"])
+        if tuple(m.shape[:3]) != stacked.shape[:3] or not np.allclose(m.affine, imgs[0].affine, atol=1e-3):
+            raise DataError(
+                f"{case['mask']}: brain mask grid {tuple(m.shape[:3])} does not match the images' "
+                f"{stacked.shape[:3]} (shape or affine)"
+            )
+        stacked[np.asarray(m.dataobj).reshape(m.shape[:3]) <= 0] = 0.0
+    return stacked, imgs[0].affine
 
 
 def _remap(label: np.ndarray, remap: Mapping[int, int], name: str) -> np.ndarray:
@@ -285,15 +314,12 @@ def convert_brats(src: str | Path, dst: str | Path, layout: str = "auto", overwr
         (dst / d).mkdir(parents=True, exist_ok=True)
     for cid, c in cases.items():
         folder, fname, labeled = plan[cid]
-        imgs = [open_nifti(p) for p in c["channels"]]
-        stacked = np.stack([np.asarray(i.dataobj, dtype=np.float32).reshape(i.shape[:3]) for i in imgs], axis=-1)
-        if not np.isfinite(stacked).all():
-            raise DataError(f"{c['channels'][0].parent}: NaN/Inf voxels in the images")
-        atomic_save_nifti(stacked, imgs[0].affine, dst / folder / fname, dtype=np.float32)
+        stacked, affine = _stack_channels(c)
+        atomic_save_nifti(stacked, affine, dst / folder / fname, dtype=np.float32)
         if labeled:
             seg = open_nifti(c["seg"])
             lab = _remap(np.asarray(seg.dataobj).reshape(seg.shape[:3]), lay.remap, str(c["seg"]))
-            atomic_save_nifti(lab, imgs[0].affine, dst / "labelsTr" / fname, dtype=np.uint8)
+            atomic_save_nifti(lab, affine, dst / "labelsTr" / fname, dtype=np.uint8)
     meta = {
         "name": "BraTS",
         "description": f"BraTS glioma MRI ({name} layout) converted by volmae: channels stacked, MSD Task01 labels",
@@ -302,6 +328,7 @@ def convert_brats(src: str | Path, dst: str | Path, layout: str = "auto", overwr
         "labels": {str(k): v for k, v in BRATS_LABELS.items()},
         "regions": BRATS_REGIONS,
         "source_layout": name,
+        **({"background": f"set to 0 outside each case's {lay.brain_mask} file"} if lay.brain_mask else {}),
         "numTraining": sum(1 for *_, lab in plan.values() if lab),
         "numTest": sum(1 for *_, lab in plan.values() if not lab),
         "training": [{"image": f"./imagesTr/{f}", "label": f"./labelsTr/{f}"} for _, f, lab in plan.values() if lab],

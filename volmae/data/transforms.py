@@ -91,7 +91,11 @@ def get_preprocessing(name: str, **overrides) -> Preprocessing:
     """A preset by name; ``overrides`` set by ``None`` keep the preset's value (so CLI defaults pass through)."""
     if name not in PREPROCESSING:
         raise ConfigError(f"unknown preprocessing preset {name!r}; choose one of {', '.join(PREPROCESSING)}")
-    overrides = {k: (tuple(int(x) for x in v) if k == "roi_size" else v) for k, v in overrides.items() if v is not None}
+    cast = {"roi_size": int, "pixdim": float}
+    for k in cast:
+        if overrides.get(k) is not None and not isinstance(overrides[k], (list, tuple)):
+            raise ConfigError(f"{k}={overrides[k]!r}: expected three values (D H W)")
+    overrides = {k: (tuple(cast[k](x) for x in v) if k in cast else v) for k, v in overrides.items() if v is not None}
     return replace(PREPROCESSING[name], **overrides) if overrides else PREPROCESSING[name]
 
 

@@ -53,6 +53,7 @@ class StudyConfig:
     fold: int = 0
     preprocessing: str = "hippocampus"
     roi_size: tuple[int, int, int] | None = None  # each preset rounds it up to what it tiles (registry.fit_roi)
+    pixdim: tuple[float, float, float] | None = None  # target spacing in mm (None: the preprocessing preset's)
     steps: int = 400  # fine-tuning budget per run, in optimizer steps
     peer_steps: int | None = None  # the CNN peer's budget (None: steps), e.g. to match the encoders' minutes
     lr: float = 5e-4
@@ -171,7 +172,7 @@ def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
     """Every run of the study, pretraining first, each with its own folder under ``out_dir``."""
     _check(cfg)
     out = Path(cfg.out_dir)
-    prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size)
+    prep = get_preprocessing(cfg.preprocessing, roi_size=cfg.roi_size, pixdim=cfg.pixdim)
     train, _ = split_fold(load_datalist(cfg.dataset_dir), cfg.fold)
     reused = pretrained_overrides(cfg.reuse_pretraining, cfg.encoders)
     models = [(p, init) for p in cfg.encoders for init in INITS] + (

@@ -107,6 +107,7 @@ def _stage_settings(run: PretrainRun | FinetuneRun, cfg: StudyConfig) -> dict:
         preset=run.preset,
         preprocessing=cfg.preprocessing,
         roi_size=run.roi_size,
+        pixdim=cfg.pixdim,
         device=cfg.device,
         quiet=cfg.quiet,
         resume=(run.out_dir / "checkpoint.pt").is_file(),
