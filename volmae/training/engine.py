@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.losses import DeepSupervisionLoss, DiceCELoss
+from monai.losses import DeepSupervisionLoss
 
 from volmae.config import StageConfig, prepare_stage
 from volmae.data import (
@@ -31,6 +32,7 @@ from volmae.errors import ConfigError
 from volmae.evaluation.metrics import label_masks
 from volmae.inference.predictor import Predictor
 from volmae.networks.registry import build_segmenter
+from volmae.training.losses import MarginalDiceCELoss, annotated_mask
 from volmae.utils.io import atomic_write, atomic_write_text
 from volmae.utils.loop import LoopConfig, TrainLoop
 from volmae.utils.onednn import use_onednn_linears
@@ -94,6 +96,11 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     train_items = label_fraction(train_items, cfg.label_fraction, cfg.fraction_seed)
     if cfg.val_cases is not None:
         val_items = val_items[: cfg.val_cases]
+    if datalist.annotated:  # a partially annotated task: each crop carries the classes its case masks (marginal loss)
+        train_items = [
+            {**it, "annotated": annotated_mask(datalist.annotated.get(it["case"]), datalist.num_classes)}
+            for it in train_items
+        ]
     preflight(train_items, datalist.in_channels, True, "training datalist", prep.pixdim)
     if cfg.val_every:
         preflight(val_items, datalist.in_channels, True, "validation datalist", prep.pixdim)
@@ -161,8 +168,9 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
         if cfg.val_every
         else None
     )
-    # a deep-supervision network returns [full, /2, ...] in training; the loss then weighs them 1, 1/2, ...
-    loss_fn = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))
+    # Dice + CE, marginalised over the classes a case does not annotate (volmae.training.losses); a deep-supervision
+    # network returns [full, /2, ...] in training, which DeepSupervisionLoss weighs 1, 1/2, ...
+    base_loss = MarginalDiceCELoss()
     predictor = Predictor(model, prep, device, cfg.sw_batch_size, cfg.overlap, amp=cfg.amp, cpu_bf16=cfg.cpu_bf16)
     classes = sorted(k for k in datalist.labels if k > 0)
     names = [datalist.labels[k] for k in classes]
@@ -170,20 +178,27 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     def step(batch):
         x = as_layout(batch["image"].to(device, non_blocking=True).as_tensor(), layout)
         y = batch["label"].to(device, non_blocking=True).as_tensor()
+        annotated = batch.get("annotated")
+        loss_fn = DeepSupervisionLoss(base_loss if annotated is None else partial(base_loss, annotated=annotated))
         return loss_fn(loop.net(x), y), x.shape[0]
 
     def validate(epoch: int) -> dict[str, float] | None:
         last = epoch + 1 == loop.epochs
         if val_ds is None or ((epoch + 1) % cfg.val_every and not last):
             return None
-        sums = np.zeros(len(classes) + 1)  # per-class Dice sums and the case count; ranks take every N-th case
+        # per-class Dice sums and case counts (a class a case does not annotate is not scored there, as in
+        # volmae-evaluate); ranks take every N-th case
+        sums, counts = np.zeros(len(classes)), np.zeros(len(classes))
         for i in range(dist.rank, len(val_ds), dist.world_size):
             item = val_ds[i]
             pred = predictor.segment(item["image"][None])[0].cpu()
-            sums += [*dice_per_class(pred, item["label"].cpu(), classes), 1.0]
-        sums = np.asarray(dist.sum(sums.tolist(), device))
-        per_class = sums[:-1] / max(sums[-1], 1.0)
-        return {"val_dice": float(per_class.mean()), **{f"val_dice_{n}": float(v) for n, v in zip(names, per_class)}}
+            scored = annotated_mask(datalist.annotated.get(val_items[i]["case"]), datalist.num_classes)[classes]
+            sums += np.where(scored, dice_per_class(pred, item["label"].cpu(), classes), 0.0)
+            counts += scored.numpy()
+        totals = np.asarray(dist.sum([*sums, *counts], device))
+        per_class = {n: t / k for n, t, k in zip(names, totals[: len(classes)], totals[len(classes) :]) if k > 0}
+        mean = float(np.mean(list(per_class.values()))) if per_class else 0.0
+        return {"val_dice": mean, **{f"val_dice_{n}": v for n, v in per_class.items()}}
 
     state = loop.fit(train_ds, step, validate, monitor="val_dice", resume=cfg.resume)
     best = out / "model_best.pt"
