@@ -1,4 +1,4 @@
-"""Per-case, per-class Dice and HD95 (MONAI's metric functions), written as CSV + summary JSON + a printed table.
+"""Per-case, per-class Dice and HD95 (MONAI's definitions), written as CSV + summary JSON + a printed table.
 
 Classes are evaluated one at a time as binary masks, so a 14-class 512 x 512 x 300 CT never needs a one-hot
 copy. Conventions: a class absent from both prediction and truth has Dice 1 and HD95 0 (a correct empty answer);
@@ -19,11 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import compute_hausdorff_distance
+from monai.metrics.utils import get_mask_edges
+from scipy.ndimage import distance_transform_edt
+from scipy.spatial import KDTree
 
 from volmae.utils.io import atomic_write_json, atomic_write_text
 
-__all__ = ["CaseMetrics", "EvaluationReport", "case_metrics", "label_masks", "summarise", "defined_mean"]
+__all__ = ["CaseMetrics", "EvaluationReport", "case_metrics", "hd95", "label_masks", "summarise", "defined_mean"]
+
+# Where a mask's edge voxels fill more than this fraction of the edges' bounding box, their distances come from one
+# distance transform of the box instead of a KD-tree query per voxel (see ``hd95``).
+EDT_FRACTION = 0.05
 
 
 def label_masks(label_map: torch.Tensor, classes: Sequence[int | Sequence[int]]) -> torch.Tensor:
@@ -34,6 +40,32 @@ def label_masks(label_map: torch.Tensor, classes: Sequence[int | Sequence[int]])
     return torch.stack(
         [torch.isin(lm, torch.tensor(list(c), dtype=lm.dtype)) if isinstance(c, Sequence) else lm == c for c in classes]
     )
+
+
+def _edge_distances(src: np.ndarray, dst: np.ndarray, sampling: np.ndarray) -> np.ndarray:
+    """Euclidean distance (mm) from each ``True`` voxel of ``src`` to the nearest one of ``dst`` (same grid)."""
+    if src.sum() > EDT_FRACTION * src.size:
+        return distance_transform_edt(~dst, sampling=sampling)[src]
+    return KDTree(np.argwhere(dst) * sampling, leafsize=32).query(np.argwhere(src) * sampling, k=1)[0]
+
+
+def hd95(pred: torch.Tensor | np.ndarray, true: torch.Tensor | np.ndarray, spacing: Sequence[float] | None = None):
+    """The 95th-percentile symmetric Hausdorff distance between two non-empty ``D H W`` boolean masks (mm with
+    ``spacing``): MONAI's ``compute_hausdorff_distance(percentile=95)``, the same exact Euclidean distances between
+    the masks' edge voxels (MONAI's ``get_mask_edges``, cropped to their bounding box).
+
+    MONAI's CPU path always queries a KD-tree for every edge voxel, which is slow when millions of predicted edge
+    voxels lie far from a small truth: 17 s of a 20 s call for the whole tumour of a barely trained BraTS model on
+    one 240 x 240 x 155 case. Where the edge voxels fill over ``EDT_FRACTION`` of their box, one distance transform
+    of the box (linear in its voxels, 1.9 s there) answers instead; sparse edges keep the KD-tree, faster for them.
+    """
+    p, t = (np.asarray(m.cpu().numpy() if isinstance(m, torch.Tensor) else m, dtype=bool) for m in (pred, true))
+    if not p.any() or not t.any():
+        raise ValueError("hd95: both masks must be non-empty (the distance to an empty mask is undefined)")
+    edges_pred, edges_true = get_mask_edges(p, t, crop=True)
+    sampling = np.ones(p.ndim) if spacing is None else np.asarray(spacing, dtype=np.float64)
+    pairs = ((edges_pred, edges_true), (edges_true, edges_pred))
+    return max(float(np.quantile(_edge_distances(a, b, sampling), 0.95)) for a, b in pairs)
 
 
 @dataclass
@@ -75,14 +107,7 @@ def case_metrics(
         if sp == 0 or st == 0:
             hd[name] = math.nan
             continue
-        d = compute_hausdorff_distance(
-            p[None, None].float(),
-            t[None, None].float(),
-            include_background=True,
-            percentile=95,
-            spacing=list(spacing) if spacing is not None else None,
-        )
-        hd[name] = float(d.reshape(-1)[0])
+        hd[name] = hd95(p, t, spacing)
     return CaseMetrics(case, dice, hd, nt, npred)
 
 
