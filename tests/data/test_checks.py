@@ -275,6 +275,19 @@ def test_label_outside_classes(case, load_check):
     assert load_check(item, num_classes=None)["label"].max() == 5
 
 
+def test_label_value_a_case_does_not_annotate(case, load_check):
+    """An item carrying its case's annotated classes (``labels_present``) must not hold other label values: the
+    marginal loss would read such a voxel as impossible (an infinite loss) rather than name the file."""
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[1, 1, 1], lab[2, 2, 2] = 1, 2
+    item = case(label=lab)
+    with pytest.raises(Exception) as info:
+        load_check({**item, "annotated": torch.tensor([True, True, False])})
+    err = _data_error(info)
+    assert item["label"] in str(err) and "label values [2] are not in the case's labels_present" in str(err)
+    assert load_check({**item, "annotated": torch.tensor([True, True, True])})["label"].max() == 2
+
+
 def test_negative_label(case, load_check):
     lab = np.zeros(SHAPE, np.int16)
     lab[0, 0, 0] = -1

@@ -58,6 +58,26 @@ def test_gradients_are_finite_and_skip_the_unannotated_logit():
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
+def test_deep_supervision_passes_each_level_the_cases_annotations():
+    """As the engine calls it for nnFormer: MONAI's DeepSupervisionLoss over [full, /2] outputs, the annotations bound
+    to the loss, equals the levels' marginal losses weighted 1 and 1/2 (the target downsampled by nearest)."""
+    from functools import partial
+
+    import torch.nn.functional as F
+    from monai.losses import DeepSupervisionLoss
+
+    logits, target = _batch(3)
+    coarse = torch.randn(B, C, 3, 3, 2)
+    annotated = torch.tensor([[True, True, False, True], [True, False, True, True]])
+    target[0][target[0] == 2] = 0  # what a case does not annotate reads as background
+    target[1][target[1] == 1] = 0
+    loss = MarginalDiceCELoss()
+    got = DeepSupervisionLoss(partial(loss, annotated=annotated))([logits, coarse], target)
+    small = F.interpolate(target, size=(3, 3, 2), mode="nearest-exact")
+    assert torch.isfinite(got)
+    torch.testing.assert_close(got, loss(logits, target, annotated) + 0.5 * loss(coarse, small, annotated))
+
+
 def test_bad_shapes_and_values_are_named():
     logits, target = _batch()
     with pytest.raises(ValueError, match=r"annotated shape \(2, 3\): expected \(B, C\) = \(2, 4\)"):

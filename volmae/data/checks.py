@@ -166,7 +166,8 @@ class CheckVolumed(MapTransform):
 
     Image: finite and not constant, with ``in_channels`` channels when that is given. Label: integral values in
     ``0..num_classes-1`` (float label files are rounded, so float32 labels with 0.9999 values behave), spatial shape
-    equal to the image's.
+    equal to the image's, and, when the item carries ``annotated`` (a ``C`` bool mask of the classes its case
+    annotates, from ``labels_present``), no value outside those classes.
     """
 
     def __init__(
@@ -204,5 +205,10 @@ class CheckVolumed(MapTransform):
                 raise DataError(
                     f"{name}: label shape {tuple(lab.shape[1:])} does not match image shape {tuple(img.shape[1:])}"
                 )
+            if "annotated" in d:
+                found = {int(v) for v in values.unique().tolist()}
+                extra = sorted(v for v in found if v >= len(d["annotated"]) or not d["annotated"][v])
+                if extra:
+                    raise DataError(f"{name}: label values {extra} are not in the case's labels_present (dataset.json)")
             d[self.label_key] = values  # rounded when it was stored as float (MetaTensor meta kept)
         return d
