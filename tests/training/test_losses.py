@@ -10,7 +10,7 @@ import torch
 from monai.losses import DiceCELoss
 
 from volmae.errors import DataError
-from volmae.training.losses import MarginalDiceCELoss, annotated_mask
+from volmae.training.losses import MarginalDiceCELoss, annotated_mask, training_annotations
 
 B, C, S = 2, 4, (6, 5, 4)
 
@@ -78,6 +78,18 @@ def test_deep_supervision_passes_each_level_the_cases_annotations():
     torch.testing.assert_close(got, loss(logits, target, annotated) + 0.5 * loss(coarse, small, annotated))
 
 
+def test_a_class_no_training_case_annotates_stays_background_everywhere():
+    """Marginalising a class that no case masks would let the network call background that class for free: such a
+    class counts as annotated (absent) in every case; a case without labels_present annotates everything."""
+    masks = training_annotations({"a": [0, 1], "b": [0, 2]}, ["a", "b"], 5)
+    assert masks["a"].tolist() == [True, True, False, True, True]  # 2 is masked in b: marginal in a; 3, 4 nowhere
+    assert masks["b"].tolist() == [True, False, True, True, True]
+    masks = training_annotations({"a": [0, 1], "b": [0, 2]}, ["a", "b", "c"], 5)  # c annotates every class
+    assert masks["a"].tolist() == [True, True, False, False, False] and masks["c"].tolist() == [True] * 5
+    assert training_annotations({"a": [0, 1]}, ["a"], 3)["a"].tolist() == [True, True, True]
+    assert training_annotations({}, [], 3) == {}
+
+
 def test_bad_shapes_and_values_are_named():
     logits, target = _batch()
     with pytest.raises(ValueError, match=r"annotated shape \(2, 3\): expected \(B, C\) = \(2, 4\)"):
@@ -116,10 +128,11 @@ def test_partially_annotated_real_ct_trains_with_the_marginal_loss(ircadb_ct, tm
                        device="cpu", quiet=True)  # fmt: skip
     )
     assert res.num_train_cases == 2 and len(res.history) >= 1
-    present = {c: annotated_mask(v, 14) for c, v in meta["labels_present"].items()}
     rows = {tuple(r.tolist()) for batch in seen for r in batch}
-    assert rows == {tuple(present["ircadb_007"].tolist()), tuple(present["ircadb_017"].tolist())}
-    assert not present["ircadb_017"][[1, 2, 3]].any()  # spleen and kidneys: unmasked in 017, not background
+    expected = training_annotations(meta["labels_present"], ["ircadb_007", "ircadb_017"], 14)
+    assert rows == {tuple(m.tolist()) for m in expected.values()}
+    assert not expected["ircadb_017"][[1, 2, 3]].any()  # spleen and kidneys: unmasked in 017, not background
+    assert expected["ircadb_017"][[4, 5, 7, 11, 12]].all()  # masked in neither case: background in both
 
 
 def test_validation_scores_only_what_each_held_out_case_annotates(tmp_path):

@@ -32,7 +32,7 @@ from volmae.errors import ConfigError
 from volmae.evaluation.metrics import label_masks
 from volmae.inference.predictor import Predictor
 from volmae.networks.registry import build_segmenter
-from volmae.training.losses import MarginalDiceCELoss, annotated_mask
+from volmae.training.losses import MarginalDiceCELoss, annotated_mask, training_annotations
 from volmae.utils.io import atomic_write, atomic_write_text
 from volmae.utils.loop import LoopConfig, TrainLoop
 from volmae.utils.onednn import use_onednn_linears
@@ -97,10 +97,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     if cfg.val_cases is not None:
         val_items = val_items[: cfg.val_cases]
     if datalist.annotated:  # a partially annotated task: each crop carries the classes its case masks (marginal loss)
-        train_items = [
-            {**it, "annotated": annotated_mask(datalist.annotated.get(it["case"]), datalist.num_classes)}
-            for it in train_items
-        ]
+        masks = training_annotations(datalist.annotated, [it["case"] for it in train_items], datalist.num_classes)
+        train_items = [{**it, "annotated": masks[it["case"]]} for it in train_items]
     preflight(train_items, datalist.in_channels, True, "training datalist", prep.pixdim)
     if cfg.val_every:
         preflight(val_items, datalist.in_channels, True, "validation datalist", prep.pixdim)

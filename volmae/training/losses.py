@@ -9,6 +9,11 @@ summed into the background channel before Dice and CE, so predicting the unmaske
 With every class annotated the loss is exactly MONAI's ``DiceCELoss(to_onehot_y=True, softmax=True)``. MONAI has no
 partial-label loss, hence this one.
 
+A class that *no* training case annotates (IRCADb masks no gallbladder, stomach, pancreas or right adrenal) would be
+absorbed everywhere and so never cost anything: the network learns to call background that class at no penalty
+(measured: a right adrenal of 17.6 million voxels on a held-out IRCADb CT). :func:`training_annotations` therefore
+counts such classes as annotated, i.e. absent, in every case: only what some case masks is marginalised.
+
 Shapes: ``input`` logits ``B C *S`` (``S`` the spatial dims), ``target`` label map ``B 1 *S``, ``annotated`` ``B C``
 bool, True where class ``c`` is annotated in sample ``b`` (the background column is ignored: always kept).
 """
@@ -22,7 +27,7 @@ from torch.nn.modules.loss import _Loss
 
 from volmae.errors import DataError
 
-__all__ = ["MarginalDiceCELoss", "annotated_mask"]
+__all__ = ["MarginalDiceCELoss", "annotated_mask", "training_annotations"]
 
 
 def annotated_mask(present: list[int] | None, num_classes: int) -> torch.Tensor:
@@ -35,6 +40,16 @@ def annotated_mask(present: list[int] | None, num_classes: int) -> torch.Tensor:
     mask = torch.zeros(num_classes, dtype=torch.bool)
     mask[[int(c) for c in present]] = True
     return mask
+
+
+def training_annotations(
+    present: dict[str, list[int]], cases: list[str], num_classes: int
+) -> dict[str, torch.Tensor]:
+    """``{case: C bool}`` for the training ``cases`` of a partially annotated task: each case's ``labels_present``
+    (all classes when it has none), plus every class that none of these cases annotates (see the module docstring)."""
+    masks = {c: annotated_mask(present.get(c), num_classes) for c in cases}
+    known = torch.stack(list(masks.values())).any(0) if masks else torch.ones(num_classes, dtype=torch.bool)
+    return {c: m | ~known for c, m in masks.items()}
 
 
 class MarginalDiceCELoss(_Loss):
