@@ -194,7 +194,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
             sums += np.where(scored, dice_per_class(pred, item["label"].cpu(), classes), 0.0)
             counts += scored.numpy()
         totals = np.asarray(dist.sum([*sums, *counts], device))
-        per_class = {n: t / k for n, t, k in zip(names, totals[: len(classes)], totals[len(classes) :]) if k > 0}
+        per_class = {n: float(t / k) for n, t, k in zip(names, totals[: len(classes)], totals[len(classes) :]) if k > 0}
         mean = float(np.mean(list(per_class.values()))) if per_class else 0.0
         return {"val_dice": mean, **{f"val_dice_{n}": v for n, v in per_class.items()}}
 
