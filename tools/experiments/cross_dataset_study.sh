@@ -8,7 +8,9 @@
 #    convert_brats zeroes DeepMedic's constant air with each case's brain mask.
 # 2. CT: vit-tiny MAE-pretrained on the CT a fold does not hold out (its 2 ircadb CTs, labels unused, + the
 #    TotalSegmentator CT example), fine-tuned on those 2 CTs' manual BTCV-numbered masks (each case's unmasked organs
-#    handled by the marginal loss), evaluated on the third; leave-one-out over the 3 ircadb cases, pooled.
+#    handled by the marginal loss), evaluated on the third; leave-one-out over the 3 ircadb cases, pooled. The CT is
+#    resampled to 3 mm (--pixdim 3 3 3, not the ct preset's 1.5 x 1.5 x 2 mm) so that a 64^3 crop spans 19 cm of
+#    abdomen and several organs at once.
 # ROI 64^3, one volume x 2 crops per step, 400 steps, no convergence curves (each validation would score whole
 # volumes by sliding window): CPU-sized (~35 min per fine-tune on one core); the same command with
 # --roi-size 96 96 96 is the GPU-sized one. The first run of these checks (2026-12-01) had 100 (BraTS) and 60 (CT)
@@ -50,7 +52,7 @@ for c in 001 007 017; do
 done
 echo '{"folds": [["ircadb_001"], ["ircadb_007"], ["ircadb_017"]]}' > ircadb_task/splits.json
 echo "$D/totalseg_examples/example_ct_sm.nii.gz" > other_ct.txt
-C=(--dataset-dir ircadb_task --preprocessing ct --roi-size 64 64 64 --encoders vit-tiny --methods mae --peer none
+C=(--dataset-dir ircadb_task --preprocessing ct --pixdim 3 3 3 --roi-size 64 64 64 --encoders vit-tiny --methods mae --peer none
    --fractions 1.0 --seeds 0 --steps 400 --batch-size 1 --curve-points 0
    --device cpu --pretrain-sources other_ct.txt --pretrain-epochs 40 --pretrain-batch-size 2)
 for f in 0 1 2; do two volmae-study "${C[@]}" --fold $f --out-dir ct_f$f; done
