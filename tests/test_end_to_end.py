@@ -124,10 +124,12 @@ def test_nnformer_masked_volume_pretrain_finetune_evaluate_infer_on_real_mri(msd
     with pytest.raises(CheckpointError, match="use a nnformer preset"):
         finetune(
             FinetuneConfig(
-                out_dir=str(tmp_path / "vit"), epochs=1, pretrained=str(pre.model_path),
+                out_dir=str(tmp_path / "vit"),
+                epochs=1,
+                pretrained=str(pre.model_path),
                 **{**common, "preset": "vit-tiny"},
             )
-        )  # fmt: skip
+        )
 
 
 @pytest.mark.realdata
@@ -155,8 +157,15 @@ def test_brats_at_a_coarser_spacing_train_evaluate_infer(brats2013, tmp_path):
     assert (img[~brain] == 0).all() and (img[brain] != 0).mean() > 0.99
     common = dict(dataset_dir=str(task), preprocessing="mri", roi_size=(32, 32, 32), device="cpu", quiet=True)
     ft = finetune(
-        FinetuneConfig(out_dir=str(tmp_path / "ft"), pixdim=(3.0, 3.0, 3.0), steps=2, batch_size=1, feature_size=8,
-                       val_every=0, **common)  # fmt: skip
+        FinetuneConfig(
+            out_dir=str(tmp_path / "ft"),
+            pixdim=(3.0, 3.0, 3.0),
+            steps=2,
+            batch_size=1,
+            feature_size=8,
+            val_every=0,
+            **common,
+        )
     )
     task_meta = segmentation_checkpoint(ft.model_path)["task"]
     assert tuple(task_meta["preprocessing"]["pixdim"]) == (3.0, 3.0, 3.0)

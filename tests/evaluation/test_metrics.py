@@ -9,10 +9,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from monai.metrics import compute_hausdorff_distance
 from scipy.ndimage import binary_erosion
 from scipy.spatial.distance import cdist
-
-from monai.metrics import compute_hausdorff_distance
 
 from volmae.evaluation import metrics
 from volmae.evaluation.metrics import CaseMetrics, case_metrics, hd95, label_masks, summarise

@@ -123,9 +123,20 @@ def test_partially_annotated_real_ct_trains_with_the_marginal_loss(ircadb_ct, tm
     (task / "dataset.json").write_text(json.dumps(meta))
     (task / "splits.json").write_text(json.dumps({"folds": [["ircadb_001"]]}))
     res = finetune(
-        FinetuneConfig(dataset_dir=str(task), out_dir=str(tmp_path / "ft"), preprocessing="ct", pixdim=(4.0, 4.0, 4.0),
-                       roi_size=(32, 32, 32), steps=2, batch_size=2, num_samples=1, feature_size=8, val_every=0,
-                       device="cpu", quiet=True)  # fmt: skip
+        FinetuneConfig(
+            dataset_dir=str(task),
+            out_dir=str(tmp_path / "ft"),
+            preprocessing="ct",
+            pixdim=(4.0, 4.0, 4.0),
+            roi_size=(32, 32, 32),
+            steps=2,
+            batch_size=2,
+            num_samples=1,
+            feature_size=8,
+            val_every=0,
+            device="cpu",
+            quiet=True,
+        )
     )
     assert res.num_train_cases == 2 and len(res.history) >= 1
     rows = {tuple(r.tolist()) for batch in seen for r in batch}
@@ -149,8 +160,18 @@ def test_validation_scores_only_what_each_held_out_case_annotates(tmp_path):
     meta["labels_present"] = {c: [0, 1] for c in held_out}
     (task / "dataset.json").write_text(json.dumps(meta))
     res = finetune(
-        FinetuneConfig(dataset_dir=str(task), out_dir=str(tmp_path / "ft"), roi_size=(16, 16, 16), epochs=1,
-                       batch_size=2, num_samples=1, feature_size=4, val_every=1, device="cpu", quiet=True)  # fmt: skip
+        FinetuneConfig(
+            dataset_dir=str(task),
+            out_dir=str(tmp_path / "ft"),
+            roi_size=(16, 16, 16),
+            epochs=1,
+            batch_size=2,
+            num_samples=1,
+            feature_size=4,
+            val_every=1,
+            device="cpu",
+            quiet=True,
+        )
     )
     last = res.history[-1]
     assert "val_dice_a" in last and "val_dice_b" not in last and last["val_dice"] == last["val_dice_a"]

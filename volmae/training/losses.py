@@ -42,9 +42,7 @@ def annotated_mask(present: list[int] | None, num_classes: int) -> torch.Tensor:
     return mask
 
 
-def training_annotations(
-    present: dict[str, list[int]], cases: list[str], num_classes: int
-) -> dict[str, torch.Tensor]:
+def training_annotations(present: dict[str, list[int]], cases: list[str], num_classes: int) -> dict[str, torch.Tensor]:
     """``{case: C bool}`` for the training ``cases`` of a partially annotated task: each case's ``labels_present``
     (all classes when it has none), plus every class that none of these cases annotates (see the module docstring)."""
     masks = {c: annotated_mask(present.get(c), num_classes) for c in cases}
