@@ -53,7 +53,7 @@ class StageConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
-    cpu_bf16: bool = False  # CPU bf16 autocast (opt-in; pays with AMX): see volmae.utils.runtime.cpu_has_bf16_units
+    cpu_bf16: bool = False  # CPU bf16 autocast (opt-in; pays with AMX or AMD Zen 4+): runtime.cpu_has_bf16_units
     channels_last: bool = True  # CPU training of convolutional networks: see volmae.utils.runtime.channels_last
     onednn_linear: bool | None = None  # CPU training: linears' forward products on oneDNN (None: on AMD CPUs only)
     num_workers: int = 0

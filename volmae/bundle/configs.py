@@ -36,7 +36,7 @@ def _common(s: BundleSpec) -> dict:
         "device": "$volmae.bundle.device('auto')",
         "amp": "$torch.device(@device).type == 'cuda'",
         # MONAI's engines autocast on CUDA only; on the CPU, --cpu_bf16 true autocasts the network through volmae's
-        # inferers (pays on CPUs with AMX: volmae.inference.inferers)
+        # inferers (pays on CPUs with AMX or AMD Zen 4+: volmae.inference.inferers)
         "cpu_bf16": False,
         "seed": 0,
         "preset": s.preset,

@@ -66,9 +66,9 @@ volmae-infer scan.nii.gz --bundle {s.name} -o scan_seg.nii.gz      # the same mo
 `--train#trainer#max_epochs 2`, `--fold 1`, `--label_fraction 0.1`, `--learning_rate 1e-4`, `--device cpu`,
 `--roi_size "[64,64,64]"`, `--preset vit-small`, `--validate#inferer#sw_batch_size 1`,
 `--pretrain#epochs 100`, `--pretrain#resume true`. Training runs on the first GPU with mixed precision when
-there is one and on the CPU otherwise. On a CPU with AMX bf16 units (Intel Sapphire Rapids and later),
-`--cpu_bf16 true` runs the network of training, validation and inference under bf16 autocast (stitching and loss
-stay float32); it is off by default because it runs slower on CPUs without AMX.
+there is one and on the CPU otherwise. On a CPU with fast bf16 units (Intel AMX: Sapphire Rapids and later;
+AMD Zen 4 and later), `--cpu_bf16 true` runs the network of training, validation and inference under bf16 autocast
+(stitching and loss stay float32); it is off by default because it runs slower on other CPUs.
 
 ### nnFormer instead of UNETR
 

@@ -1,12 +1,13 @@
 """MONAI inferers that can run the network under CPU bf16 autocast, for the bundles' ignite workflows.
 
 Why not MONAI's own: ``SupervisedTrainer`` / ``SupervisedEvaluator`` autocast with ``torch.autocast("cuda")`` when
-``amp=True``, so a bundle's ``amp`` does nothing on the CPU, where bf16 pays on CPUs with AMX (docs/performance.md:
-UNETR-B sliding windows 1.33x, a UNETR-Ti fine-tuning step 1.53x over fp32). These subclasses keep MONAI's
-inferers, their arguments and config ids (MONAI Label reads ``inferer#roi_size`` and friends) and add one flag,
-``cpu_bf16``: the network (not the stitching, not the loss) runs under ``torch.autocast("cpu", torch.bfloat16)``
-and its outputs come back as float32, as :class:`~volmae.inference.Predictor` does for ``volmae-infer --cpu-bf16``.
-Off (the default) they are MONAI's inferers unchanged.
+``amp=True``, so a bundle's ``amp`` does nothing on the CPU, where bf16 pays on CPUs with AMX or AMD Zen 4+
+(docs/performance.md: UNETR-B sliding windows 1.33x, a UNETR-Ti fine-tuning step 1.53-1.70x over fp32). These
+subclasses keep MONAI's inferers, their arguments and config ids (MONAI Label reads ``inferer#roi_size`` and friends)
+and add one flag, ``cpu_bf16``: the network (not the stitching, not the loss) runs under
+``torch.autocast("cpu", torch.bfloat16)`` and its outputs come back as float32, as
+:class:`~volmae.inference.Predictor` does for ``volmae-infer --cpu-bf16``. Off (the default) they are MONAI's
+inferers unchanged.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class _CpuBf16:
     def _set_cpu_bf16(self, cpu_bf16: bool | str) -> None:
         cpu_bf16 = parse_flag("cpu_bf16", cpu_bf16)  # `--cpu_bf16 true` arrives as a string
         if cpu_bf16:
-            check_cpu_bf16(torch.device("cpu"), True)  # warns on a CPU without AMX
+            check_cpu_bf16(torch.device("cpu"), True)  # warns where bf16 likely runs slower
         self.cpu_bf16 = cpu_bf16
 
     def _network(self, network: Callable[..., Any]) -> Callable[..., Any]:

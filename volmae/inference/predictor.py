@@ -141,9 +141,8 @@ class Predictor:
             :class:`~volmae.inference.compiled.CompiledWindows`); the first volume pays the compilation (about a
             minute for UNETR-B on the CPU, less from inductor's on-disk cache), later windows run faster.
         amp: autocast on CUDA (bf16, else fp16). cpu_bf16: bf16 autocast on the CPU, off by default: it pays on
-            CPUs with AMX (:func:`~volmae.utils.runtime.cpu_has_bf16_units`; elsewhere a warning says it will likely be
-            slower) and
-            changes outputs as GPU autocast does (stitching and softmax stay fp32).
+            CPUs with AMX or AMD Zen 4+ (:func:`~volmae.utils.runtime.cpu_has_bf16_units`; elsewhere a warning says
+            it will likely be slower) and changes outputs as GPU autocast does (stitching and softmax stay fp32).
     """
 
     def __init__(
