@@ -17,6 +17,7 @@ from volmae.data.transforms import Preprocessing, get_preprocessing
 from volmae.errors import ConfigError
 from volmae.utils.distributed import Dist, init_distributed
 from volmae.utils.io import atomic_write_text, config_yaml
+from volmae.utils.loop import LoopConfig
 from volmae.utils.runtime import check_cpu_bf16, resolve_device
 
 __all__ = ["StageConfig", "StageSetup", "parse_flag", "prepare_stage"]
@@ -122,3 +123,28 @@ def prepare_stage(cfg: StageConfig) -> StageSetup:
             )
     dist.barrier()
     return StageSetup(device, prep, datalist, out, dist, lr)
+
+
+def loop_config(cfg: StageConfig, setup: StageSetup, desc: str, **stage_own) -> LoopConfig:
+    """The training loop's settings that every stage takes from its :class:`StageConfig` the same way (budget,
+    schedule, precision, device, seed, checkpoints, batch); ``stage_own``: the :class:`LoopConfig` fields a stage
+    sets its own way (e.g. the MAE's AdamW ``betas``, fine-tuning's ``min_lr_ratio``)."""
+    return LoopConfig(
+        setup.out,
+        cfg.epochs,
+        setup.lr,
+        cfg.warmup_epochs,
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        amp=cfg.amp,
+        cpu_bf16=cfg.cpu_bf16,
+        device=setup.device,
+        seed=cfg.seed,
+        checkpoint_every_steps=cfg.checkpoint_every_steps,
+        quiet=cfg.quiet,
+        desc=desc,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        max_steps=cfg.steps,
+        **stage_own,
+    )

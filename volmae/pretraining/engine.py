@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from volmae.config import StageConfig, prepare_stage
+from volmae.config import StageConfig, loop_config, prepare_stage
 from volmae.data import (
     make_dataset,
     preflight,
@@ -30,7 +30,7 @@ from volmae.networks.weights import (
     model_state,
     read_checkpoint,
 )
-from volmae.utils.loop import LoopConfig, TrainLoop
+from volmae.utils.loop import TrainLoop
 from volmae.utils.onednn import use_onednn_linears
 from volmae.utils.optim import param_groups
 from volmae.utils.runtime import as_layout, channels_last
@@ -76,7 +76,8 @@ class PretrainResult:
 
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run (or resume) MAE pretraining; returns where the pretrained weights are."""
-    device, prep, datalist, out, dist, lr = prepare_stage(cfg)
+    setup = prepare_stage(cfg)
+    device, prep, datalist, out, dist, _ = setup  # the lr after lr_scaling goes to the loop in loop_config
     items = pretraining_items(datalist, cfg.fold, cfg.include_unlabeled)
     preflight(items, datalist.in_channels, False, "pretraining image list", prep.pixdim)
 
@@ -109,25 +110,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     loop = TrainLoop(
         model,
         param_groups(model, cfg.weight_decay),
-        LoopConfig(
-            out,
-            cfg.epochs,
-            lr,
-            cfg.warmup_epochs,
-            weight_decay=cfg.weight_decay,
-            betas=(0.9, 0.95),
-            grad_clip=cfg.grad_clip,
-            amp=cfg.amp,
-            cpu_bf16=cfg.cpu_bf16,
-            device=device,
-            seed=cfg.seed,
-            checkpoint_every_steps=cfg.checkpoint_every_steps,
-            quiet=cfg.quiet,
-            desc="pretrain",
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
-            max_steps=cfg.steps,
-        ),
+        loop_config(cfg, setup, "pretrain", betas=(0.9, 0.95)),
         kind=model.volmae_config["kind"],
         model_config=model.volmae_config,
         run_config=asdict(cfg),

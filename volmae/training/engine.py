@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from monai.losses import DeepSupervisionLoss
 
-from volmae.config import StageConfig, prepare_stage
+from volmae.config import StageConfig, loop_config, prepare_stage
 from volmae.data import (
     eval_transforms,
     label_fraction,
@@ -34,7 +34,7 @@ from volmae.inference.predictor import Predictor
 from volmae.networks.registry import build_segmenter
 from volmae.training.losses import MarginalDiceCELoss, annotated_mask, training_annotations
 from volmae.utils.io import atomic_write, atomic_write_text
-from volmae.utils.loop import LoopConfig, TrainLoop
+from volmae.utils.loop import TrainLoop
 from volmae.utils.onednn import use_onednn_linears
 from volmae.utils.optim import param_groups
 from volmae.utils.runtime import as_layout, channels_last
@@ -88,7 +88,8 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     dataset."""
     if cfg.val_every < 0:
         raise ConfigError(f"val_every={cfg.val_every}: must be >= 0 (0 disables validation)")
-    device, prep, datalist, out, dist, lr = prepare_stage(cfg)
+    setup = prepare_stage(cfg)
+    device, prep, datalist, out, dist, _ = setup  # the lr after lr_scaling goes to the loop in loop_config
     if datalist.num_classes < 2:
         what = "is an image-only list" if not datalist.items else "declares no foreground labels (dataset.json)"
         raise ConfigError(f"{cfg.dataset_dir}: {what}; fine-tuning needs labeled cases (an MSD task folder)")
@@ -133,25 +134,7 @@ def finetune(cfg: FinetuneConfig) -> FinetuneResult:
     loop = TrainLoop(
         model,
         param_groups(model, cfg.weight_decay, layer_decay),
-        LoopConfig(
-            out,
-            cfg.epochs,
-            lr,
-            cfg.warmup_epochs,
-            cfg.min_lr_ratio,
-            cfg.weight_decay,
-            grad_clip=cfg.grad_clip,
-            amp=cfg.amp,
-            cpu_bf16=cfg.cpu_bf16,
-            device=device,
-            seed=cfg.seed,
-            checkpoint_every_steps=cfg.checkpoint_every_steps,
-            quiet=cfg.quiet,
-            desc="finetune",
-            batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers,
-            max_steps=cfg.steps,
-        ),
+        loop_config(cfg, setup, "finetune", min_lr_ratio=cfg.min_lr_ratio),
         kind=model.volmae_config["kind"],
         model_config=model.volmae_config,
         run_config=asdict(cfg),
