@@ -40,7 +40,7 @@ def test_study_command_on_real_hippocampus(msd_hippocampus, tmp_path):
            "--device", "cpu"]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "3 of 3 fine-tuning runs finished (4 of 4 runs in all)" in p.stdout
+    assert "3 of 3 fine-tuning runs of this command finished (4 of 4 runs in all)" in p.stdout
     runs = [json.loads(f.read_text()) for f in sorted((out / "runs").glob("*/result.json"))]
     assert {(r["preset"], r["init"]) for r in runs} == {
         ("vit-tiny", "scratch"),
@@ -58,6 +58,11 @@ def test_study_command_on_real_hippocampus(msd_hippocampus, tmp_path):
     assert not list(out.glob("**/.claim"))
     for name in ("runs.csv", "summary.md", "paired.csv", "dice_vs_labels.png", "convergence.png"):
         assert (out / name).is_file()
+    # a resume that adds a fraction counts this command's runs, and the report all the folder's finished ones
+    more = [*cmd[: cmd.index("--encoders")], "--encoders", "none", "--fractions", "0.25", *cmd[cmd.index("--seeds") :]]
+    p = subprocess.run(more, capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "1 of 1 fine-tuning runs of this command finished (1 of 1 runs in all); the report holds 4" in p.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # finished: only the report
     assert again.returncode == 0 and "done in" not in again.stdout
 

@@ -11,7 +11,7 @@ import sys
 from volmae.cli.common import stage_main
 from volmae.errors import DataError
 from volmae.study import FinetuneRun, StudyConfig, report_study, run_study
-from volmae.study.runner import StudyRunsFailed
+from volmae.study.runner import RESULT, StudyRunsFailed
 
 
 def _report(cfg: StudyConfig):
@@ -26,13 +26,18 @@ def _run(cfg: StudyConfig) -> str:
             print(_report(cfg).text())
         raise
     report = _report(cfg)
-    finetunes = sum(isinstance(r, FinetuneRun) for r in runs)
-    finished = len(report.runs) + len(runs) - finetunes  # pretrainings: done once run_study ran (not report_only)
+    # this command's runs, not the folder's: a resume that adds fractions or seeds reports on all finished runs
+    finetunes = [r for r in runs if isinstance(r, FinetuneRun)]
+    done = sum((r.out_dir / RESULT).is_file() for r in finetunes)
+    finished = done + len(runs) - len(finetunes)  # pretrainings: done once run_study ran (not report_only)
     if cfg.pool_studies:
         studies = len({r["study"] for r in report.runs})
         count = f"{len(report.runs)} finished fine-tuning runs pooled from {studies} studies"
     else:
-        count = f"{len(report.runs)} of {finetunes} fine-tuning runs finished ({finished} of {len(runs)} runs in all)"
+        count = (
+            f"{done} of {len(finetunes)} fine-tuning runs of this command finished ({finished} of {len(runs)} runs "
+            f"in all); the report holds {len(report.runs)} finished fine-tuning runs"
+        )
     return "\n".join([report.text(), count] + [f"wrote {p}" for p in report.files])
 
 
