@@ -126,3 +126,25 @@ def test_a_study_spacing_reaches_every_run_and_its_evaluation(study_task, tmp_pa
             2.0, 2.0, 1.5,
         )  # fmt: skip
         assert read_result(run.out_dir)["eval_cases"] == 4
+
+
+def test_cpu_bf16_reaches_every_stage_and_a_resume_cannot_change_it(study_task, tmp_path, monkeypatch):
+    """``cpu_bf16`` runs the pretraining, every fine-tune and every evaluation under CPU bf16 autocast; a resume
+    with fp32 would mix precisions in one report, so it is refused."""
+    import yaml
+
+    from volmae.study import runner
+
+    seen = []
+    real_evaluate = runner.evaluate
+    monkeypatch.setattr(runner, "evaluate", lambda cfg: seen.append(cfg.cpu_bf16) or real_evaluate(cfg))
+    cfg = tiny_study(study_task, tmp_path / "s", fractions=[1.0], seeds=[0], peer="dynunet", curve_points=0,
+                     cpu_bf16=True)  # fmt: skip
+    runs = runner.run_study(cfg)
+    assert len(runs) == 4 and all(read_result(r.out_dir) for r in runs)
+    for run in runs:  # each stage records the settings it ran with
+        assert yaml.safe_load((run.out_dir / "config.yaml").read_text())["cpu_bf16"] is True, run.name
+    assert seen == [True, True, True]  # scratch, pretrained, peer
+    with pytest.raises(ConfigError, match=r"cpu_bf16: True -> False"):
+        runner.run_study(tiny_study(study_task, tmp_path / "s", fractions=[1.0], seeds=[0], peer="dynunet",
+                                    curve_points=0))  # fmt: skip

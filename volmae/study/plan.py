@@ -70,6 +70,7 @@ class StudyConfig:
     curve_points: int = 8  # 0: no curves (each validation scores curve_cases whole volumes)
     curve_cases: int = 10
     device: str = "auto"
+    cpu_bf16: bool = False  # bf16 autocast of every stage's network on the CPU (pretraining, fine-tuning, evaluation)
     quiet: bool = True
     report_only: bool = False
     pool_studies: list[str] | None = None  # report: pool these study folders' runs (same design, other folds)

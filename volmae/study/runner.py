@@ -109,6 +109,7 @@ def _stage_settings(run: PretrainRun | FinetuneRun, cfg: StudyConfig) -> dict:
         roi_size=run.roi_size,
         pixdim=cfg.pixdim,
         device=cfg.device,
+        cpu_bf16=cfg.cpu_bf16,
         quiet=cfg.quiet,
         resume=(run.out_dir / "checkpoint.pt").is_file(),
     )
@@ -174,6 +175,7 @@ def _run_finetune(run: FinetuneRun, cfg: StudyConfig) -> dict:
             out_dir=str(run.out_dir / "eval"),
             fold=cfg.fold,
             device=cfg.device,
+            cpu_bf16=cfg.cpu_bf16,
             num_overlays=1,
             quiet=True,
         )
