@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
 import torch
+from common import cpu_features, cpu_model
 from torch.utils.flop_counter import FlopCounterMode
 
 from volmae.data import dataset_path, get_preprocessing, load_msd_datalist
@@ -122,7 +122,8 @@ def main() -> int:
         "batch": args.batch,
         "threads": args.threads,
         "inference_volumes": len(volumes["UNETR"]),
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}",
+        "machine": f"{cpu_model()}, torch {torch.__version__}",
+        "cpu_features": cpu_features(),
         "networks": rows,
         "ratio_nnformer_over_unetr": ratio,
     }
