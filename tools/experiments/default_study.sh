@@ -30,12 +30,19 @@ workers() {  # two one-thread processes on the folder; fails when either fails
   for _ in 0 1; do OMP_NUM_THREADS=1 study "$1" & pids+=($!); sleep 20; done  # each claims its own runs
   for pid in "${pids[@]}"; do wait "$pid"; done
 }
-publish() {
+publish() {  # the finished runs' small files, and the report redone from exactly those
   [ -n "$PUBLISH" ] || return 0
   mkdir -p "$PUBLISH"
-  (cd "$OUT" && find . \( -name result.json -o -name config.yaml -o -name history.json -o -name study.yaml \
-      -o -path '*/eval/metrics.csv' -o -regex '\./[^/]*\.\(csv\|md\|png\)' \) -print0 |
-    xargs -0 -I{} cp --parents {} "$PUBLISH")
+  local dest run f; dest=$(realpath "$PUBLISH")
+  cp "$OUT/study.yaml" "$dest/"
+  for run in "$OUT"/pretrain/* "$OUT"/runs/*; do
+    [ -f "$run/result.json" ] || continue  # unfinished: its partial history would read as a result
+    for f in result.json config.yaml history.json eval/metrics.csv; do
+      [ -f "$run/$f" ] && (cd "$OUT" && cp --parents "${run#"$OUT"/}/$f" "$dest")
+    done
+  done
+  python -c "import sys; from volmae.study import report_study; report_study(sys.argv[1], title=sys.argv[2])" \
+    "$dest" "$(basename "$DATA")" > /dev/null
 }
 if [ "$ONLY" != publish ]; then
   workers none     # the encoders' phase: both pretrainings first, then scratch / pretrained pairs by fraction
