@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.cli.conftest import assert_clean_error
 from volmae.cli.study import main
@@ -63,6 +64,11 @@ def test_study_command_on_real_hippocampus(msd_hippocampus, tmp_path):
     p = subprocess.run(more, capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "1 of 1 fine-tuning runs of this command finished (1 of 1 runs in all); the report holds 4" in p.stdout
+    # the folder's record names both commands' runs, not only the last one's
+    plan = [r["name"] for r in json.loads((out / "plan.json").read_text())]
+    assert plan[0] == "pretrain/vit-tiny" and len(plan) == 5 and "finetune/dynunet_scratch_25pct_s0" in plan
+    record = yaml.safe_load((out / "study.yaml").read_text())
+    assert (record["encoders"], record["fractions"], record["peer"]) == (["vit-tiny"], [0.25, 0.5], "dynunet")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # finished: only the report
     assert again.returncode == 0 and "done in" not in again.stdout
 

@@ -72,29 +72,62 @@ def test_a_failing_run_is_recorded_and_the_rest_of_the_study_finishes(study_task
 
 
 def test_a_resume_may_add_reused_weights_for_an_added_encoder_only(study_task, tmp_path):
-    from volmae.study.runner import _check_same_study
+    from volmae.study.record import record_study
     from volmae.utils.io import config_yaml
 
     weights = {name: tmp_path / f"{name}.pt" for name in ("a", "b")}
     for path in weights.values():
         path.write_bytes(b"")
-    first = tiny_study(study_task, tmp_path / "s", reuse_pretraining=[f"vit-tiny={weights['a']}"])
-    record = tmp_path / "study.yaml"
-    record.write_text(config_yaml(first))
+    out = tmp_path / "s"
+    out.mkdir()
+    first = tiny_study(study_task, out, reuse_pretraining=[f"vit-tiny={weights['a']}"])
+    record_study(first)
     both = ["vit-tiny", "nnformer-tiny"]
     added = [f"vit-tiny={weights['a']}", f"nnformer-tiny={weights['b']}"]
-    _check_same_study(record, tiny_study(study_task, tmp_path / "s", encoders=both, reuse_pretraining=added))
-    record.write_text(config_yaml(tiny_study(study_task, tmp_path / "s", encoders=both, reuse_pretraining=added)))
-    _check_same_study(record, first)  # back to the first encoder alone: its weights are the same
-    _check_same_study(record, tiny_study(study_task, tmp_path / "s", encoders=["none"]))  # the CNN peer alone
-    record.write_text(config_yaml(first))
+    record_study(tiny_study(study_task, out, encoders=both, reuse_pretraining=added))
+    record_study(first)  # back to the first encoder alone: its weights are the same
+    record_study(tiny_study(study_task, out, encoders=["none"]))  # the CNN peer alone
+    (out / "study.yaml").write_text(config_yaml(first))
     for reuse in ([f"vit-tiny={weights['b']}"], None):  # the earlier encoder's weights changed or dropped
-        with pytest.raises(ConfigError, match="reuse_pretraining"):
-            _check_same_study(record, tiny_study(study_task, tmp_path / "s", encoders=both, reuse_pretraining=reuse))
+        with pytest.raises(ConfigError, match=r"reuse_pretraining: vit-tiny '.*a\.pt' -> "):
+            record_study(tiny_study(study_task, out, encoders=both, reuse_pretraining=reuse))
+
+
+def test_the_record_names_every_commands_runs_and_keeps_their_design(study_task, tmp_path):
+    """study.yaml holds the union of the commands' run choices, so an encoder that an earlier command ran keeps its
+    pretraining (reused weights, method) when a later command brings it back after one without it."""
+    import yaml
+
+    from volmae.study.record import record_study
+
+    out = tmp_path / "s"
+    out.mkdir()
+    read = lambda: yaml.safe_load((out / "study.yaml").read_text())  # noqa: E731
+    record_study(tiny_study(study_task, out, peer="none", fractions=[0.25], seeds=[0]))
+    record_study(tiny_study(study_task, out, encoders=["nnformer-tiny"], peer="dynunet", fractions=[1.0], seeds=[2]))
+    record_study(tiny_study(study_task, out, encoders=["none"], fractions=[0.5], seeds=[1], report_only=True))
+    expected = {"encoders": ["vit-tiny", "nnformer-tiny"], "peer": "dynunet", "fractions": [0.25, 1.0],
+                "seeds": [0, 2], "methods": None, "reuse_pretraining": None}  # fmt: skip
+    assert {k: read()[k] for k in expected} == expected  # the report-only command added nothing
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"")
+    # vit-tiny's runs were pretrained in the study: another command may not give it other weights, nor another
+    # method, even though the last command did not run it
+    with pytest.raises(ConfigError, match=r"reuse_pretraining: vit-tiny None -> '.*w\.pt'"):
+        record_study(tiny_study(study_task, out, reuse_pretraining=[f"vit-tiny={weights}"]))
+    with pytest.raises(ConfigError, match="methods: vit-tiny 'masked-unetr' -> 'mae'"):
+        record_study(tiny_study(study_task, out, methods=["mae"]))
+    with pytest.raises(ConfigError, match=r"steps: 2 -> 3"):
+        record_study(tiny_study(study_task, out, encoders=["none"], steps=3))
+    assert {k: read()[k] for k in expected} == expected  # a refused command records nothing
+    # the same method spelled out, for one encoder: the record lists both encoders' methods
+    record_study(tiny_study(study_task, out, encoders=["nnformer-tiny"], methods=["auto"], seeds=[1]))
+    assert read()["methods"] == ["masked-unetr", "auto"] and read()["seeds"] == [0, 1, 2]
+    record_study(tiny_study(study_task, out, encoders=["nnformer-tiny"]))  # and the default agrees with it
 
 
 def test_only_studies_of_the_same_design_pool(study_task, tmp_path):
-    from volmae.study.runner import check_pool
+    from volmae.study.record import check_pool
     from volmae.utils.io import config_yaml
 
     folds = {f: tmp_path / f"fold{f}" for f in (0, 1)}

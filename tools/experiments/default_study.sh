@@ -10,7 +10,7 @@
 # autocast, 1.5-2.3x faster per step there (benchmarks/train_step_layout.py --threads 1); bf16 and fp32 fine-tuning
 # gave equal Dice on this fold (docs/performance.md). On a CPU without AMX or AMD's avx512_bf16 leave it 0.
 # Usage: tools/experiments/default_study.sh [DATA_DIR] [OUT_DIR] [SEEDS] [PUBLISH_DIR]
-# PUBLISH_DIR: where to copy the study's small files (study.yaml, report, each run's result.json, config.yaml,
+# PUBLISH_DIR: where to copy the study's small files (study.yaml, plan.json, report, each run's result.json, config.yaml,
 # history.json and per-case eval/metrics.csv, the pretrainings' config and loss history) once it is done; the
 # models stay out. `bash tools/experiments/default_study.sh DATA OUT SEEDS PUBLISH publish` copies only.
 set -euo pipefail
@@ -34,7 +34,7 @@ publish() {  # the finished runs' small files, and the report redone from exactl
   [ -n "$PUBLISH" ] || return 0
   mkdir -p "$PUBLISH"
   local dest run f; dest=$(realpath "$PUBLISH")
-  cp "$OUT/study.yaml" "$dest/"
+  cp "$OUT/study.yaml" "$OUT/plan.json" "$dest/"
   for run in "$OUT"/pretrain/* "$OUT"/runs/*; do
     [ -f "$run/result.json" ] || continue  # unfinished: its partial history would read as a result
     for f in result.json config.yaml history.json eval/metrics.csv; do

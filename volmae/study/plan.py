@@ -34,7 +34,7 @@ from volmae.data.transforms import get_preprocessing
 from volmae.errors import ConfigError
 from volmae.networks.registry import METHODS, fit_roi, get_preset
 
-__all__ = ["StudyConfig", "PretrainRun", "FinetuneRun", "plan_study", "pretrained_overrides"]
+__all__ = ["StudyConfig", "PretrainRun", "FinetuneRun", "plan_study", "pretrained_overrides", "encoder_methods"]
 
 INITS = ("scratch", "pretrained")
 
@@ -117,12 +117,15 @@ class FinetuneRun:
         return f"finetune/{self.out_dir.name}"
 
 
-def _method(preset: str, given: str | None) -> str:
-    family = get_preset(preset).family
-    method = given or ("masked-unetr" if family == "vit" else "auto")
-    if method not in METHODS[family]:
-        raise ConfigError(f"methods: {method!r} does not apply to {preset!r}; choose one of {METHODS[family]}")
-    return method
+def encoder_methods(encoders: list[str], methods: list[str] | None) -> dict[str, str]:
+    """{encoder: its pretraining method}: ``methods`` one per encoder, or None for each family's default."""
+    out = {}
+    for preset, given in zip(encoders, methods or [None] * len(encoders)):
+        family = get_preset(preset).family
+        out[preset] = given or ("masked-unetr" if family == "vit" else "auto")
+        if out[preset] not in METHODS[family]:
+            raise ConfigError(f"methods: {out[preset]!r} does not apply to {preset!r}; choose one of {METHODS[family]}")
+    return out
 
 
 def pretrained_overrides(entries: list[str] | None, encoders: list[str]) -> dict[str, Path]:
@@ -181,8 +184,7 @@ def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
     )
     rois = {preset: fit_roi(preset, prep.roi_size) for preset, _ in models}
     pretrains: dict[str, PretrainRun] = {}
-    for i, preset in enumerate(cfg.encoders):
-        method = _method(preset, cfg.methods[i] if cfg.methods else None)
+    for preset, method in encoder_methods(cfg.encoders, cfg.methods).items():
         if preset not in reused:
             pretrains[preset] = PretrainRun(preset, method, rois[preset], out / "pretrain" / preset)
     runs: list[PretrainRun | FinetuneRun] = list(pretrains.values())

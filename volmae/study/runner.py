@@ -22,8 +22,9 @@ from volmae.evaluation.evaluate import EvaluateConfig, evaluate
 from volmae.networks.registry import get_preset
 from volmae.pretraining.engine import PretrainConfig, pretrain
 from volmae.study.plan import FinetuneRun, PretrainRun, StudyConfig, plan_study
+from volmae.study.record import check_pool, record_plan, record_study
 from volmae.training.engine import FinetuneConfig, finetune
-from volmae.utils.io import atomic_write_json, atomic_write_text, config_yaml
+from volmae.utils.io import atomic_write_json, atomic_write_text
 from volmae.utils.loop import TrainingInterrupted
 
 __all__ = ["run_study", "execute", "RESULT", "read_result", "check_pool", "StudyRunsFailed"]
@@ -265,77 +266,15 @@ def execute(runs: list[PretrainRun | FinetuneRun], cfg: StudyConfig, wait: float
     return done
 
 
-# settings free to differ on a resume: how runs are done or shown, and which runs there are (more seeds, fractions
-# or models add runs; the finished ones stay valid, their folders name what they computed)
-_FREE = ("device", "quiet", "report_only", "pool_studies", "seeds", "fractions", "encoders", "peer")
-# and what may differ between study folders pooled in one report: their folds, and a reused pretraining (folds that
-# hold no pretraining image out, e.g. cross-dataset ones, share one)
-_POOL_FREE = (*_FREE, "fold", "out_dir", "reuse_pretraining")
-
-
-def _reuse_extends(before: dict, now: dict) -> bool:
-    """Whether ``reuse_pretraining`` differs only for encoders that the earlier study or this one does not run (an
-    added encoder, like more seeds, adds runs; a left-out one keeps its runs); a changed, added or dropped entry of
-    an encoder both run is a changed study."""
-    old = dict(e.partition("=")[::2] for e in before.get("reuse_pretraining") or [])
-    new = dict(e.partition("=")[::2] for e in now.get("reuse_pretraining") or [])
-    both = set(before.get("encoders") or []) & set(now.get("encoders") or [])
-    return all(new.get(p) == old.get(p) for p in both)
-
-
-def _changed(path: Path, cfg: StudyConfig, free: tuple[str, ...]) -> tuple[dict, dict, list[str]]:
-    """The settings in ``path`` (a study.yaml), ``cfg``'s, and the names of those that differ (not ``free``)."""
-    import yaml
-
-    before = yaml.safe_load(path.read_text()) or {}
-    now = yaml.safe_load(config_yaml(cfg))
-    return before, now, sorted(k for k in set(before) | set(now) if k not in free and before.get(k) != now.get(k))
-
-
-def _diffs(before: dict, now: dict, changed: list[str]) -> str:
-    return ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:4])
-
-
-def _check_same_study(path: Path, cfg: StudyConfig) -> None:
-    """Refuse to resume a study folder with other settings: its finished runs would be mixed with new ones."""
-    if not path.is_file():
-        return
-    before, now, changed = _changed(path, cfg, _FREE)
-    if "reuse_pretraining" in changed and _reuse_extends(before, now):
-        changed.remove("reuse_pretraining")
-    if changed:
-        raise ConfigError(
-            f"{path.parent} holds a study with other settings ({_diffs(before, now, changed)}); use another "
-            f"--out-dir, or the settings in {path}"
-        )
-
-
-def check_pool(cfg: StudyConfig) -> None:
-    """Refuse to pool (``pool_studies``) a folder that is not a study of the same design on another fold: the pooled
-    paired test would mix runs that differ in more than their held-out cases."""
-    for folder in cfg.pool_studies or []:
-        path = Path(folder) / "study.yaml"
-        if not path.is_file():
-            raise ConfigError(f"pool_studies: {folder} is not a study folder (no study.yaml)")
-        before, now, changed = _changed(path, cfg, _POOL_FREE)
-        if changed:
-            raise ConfigError(
-                f"pool_studies: {folder} is a study of another design ({_diffs(before, now, changed)}); only the "
-                "fold, the runs chosen (seeds, fractions, encoders, peer) and a reused pretraining may differ"
-            )
-
-
 def run_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
-    """Plan the study, record its settings in ``out_dir/study.yaml`` and ``plan.json``, and run what is left."""
+    """Plan the study, record it in its folder (:mod:`volmae.study.record`: ``study.yaml``, the design, refused if it
+    changed, and every command's run choices; ``plan.json``, every run planned), and run what is left."""
     runs = plan_study(cfg)
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_same_study(out / "study.yaml", cfg)
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     check_pool(cfg)
-    atomic_write_text(out / "study.yaml", config_yaml(cfg))
-    plan = [{"name": r.name, **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(r).items()
-                                if k != "pretrain"}} for r in runs]  # fmt: skip
-    atomic_write_json(out / "plan.json", plan)
+    record_study(cfg)
     if not cfg.report_only:
+        record_plan(cfg, [{"name": r.name, **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(r).items()
+                                              if k != "pretrain"}} for r in runs])  # fmt: skip
         execute(runs, cfg)
     return runs
