@@ -10,9 +10,9 @@
 # autocast, 1.5-2.3x faster per step there (benchmarks/train_step_layout.py --threads 1); bf16 and fp32 fine-tuning
 # gave equal Dice on this fold (docs/performance.md). On a CPU without AMX or AMD's avx512_bf16 leave it 0.
 # Usage: tools/experiments/default_study.sh [DATA_DIR] [OUT_DIR] [SEEDS] [PUBLISH_DIR]
-# PUBLISH_DIR: where to copy the study's small files (study.yaml, plan.json, report, each run's result.json, config.yaml,
-# history.json and per-case eval/metrics.csv, the pretrainings' config and loss history) once it is done; the
-# models stay out. `bash tools/experiments/default_study.sh DATA OUT SEEDS PUBLISH publish` copies only.
+# PUBLISH_DIR: where to copy the study's small files (study.yaml, plan.json, report, each run's result.json,
+# config.yaml, history.json and per-case eval/metrics.csv, the pretrainings' config and loss history) once it is
+# done; the models stay out. `bash tools/experiments/default_study.sh DATA OUT SEEDS PUBLISH publish` copies only.
 set -euo pipefail
 DATA=${1:-../shared/data/msd_hippocampus}
 OUT=${2:-runs/default_study}

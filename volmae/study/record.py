@@ -62,8 +62,8 @@ def _changed(before: dict, now: dict, free: tuple[str, ...]) -> dict[str, str]:
         if k not in free and k not in PER_ENCODER and before.get(k) != now.get(k)
     }
     old, new = _per_encoder(before), _per_encoder(now)
-    for k in PER_ENCODER:
-        differ = [p for p in old if p in new and old[p][k] != new[p][k]] if k not in free else []
+    for k in (k for k in PER_ENCODER if k not in free):
+        differ = [p for p in old if p in new and old[p][k] != new[p][k]]
         if differ:
             out[k] = ", ".join(f"{p} {old[p][k]!r} -> {new[p][k]!r}" for p in differ)
     return dict(sorted(out.items()))

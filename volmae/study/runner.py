@@ -27,7 +27,7 @@ from volmae.training.engine import FinetuneConfig, finetune
 from volmae.utils.io import atomic_write_json, atomic_write_text
 from volmae.utils.loop import TrainingInterrupted
 
-__all__ = ["run_study", "execute", "RESULT", "read_result", "check_pool", "StudyRunsFailed"]
+__all__ = ["run_study", "execute", "RESULT", "read_result", "StudyRunsFailed"]
 
 
 class StudyRunsFailed(ConfigError):
