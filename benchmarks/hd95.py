@@ -55,8 +55,8 @@ def brats_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     from volmae.data.convert import BRATS_REGIONS, convert_brats
     from volmae.data.paths import dataset_path
+    from volmae.engine.finetune import FinetuneConfig, finetune
     from volmae.evaluation.evaluate import EvaluateConfig, evaluate
-    from volmae.training.engine import FinetuneConfig, finetune
 
     root = dataset_path("brats2013_deepmedic")
     if root is None:

@@ -93,7 +93,7 @@ def main() -> int:
         from volmae.networks import build_unetr
 
         torch.manual_seed(0)
-        torch.save(build_unetr("vit-base", 1, 14, (96, 96, 96)).state_dict(), bundle / "models" / "model.pt")
+        torch.save(build_unetr("vit-base", 1, 14, (96, 96, 96)).model.state_dict(), bundle / "models" / "model.pt")
         real = dataset_path("totalseg_examples")
         if args.real and real is not None:
             results.append(run_infer(real / "example_ct_sm.nii.gz", bundle, tmp / "real_seg.nii.gz", extra))

@@ -46,7 +46,7 @@ def roi3(roi) -> tuple[int, int, int]:
 def count(preset: str, roi, patch: int, ratio: float) -> dict:
     """Exact FLOPs and saved-activation bytes of one batch-1 training step, on the meta device."""
     with torch.device("meta"):
-        model = build_mae(preset, 1, roi3(roi), patch_size=patch, mask_ratio=ratio)
+        model = build_mae(preset, 1, roi3(roi), patch_size=patch, mask_ratio=ratio).model
     params = {id(p) for p in model.parameters()} | {id(b) for b in model.buffers()}
     saved = 0
     attention: tuple[int, int] | None = None  # (Lq, Lk) while inside scaled_dot_product_attention
@@ -102,7 +102,7 @@ def measure(preset: str, roi, patch: int, ratio: float, steps: int = 5) -> float
     from volmae.utils.optim import adamw, param_groups
 
     torch.manual_seed(0)
-    model = build_mae(preset, 1, roi3(roi), patch_size=patch, mask_ratio=ratio)
+    model = build_mae(preset, 1, roi3(roi), patch_size=patch, mask_ratio=ratio).model
     opt = adamw(param_groups(model, 0.05), lr=1e-4)
     x = torch.randn(1, 1, *roi3(roi))
     times = []

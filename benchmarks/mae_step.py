@@ -144,7 +144,7 @@ def make_step(variant: str, preset: str, roi, device: torch.device):
     from volmae.utils.runtime import autocast
 
     torch.manual_seed(0)
-    ours = build_mae(preset, 1, roi)
+    ours = build_mae(preset, 1, roi).model
     if variant == "monai":
         model = reference_model(ours).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)

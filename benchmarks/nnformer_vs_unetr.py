@@ -65,8 +65,8 @@ def main() -> int:
     torch.manual_seed(0)
     rois = {"UNETR": tuple(args.roi), "nnFormer": tuple(args.nnformer_roi)}
     nets = {
-        "UNETR": build_segmenter(args.unetr, 1, args.classes, rois["UNETR"]),
-        "nnFormer": build_segmenter(args.nnformer, 1, args.classes, rois["nnFormer"], deep_supervision=False),
+        "UNETR": build_segmenter(args.unetr, 1, args.classes, rois["UNETR"]).model,
+        "nnFormer": build_segmenter(args.nnformer, 1, args.classes, rois["nnFormer"], deep_supervision=False).model,
     }
     batches = {
         k: (torch.randn(args.batch, 1, *r), torch.randint(0, args.classes, (args.batch, *r))) for k, r in rois.items()

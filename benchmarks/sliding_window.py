@@ -52,10 +52,10 @@ def networks():
     from monai.networks.nets import UNETR
 
     from volmae.networks import build_unetr
-    from volmae.networks.interop import volmae_unetr_to_monai
+    from volmae.networks.weights import volmae_unetr_to_monai
 
     torch.manual_seed(0)
-    ours = build_unetr("vit-base", 1, 14, (96, 96, 96), skip_norm=False)
+    ours = build_unetr("vit-base", 1, 14, (96, 96, 96), skip_norm=False).model
     ref = UNETR(1, 14, (96, 96, 96), feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12, qkv_bias=True)
     ref.load_state_dict(volmae_unetr_to_monai(ours.state_dict()))
     return ref.eval(), ours.eval()

@@ -41,7 +41,7 @@ def child(args) -> dict:
     device = torch.device(args.device)
     preset, roi, batch = parse_config(args.child_config)
     torch.manual_seed(0)
-    net = build_segmenter(preset, 1, 3, roi).to(device)
+    net = build_segmenter(preset, 1, 3, roi).model.to(device)
     on = channels_last(net, device, args.child != "plain")
     if args.child != "plain" and not on:
         raise RuntimeError(f"channels-last is not applied on {device}")

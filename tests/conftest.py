@@ -139,3 +139,18 @@ def msd_folder(tmp_path: Path) -> Path:
 def synthetic_task(tmp_path: Path) -> Path:
     """A six-case synthetic task large enough for a 16^3 ROI (engine-level tests)."""
     return make_msd_folder(tmp_path / "task", shape=(20, 28, 20))
+
+
+def model_file(built, path: Path, labels: dict | None = None, regions: dict | None = None, **task) -> Path:
+    """Save a :class:`~volmae.networks.registry.Built` network as a volmae model file (a hippocampus-like task at its
+    window; a segmentation network gets labels 0..out_channels-1 unless given)."""
+    from volmae.artifact import ModelArtifact, Provenance, Task
+    from volmae.data.transforms import get_preprocessing
+
+    model, config = built
+    if labels is None and config.role == "segmentation" and not regions:
+        labels = {k: ("background" if k == 0 else f"class_{k}") for k in range(config.out_channels)}
+    prep = get_preprocessing("hippocampus", roi_size=config.window)
+    t = Task(prep, config.in_channels, labels or {}, regions=regions, **task)
+    ModelArtifact.from_network(model, config, t, Provenance.now("test")).save(path)
+    return Path(path)

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from volmae.data.datalist import load_msd_datalist
+from volmae.engine.finetune import FinetuneConfig, finetune
+from volmae.engine.pretrain import PretrainConfig, pretrain
 from volmae.evaluation.evaluate import EvaluateConfig, evaluate
 from volmae.inference.infer import InferConfig, infer
-from volmae.pretraining.engine import PretrainConfig, pretrain
-from volmae.training.engine import FinetuneConfig, finetune
 
 
 def small_task(src, dst, n_train=6, n_val=2):
@@ -63,8 +63,8 @@ def test_pretrain_finetune_evaluate_on_real_mri(msd_hippocampus, tmp_path):
     assert input_digests(task) == before, "fine-tuning modified an input"
     assert "0 missing" in (tmp_path / "ft" / "pretrained_load_report.txt").read_text()
     assert 0.0 <= ft.best_dice <= 1.0 and ft.best_epoch in (1, 2)
-    last = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)["model"]
-    final = torch.load(ft.model_path, weights_only=True)["model"]  # the last epoch, not the fold-selected one
+    last = torch.load(tmp_path / "ft" / "checkpoint.pt", weights_only=True)["weights"]
+    final = torch.load(ft.model_path, weights_only=True)["weights"]  # the last epoch's, not a selected one
     assert all(torch.equal(last[k], final[k]) for k in last)
     report = evaluate(
         EvaluateConfig(
@@ -106,7 +106,7 @@ def test_nnformer_masked_volume_pretrain_finetune_evaluate_infer_on_real_mri(msd
     common = dict(dataset_dir=str(task), roi_size=(16, 32, 16), device="cpu", quiet=True, preset="nnformer-tiny")
     pre = pretrain(PretrainConfig(out_dir=str(tmp_path / "pre"), epochs=2, batch_size=3, **common))
     ckpt = torch.load(pre.model_path, weights_only=True)
-    assert ckpt["kind"] == "masked-volume" and ckpt["config"]["masked_volume"]["mask_ratio"] == 0.6
+    assert ckpt["kind"] == "masked-volume" and ckpt["network"]["masked_volume"]["mask_ratio"] == 0.6
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pre.pictures)
     ft = finetune(
         FinetuneConfig(out_dir=str(tmp_path / "ft"), epochs=2, pretrained=str(pre.model_path), val_every=1, **common)
@@ -121,7 +121,7 @@ def test_nnformer_masked_volume_pretrain_finetune_evaluate_infer_on_real_mri(msd
     assert len(out) == 1 and out[0].label_map.is_file()
 
     # a ViT preset cannot take the nnFormer pretraining, and says what to do instead
-    with pytest.raises(CheckpointError, match="use a nnformer preset"):
+    with pytest.raises(CheckpointError, match="pick a nnformer preset"):
         finetune(
             FinetuneConfig(
                 out_dir=str(tmp_path / "vit"),
@@ -140,9 +140,9 @@ def test_brats_at_a_coarser_spacing_train_evaluate_infer(brats2013, tmp_path):
     non-zero voxels only)."""
     import os
 
+    from volmae.artifact import ModelArtifact
     from volmae.data.convert import convert_brats
     from volmae.errors import DataError
-    from volmae.inference.predictor import segmentation_checkpoint
 
     src = tmp_path / "src"
     src.mkdir()
@@ -167,8 +167,7 @@ def test_brats_at_a_coarser_spacing_train_evaluate_infer(brats2013, tmp_path):
             **common,
         )
     )
-    task_meta = segmentation_checkpoint(ft.model_path)["task"]
-    assert tuple(task_meta["preprocessing"]["pixdim"]) == (3.0, 3.0, 3.0)
+    assert ModelArtifact.load(ft.model_path).task.preprocessing.pixdim == (3.0, 3.0, 3.0)
     report = evaluate(EvaluateConfig(str(ft.model_path), str(task), str(tmp_path / "ev"), device="cpu", quiet=True))
     assert [c.case for c in report.cases] == [cases[1].name] and set(report.names) == {"TC", "WT", "ET"}
     with pytest.raises(DataError, match="channel"):  # FLAIR alone where the model takes FLAIR + T1c
@@ -179,3 +178,31 @@ def test_brats_at_a_coarser_spacing_train_evaluate_infer(brats2013, tmp_path):
     seg = nib.load(done[0].label_map)
     assert done[0].status == "ok" and seg.shape == (240, 240, 155)
     np.testing.assert_allclose(seg.affine, nib.load(scan).affine, atol=1e-4)
+
+    # the same data trained as BraTS is scored: one sigmoid output per nested region (TC / WT / ET)
+    regions = finetune(
+        FinetuneConfig(
+            out_dir=str(tmp_path / "regions"),
+            pixdim=(3.0, 3.0, 3.0),
+            steps=2,
+            batch_size=1,
+            feature_size=8,
+            val_every=0,
+            regions=True,
+            **common,
+        )  # fmt: skip
+    )
+    model = ModelArtifact.load(regions.model_path)
+    assert model.task.output == "regions" and list(model.task.regions) == ["TC", "WT", "ET"]
+    assert model.network.out_channels == 3 and model.task.labels == {
+        0: "background",
+        1: "edema",
+        2: "non-enhancing tumour",
+        3: "enhancing tumour",
+    }
+    report = evaluate(EvaluateConfig(str(regions.model_path), str(task), str(tmp_path / "ev2"), device="cpu",
+                                     quiet=True))  # fmt: skip
+    assert set(report.names) == {"TC", "WT", "ET"}
+    done = infer(InferConfig([scan], str(regions.model_path), output=str(tmp_path / "seg2"), quiet=True, device="cpu"))
+    labels = np.asarray(nib.load(done[0].label_map).dataobj)
+    assert labels.shape == (240, 240, 155) and set(np.unique(labels)) <= {0, 1, 2, 3}  # one label map again

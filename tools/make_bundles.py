@@ -1,6 +1,7 @@
-"""Regenerate ``bundles/<task>/`` (configs, metadata, README, LICENSE, top-level links) from volmae/bundle/specs.py.
+"""Regenerate ``volmae/bundles/<task>/`` (configs, metadata, README, data licence, LICENSE, large_files.yml, top-level
+links) from volmae/bundle/specs.py.
 
-python tools/make_bundles.py            # rewrite bundles/hippocampus, bundles/btcv, bundles/brats
+python tools/make_bundles.py            # rewrite volmae/bundles/hippocampus, btcv, brats
 python tools/make_bundles.py --check    # exit 1 when a committed bundle file differs from what the specs give
 """
 
@@ -14,7 +15,8 @@ from volmae.bundle.make import LINKED, bundle_files, write_all
 from volmae.bundle.specs import BUNDLES
 
 REPO = Path(__file__).resolve().parents[1]
-LICENSE = REPO / "bundles" / "schema" / "APACHE-2.0.txt"
+BUNDLES_DIR = REPO / "volmae" / "bundles"
+LICENSE = BUNDLES_DIR / "schema" / "APACHE-2.0.txt"
 
 
 def stale(bundles_dir: Path) -> list[str]:
@@ -39,7 +41,7 @@ def stale(bundles_dir: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only report stale files")
-    ap.add_argument("--bundles-dir", default=str(REPO / "bundles"))
+    ap.add_argument("--bundles-dir", default=str(BUNDLES_DIR))
     args = ap.parse_args(argv)
     bundles_dir = Path(args.bundles_dir)
     if args.check:

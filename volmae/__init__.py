@@ -6,6 +6,7 @@ The typed Python API (each stage's console script is a thin layer over it)::
     mae = pretrain(PretrainConfig(dataset_dir="Task04_Hippocampus", out_dir="runs/mae"))
     seg = finetune(FinetuneConfig(dataset_dir="Task04_Hippocampus", pretrained=str(mae.model_path)))
     report = evaluate(EvaluateConfig(model=str(seg.model_path), dataset_dir="Task04_Hippocampus"))
+    model = ModelArtifact.load(seg.model_path)   # the model file: network, task, weights, provenance
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _API = {
-    "PretrainConfig": "volmae.pretraining.engine",
-    "pretrain": "volmae.pretraining.engine",
-    "FinetuneConfig": "volmae.training.engine",
-    "finetune": "volmae.training.engine",
+    "PretrainConfig": "volmae.engine.pretrain",
+    "pretrain": "volmae.engine.pretrain",
+    "FinetuneConfig": "volmae.engine.finetune",
+    "finetune": "volmae.engine.finetune",
+    "ModelArtifact": "volmae.artifact.model",
     "EvaluateConfig": "volmae.evaluation.evaluate",
     "evaluate": "volmae.evaluation.evaluate",
     "Predictor": "volmae.inference.predictor",

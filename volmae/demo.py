@@ -16,10 +16,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from volmae.data.paths import dataset_path
+from volmae.engine.finetune import FinetuneConfig, finetune
+from volmae.engine.pretrain import PretrainConfig, pretrain
 from volmae.errors import ConfigError, DataError
 from volmae.evaluation.evaluate import EvaluateConfig, evaluate
-from volmae.pretraining.engine import PretrainConfig, pretrain
-from volmae.training.engine import FinetuneConfig, finetune
 from volmae.utils.io import atomic_write_text, config_yaml
 
 __all__ = ["DemoConfig", "RECIPES", "run_demo", "find_hippocampus"]

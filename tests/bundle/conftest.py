@@ -10,7 +10,7 @@ import pytest
 from monai.bundle import ConfigWorkflow
 
 REPO = Path(__file__).resolve().parents[2]
-BUNDLES = REPO / "bundles"
+BUNDLES = REPO / "volmae" / "bundles"
 
 
 def copy_bundle(name: str, dest: Path) -> Path:

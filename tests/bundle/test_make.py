@@ -63,13 +63,20 @@ def test_metadata_missing_a_required_field_fails(tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_channel_def_names_the_written_label_values(name):
+def test_channel_def_names_the_network_outputs_and_the_written_labels(name):
     spec = get_bundle_spec(name)
     meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
     pred = meta["network_data_format"]["outputs"]["pred"]
-    assert {int(k): v for k, v in pred["channel_def"].items()} == spec.labels
-    assert pred["num_channels"] == spec.out_channels
+    assert len(pred["channel_def"]) == pred["num_channels"] == spec.out_channels  # one name per output channel
+    written = meta["network_data_format"].get("post_processed_outputs", {}).get("pred", pred)["channel_def"]
+    assert {int(k): v for k, v in written.items()} == spec.labels
+    if spec.regions:
+        assert list(pred["channel_def"].values()) == list(spec.regions) and "post_processed_outputs" in (
+            meta["network_data_format"]
+        )  # fmt: skip
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == len(spec.channels)
+    config = json.loads((BUNDLES / name / "configs" / "inference.json").read_text())
+    assert {int(k): v for k, v in config["labels"].items()} == spec.labels  # what volmae-infer writes
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -105,12 +112,31 @@ def test_bundle_root_outside_a_workflow():
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_the_documented_nnformer_option_builds(name):
-    from volmae.networks import PRESETS, NnFormer, build_segmenter
+def test_the_nnformer_overlay_builds_an_nnformer(name):
+    from volmae.networks import NnFormer
 
-    s = SPECS[name]
-    preset, roi = s.nnformer
-    depths = (1,) * len(PRESETS[preset].depths)
-    net = build_segmenter(preset, len(s.channels), s.out_channels, roi, deep_supervision=False, depths=depths)
-    assert isinstance(net, NnFormer) and net.roi_size == roi
-    assert f"--preset {preset}" in (BUNDLES / name / "docs" / "README.md").read_text()
+    root = BUNDLES / name
+    parser = ConfigParser()
+    parser.read_config([str(root / "configs" / "inference.json"), str(root / "configs" / "nnformer.json")])
+    parser["bundle_root"] = str(root)
+    config = parser.get_parsed_content("network_config")
+    assert (config.kind, config.preset, config.window) == ("nnformer", SPECS[name].nnformer[0], SPECS[name].nnformer[1])
+    if name == "hippocampus":  # building the paper-sized ones takes seconds: one is enough
+        assert isinstance(parser.get_parsed_content("network_def"), NnFormer)
+    assert "configs/nnformer.json" in (root / "docs" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_data_licence_large_files_and_requirements(name):
+    import yaml
+
+    from volmae import __version__
+
+    root = BUNDLES / name
+    terms = (root / "docs" / "data_license.txt").read_text()
+    assert "http" in terms and ("licence" in terms or "terms" in terms)  # where the data is and on what terms
+    assert yaml.safe_load((root / "large_files.yml").read_text()) == {"large_files": []}  # no released weights yet
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    assert meta["required_packages_version"]["volmae"] == __version__  # the wheel this source builds
+    assert "pytorch-ignite" not in meta["required_packages_version"]  # the bundles no longer run ignite engines
+    assert meta["version"] in meta["changelog"]

@@ -1,5 +1,5 @@
-"""``volmae.bundle`` helpers and a whole bundle round on synthetic volumes (runs in CI without real data):
-train -> evaluate -> inference through MONAI's ``ConfigWorkflow``, then the same model through ``volmae-infer``."""
+"""``volmae.bundle`` adapters and whole bundle rounds on synthetic volumes (CI, no real data): train -> evaluate ->
+inference through MONAI's ``ConfigWorkflow``, each the same run as volmae's own API and console scripts."""
 
 from __future__ import annotations
 
@@ -10,129 +10,156 @@ import numpy as np
 import pytest
 import torch
 
-from tests.bundle.conftest import items, run_workflow
-from tests.conftest import save_nifti
-from volmae.bundle import (
-    end_distributed,
-    fold_items,
-    input_items,
-    model_file,
-    optimizer,
-    unlabeled_items,
-    with_pretrained,
-)
+from tests.bundle.conftest import copy_bundle, edit_bundle, items, run_workflow
+from tests.conftest import make_msd_folder, save_nifti
+from volmae.artifact import ModelArtifact
+from volmae.artifact.bundles import bundle_network
+from volmae.bundle import Trainer, fold_items, input_items, unlabeled_items
 from volmae.cli.common import find_volmae_error
-from volmae.errors import ConfigError, DataError
+from volmae.data import load_msd_datalist, split_fold
+from volmae.engine import FinetuneConfig, finetune, fold_cases
+from volmae.errors import CheckpointError, ConfigError, DataError
 from volmae.inference.infer import InferConfig, infer
-from volmae.networks import build_unetr
+from volmae.networks import build_network
+
+SMALL = {"device": "cpu"}
 
 
-def test_fold_items(synthetic_task):
-    train, val = fold_items(synthetic_task, 0, "train"), fold_items(synthetic_task, 0, "val")
-    assert len(train) + len(val) == 6 and not {t["image"] for t in train} & {v["image"] for v in val}
-    assert all(set(t) == {"image", "label"} for t in train)
-    assert len(fold_items(synthetic_task, 0, "train", fraction=0.5)) == round(0.5 * len(train))
+def small_bundle(folder, name="hippocampus"):
+    """A copy of a shipped bundle with a 16^3 window (the synthetic 20 x 28 x 20 volumes fit it), as a user would
+    adapt one."""
+    root = copy_bundle(name, folder)
+    edit_bundle(root, ("train.json", "inference.json"), roi_size=[16, 16, 16])
+    return root
+
+
+def test_fold_items_are_the_cases_of_volmae_train(synthetic_task):
+    datalist = load_msd_datalist(synthetic_task)
+    train, val = fold_cases(datalist, 0, val_fraction=0.25)
+    assert fold_items(synthetic_task, 0, "train", val_fraction=0.25) == [
+        {"image": it["image"], "label": it["label"], "case": it["case"]} for it in train
+    ]
+    assert [it["case"] for it in fold_items(synthetic_task, 0, "val", val_fraction=0.25)] == [it["case"] for it in val]
+    test = fold_items(synthetic_task, 0, "test")
+    assert [it["case"] for it in test] == [it["case"] for it in split_fold(datalist, 0)[1]]
+    assert not {it["case"] for it in test} & {it["case"] for it in train + val}  # the held-out fold: scoring only
+    assert len(fold_items(synthetic_task, 0, "train", fraction=0.5, val_fraction=0)) == 2
     assert len(fold_items(synthetic_task, 0, "train", limit=2)) == 2
-    with pytest.raises(ConfigError, match="part='test'"):
-        fold_items(synthetic_task, 0, "test")
-    with pytest.raises(ConfigError, match="dataset_dir is not set"):
-        fold_items("", 0)
+    assert fold_items("", 0) == []  # no dataset yet: nothing to read while a config is checked
+    with pytest.raises(ConfigError, match="part='all'"):
+        fold_items(synthetic_task, 0, "all")
 
 
 def test_unlabeled_and_input_items(synthetic_task):
     assert len(unlabeled_items(synthetic_task, fold=None)) == 6
-    assert len(unlabeled_items(synthetic_task, fold=0)) == len(fold_items(synthetic_task, 0))
+    assert len(unlabeled_items(synthetic_task, fold=0)) == len(split_fold(load_msd_datalist(synthetic_task), 0)[0])
     assert all(set(i) == {"image"} for i in unlabeled_items(synthetic_task))
     assert len(input_items(synthetic_task / "imagesTr")) == 6
+    assert len(input_items(None, synthetic_task / "imagesTr")) == 6  # the default folder, when it exists
+    assert input_items(None, synthetic_task / "imagesTs") == input_items(None) == []
     with pytest.raises(DataError, match="input not found"):
         input_items(synthetic_task / "nothing")
 
 
-def test_optimizer_layer_decay_sets_each_group_lr():
-    net = build_unetr("vit-tiny", 1, 3, (16, 16, 16))
-    opt = optimizer(net, 1e-3, 1e-4, layer_decay=0.5)
-    lrs = sorted({g["lr"] for g in opt.param_groups})
-    assert lrs[-1] == pytest.approx(1e-3) and lrs[0] == pytest.approx(1e-3 * 0.5**13)
-    assert {g["lr"] for g in optimizer(net, 1e-3).param_groups} == {1e-3}
-    with pytest.raises(ConfigError, match="lr=0"):
-        optimizer(net, 0)
+def test_trainer_refuses_what_the_engine_does_not_run(synthetic_task):
+    from monai.handlers import StatsHandler
+    from monai.inferers import SlidingWindowInferer
+
+    cfg = FinetuneConfig(str(synthetic_task))
+    with pytest.raises(ConfigError, match="calls the network directly"):
+        Trainer(cfg, [], inferer=SlidingWindowInferer(16))
+    with pytest.raises(ConfigError, match="StatsHandler is an ignite handler"):
+        Trainer(cfg, [], train_handlers=[StatsHandler()])
+    with pytest.raises(ConfigError, match="no training cases: pass --dataset_dir"):
+        Trainer(cfg, []).run()
 
 
-def test_with_pretrained_loads_the_encoder_of_a_bundle_model(tmp_path):
-    src = build_unetr("vit-tiny", 1, 3, (16, 16, 16))
-    torch.save(src.state_dict(), tmp_path / "model.pt")
-    net = build_unetr("vit-tiny", 1, 5, (16, 16, 16))
-    assert with_pretrained(net, None) is net and getattr(net, "load_report", None) is None
-    with_pretrained(net, str(tmp_path / "model.pt"))
-    assert net.load_report.ok
-    assert torch.equal(net.encoder.blocks[3].mlp.linear1.weight, src.encoder.blocks[3].mlp.linear1.weight)
-
-
-def test_model_file_says_how_to_get_weights(tmp_path):
-    with pytest.raises(ConfigError, match="no trained weights in the bundle; train it first"):
-        model_file(tmp_path)
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "model.pt").write_bytes(b"x")
-    assert model_file(tmp_path) == str(tmp_path / "models" / "model.pt")
-
-
-def test_end_distributed_waits_then_ends_the_group(tmp_path, monkeypatch):
-    import torch.distributed as dist
-
-    end_distributed()  # no process group: nothing to do
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    calls = []
-    barrier = dist.barrier
-    monkeypatch.setattr(dist, "barrier", lambda *a, **k: calls.append("barrier") or barrier(*a, **k))
-    end_distributed()
-    assert calls == ["barrier"] and not dist.is_initialized()
+def _train(root, task, **override):
+    return run_workflow(
+        str(root / "train.json"), dataset_dir=str(task), **SMALL, **{"train#trainer#max_epochs": 2, **override}
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The hippocampus bundle trained for 2 epochs on a synthetic task (its own copy)."""
-    from tests.bundle.conftest import copy_bundle
-    from tests.conftest import make_msd_folder
-
+    """The hippocampus bundle trained for 2 epochs on a synthetic task (its own copy), validating every epoch."""
     tmp = tmp_path_factory.mktemp("bundle")
     task = make_msd_folder(tmp / "task", shape=(20, 28, 20))
-    root = copy_bundle("hippocampus", tmp / "bundles")
-    data = items(task)
-    run_workflow(
-        str(root / "train.json"),
-        dataset_dir=str(task),
-        **{"train#dataset#data": data[:4], "validate#dataset#data": data[4:]},
-        **{"train#trainer#max_epochs": 2, "val_interval": 1, "device": "cpu"},
-    )
+    root = small_bundle(tmp / "bundles")
+    _train(root, task, val_interval=1, val_fraction=0.25)
     return root, task
 
 
-def test_training_writes_plain_state_dicts_into_the_bundle(trained):
-    root, _ = trained
-    for name in ("model.pt", "model_final.pt"):
-        state = torch.load(root / "models" / name, weights_only=True)
-        assert all(isinstance(v, torch.Tensor) for v in state.values()) and "encoder.norm.weight" in state
-        build_unetr("vit-tiny", 1, 3, (40, 56, 40)).load_state_dict(state)
-    assert list((root / "runs" / "train").glob("events.out.tfevents.*"))
-
-
-def test_evaluate_writes_per_case_metrics(trained):
+def test_training_is_volmae_train_and_ends_with_the_plain_weights_in_models(trained, tmp_path):
+    """The bundle and volmae-train with the same seed and settings end with the same weights, and the bundle's
+    models/model.pt is the selected model's plain state dict of network_def."""
     root, task = trained
+    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    build_network(bundle_network(root)).load_state_dict(state)  # strict: network_def's own keys
+    run = ModelArtifact.load(root / "runs" / "train" / "model.pt")  # the engine's own model file, provenance too
+    assert all(torch.equal(run.weights[k], v) for k, v in state.items())
+    held_out = {it["case"] for it in split_fold(load_msd_datalist(task), 0)[1]}
+    assert run.provenance.validation_cases and not held_out & set(run.provenance.validation_cases)
+    assert "best validation Dice" in run.provenance.selection
+
+    settings = dict(preset="vit-tiny", preprocessing="hippocampus", roi_size=(16, 16, 16), epochs=2, batch_size=2,
+                    num_samples=2, lr=5e-4, weight_decay=1e-4, warmup_epochs=1.0, grad_clip=1.0, seed=0, val_every=1,
+                    val_fraction=0.25, select_best=True, device="cpu", quiet=True)  # fmt: skip
+    ours = finetune(FinetuneConfig(str(task), str(tmp_path / "train"), **settings))
+    weights = ModelArtifact.load(ours.model_path).weights
+    assert weights.keys() == state.keys()
+    assert all(torch.equal(weights[k], state[k]) for k in state), "the bundle trained other weights"
+
+
+@pytest.mark.parametrize("val_interval", [5, 0])
+def test_any_training_run_leaves_a_usable_model(tmp_path, val_interval):
+    """One epoch with the default validation interval (the last epoch always validates), or none at all: both end
+    with models/model.pt, and volmae-infer --bundle segments with it at once."""
+    task = make_msd_folder(tmp_path / "task", shape=(20, 28, 20))
+    root = small_bundle(tmp_path / "bundles")
+    _train(root, task, val_interval=val_interval, **{"train#trainer#max_epochs": 1})
+    assert (root / "models" / "model.pt").is_file()
+    done = infer(InferConfig([str(task / "imagesTr" / "case_000.nii.gz")], bundle=str(root),
+                             output=str(tmp_path / "seg.nii.gz"), device="cpu", quiet=True))  # fmt: skip
+    assert done[0].status == "ok"
+
+
+def test_monai_label_style_training_continues_from_the_current_model(trained, tmp_path):
+    """MONAI Label overrides the case lists and, when models/model.pt exists, puts a CheckpointLoader into
+    train#handlers: the engine then starts from those weights."""
+    root, task = trained
+    data = items(task)
+    loader = {"_target_": "CheckpointLoader", "load_path": str(root / "models" / "model.pt"),
+              "load_dict": {"model": "$@network"}, "strict": False}  # fmt: skip
     run_workflow(
-        [str(root / "configs" / "train.json"), str(root / "configs" / "evaluate.json")],
-        dataset_dir=str(task),
-        **{"validate#dataset#data": items(task)[4:], "device": "cpu"},
-    )
-    raw = (root / "runs" / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
-    assert raw[0].startswith("filename") and len(raw) == 3
-    assert (root / "runs" / "eval" / "val_hd95_raw.csv").is_file()
+        str(root / "train.json"), dataset_dir="", **SMALL, output_dir=str(tmp_path / "run"),
+        ckpt_dir=str(tmp_path / "models"),
+        **{"train#dataset#data": data[:3], "validate#dataset#data": data[3:4], "train#handlers": [loader]},
+        **{"train#trainer#max_epochs": 1},
+    )  # fmt: skip
+    prov = ModelArtifact.load(tmp_path / "run" / "model.pt").provenance
+    assert prov.initialised_from == f"every weight of {root / 'models' / 'model.pt'}"
+    assert len(prov.training_cases) == 3 and len(prov.validation_cases) == 1
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_evaluate_scores_the_held_out_fold(trained):
+    root, task = trained
+    run_workflow([str(root / "configs" / "train.json"), str(root / "configs" / "evaluate.json")],
+                 dataset_dir=str(task), **SMALL)  # fmt: skip
+    summary = json.loads((root / "runs" / "eval" / "summary.json").read_text())
+    held_out = [it["case"] for it in split_fold(load_msd_datalist(task), 0)[1]]
+    rows = (root / "runs" / "eval" / "metrics.csv").read_text().splitlines()
+    assert {r.split(",")[0] for r in rows[1:]} >= set(held_out)
+    assert summary["mean"]["n"] == len(held_out) and "anterior" in summary
 
 
 def test_bundle_inference_and_volmae_infer_write_the_same_label_map(trained, tmp_path):
     root, task = trained
     src = task / "imagesTr" / "case_000.nii.gz"
-    run_workflow(str(root / "configs" / "inference.json"), "infer", input=str(src), device="cpu", amp=False)
-    bundle_out = nib.load(root / "predictions" / "case_000_seg.nii.gz")
+    run_workflow(str(root / "configs" / "inference.json"), "infer", input=str(src), **SMALL)
+    bundle_out = nib.load(root / "predictions" / "case_000.nii.gz")
     ref = nib.load(src)
     assert bundle_out.shape == ref.shape and np.allclose(bundle_out.affine, ref.affine)
     done = infer(
@@ -142,112 +169,71 @@ def test_bundle_inference_and_volmae_infer_write_the_same_label_map(trained, tmp
     assert np.array_equal(np.asarray(cli_out.dataobj), np.asarray(bundle_out.dataobj))
 
 
-def _bf16_spy(wf) -> list:
-    """dtypes of the first transformer MLP's outputs in every call of the workflow's network."""
-    seen: list = []
-    net = wf.parser.get_parsed_content("network")
-    net.encoder.blocks[0].mlp.linear1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    return seen
-
-
-def test_cpu_bf16_override_autocasts_bundle_inference(trained, tmp_path, monkeypatch):
-    from monai.bundle import ConfigWorkflow
-
+def test_the_inferer_settings_reach_volmae_infer(trained, tmp_path, monkeypatch):
+    import volmae.bundle.workflow as workflow
     import volmae.utils.runtime as runtime
-    from volmae.inference.inferers import Bf16SlidingWindowInferer
 
     monkeypatch.setattr(runtime, "cpu_has_bf16_units", lambda: True)
+    seen = []
+    monkeypatch.setattr(workflow, "infer", lambda cfg, model: seen.append((cfg, model)) or [])
     root, task = trained
-    src = task / "imagesTr" / "case_000.nii.gz"
-    maps, seen = {}, {}
-    for flag in (False, True):
-        out = tmp_path / str(flag)
-        wf = ConfigWorkflow(
-            config_file=str(root / "configs" / "inference.json"), workflow_type="infer", input=str(src),
-            device="cpu", output_dir=str(out), cpu_bf16=flag,
-        )  # fmt: skip
-        wf.initialize()
-        inferer = wf.parser.get_parsed_content("inferer")
-        assert isinstance(inferer, Bf16SlidingWindowInferer) and inferer.cpu_bf16 is flag
-        seen[flag] = _bf16_spy(wf)
-        wf.run()
-        wf.finalize()
-        maps[flag] = np.asarray(nib.load(out / "case_000_seg.nii.gz").dataobj)
-    assert set(seen[False]) == {torch.float32} and set(seen[True]) == {torch.bfloat16}
-    assert maps[True].shape == maps[False].shape and (maps[True] == maps[False]).mean() > 0.99
-
-
-def test_cpu_bf16_override_trains_the_bundle(tmp_path, monkeypatch):
-    from monai.bundle import ConfigWorkflow
-
-    import volmae.utils.runtime as runtime
-    from tests.bundle.conftest import copy_bundle
-    from tests.conftest import make_msd_folder
-
-    monkeypatch.setattr(runtime, "cpu_has_bf16_units", lambda: True)
-    task = make_msd_folder(tmp_path / "task", shape=(20, 28, 20))
-    root = copy_bundle("hippocampus", tmp_path / "bundles")
-    data = items(task)
-    wf = ConfigWorkflow(
-        config_file=str(root / "train.json"), workflow_type="train", dataset_dir=str(task), cpu_bf16=True,
-        **{"train#dataset#data": data[:2], "validate#dataset#data": data[4:5]},
-        **{"train#trainer#max_epochs": 1, "val_interval": 1, "device": "cpu"},
-    )  # fmt: skip
-    wf.initialize()
-    seen = _bf16_spy(wf)
-    wf.run()
-    wf.finalize()
-    trainer = wf.parser.get_parsed_content("train#trainer")
-    assert set(seen) == {torch.bfloat16} and np.isfinite(float(trainer.state.output[0]["loss"]))
-    state = torch.load(root / "models" / "model_final.pt", weights_only=True)
-    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())  # fp32 master weights
+    overrides = {"inferer#sw_batch_size": 3, "inferer#overlap": 0.25, "cpu_bf16": True, "output_dir": str(tmp_path)}
+    run_workflow(str(root / "configs" / "inference.json"), "infer", input=str(task / "imagesTr"), **overrides)
+    ((cfg, model),) = seen
+    assert (cfg.cpu_bf16, cfg.sw_batch_size, cfg.overlap, cfg.mode, cfg.roi_size) == (True, 3, 0.25, "gaussian",
+                                                                                      (16, 16, 16))  # fmt: skip
+    assert len(cfg.inputs) == 6 and cfg.output == str(tmp_path) and model.source == str(root / "models" / "model.pt")
 
 
 def test_wrong_channel_count_is_named(trained, tmp_path):
-    root, task = trained
+    root, _ = trained
     two = save_nifti(tmp_path / "two.nii.gz", np.random.default_rng(0).normal(size=(20, 28, 20, 2)).astype(np.float32))
     with pytest.raises(DataError, match="two.nii.gz: has 2 channel\\(s\\), the task expects 1"):
         infer(InferConfig([str(two)], bundle=str(root), output=str(tmp_path / "o"), device="cpu", quiet=True))
     with pytest.raises(RuntimeError) as err:
-        run_workflow(str(root / "configs" / "inference.json"), "infer", input=str(two), device="cpu")
-    assert "image has 2 channel(s), the model expects 1" in str(find_volmae_error(err.value))
+        run_workflow(str(root / "configs" / "inference.json"), "infer", input=str(two), **SMALL)
+    assert "has 2 channel(s), the task expects 1" in str(find_volmae_error(err.value))
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
-def test_missing_weights(bundle_dir, synthetic_task, tmp_path):
-    root = bundle_dir("hippocampus")
-    with pytest.raises(ConfigError, match="no trained weights"):
+def test_missing_weights_and_inputs(synthetic_task, tmp_path):
+    root = copy_bundle("hippocampus", tmp_path / "bundles")
+    with pytest.raises(CheckpointError, match="no trained weights in the bundle; train it first"):
         infer(InferConfig([str(synthetic_task / "imagesTr")], bundle=str(root), output=str(tmp_path / "o")))
     with pytest.raises(RuntimeError) as err:
         run_workflow(str(root / "configs" / "inference.json"), "infer", input=str(synthetic_task / "imagesTr"))
     assert "no trained weights" in str(find_volmae_error(err.value))
+    with pytest.raises(RuntimeError) as err:
+        run_workflow(str(root / "configs" / "inference.json"), "infer", dataset_dir="")
+    assert "no input scans: pass --input" in str(find_volmae_error(err.value))
     assert not (root / "predictions").exists()
 
 
-def test_metadata_labels_reach_volmae_infer(trained):
+def test_labels_reach_volmae_infer(trained):
     from volmae.inference.infer import model_classes
 
     root, _ = trained
-    meta = json.loads((root / "configs" / "metadata.json").read_text())
-    names = meta["network_data_format"]["outputs"]["pred"]["channel_def"]
-    assert model_classes(bundle=str(root)) == {int(k): v for k, v in names.items()}
+    labels = json.loads((root / "configs" / "inference.json").read_text())["labels"]
+    assert model_classes(bundle=str(root)) == {int(k): v for k, v in labels.items()} == {
+        0: "background", 1: "anterior", 2: "posterior"
+    }  # fmt: skip
 
 
-def test_volmae_infer_bundle_errors_exit_2(bundle_dir, synthetic_task, tmp_path, capsys, monkeypatch):
+def test_volmae_infer_bundle_errors_exit_2(synthetic_task, tmp_path, capsys, monkeypatch):
     from volmae.cli.infer import main
 
     scan = str(synthetic_task / "imagesTr" / "case_000.nii.gz")
     monkeypatch.chdir(tmp_path)
-    assert main([scan, "--model", "m.pt", "--bundle", "btcv"]) == 2
-    assert "give one of --model and --bundle" in capsys.readouterr().err
+    assert main([scan, "--model", "m.pt", "--bundle", "btcv"]) == 2  # the bundle's network with that file
+    assert "m.pt: model file not found" in capsys.readouterr().err
     assert main(["--list-classes", "--bundle", "no_such_bundle"]) == 2
     err = capsys.readouterr().err
     assert "bundle 'no_such_bundle' not found" in err and "brats, btcv, hippocampus" in err
-    assert main([scan, "--bundle", str(bundle_dir("hippocampus"))]) == 2
+    assert main([scan, "--bundle", str(copy_bundle("hippocampus", tmp_path / "b"))]) == 2
     assert "no trained weights in the bundle" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.nii.gz"))  # nothing written
     assert main([scan, "--bundle", str(synthetic_task)]) == 2
-    assert "not a MONAI bundle" in capsys.readouterr().err
+    assert "not a volmae MONAI bundle (missing configs/metadata.json" in capsys.readouterr().err
 
 
 def test_list_classes_of_a_shipped_bundle(capsys):
@@ -266,37 +252,51 @@ def test_volmae_evaluate_scores_a_bundle_in_original_space(trained, tmp_path):
     )
     assert [c.case for c in report.cases] == ["case_004"] and set(report.cases[0].dice) == {"anterior", "posterior"}
     assert (tmp_path / "ev" / "metrics.csv").is_file()
-    with pytest.raises(ConfigError, match="give one of --model and --bundle"):
-        evaluate(EvaluateConfig("m.pt", str(task), bundle=str(root), out_dir=str(tmp_path / "ev2")))
 
 
-def test_nnformer_by_configuration_alone(tmp_path, synthetic_task):
-    """The hippocampus bundle switched to nnFormer by its ``preset``: masked-volume pretraining, fine-tuning from it,
-    bundle inference and ``volmae-infer --bundle`` all follow."""
-    from tests.bundle.conftest import copy_bundle, edit_bundle
-    from tests.conftest import make_msd_folder
+def test_a_volmae_train_model_goes_into_a_bundle(trained, tmp_path, capsys):
+    """volmae-model to-bundle: a model trained with the bundle's network becomes its models/model.pt; another
+    network is refused with what differs."""
+    from volmae.cli.model import main
 
+    root, task = trained
+    target = small_bundle(tmp_path / "bundles")
+    res = finetune(FinetuneConfig(str(task), str(tmp_path / "ft"), roi_size=(16, 16, 16), epochs=1, num_samples=1,
+                                  val_every=0, device="cpu", quiet=True))  # fmt: skip
+    assert main(["to-bundle", str(res.model_path), str(target)]) == 0
+    assert "the weights of" in capsys.readouterr().out
+    state = torch.load(target / "models" / "model.pt", weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in ModelArtifact.load(res.model_path).weights.items())
+    assert main(["to-bundle", str(res.model_path), str(target)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    other = copy_bundle("hippocampus", tmp_path / "other")  # the shipped 40 x 56 x 40 window
+    assert main(["to-bundle", str(res.model_path), str(other)]) == 2
+    assert "network_def is a unetr of preset vit-tiny at [40, 56, 40]" in capsys.readouterr().err
+
+
+def test_nnformer_overlay_trains_evaluates_and_infers(tmp_path):
+    """configs/nnformer.json switches the hippocampus bundle to nnFormer: masked-volume pretraining, fine-tuning
+    from it, evaluation and inference all follow, and volmae-infer with the run's model file gives the same label
+    map."""
     task = make_msd_folder(tmp_path / "task", shape=(20, 28, 20))
     root = copy_bundle("hippocampus", tmp_path / "bundles")
-    edit_bundle(root, ("train.json", "inference.json", "pretrain.json"), preset="nnformer-tiny", roi_size=[16, 32, 16])
-    run_workflow(
-        str(root / "pretrain.json"), "train", dataset_dir=str(task),
-        **{"pretrain#epochs": 1, "pretrain#device": "cpu", "pretrain#quiet": True},
-    )  # fmt: skip
-    mvm = root / "models" / "mae" / "model.pt"
-    assert torch.load(mvm, weights_only=True)["kind"] == "masked-volume"
-    data = items(task)
-    run_workflow(
-        str(root / "train.json"), dataset_dir=str(task), pretrained=str(mvm),
-        **{"train#dataset#data": data[:4], "validate#dataset#data": data[4:]},
-        **{"train#trainer#max_epochs": 1, "val_interval": 1, "device": "cpu"},
-    )  # fmt: skip
-    state = torch.load(root / "models" / "model.pt", weights_only=True)
-    assert "encoder.stages.0.blocks.0.attn.qkv.weight" in state
+    overlay = str(root / "configs" / "nnformer.json")
+    small = {"roi_size": [16, 32, 16], "device": "cpu"}
+    run_workflow([str(root / "configs" / "pretrain.json"), overlay], dataset_dir=str(task), roi_size=[16, 32, 16],
+                 **{"pretrain#epochs": 1, "pretrain#device": "cpu", "pretrain#quiet": True})  # fmt: skip
+    pretrained = root / "models" / "pretrained" / "model.pt"
+    assert ModelArtifact.load(pretrained).kind == "masked-volume"
+    run_workflow([str(root / "configs" / "train.json"), overlay], dataset_dir=str(task), pretrained=str(pretrained),
+                 **small, **{"train#trainer#max_epochs": 1})  # fmt: skip
+    run = ModelArtifact.load(root / "runs" / "train" / "model.pt")
+    assert run.kind == "nnformer" and "pretrained encoder" in run.provenance.initialised_from
+    assert "encoder.stages.0.blocks.0.attn.qkv.weight" in torch.load(root / "models" / "model.pt", weights_only=True)
+    configs = [str(root / "configs" / f) for f in ("train.json", "evaluate.json")] + [overlay]
+    run_workflow(configs, dataset_dir=str(task), **small)
+    assert (root / "runs" / "eval" / "summary.json").is_file()
     src = task / "imagesTr" / "case_000.nii.gz"
-    run_workflow(str(root / "configs" / "inference.json"), "infer", input=str(src), device="cpu", amp=False)
-    bundle_out = nib.load(root / "predictions" / "case_000_seg.nii.gz")
-    done = infer(
-        InferConfig([str(src)], bundle=str(root), output=str(tmp_path / "seg.nii.gz"), device="cpu", quiet=True)
-    )
+    run_workflow([str(root / "configs" / "inference.json"), overlay], "infer", input=str(src), **small)
+    bundle_out = nib.load(root / "predictions" / "case_000.nii.gz")
+    model = str(root / "runs" / "train" / "model.pt")  # the run's model file says it is an nnFormer
+    done = infer(InferConfig([str(src)], model, output=str(tmp_path / "seg.nii.gz"), device="cpu", quiet=True))
     assert np.array_equal(np.asarray(nib.load(done[0].label_map).dataobj), np.asarray(bundle_out.dataobj))

@@ -10,11 +10,11 @@ import pytest
 
 from volmae.cli.common import add_config_args, config_from_args, find_volmae_error, run_main, stage_main
 from volmae.cli.helps import HELPS
+from volmae.engine.finetune import FinetuneConfig
+from volmae.engine.loop import TrainingInterrupted
+from volmae.engine.pretrain import PretrainConfig
 from volmae.errors import CheckpointError, ConfigError, DataError
 from volmae.evaluation.evaluate import EvaluateConfig
-from volmae.pretraining.engine import PretrainConfig
-from volmae.training.engine import FinetuneConfig
-from volmae.utils.loop import TrainingInterrupted
 
 
 @dataclass

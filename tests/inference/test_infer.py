@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict
 from pathlib import Path
 
 import nibabel as nib
@@ -13,11 +12,13 @@ import pytest
 import torch
 
 from tests.cli.conftest import assert_clean_error
+from tests.conftest import model_file
+from volmae.artifact import ModelArtifact, Provenance, Task
 from volmae.cli.infer import main as infer_main
 from volmae.data.transforms import get_preprocessing
 from volmae.errors import ConfigError, DataError
 from volmae.inference.infer import InferConfig, collect_inputs, infer
-from volmae.networks.registry import build_unetr
+from volmae.networks.registry import build_mae, build_unetr
 
 SMALL = dict(hidden_size=24, mlp_dim=48, num_layers=3, num_heads=2)
 LPS = np.array([[-0.8, 0, 0, 120.0], [0, -0.8, 0, 95.0], [0, 0, 2.5, -300.0], [0, 0, 0, 1]])
@@ -27,10 +28,9 @@ LABELS = {0: "background", 1: "left hippocampus", 2: "right/other"}
 def model_checkpoint(path: Path, preprocessing="mri", roi=(16, 16, 16), in_channels=1) -> Path:
     torch.manual_seed(0)
     prep = get_preprocessing(preprocessing, roi_size=roi)
-    net = build_unetr("vit-tiny", in_channels, 3, roi, 8, 4, **SMALL)
-    task = {"preprocessing": asdict(prep), "labels": LABELS, "in_channels": in_channels, "multilabel": False}
-    ckpt = {"format": "volmae-checkpoint", "kind": "unetr", "config": net.volmae_config, "task": task}
-    torch.save({**ckpt, "model": net.state_dict()}, path)
+    net, config = build_unetr("vit-tiny", in_channels, 3, roi, 8, 4, **SMALL)
+    task = Task(prep, in_channels, LABELS, dataset="test")
+    ModelArtifact.from_network(net, config, task, Provenance.now("test")).save(path)
     return path
 
 
@@ -194,11 +194,10 @@ def test_console_script(tmp_path, model, capsys, monkeypatch):
     rc = infer_main([str(src), "--model", str(model), "-q"])
     assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", "already exist; pass --overwrite")
     rc = infer_main([str(src), "--model", str(tmp_path / "nope.pt"), "-o", "out"])
-    assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", "checkpoint file not found")
-    mae = tmp_path / "mae.pt"
-    torch.save({"format": "volmae-checkpoint", "kind": "mae", "config": {}, "model": {}}, mae)
+    assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", "model file not found")
+    mae = model_file(build_mae("vit-tiny", 1, 16, num_layers=2, decoder_depth=1), tmp_path / "mae.pt")
     rc = infer_main([str(src), "--model", str(mae), "-o", "out"])
-    assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", "a pretraining checkpoint")
+    assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", "a mae pretraining model, not a segmentation")
 
 
 @pytest.mark.realdata

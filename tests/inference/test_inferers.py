@@ -1,10 +1,10 @@
 import pytest
 import torch
-from monai.inferers import SimpleInferer, SlidingWindowInferer
+from monai.inferers import SlidingWindowInferer
 
 import volmae.utils.runtime as runtime
 from volmae.errors import ConfigError
-from volmae.inference.inferers import Bf16SimpleInferer, Bf16SlidingWindowInferer, cpu_bf16_network
+from volmae.inference.inferers import Bf16SlidingWindowInferer, cpu_bf16_network
 from volmae.networks.registry import build_unetr
 
 SMALL = dict(hidden_size=24, mlp_dim=48, num_layers=3, num_heads=2)
@@ -18,7 +18,7 @@ def amx(monkeypatch):
 
 def _unetr(seen: list | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = build_unetr("vit-tiny", 1, 3, (16, 16, 16), 8, 4, **SMALL).eval()
+    model = build_unetr("vit-tiny", 1, 3, (16, 16, 16), 8, 4, **SMALL).model.eval()
     if seen is not None:
         model.encoder.blocks[0].mlp.linear1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     return model
@@ -35,7 +35,6 @@ def test_off_it_is_monai_sliding_window_inference_unchanged():
     model, x = _unetr(), _volume()
     ref = SlidingWindowInferer(**WINDOWS)(x, model)
     assert torch.equal(Bf16SlidingWindowInferer(**WINDOWS)(x, model), ref)
-    assert torch.equal(Bf16SimpleInferer()(x[..., :16, :16, :16], model), SimpleInferer()(x[..., :16, :16, :16], model))
 
 
 @torch.no_grad()
@@ -53,10 +52,10 @@ def test_on_the_windows_run_in_bf16_and_the_stitched_logits_are_fp32(amx):
     assert not torch.is_autocast_enabled("cpu")  # the autocast ends with the network call
 
 
-def test_simple_inferer_trains_through_bf16_with_fp32_outputs_and_grads(amx):
+def test_a_bf16_network_trains_with_fp32_outputs_and_grads(amx):
     seen: list = []
     model, x = _unetr(seen).train(), _volume()[..., :16, :16, :16]
-    out = Bf16SimpleInferer(cpu_bf16=True)(x, model)
+    out = cpu_bf16_network(model)(x)
     assert set(seen) == {torch.bfloat16} and out.dtype == torch.float32
     out.square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
@@ -75,21 +74,18 @@ def test_network_outputs_of_every_shape_come_back_fp32(amx):
 @pytest.mark.parametrize("word,value", [("true", True), ("True", True), ("false", False), ("FALSE", False)])
 def test_cpu_bf16_takes_the_words_the_bundle_cli_passes(word, value):
     assert Bf16SlidingWindowInferer(**WINDOWS, cpu_bf16=word).cpu_bf16 is value
-    assert Bf16SimpleInferer(cpu_bf16=word).cpu_bf16 is value
 
 
 @pytest.mark.parametrize("bad", ["yes", 1, None])
 def test_cpu_bf16_must_be_a_bool(bad):
     with pytest.raises(ConfigError, match=f"cpu_bf16={bad!r}"):
         Bf16SlidingWindowInferer(**WINDOWS, cpu_bf16=bad)
-    with pytest.raises(ConfigError, match=f"cpu_bf16={bad!r}"):
-        Bf16SimpleInferer(cpu_bf16=bad)
 
 
 def test_inputs_off_the_cpu_are_refused(amx):
     x = torch.empty(1, 1, 16, 16, 16, device="meta")
     with pytest.raises(ConfigError, match="inputs on meta"):
-        Bf16SimpleInferer(cpu_bf16=True)(x, torch.nn.Identity())
+        cpu_bf16_network(torch.nn.Identity())(x)
 
 
 def test_warns_on_a_cpu_without_bf16_units(monkeypatch, caplog):

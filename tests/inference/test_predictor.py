@@ -5,15 +5,15 @@ import torch
 
 import volmae.utils.runtime as runtime
 from volmae.data.transforms import get_preprocessing
-from volmae.errors import CheckpointError, ConfigError
-from volmae.inference.predictor import Predictor, load_segmentation_model
+from volmae.errors import ConfigError
+from volmae.inference.predictor import Predictor
 from volmae.networks.registry import build_unetr
 
 SMALL = dict(hidden_size=24, mlp_dim=48, num_layers=3, num_heads=2)
 
 
-@pytest.mark.parametrize("multilabel", [False, True])
-def test_prediction_is_in_the_original_space(tmp_path, multilabel):
+@pytest.mark.parametrize("regions", [None, {"a": [1, 2], "b": [2]}])
+def test_prediction_is_in_the_original_space(tmp_path, regions):
     """An LPS, anisotropic, non-zero-origin CT comes back with its own shape and affine after RAS + resampling."""
     shape = (30, 26, 11)
     affine = np.array([[-0.8, 0, 0, 120.0], [0, -0.8, 0, 95.0], [0, 0, 2.5, -300.0], [0, 0, 0, 1]])
@@ -21,28 +21,29 @@ def test_prediction_is_in_the_original_space(tmp_path, multilabel):
     path = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(img, affine), str(path))
     prep = get_preprocessing("ct", roi_size=(16, 16, 16))
-    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL)
-    pred = Predictor(model, prep, torch.device("cpu"), sw_batch_size=2, multilabel=multilabel).predict_file(str(path))
-    assert tuple(pred.labels.shape[1:]) == shape
-    assert pred.labels.shape[0] == (3 if multilabel else 1)
+    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL).model
+    if regions:
+        model = build_unetr("vit-tiny", 1, 2, prep.roi_size, 8, 4, **SMALL).model  # one sigmoid output per region
+    pred = Predictor(model, prep, torch.device("cpu"), sw_batch_size=2, regions=regions).predict_file(str(path))
+    assert tuple(pred.labels.shape) == (1, *shape)  # one label map either way
     assert np.allclose(pred.affine.numpy(), affine, atol=1e-4)
-    assert set(torch.unique(pred.labels).tolist()) <= ({0, 1} if multilabel else {0, 1, 2})
+    assert set(torch.unique(pred.labels).tolist()) <= {0, 1, 2}
 
 
 def test_logits_cover_volumes_larger_and_smaller_than_the_roi():
     prep = get_preprocessing("mri", roi_size=(16, 16, 16))
-    model = build_unetr("vit-tiny", 1, 2, prep.roi_size, 8, 4, **SMALL)
+    model = build_unetr("vit-tiny", 1, 2, prep.roi_size, 8, 4, **SMALL).model
     p = Predictor(model, prep, torch.device("cpu"), overlap=0.25, mode="constant")
     for size in [(10, 20, 33), (16, 16, 16)]:
         assert p.logits(torch.randn(1, 1, *size)).shape == (1, 2, *size)
 
 
-@pytest.mark.parametrize("multilabel", [False, True])
-def test_discretize_from_logits_equals_from_probabilities(multilabel):
-    model = build_unetr("vit-tiny", 1, 3, 16, 8, 4, **SMALL)
-    p = Predictor(model, get_preprocessing("mri", roi_size=(16, 16, 16)), torch.device("cpu"), multilabel=multilabel)
+@pytest.mark.parametrize("regions", [None, {"TC": [2, 3], "WT": [1, 2, 3], "ET": [3]}])
+def test_discretize_from_logits_equals_from_probabilities(regions):
+    model = build_unetr("vit-tiny", 1, 3, 16, 8, 4, **SMALL).model
+    p = Predictor(model, get_preprocessing("mri", roi_size=(16, 16, 16)), torch.device("cpu"), regions=regions)
     logits = torch.randn(2, 3, 9, 10, 11) * 3
-    probs = torch.sigmoid(logits) if multilabel else torch.softmax(logits, 1)
+    probs = torch.sigmoid(logits) if regions else torch.softmax(logits, 1)
     assert torch.equal(p.discretize(logits, logits=True), p.discretize(probs))
 
 
@@ -55,7 +56,7 @@ def test_compiled_predictor_runs_windows_through_one_batch_shape(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     prep = get_preprocessing("mri", roi_size=(16, 16, 16))
-    model = build_unetr("vit-tiny", 1, 2, prep.roi_size, 8, 4, **SMALL)
+    model = build_unetr("vit-tiny", 1, 2, prep.roi_size, 8, 4, **SMALL).model
     x = torch.randn(1, 1, 20, 30, 16)  # 2 x 3 windows at overlap 0.25: batches of 4 and 2
     eager = Predictor(model, prep, torch.device("cpu"), overlap=0.25).logits(x)
     fast = Predictor(model, prep, torch.device("cpu"), overlap=0.25, compile=True).logits(x)
@@ -67,7 +68,7 @@ def test_cpu_bf16_runs_the_network_in_bf16_and_stitches_in_fp32(monkeypatch):
     monkeypatch.setattr(runtime, "cpu_has_bf16_units", lambda: True)
     prep = get_preprocessing("mri", roi_size=(16, 16, 16))
     torch.manual_seed(0)
-    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL)
+    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL).model
     seen = []
     model.encoder.blocks[0].mlp.linear1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     x = torch.nn.functional.avg_pool3d(torch.randn(1, 1, 20, 30, 16), 3, 1, 1) * 3  # structured, not white noise
@@ -83,14 +84,14 @@ def test_cpu_bf16_runs_the_network_in_bf16_and_stitches_in_fp32(monkeypatch):
 
 def test_cpu_bf16_warns_on_a_cpu_without_bf16_units(monkeypatch, caplog):
     monkeypatch.setattr(runtime, "cpu_has_bf16_units", lambda: False)
-    model = build_unetr("vit-tiny", 1, 2, 16, 8, 4, **SMALL)
+    model = build_unetr("vit-tiny", 1, 2, 16, 8, 4, **SMALL).model
     with caplog.at_level("WARNING", logger="volmae.utils.runtime"):
         Predictor(model, get_preprocessing("mri", roi_size=(16, 16, 16)), torch.device("cpu"), cpu_bf16=True)
     assert "neither AMX nor" in caplog.text
 
 
 def test_cpu_bf16_is_refused_on_cuda():
-    model = build_unetr("vit-tiny", 1, 2, 16, 8, 4, **SMALL)
+    model = build_unetr("vit-tiny", 1, 2, 16, 8, 4, **SMALL).model
     with pytest.raises(ConfigError, match="cpu_bf16=True on device cuda"):
         Predictor(model, get_preprocessing("mri", roi_size=(16, 16, 16)), torch.device("cuda"), cpu_bf16=True)
 
@@ -99,35 +100,9 @@ def test_cpu_bf16_is_refused_on_cuda():
     "kw,match", [(dict(overlap=1.0), "overlap"), (dict(mode="mean"), "mode"), (dict(sw_batch_size=0), "sw_batch_size")]
 )
 def test_bad_arguments(kw, match):
-    model = build_unetr("vit-tiny", 1, 2, 16, 8, 4, **SMALL)
+    model = build_unetr("vit-tiny", 1, 2, 16, 8, 4, **SMALL).model
     with pytest.raises(ValueError, match=match):
         Predictor(model, get_preprocessing("mri", roi_size=(16, 16, 16)), torch.device("cpu"), **kw)
-
-
-def test_pretraining_checkpoint_is_not_a_segmentation_model(tmp_path):
-    path = tmp_path / "mae.pt"
-    torch.save({"format": "volmae-checkpoint", "kind": "mae", "config": {}, "model": {}}, path)
-    with pytest.raises(CheckpointError, match="a pretraining checkpoint"):
-        load_segmentation_model(path, torch.device("cpu"))
-
-
-def test_weights_that_do_not_fit_name_the_keys(tmp_path):
-    from dataclasses import asdict
-
-    net = build_unetr("vit-tiny", 1, 3, 16, 8, 4, **SMALL)
-    state = net.state_dict()
-    state["head.conv.conv.weight"] = state["head.conv.conv.weight"][:2]  # a 2-class head in a 3-class config
-    del state["encoder.norm.weight"]
-    state["extra.bias"] = torch.zeros(1)
-    task = {"preprocessing": asdict(get_preprocessing("mri", roi_size=(16, 16, 16))), "labels": {0: "a"}}
-    path = tmp_path / "m.pt"
-    torch.save({"format": "volmae-checkpoint", "kind": "unetr", "config": net.volmae_config, "task": task,
-                "model": state}, path)  # fmt: skip
-    with pytest.raises(CheckpointError) as err:
-        load_segmentation_model(path, torch.device("cpu"))
-    msg = str(err.value)
-    assert "1 missing: encoder.norm.weight" in msg and "1 unexpected: extra.bias" in msg
-    assert "head.conv.conv.weight (2, 4, 1, 1, 1) vs (3, 4, 1, 1, 1)" in msg
 
 
 def test_largest_component_drops_islands():
@@ -144,7 +119,7 @@ def test_largest_component_drops_islands():
 
 def test_tta_averages_flipped_probabilities():
     prep = get_preprocessing("mri", roi_size=(16, 16, 16))
-    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL)
+    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL).model
     x = torch.randn(1, 1, 16, 16, 16)
     plain = Predictor(model, prep, torch.device("cpu"))
     tta = Predictor(model, prep, torch.device("cpu"), tta_flips=(0, 2))
@@ -158,7 +133,7 @@ def test_tta_averages_flipped_probabilities():
 
 def test_largest_component_in_segment_output():
     prep = get_preprocessing("mri", roi_size=(16, 16, 16))
-    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL)
+    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL).model
     pred = Predictor(model, prep, torch.device("cpu"), largest_component=True)
     probs = torch.zeros(1, 3, 8, 8, 8)
     probs[:, 0] = 1
@@ -174,7 +149,7 @@ def test_predict_a_dicom_series_folder(dicom_crops):
     from volmae.data.readers import load_volume
 
     prep = get_preprocessing("hippocampus", roi_size=(16, 16, 16))
-    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL)
+    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 4, **SMALL).model
     pred = Predictor(model, prep, torch.device("cpu"), sw_batch_size=8).predict_file(str(dicom_crops / "Study1"))
     data, affine = load_volume(dicom_crops / "Study1")
     assert tuple(pred.labels.shape[1:]) == data.shape == (35, 51, 32)  # PROVENANCE.md: 35 x 51 x 32

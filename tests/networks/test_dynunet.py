@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
+from volmae.artifact import ModelArtifact
+from volmae.engine.finetune import FinetuneConfig, finetune
 from volmae.errors import ConfigError
-from volmae.inference.predictor import load_segmentation_model
 from volmae.networks.dynunet import build_dynunet_network, nnunet_plan
-from volmae.networks.registry import build_encoder, build_from_config, build_mae, build_segmenter, fit_roi
-from volmae.training.engine import FinetuneConfig, finetune
+from volmae.networks.registry import build_encoder, build_mae, build_network, build_segmenter, fit_roi
 
 
 @pytest.mark.parametrize(
@@ -49,18 +49,18 @@ def test_plan_bad_arguments(kw, match):
 
 @pytest.mark.parametrize("channels, classes, roi", [(1, 3, (40, 56, 40)), (2, 4, (32, 32, 16))])
 def test_preset_segments_and_rebuilds_from_its_config(channels, classes, roi):
-    net = build_segmenter("dynunet", channels, classes, roi)
-    assert net.volmae_config["kind"] == "dynunet" and net.volmae_config["img_size"] == list(roi)
+    net, config = build_segmenter("dynunet", channels, classes, roi)
+    assert config.kind == "dynunet" and config.window == roi and config.to_dict()["img_size"] == list(roi)
     x = torch.randn(1, channels, *roi)
     assert net(x).shape == (1, classes, *roi)
-    again = build_from_config(net.volmae_config)
+    again = build_network(config.to_dict())
     again.load_state_dict(net.state_dict())
     assert torch.equal(again.eval()(x), net.eval()(x))
 
 
 def test_refusals_name_the_option():
-    with pytest.raises(ConfigError, match="takes no pretrained, feature_size"):
-        build_segmenter("dynunet", 1, 3, 32, pretrained="x.pt", feature_size=8)
+    with pytest.raises(ConfigError, match="takes no patch_size, feature_size"):
+        build_segmenter("dynunet", 1, 3, 32, patch_size=8, feature_size=8)
     with pytest.raises(ConfigError, match="CNN peer"):
         build_mae("dynunet", 1, 32)
     with pytest.raises(ConfigError, match="nothing to pretrain"):
@@ -81,10 +81,10 @@ def test_trains_with_the_engine_and_loads_for_inference_at_another_window(synthe
     assert res.history[-1]["step"] == 2 * math.ceil(res.num_train_cases / 2) and "val_dice" in res.history[-1]
     losses = [h["loss"] for h in res.history]
     assert all(torch.isfinite(torch.tensor(losses)))
-    model, task = load_segmentation_model(res.model_path, torch.device("cpu"), roi_size=(24, 24, 16))
-    assert task["preprocessing"]["roi_size"] == [24, 24, 16]
+    saved = ModelArtifact.load(res.model_path, role="segmentation")
+    model = saved.build(roi_size=(24, 24, 16))
     assert model(torch.randn(1, 1, 24, 24, 16)).shape == (1, 3, 24, 24, 16)
-    same, _ = load_segmentation_model(res.model_path, torch.device("cpu"))
+    same = saved.build()
     x = torch.randn(1, 1, 16, 16, 16)
     with torch.no_grad():
         assert torch.allclose(model(x), same(x), atol=1e-5)  # the same weights at either window

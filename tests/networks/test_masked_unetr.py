@@ -4,6 +4,8 @@ decoder moving into the fine-tuning network."""
 import pytest
 import torch
 
+from tests.conftest import model_file
+from volmae.artifact import load_pretrained
 from volmae.errors import ConfigError
 from volmae.networks.masked_unetr import MaskedUNETR
 from volmae.networks.registry import build_mae, build_segmenter
@@ -47,7 +49,7 @@ def test_masked_voxels_reach_neither_the_stem_nor_the_encoder():
 
 def test_state_dict_is_a_unetr_plus_the_mask_token_and_every_parameter_learns():
     m = model()
-    seg = build_segmenter("vit-tiny", 1, 3, (16, 16, 32), patch_size=4, feature_size=4, num_layers=4)
+    seg = build_segmenter("vit-tiny", 1, 3, (16, 16, 32), patch_size=4, feature_size=4, num_layers=4).model
     assert set(m.state_dict()) - set(seg.state_dict()) == {"mask_token"}
     loss, _, _ = m(torch.randn(2, 1, *ROI))
     loss.backward()
@@ -63,19 +65,19 @@ def test_reconstruction_pictures():
     assert views["pasted"].shape == x.shape and torch.allclose(views["pasted"][visible], x[visible])
 
 
-def _saved(model, tmp_path, name):
-    path = tmp_path / name
-    torch.save({"kind": model.volmae_config["kind"], "config": model.volmae_config, "model": model.state_dict()}, path)
-    return path
+def _fine_tuned(built, path):
+    seg, config = built
+    return seg, load_pretrained(seg, config, path)
 
 
 def test_fine_tuning_loads_encoder_and_decoder_but_not_the_head(tmp_path):
-    pre = build_mae("vit-tiny", 1, 40, method="masked-unetr", feature_size=4)
+    built = build_mae("vit-tiny", 1, 40, method="masked-unetr", feature_size=4)
+    pre = built.model
     with torch.no_grad():
         for p in pre.parameters():
             p.add_(1.0)  # differs from any fresh initialisation
-    seg = build_segmenter("vit-tiny", 1, 3, 40, feature_size=4, pretrained=_saved(pre, tmp_path, "pre.pt"))
-    rep = seg.load_report
+    path = model_file(built, tmp_path / "pre.pt")
+    seg, rep = _fine_tuned(build_segmenter("vit-tiny", 1, 3, 40, feature_size=4), path)
     assert rep.ok and len(rep.decoder_loaded) > 0 and "decoder weights" in rep.summary()
     own = seg.state_dict()
     for key, value in pre.state_dict().items():
@@ -86,12 +88,12 @@ def test_fine_tuning_loads_encoder_and_decoder_but_not_the_head(tmp_path):
 
 
 def test_an_mae_checkpoint_loads_no_decoder_and_a_wrong_width_is_reported(tmp_path):
-    mae = build_mae("vit-tiny", 1, 40)
-    seg = build_segmenter("vit-tiny", 1, 3, 40, pretrained=_saved(mae, tmp_path, "mae.pt"))
-    assert seg.load_report.ok and seg.load_report.decoder_loaded == []
-    pre = build_mae("vit-tiny", 1, 40, method="masked-unetr", feature_size=4)
-    seg = build_segmenter("vit-tiny", 1, 3, 40, feature_size=8, pretrained=_saved(pre, tmp_path, "pre.pt"))
-    assert not seg.load_report.ok and "NOT LOADED stem." in seg.load_report.summary()
+    mae = model_file(build_mae("vit-tiny", 1, 40), tmp_path / "mae.pt")
+    _, rep = _fine_tuned(build_segmenter("vit-tiny", 1, 3, 40), mae)
+    assert rep.ok and rep.decoder_loaded == []
+    pre = model_file(build_mae("vit-tiny", 1, 40, method="masked-unetr", feature_size=4), tmp_path / "pre.pt")
+    _, rep = _fine_tuned(build_segmenter("vit-tiny", 1, 3, 40, feature_size=8), pre)
+    assert not rep.ok and "NOT LOADED stem." in rep.summary()
 
 
 @pytest.mark.parametrize(

@@ -5,12 +5,15 @@ from volmae.errors import ConfigError
 from volmae.networks import UNETR, MaskedAutoencoder, MaskedVolumeModel, NnFormer
 from volmae.networks.registry import (
     PRESETS,
+    NetworkConfig,
     build_encoder,
-    build_from_config,
     build_mae,
+    build_network,
     build_segmenter,
     build_unetr,
+    citations,
     list_presets,
+    segmenter_config,
 )
 
 
@@ -22,7 +25,8 @@ def test_paper_base_preset():
 
 @pytest.mark.parametrize("name", sorted(k for k, v in PRESETS.items() if v.family == "vit"))
 def test_every_vit_preset_builds(name):
-    enc = build_encoder(name, 1, 32, patch_size=16, num_layers=1)
+    enc, cfg = build_encoder(name, 1, 32, patch_size=16, num_layers=1)
+    assert cfg.kind == "vit-encoder" and cfg.role == "encoder" and cfg.window == (32, 32, 32)
     assert enc.hidden_size == PRESETS[name].hidden_size
     assert name in list_presets()
 
@@ -31,7 +35,7 @@ def test_every_vit_preset_builds(name):
     "name, roi", [("nnformer-tiny", (48, 64, 48)), ("nnformer-synapse", (64, 128, 128)), ("nnformer-tumor", 128)]
 )
 def test_every_nnformer_preset_builds_at_its_paper_roi(name, roi):
-    enc = build_encoder(name, 1, roi, depths=(1,) * len(PRESETS[name].depths))
+    enc = build_encoder(name, 1, roi, depths=(1,) * len(PRESETS[name].depths)).model
     assert enc.dims[0] == PRESETS[name].embed_dim
     assert enc.windows[-1] == enc.grids[-1]  # global attention at the coarsest stage
     assert name in list_presets()
@@ -50,9 +54,12 @@ def test_nnformer_paper_presets():
 def test_segmenter_and_pretraining_model_follow_the_preset_and_rebuild_from_config(preset, net_cls, pre_cls):
     seg = build_segmenter(preset, 1, 3, 16)
     pre = build_mae(preset, 1, 16)
-    assert isinstance(seg, net_cls) and isinstance(pre, pre_cls)
-    for model in (seg, pre):
-        again = build_from_config(model.volmae_config)
+    assert isinstance(seg.model, net_cls) and isinstance(pre.model, pre_cls)
+    assert (seg.config.role, pre.config.role) == ("segmentation", "pretraining")
+    for model, config in (seg, pre):
+        stored = config.to_dict()
+        again = build_network(stored)  # from the stored form, as a model file holds it
+        assert NetworkConfig.from_dict(stored) == config
         assert type(again) is type(model)
         again.load_state_dict(model.state_dict())  # same architecture, key for key
 
@@ -70,13 +77,46 @@ def test_options_of_the_other_family_are_refused():
 
 def test_tiny_preset_runs_mae_and_unetr():
     x = torch.randn(1, 1, 16, 16, 16)
-    mae = build_mae("vit-tiny", 1, 16, num_layers=2, decoder_depth=1)
+    mae = build_mae("vit-tiny", 1, 16, num_layers=2, decoder_depth=1).model
     assert mae(x)[1].shape == (1, 8, 512)
-    assert build_unetr("vit-tiny", 1, 3, 16, num_layers=3)(x).shape == (1, 3, 16, 16, 16)
-    with pytest.raises(ValueError, match="too few for 3 decoder levels"):
+    assert build_unetr("vit-tiny", 1, 3, 16, num_layers=3).model(x).shape == (1, 3, 16, 16, 16)
+    with pytest.raises(ConfigError, match="too few for 3 decoder levels"):
         build_unetr("vit-tiny", 1, 3, 16, num_layers=2)
 
 
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown model preset 'vit-huge'"):
         build_encoder("vit-huge")
+
+
+@pytest.mark.parametrize("preset", ["vit-tiny", "nnformer-tiny", "dynunet"])
+def test_segmenter_config_is_the_config_of_the_built_segmenter(preset):
+    roi = (48, 64, 48) if preset == "nnformer-tiny" else (16, 16, 16)
+    built = build_segmenter(preset, 2, 4, roi)
+    assert segmenter_config(preset, 2, 4, roi) == built.config
+    assert (built.config.in_channels, built.config.out_channels, built.config.window) == (2, 4, roi)
+    assert built.config.family == PRESETS[preset].family
+
+
+def test_network_config_refuses_what_builds_no_network():
+    with pytest.raises(ConfigError, match="describes no volmae network"):
+        NetworkConfig.from_dict({"kind": "resnet"})
+    with pytest.raises(ConfigError, match="needs its encoder's arguments"):
+        NetworkConfig("unetr", "vit-tiny", {"out_channels": 2})
+    config = build_segmenter("vit-tiny", 1, 2, 16).config
+    with pytest.raises(ConfigError, match="preset 'vit-tiny'"):
+        build_network(config.with_window((20, 16, 16)))  # not a multiple of the patch
+
+
+def test_with_window_moves_the_window_only():
+    config = build_segmenter("vit-tiny", 1, 2, 16).config
+    wider = config.with_window((16, 24, 32))
+    assert wider.window == (16, 24, 32) and wider.encoder["img_size"] == [16, 24, 32]
+    assert wider.arguments == config.arguments and wider.preset == config.preset
+
+
+def test_citations_name_the_network_and_its_pretraining():
+    unetr, mae = build_segmenter("vit-tiny", 1, 2, 16).config, build_mae("vit-tiny", 1, 16).config
+    assert "UNETR" in citations(unetr)[0] and len(citations(unetr)) == 1
+    assert any("Masked Autoencoders" in c for c in citations(mae))
+    assert len(citations(unetr, pretrained="mae.pt")) == 2

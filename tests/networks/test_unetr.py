@@ -38,7 +38,7 @@ def test_patch16_is_monai_unetr_layer_for_layer():
         mlp_dim=96,
         num_heads=4,
         pos_embed_type="learnable",
-    ).eval()
+    ).model.eval()
     ours.load_state_dict(monai_unetr_to_volmae(monai_net.state_dict()), strict=True)
     x = torch.randn(1, 1, *roi)
     assert torch.allclose(monai_net(x), ours(x), atol=1e-4)
@@ -78,3 +78,15 @@ def test_skip_norm_makes_the_decoder_blind_to_the_residual_stream_scale():
 
         enc.forward_intermediates = scaled
         assert torch.allclose(net(x), ref, atol=1e-3) is same
+
+
+@pytest.mark.parametrize("skip_norm", [True, False])
+def test_scripts_with_torchscript_and_computes_the_same(skip_norm):
+    """The MONAI model zoo exports a bundle's network with torch.jit.script (ckpt_export)."""
+    net = build_unetr("vit-tiny", 2, 3, (16, 24, 16), 8, 4, skip_norm=skip_norm, num_layers=3).model.eval()
+    scripted = torch.jit.script(net)
+    x = torch.randn(1, 2, 16, 24, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+    with pytest.raises(Exception, match=r"expected input B x 2 x 16 x 24 x 16"):
+        scripted(torch.randn(1, 1, 16, 24, 16))

@@ -145,19 +145,17 @@ def test_only_studies_of_the_same_design_pool(study_task, tmp_path):
 def test_a_study_spacing_reaches_every_run_and_its_evaluation(study_task, tmp_path):
     """``pixdim`` of the study is the spacing of its pretraining, every fine-tune, and so of the evaluation (the
     model carries it)."""
-    from volmae.inference.predictor import segmentation_checkpoint
-    from volmae.networks.weights import read_checkpoint
+    from volmae.artifact import ModelArtifact
 
     cfg = tiny_study(study_task, tmp_path / "s", fractions=[1.0], seeds=[0], peer="none", curve_points=0,
                      pixdim=(2.0, 2.0, 1.5))  # fmt: skip
     runs = plan_study(cfg)
     execute(runs, cfg)
     pretrain_run, *finetunes = runs
-    assert tuple(read_checkpoint(pretrain_run.model_path)["task"]["preprocessing"]["pixdim"]) == (2.0, 2.0, 1.5)
+    assert ModelArtifact.load(pretrain_run.model_path, role="pretraining").task.preprocessing.pixdim == (2.0, 2.0, 1.5)
     for run in finetunes:
-        assert tuple(segmentation_checkpoint(run.out_dir / "model.pt")["task"]["preprocessing"]["pixdim"]) == (
-            2.0, 2.0, 1.5,
-        )  # fmt: skip
+        model = ModelArtifact.load(run.out_dir / "model.pt", role="segmentation")
+        assert model.task.preprocessing.pixdim == (2.0, 2.0, 1.5)
         assert read_result(run.out_dir)["eval_cases"] == 4
 
 

@@ -160,7 +160,7 @@ class _Built(Exception):
 def test_both_engines_apply_the_onednn_flag(synthetic_task, tmp_path, monkeypatch, stage, flag):
     import importlib
 
-    engine = importlib.import_module(f"volmae.{stage}.engine")
+    engine = importlib.import_module("volmae.engine." + ("pretrain" if stage == "pretraining" else "finetune"))
     seen = []
 
     def spy(model, device, enabled):

@@ -9,7 +9,7 @@ from volmae.utils.optim import adamw, param_groups
 
 
 def test_layer_decay_scales_and_no_decay_groups():
-    net = build_unetr("vit-tiny", 1, 3, 16, 8, 4, hidden_size=24, mlp_dim=48, num_layers=3, num_heads=2)
+    net = build_unetr("vit-tiny", 1, 3, 16, 8, 4, hidden_size=24, mlp_dim=48, num_layers=3, num_heads=2).model
     groups = param_groups(net, 0.05, layer_decay=0.5)
     by_param = {id(p): g for g in groups for p in g["params"]}
     named = dict(net.named_parameters())

@@ -4,16 +4,16 @@ train. Usage: ``python tools/experiments/frozen_encoder.py [volmae-train flags..
 
 import sys
 
-import volmae.training.engine as engine
+import volmae.engine.finetune as engine
 from volmae.cli.train import main
 
 _build = engine.build_segmenter
 
 
 def _frozen(*args, **kwargs):
-    model = _build(*args, **kwargs)
-    model.encoder.requires_grad_(False)  # param_groups leaves frozen parameters out of the optimizer
-    return model
+    built = _build(*args, **kwargs)
+    built.model.encoder.requires_grad_(False)  # param_groups leaves frozen parameters out of the optimizer
+    return built
 
 
 engine.build_segmenter = _frozen

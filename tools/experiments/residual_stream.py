@@ -14,8 +14,8 @@ import argparse
 
 import torch
 
-from volmae.networks.registry import build_encoder, build_from_config
-from volmae.networks.weights import read_checkpoint
+from volmae.artifact import ModelArtifact
+from volmae.networks.registry import build_encoder
 
 
 @torch.no_grad()
@@ -39,12 +39,9 @@ def main() -> None:
     rows = []
     if args.fresh:
         torch.manual_seed(0)
-        rows.append((f"fresh {args.fresh}", build_encoder(args.fresh, img_size=args.roi_size).eval()))
+        rows.append((f"fresh {args.fresh}", build_encoder(args.fresh, img_size=args.roi_size).model.eval()))
     for path in args.checkpoints:
-        ckpt = read_checkpoint(path)
-        model = build_from_config(ckpt["config"])
-        model.load_state_dict(ckpt["model"])
-        rows.append((path, model.encoder.eval()))
+        rows.append((path, ModelArtifact.load(path).build().encoder))
     for name, enc in rows:
         print(f"{name}: embed " + " ".join(f"{s:.1f}" for s in block_stds(enc)))
 

@@ -1,25 +1,27 @@
-"""Helpers for MONAI bundles: what the ``bundles/<task>/configs`` call, and loading a bundle for ``volmae-infer``."""
+"""MONAI bundles: the adapters the ``volmae/bundles/<task>/configs`` call (:mod:`~volmae.bundle.workflow`), and the
+specs and renderers that write those bundles (:mod:`~volmae.bundle.specs`, :mod:`~volmae.bundle.configs`,
+:mod:`~volmae.bundle.make`)."""
 
 from volmae.bundle.workflow import (
+    BundleModel,
+    Inference,
+    Trainer,
     bundle_root,
     device,
-    end_distributed,
+    evaluate,
     fold_items,
     input_items,
-    model_file,
-    optimizer,
     unlabeled_items,
-    with_pretrained,
 )
 
 __all__ = [
+    "BundleModel",
+    "evaluate",
+    "Inference",
+    "Trainer",
     "bundle_root",
     "device",
-    "end_distributed",
     "fold_items",
     "input_items",
-    "model_file",
-    "optimizer",
     "unlabeled_items",
-    "with_pretrained",
 ]

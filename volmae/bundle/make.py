@@ -2,9 +2,9 @@
 
 Layout written (MONAI bundle specification; MONAI Label's ``monaibundle`` app reads ``configs/``)::
 
-    <bundle>/configs/{metadata,train,evaluate,inference,multi_gpu_train,pretrain}.json, logging.conf
+    <bundle>/configs/{metadata,train,evaluate,inference,multi_gpu_train,pretrain,nnformer}.json, logging.conf
     <bundle>/{train,inference,evaluate,pretrain}.json, metadata.json, logging.conf   (links into configs/)
-    <bundle>/docs/README.md, LICENSE
+    <bundle>/docs/README.md, docs/data_license.txt, LICENSE, large_files.yml
 
 The top-level links make ``python -m monai.bundle run training --config_file bundles/btcv/train.json`` work as well
 as the standard ``.../configs/train.json``; both resolve ``bundle_root`` to ``bundles/btcv`` (see
@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from volmae import __version__
 from volmae.bundle.configs import (
     evaluate_config,
     inference_config,
     multi_gpu_config,
+    nnformer_config,
     pretrain_config,
     train_config,
 )
@@ -29,14 +31,24 @@ from volmae.bundle.specs import BUNDLES, BundleSpec
 
 __all__ = ["bundle_configs", "bundle_files", "metadata", "write_bundle", "write_all", "LINKED"]
 
-_VERSIONS = {"monai": "1.6.1", "torch": "2.13.0", "numpy": "2.4.6"}
+# What the bundles are checked with (their tests run these versions). numpy 2.2 is the newest line that still
+# installs on Python 3.10, the oldest Python volmae supports; volmae itself is this source tree's version (build the
+# wheel: `pip wheel --no-deps .`; it is not on PyPI).
+_VERSIONS = {"monai": "1.6.1", "torch": "2.13.0", "numpy": "2.2.6"}
 _PACKAGES = {
-    "volmae": "0.1.0",
+    "volmae": __version__,
     "nibabel": "5.4.2",
     "SimpleITK": "2.5.7",
     "einops": "0.8.2",
-    "pytorch-ignite": "0.5.5",
     "tensorboard": "2.21.0",
+}
+_CHANGELOG = {
+    "0.3.0": "training, evaluation and inference run volmae's own engine, evaluation and predictor; validation and "
+    "model selection use cases drawn from the training cases, never the held-out fold; models/model.pt (the plain "
+    "state dict of network_def) is written at the end of any training run; nnformer.json overlay; TorchScript "
+    "export of the UNETR; eval_metrics, data licence and large_files.yml",
+    "0.2.0": "cpu_bf16: bf16 autocast of the network on the CPU (opt-in, for CPUs with AMX)",
+    "0.1.0": "first release: UNETR",
 }
 LINKED = ("train.json", "evaluate.json", "inference.json", "pretrain.json", "metadata.json", "logging.conf")
 
@@ -59,14 +71,12 @@ def metadata(s: BundleSpec) -> dict:
     labels = {str(k): v for k, v in s.labels.items()}
     desc = ", ".join(f"{k} {v}" for k, v in s.labels.items())
     fmt = "magnitude" if s.modality == "MR" else "hounsfield"
-    pred = _tensor(s, s.out_channels, "segmentation", labels)
+    # channel_def of pred: what each network output channel is (a label, or a sigmoid region for BraTS)
+    pred = _tensor(s, s.out_channels, "segmentation", {str(k): v for k, v in s.output_channels.items()})
     out = {
         "schema": "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json",
-        "version": "0.2.0",
-        "changelog": {
-            "0.2.0": "cpu_bf16: bf16 autocast of the network on the CPU (opt-in, for CPUs with AMX)",
-            "0.1.0": f"first release: UNETR ({s.preset}), {s.roi_size[0]}x{s.roi_size[1]}x{s.roi_size[2]} ROI",
-        },
+        "version": next(iter(_CHANGELOG)),
+        "changelog": dict(_CHANGELOG),
         "monai_version": _VERSIONS["monai"],
         "pytorch_version": _VERSIONS["torch"],
         "numpy_version": _VERSIONS["numpy"],
@@ -82,7 +92,7 @@ def metadata(s: BundleSpec) -> dict:
         "image_classes": ", ".join(f"channel {i}: {c}" for i, c in enumerate(s.channels)),
         "label_classes": desc,
         "pred_classes": desc,
-        "eval_metrics": {},
+        "eval_metrics": dict(s.eval_metrics),
         "intended_use": "Research only; not for clinical use",
         "references": list(s.references),
         "network_data_format": {
@@ -90,8 +100,10 @@ def metadata(s: BundleSpec) -> dict:
             "outputs": {"pred": pred},
         },
     }
-    if s.regions:  # pred's channel_def names the final label values (MONAI Label reads it), not the region channels
-        out["network_data_format"]["post_processed_outputs"] = {"pred": {**pred, "num_channels": 1}}
+    if s.regions:  # the written label map: one channel holding the label values
+        out["network_data_format"]["post_processed_outputs"] = {
+            "pred": {**pred, "num_channels": 1, "channel_def": labels}
+        }
         out["pred_classes"] = f"network channels {', '.join(s.regions)} (sigmoid); written label map: {desc}"
     return out
 
@@ -104,6 +116,7 @@ def bundle_configs(s: BundleSpec) -> dict[str, dict]:
         "inference.json": inference_config(s),
         "multi_gpu_train.json": multi_gpu_config(s),
         "pretrain.json": pretrain_config(s),
+        "nnformer.json": nnformer_config(s),
     }
 
 
@@ -131,12 +144,20 @@ format=%(asctime)s - %(name)s - %(levelname)s - %(message)s
 """
 
 
+_LARGE_FILES = """# Files too large for the repository that the MONAI model zoo's tools download into the bundle.
+# No trained weights are released for this bundle yet: train it (docs/README.md) to get models/model.pt.
+large_files: []
+"""
+
+
 def bundle_files(s: BundleSpec, license_text: str) -> dict[str, str]:
     """Relative path -> text of every generated file of the bundle (links excluded)."""
     files = {f"configs/{k}": json.dumps(v, indent=4) + "\n" for k, v in bundle_configs(s).items()}
     files["configs/logging.conf"] = _LOGGING
     files["docs/README.md"] = render_readme(s)
+    files["docs/data_license.txt"] = s.data_license
     files["LICENSE"] = license_text
+    files["large_files.yml"] = _LARGE_FILES
     return files
 
 

@@ -7,26 +7,38 @@ from volmae.bundle.specs import BundleSpec
 __all__ = ["render_readme"]
 
 
+def _measured(s: BundleSpec) -> str:
+    if s.notes:
+        return "".join(f"\n{n}\n" for n in s.notes)
+    return (
+        "\n## Scores\n\nNot measured yet: no trained weights of this bundle have been scored "
+        "(`eval_metrics` in `configs/metadata.json` is empty until they are).\n"
+    )
+
+
 def render_readme(s: BundleSpec) -> str:
     b = f"bundles/{s.name}"
     labels = "\n".join(f"| {k} | {v} |" for k, v in s.labels.items())
     regions = (
         "\nThe network has one sigmoid output per region ("
         + ", ".join(f"{k} = labels {v}" for k, v in s.regions.items())
-        + "); inference turns the thresholded regions back into the single label map above.\n"
+        + "; the `channel_def` of `pred`); inference turns the thresholded regions back into the single label map "
+        "above (`post_processed_outputs`).\n"
         if s.regions
         else ""
     )
     channels = ", ".join(s.channels)
-    notes = "".join(f"\n{n}\n" for n in s.notes)
+    name_them = ", set by naming them, e.g. `--channel_names \"['FLAIR','T1c']\"`" if len(s.channels) > 1 else ""
+    nn_preset, nn_roi = s.nnformer
+    overlay = f"\"['{b}/configs/train.json','{b}/configs/nnformer.json']\""
     return f"""# volmae {s.name} bundle
 
 {s.task}.
 
 {s.description}
 
-Input: {len(s.channels)} channel(s) ({channels}){", set by `--in_channels N`" if len(s.channels) > 1 else ""}.
-Output label map (`channel_def` in `configs/metadata.json`):
+Input: {len(s.channels)} channel(s) ({channels}){name_them}.
+Output label map:
 
 | value | structure |
 |---|---|
@@ -34,48 +46,78 @@ Output label map (`channel_def` in `configs/metadata.json`):
 {regions}
 Research use only; not a medical device.
 
+## Install
+
+The bundle runs volmae's own engine, so volmae must be installed; it is not on PyPI, so the model zoo's requirement
+installer cannot provide it. From a volmae checkout: `pip install .` (the bundles are installed with the package:
+`volmae-infer --bundle {s.name}` finds this one), or build the wheel of the version the metadata pins with
+`pip wheel --no-deps .`.
+
 ## Data
 
 {s.prepare} Point the bundle at the folder with `--dataset_dir /path/to/task` (MSD layout: `dataset.json`,
-`imagesTr`, `labelsTr`, optional `splits.json` with folds; without one, a seeded 5-fold split is used).
+`imagesTr`, `labelsTr`, optional `splits.json` with folds; without one, a seeded 5-fold split is used). The data's
+terms are in `docs/data_license.txt`.
 
 ## Four runs: pretrain -> fine-tune -> evaluate -> infer
 
-All commands run from the repository root; everything is written inside `{b}/` (`models/`, `runs/`,
-`predictions/`), whatever the current directory. `{b}/train.json` and `{b}/configs/train.json` are the same file.
+Run from a volmae checkout (`{b}` links to `volmae/bundles/{s.name}`) or with the path of the installed bundle;
+everything is written inside the bundle folder (`models/`, `runs/`, `predictions/`), whatever the current
+directory. `{b}/train.json` and `{b}/configs/train.json` are the same file.
 
 ```bash
-# 1. MAE pretraining on the task's images (labels unused) -> {b}/models/mae/model.pt
+# 1. masked pretraining on the task's images (labels unused) -> {b}/models/pretrained/model.pt
 python -m monai.bundle run pretraining --config_file {b}/configs/pretrain.json --dataset_dir /data/{s.dataset}
 
-# 2. fine-tune UNETR from the pretrained encoder (drop --pretrained to train from scratch)
-#    -> {b}/models/model.pt (best validation Dice) and model_final.pt (last epoch)
+# 2. fine-tune from the pretrained encoder (drop --pretrained to train from scratch)
+#    -> {b}/models/model.pt, and the run's files (model file, checkpoint, history) in {b}/runs/train
 python -m monai.bundle run training --config_file {b}/train.json --dataset_dir /data/{s.dataset} \\
-    --pretrained {b}/models/mae/model.pt
+    --pretrained {b}/models/pretrained/model.pt
 
-# 3. evaluate models/model.pt on the validation fold -> {b}/runs/eval/*.csv (per-case Dice and HD95)
+# 3. score models/model.pt on the held-out fold -> {b}/runs/eval (per-case Dice and HD95, summary, pictures)
 python -m monai.bundle run evaluating \\
     --config_file "['{b}/configs/train.json','{b}/configs/evaluate.json']" --dataset_dir /data/{s.dataset}
 
-# 4. segment new scans (file, folder of scans or DICOM series folder) -> {b}/predictions/<case>_seg.nii.gz
+# 4. segment new scans (file, folder of scans or DICOM series folder) -> {b}/predictions/<case>.nii.gz
 python -m monai.bundle run inference --config_file {b}/configs/inference.json --input /data/scans
 volmae-infer scan.nii.gz --bundle {s.name} -o scan_seg.nii.gz      # the same model through the CLI
 ```
 
+Each run is volmae's Python API under MONAI's config system: training is `volmae.engine.finetune` (the loss,
+schedule, validation and model selection of `volmae-train`; the same seed and settings give the same weights),
+evaluation `volmae.evaluation.evaluate`, inference `volmae.inference.infer`, pretraining `volmae.engine.pretrain`.
+
+Training validates every `val_interval` epochs on `val_fraction` of the training cases, drawn with a fixed seed and
+left out of training, and `models/model.pt` is the best validated epoch's weights (the last epoch's when
+validation is off: `--val_interval 0`). The held-out fold is never used to pick a model: only step 3 reads it.
+Every training run, however short, ends by writing `models/model.pt`, the plain state dict of `network_def`.
+
 `run` works in place of `training` / `inference` / `evaluating` / `pretraining`. Useful overrides:
 `--train#trainer#max_epochs 2`, `--fold 1`, `--label_fraction 0.1`, `--learning_rate 1e-4`, `--device cpu`,
-`--roi_size "[64,64,64]"`, `--preset vit-small`, `--validate#inferer#sw_batch_size 1`,
-`--pretrain#epochs 100`, `--pretrain#resume true`. Training runs on the first GPU with mixed precision when
-there is one and on the CPU otherwise. On a CPU with fast bf16 units (Intel AMX: Sapphire Rapids and later;
-AMD Zen 4 and later), `--cpu_bf16 true` runs the network of training, validation and inference under bf16 autocast
-(stitching and loss stay float32); it is off by default because it runs slower on other CPUs.
+`--roi_size "[64,64,64]"`, `--preset vit-small`, `--finetune#batch_size 1`, `--resume true`, `--pretrain#epochs 100`.
+Training runs on the first GPU with mixed precision when there is one and on the CPU otherwise. On a CPU with fast
+bf16 units (Intel AMX: Sapphire Rapids and later; AMD Zen 4 and later), `--cpu_bf16 true` runs the network under bf16
+autocast (stitching and loss stay float32); it is off by default because it runs slower on other CPUs.
 
 ### nnFormer instead of UNETR
 
-The preset picks the network family: with an nnFormer preset the same four runs pretrain the nnFormer encoder by
-masked-volume reconstruction and fine-tune the nnFormer decoder on it. Give `--preset {s.nnformer[0]} --roi_size
-"{list(s.nnformer[1])}"` to each run (or set `preset` / `roi_size` in the configs once). An ROI that does not fit
-nnFormer's windows stops with an error naming the nearest sizes that do.
+`configs/nnformer.json` switches every run to the nnFormer encoder and decoder (`{nn_preset}` at
+{" x ".join(map(str, nn_roi))}, masked-volume pretraining): add it after the run's config, e.g.
+
+```bash
+python -m monai.bundle run pretraining \\
+    --config_file "['{b}/configs/pretrain.json','{b}/configs/nnformer.json']" --dataset_dir /data/{s.dataset}
+python -m monai.bundle run training --config_file {overlay} \\
+    --dataset_dir /data/{s.dataset} --pretrained {b}/models/pretrained/model.pt
+python -m monai.bundle run evaluating \\
+    --config_file "['{b}/configs/train.json','{b}/configs/evaluate.json','{b}/configs/nnformer.json']" \\
+    --dataset_dir /data/{s.dataset}
+python -m monai.bundle run inference \\
+    --config_file "['{b}/configs/inference.json','{b}/configs/nnformer.json']" --input /data/scans
+```
+
+An ROI that does not fit nnFormer's windows stops with an error naming the nearest sizes that do. The nnFormer has
+no TorchScript export (its window attention is not scriptable); the UNETR has.
 
 Multi-GPU (one process per GPU; on a CPU-only machine the same command runs gloo processes):
 
@@ -86,6 +128,8 @@ torchrun --standalone --nproc_per_node=2 -m monai.bundle run training \\
 
 ## Checks and export
 
+These MONAI checks pass without any data (volmae's tests run them for every bundle):
+
 ```bash
 python -m monai.bundle verify_metadata --meta_file {b}/configs/metadata.json \\
     --filepath bundles/schema/meta_schema_20240725.json      # schema vendored: works offline
@@ -93,12 +137,12 @@ python -m monai.bundle verify_net_in_out network_def --meta_file {b}/configs/met
     --config_file {b}/configs/inference.json
 python -m monai.bundle ckpt_export network_def --filepath {b}/models/model.ts \\
     --ckpt_file {b}/models/model.pt --meta_file {b}/configs/metadata.json \\
-    --config_file {b}/configs/inference.json --use_trace True \\
-    --input_shape "[1, {len(s.channels)}, {", ".join(str(r) for r in s.roi_size)}]"
+    --config_file {b}/configs/inference.json             # TorchScript (torch.jit.script) of the UNETR
 ```
 
-TorchScript export uses tracing (the ViT's einops reshapes are not scriptable); the traced model is fixed to the
-ROI size, which is what the sliding window feeds it.
+`models/model.pt` must be there for the export: train the bundle, or put a volmae model of this network there with
+`volmae-model to-bundle MODEL.pt {b}` (a model trained by `volmae-train` with this bundle's preset, ROI and labels).
+No trained weights are released yet, so `large_files.yml` lists none.
 
 ## MONAI Label
 
@@ -107,7 +151,7 @@ offline). Install it into its own environment (it pins older DICOM libraries):
 
 ```bash
 python -m venv ml && ml/bin/pip install torch==2.13.0 monai==1.6.1 monailabel==0.8.5 \\
-    "pydicom<3" "dicomweb-client<0.60" "pynetdicom<2.1" && ml/bin/pip install -e .
+    "pydicom<3" "dicomweb-client<0.60" "pynetdicom<2.1" && ml/bin/pip install .
 cp -r "$(ml/bin/monailabel apps | grep -o '/.*monaibundle')" app     # the sample app shipped with the install
 mkdir -p app/model && cp -rL {b} app/model/{s.name}                   # needs models/model.pt
 ml/bin/monailabel start_server --app app --studies /data/studies --host 127.0.0.1 --port 8000 \\
@@ -117,24 +161,24 @@ curl -X POST "http://127.0.0.1:8000/infer/{s.name}?image=<study id>&output=image
 
 `--conf sam2 false` stops the server from downloading SAM2 weights and `--conf zoo_source github` from querying the
 model zoo. MONAI Label reads `configs/inference.json` (`network_def`, `preprocessing`, `inferer`, `postprocessing`,
-which ends in a single-channel label map) and label names from `channel_def`; training from the app uses
-`configs/train.json` through the ids it overrides (`train#trainer#max_epochs`, `train#dataset#data`,
-`validate#dataset#data`, `train#handlers`, `device`, `bundle_root`, `network`).
-{notes}
+which ends in a single-channel label map in the scan's space); training from the app uses `configs/train.json`
+through the ids it overrides (`train#trainer#max_epochs`, `train#dataset#data`, `validate#dataset#data`, `device`,
+`bundle_root`, and `train#handlers`, whose `CheckpointLoader` starts training from the current `models/model.pt`).
+{_measured(s)}
 ## Bundles from elsewhere run code
 
 A MONAI bundle config is a program: every `_target_` names a Python callable that `monai.bundle` imports and calls,
 and `$`-expressions are evaluated with Python's `eval`. Run bundles only from sources you trust, and read a
 bundle's configs before running it: list what it would call with
 `grep -rhoE '"_target_": *"[^"]+"|"\\$[^"]*"' {b}/configs | sort -u`, and look for unfamiliar modules, `$`-expressions
-that reach `os`, `subprocess`, `open` or the network, and `_requires_` entries. volmae's own checkpoints load with
+that reach `os`, `subprocess`, `open` or the network, and `_requires_` entries. volmae's model files load with
 `torch.load(weights_only=True)` (no code runs from a `.pt`); a MONAI bundle's configs are another matter.
 
 ## Files
 
 `configs/` holds the MONAI configs (`metadata.json`, `train.json`, `evaluate.json`, `inference.json`,
-`multi_gpu_train.json`, `pretrain.json`, `logging.conf`); the top-level files of the same names link to them.
-`models/` (not in git) receives `model.pt` (a plain state dict of `network_def`), `model_final.pt`, `mae/`.
+`multi_gpu_train.json`, `pretrain.json`, `nnformer.json`, `logging.conf`); the top-level files of the same names
+link to them. `models/` (not in git) receives `model.pt` and `pretrained/`; `runs/` the runs' own files.
 These files are generated from `volmae/bundle/specs.py` by `python tools/make_bundles.py`: edit the spec, not the
 JSON, when changing the shipped bundle.
 
@@ -142,5 +186,6 @@ JSON, when changing the shipped bundle.
 
 {chr(10).join(f"- {r}" for r in s.references)}
 
-Licence: Apache-2.0 (`LICENSE`). Trained weights inherit the terms of the data they were trained on.
+Licence: Apache-2.0 (`LICENSE`) for the bundle; the data's terms are in `docs/data_license.txt`, and trained weights
+inherit them.
 """

@@ -44,10 +44,19 @@ class BundleSpec:
     references: tuple[str, ...] = ()
     prepare: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # the data's terms (docs/data_license.txt): who publishes it, under which licence, what to cite
+    data_license: str = ""
+    # MONAI metadata ``eval_metrics``: held-out scores of this bundle's own training, where measured (README: how)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
     def out_channels(self) -> int:
         return len(self.regions) if self.regions else max(self.labels) + 1
+
+    @property
+    def output_channels(self) -> dict[int, str]:
+        """What each network output channel is: a label (softmax) or a region (sigmoid)."""
+        return dict(enumerate(self.regions)) if self.regions else dict(self.labels)
 
 
 _SELFMEDMAE = (
@@ -55,6 +64,15 @@ _SELFMEDMAE = (
     "ISBI 2023 (arXiv 2203.05573)"
 )
 _UNETR = "Hatamizadeh et al., UNETR: Transformers for 3D Medical Image Segmentation, WACV 2022"
+_MSD_LICENSE = (
+    "Medical Segmentation Decathlon, {task}\n"
+    "http://medicaldecathlon.com/\n\n"
+    "Images and labels from {source}, published by the Medical Segmentation Decathlon under the Creative Commons "
+    "Attribution-ShareAlike 4.0 International licence (CC BY-SA 4.0, "
+    "https://creativecommons.org/licenses/by-sa/4.0/). Cite: Antonelli et al., The Medical Segmentation "
+    "Decathlon, Nature Communications 13, 4128 (2022). Weights trained on these data inherit the licence's "
+    "attribution and share-alike terms.\n"
+)
 
 BUNDLES: dict[str, BundleSpec] = {
     "hippocampus": BundleSpec(
@@ -82,16 +100,7 @@ BUNDLES: dict[str, BundleSpec] = {
         val_interval=5,
         references=(_SELFMEDMAE, _UNETR, "Antonelli et al., The Medical Segmentation Decathlon, Nat Commun 2022"),
         prepare="The MSD Task04_Hippocampus folder as distributed (dataset.json, imagesTr, labelsTr) works as is.",
-        notes=(
-            "## Measured\n\n"
-            "From scratch, 10 epochs (`--train#trainer#max_epochs 10 --val_interval 5`, all other settings as shipped "
-            "except gradient clipping, added afterwards, "
-            "fold 0 of the shared `splits.json`: 166 training / 42 held-out cases), 2 CPU cores, 40 min 36 s: "
-            "held-out mean Dice 0.856 (anterior 0.862, posterior 0.851), HD95 1.89 mm, identical in the network "
-            "grid (`evaluate.json`) and in each scan's original space (`volmae-evaluate --bundle hippocampus`). "
-            "`models/model.pt` is the best validated epoch, here the last one, so the held-out fold did not pick it. "
-            "Commands and outputs: `benchmarks/results/hippocampus_bundle_cpu.md`.",
-        ),
+        data_license=_MSD_LICENSE.format(task="Task04_Hippocampus", source="Vanderbilt University Medical Center"),
     ),
     "btcv": BundleSpec(
         name="btcv",
@@ -120,14 +129,21 @@ BUNDLES: dict[str, BundleSpec] = {
             "Convert the Synapse download (RawData/Training/img, label) to the MSD layout with the standard 24 / 6 "
             "split: `python tools/convert_btcv.py RawData /data/btcv`."
         ),
+        data_license=(
+            "Multi-Atlas Labeling Beyond the Cranial Vault (BTCV), MICCAI 2015 challenge\n"
+            "https://www.synapse.org/#!Synapse:syn3193805\n\n"
+            "The data are distributed through Synapse under the challenge's terms of use: register and accept them "
+            "before downloading. Weights trained on them inherit those terms. Cite: Landman et al., MICCAI "
+            "Multi-Atlas Labeling Beyond the Cranial Vault - Workshop and Challenge, 2015.\n"
+        ),
     ),
     "brats": BundleSpec(
         name="brats",
         task="Brain-tumour sub-region segmentation in multi-parametric MRI (tumour core, whole tumour, enhancing)",
         description=(
             "UNETR on a ViT-B/16 encoder (MAE-pretrainable) with one sigmoid output per nested region (TC, WT, ET) "
-            "for BraTS / MSD Task01 brain-tumour MRI; the number of input channels is the `in_channels` parameter "
-            "(4 for BraTS: FLAIR, T1, T1c, T2). RAS, 1 mm, per-channel percentile clip and z-score on non-zero "
+            "for BraTS / MSD Task01 brain-tumour MRI; the input channels are the `channel_names` parameter "
+            "(BraTS: FLAIR, T1, T1c, T2). RAS, 1 mm, per-channel percentile clip and z-score on non-zero "
             "voxels; 96^3 sliding window. Post-processing turns the three region masks back into one label map: "
             "1 edema, 2 non-enhancing tumour, 3 enhancing tumour."
         ),
@@ -150,6 +166,14 @@ BUNDLES: dict[str, BundleSpec] = {
         prepare=(
             "Stack the per-modality files and remap labels to MSD Task01 values (1 edema, 2 non-enhancing, "
             "3 enhancing): `python tools/convert_brats.py BraTS2021_Training_Data /data/brats`."
+        ),
+        data_license=(
+            "BraTS 2021 (RSNA-ASNR-MICCAI Brain Tumor Segmentation Challenge)\n"
+            "https://www.synapse.org/brats2021\n\n"
+            "Distributed through Synapse under the challenge's data use terms, which require citing: Baid et al., "
+            "The RSNA-ASNR-MICCAI BraTS 2021 Benchmark, arXiv 2107.02314; Menze et al., IEEE TMI 2015; Bakas et al., "
+            "Scientific Data 2017. MSD Task01_BrainTumour (a BraTS 2016/2017 subset) is CC BY-SA 4.0, "
+            "http://medicaldecathlon.com/. Weights trained on either inherit those terms.\n"
         ),
     ),
 }

@@ -81,7 +81,7 @@ def config_from_args(cls: type, args: argparse.Namespace, **fixed: Any):
 
 def run_main(prog: str, body: Callable[[], int | None]) -> int:
     """Run ``body`` and turn user errors into one line on stderr and a non-zero exit status."""
-    from volmae.utils.loop import TrainingInterrupted
+    from volmae.engine.loop import TrainingInterrupted
 
     try:
         return int(body() or 0)

@@ -20,9 +20,10 @@ HELPS: dict[str, str] = {
     "deep_supervision": "nnFormer: also train on coarser decoder outputs (default from the preset)",
     "fold": "held-out fold (the folder's splits.json, else a seeded 5-fold split)",
     "include_unlabeled": "also pretrain on the dataset's unlabeled test images",
-    "init_from": "start from the weights of an earlier volmae-pretrain run (its model.pt or checkpoint.pt, same "
-    "preset / ROI / patch) with a fresh optimizer and schedule, e.g. to pretrain longer; for --method masked-unetr "
-    "also an MAE run, whose encoder it takes",
+    "init_from": "start from every weight of an earlier model of the same network, with a fresh optimizer and "
+    "schedule: volmae-pretrain takes a volmae-pretrain run's model.pt or checkpoint.pt (same preset / ROI / patch; "
+    "for --method masked-unetr also an MAE run, whose encoder it takes), e.g. to pretrain longer; volmae-train a "
+    "fine-tuned model.pt or a bundle's models/model.pt, e.g. to go on training it on new cases",
     "method": "pretraining method: auto (MAE for a ViT preset, masked volume for nnFormer), mae, masked-volume, or "
     "masked-unetr (ViT presets: the whole UNETR, encoder + convolutional decoder, reconstructs masked patches; "
     "fine-tuning then loads the decoder too)",
@@ -47,10 +48,16 @@ HELPS: dict[str, str] = {
     "warmup_epochs": "linear learning-rate warmup, in epochs",
     "min_lr_ratio": "final learning rate as a fraction of the peak (cosine schedule)",
     "grad_clip": "gradient-norm clip (none when unset)",
-    "val_every": "validate every N epochs (0: never; the last epoch always validates)",
-    "select_best": "model.pt = best validated epoch instead of the last (optimistic if you then evaluate on the "
-    "same held-out fold)",
-    "val_cases": "validate on the first N held-out cases only",
+    "val_every": "validate every N epochs (0: never, and every training case trains; the last epoch always validates)",
+    "val_fraction": "fraction of the training cases set aside (seeded) for validation and model selection; the "
+    "held-out fold is never used for either",
+    "val_on_held_out": "validate on the held-out fold instead, as a descriptive learning curve (refuses "
+    "--select-best: a model picked on the test cases scores optimistically)",
+    "select_best": "model.pt = the best validated epoch's weights instead of the last epoch's (validation cases come "
+    "from the training cases)",
+    "val_cases": "validate on the first N validation cases only",
+    "regions": "train one sigmoid output per nested label region that dataset.json declares (BraTS tumour core / "
+    "whole tumour / enhancing) instead of a softmax over the labels",
     "sw_batch_size": "sliding-window batch size",
     "compile": "torch.compile the network: faster pretraining steps or sliding windows after a one-off compilation "
     "(about a minute on a CPU; falls back to eager with a warning)",
@@ -102,9 +109,10 @@ HELPS: dict[str, str] = {
     "report_only": "write the tables and plots of the finished runs and stop",
     "pool_studies": "study folders of the same design on other folds (e.g. leave-one-out on a few cases) whose "
     "finished runs the tables, paired tests and plots pool with this one's (a fold: a run; a held-out case: a pair)",
-    "model": "fine-tuned model.pt (from volmae-train); volmae-infer / volmae-evaluate: or --bundle instead",
-    "bundle": "trained MONAI bundle: btcv, brats, hippocampus (looked up in $VOLMAE_BUNDLES, then the repository's "
-    "bundles/) or a bundle folder; its models/model.pt segments the scans (default btcv when --model is not given)",
+    "model": "fine-tuned model.pt (from volmae-train); with --bundle, a weights file for the bundle's network",
+    "bundle": "trained MONAI bundle: btcv, brats, hippocampus (looked up in $VOLMAE_BUNDLES, then the bundles "
+    "installed with volmae) or a bundle folder; its models/model.pt segments the scans, or with --model that file's "
+    "weights (default btcv when --model is not given)",
     "cases": "evaluate these case ids instead of the held-out fold",
     "tta_flips": "mirroring test-time augmentation over these spatial axes (e.g. 0 for left-right)",
     "largest_component": "keep only the largest connected component of each class",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from volmae.cli.common import stage_main
-from volmae.pretraining.engine import PretrainConfig, pretrain
+from volmae.engine.pretrain import PretrainConfig, pretrain
 
 
 def _run(cfg: PretrainConfig) -> str:

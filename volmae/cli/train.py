@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from volmae.cli.common import stage_main
-from volmae.training.engine import FinetuneConfig, finetune
+from volmae.engine.finetune import FinetuneConfig, finetune
 
 
 def _run(cfg: FinetuneConfig) -> str:

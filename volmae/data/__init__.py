@@ -9,6 +9,7 @@ from volmae.data.datalist import (
     make_folds,
     pretraining_items,
     split_fold,
+    split_validation,
 )
 from volmae.data.loading import epoch_loader, make_dataset
 from volmae.data.paths import data_root, dataset_path
@@ -32,6 +33,7 @@ __all__ = [
     "load_msd_datalist",
     "make_folds",
     "split_fold",
+    "split_validation",
     "pretraining_items",
     "epoch_loader",
     "make_dataset",

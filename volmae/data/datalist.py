@@ -29,6 +29,7 @@ __all__ = [
     "make_folds",
     "split_fold",
     "label_fraction",
+    "split_validation",
     "pretraining_items",
 ]
 
@@ -306,6 +307,26 @@ def label_fraction(items: Sequence[dict], fraction: float, seed: int = 0) -> lis
     random.Random(seed).shuffle(order)
     keep = sorted(order[:n])
     return [items[i] for i in keep]
+
+
+def split_validation(items: Sequence[dict], fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """``(training, validation)``: a seeded ``round(fraction * n)`` of ``items`` (at least 1) set aside for
+    validation and model selection, so that no model is ever picked on the held-out fold. ``fraction`` 0: nothing
+    set aside."""
+    if not 0.0 <= fraction < 1.0:
+        raise DataError(f"validation fraction {fraction}: must be in [0, 1)")
+    if fraction == 0.0:
+        return list(items), []
+    n = max(1, round(fraction * len(items)))
+    if len(items) - n < 1:
+        raise DataError(
+            f"{len(items)} labeled training case(s) are too few to set {n} aside for validation; "
+            "validate less often (val_every 0) or set none aside (val_fraction 0)"
+        )
+    order = sorted(range(len(items)), key=lambda i: items[i]["case"])
+    random.Random(f"validation {seed}").shuffle(order)
+    held = set(order[:n])
+    return [it for i, it in enumerate(items) if i not in held], [it for i, it in enumerate(items) if i in held]
 
 
 def pretraining_items(datalist: Datalist, fold: int | None = 0, include_unlabeled: bool = True) -> list[dict]:

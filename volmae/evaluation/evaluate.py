@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from volmae.bundle.loading import DEFAULT_BUNDLE
+from volmae.artifact.bundles import DEFAULT_BUNDLE
+from volmae.artifact.model import ModelArtifact
 from volmae.data import load_msd_datalist, load_volume, preflight, split_fold
 from volmae.errors import DataError
 from volmae.evaluation.metrics import EvaluationReport, case_metrics, defined_mean, label_masks, summarise
@@ -44,25 +45,28 @@ class EvaluateConfig:
     num_overlays: int = 4
     save_predictions: bool = False
     quiet: bool = False
-    bundle: str | None = None  # instead of ``model``: a trained bundle (name or folder)
+    bundle: str | None = None  # a bundle (name or folder): its trained weights, or with ``model`` that file's
 
 
 def _spacing(affine: np.ndarray) -> list[float]:
     return [float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]
 
 
-def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
-    """Segment the held-out cases of ``fold`` (or ``cases``) and write per-case / per-class Dice and HD95 (per region
-    for models with label regions, e.g. BraTS TC / WT / ET)."""
+def evaluate(cfg: EvaluateConfig, model: ModelArtifact | None = None) -> EvaluationReport:
+    """Segment the held-out cases of ``fold`` (or ``cases``) with ``model`` (default: the model ``cfg.model`` /
+    ``cfg.bundle`` name) and write per-case / per-class Dice and HD95 (per region for models with label regions, e.g.
+    BraTS TC / WT / ET)."""
+    if not cfg.dataset_dir:
+        raise DataError("no dataset: pass dataset_dir, the MSD task folder whose held-out fold is scored")
     device = resolve_device(cfg.device)
-    predictor = predictor_for(cfg, device)
-    labels = {int(k): v for k, v in predictor.task["labels"].items()}
+    predictor = predictor_for(cfg, device, model)
+    labels = dict(predictor.task.labels)
     datalist = load_msd_datalist(cfg.dataset_dir)
     items = datalist.by_case(cfg.cases) if cfg.cases else split_fold(datalist, cfg.fold)[1]
-    preflight(items, predictor.task.get("in_channels"), True, "evaluation datalist", predictor.prep.pixdim)
+    preflight(items, predictor.task.in_channels, True, "evaluation datalist", predictor.prep.pixdim)
     # nested tumour regions are what BraTS is scored on, one mask per region: the model's (sigmoid regions), else
     # the task's (a softmax label map cut into the regions, as nnU-Net scores BraTS)
-    regions = predictor.task.get("regions") or datalist.regions
+    regions = predictor.task.regions or datalist.regions
     if regions:
         classes, names = [list(v) for v in regions.values()], list(regions)
     else:
@@ -107,7 +111,9 @@ def evaluate(cfg: EvaluateConfig) -> EvaluationReport:
     report.write(
         out,
         extra={
-            "model": str(cfg.model or f"bundle {cfg.bundle or DEFAULT_BUNDLE}"),
+            "model": (model.source if model is not None else None)
+            or " in bundle ".join(str(x) for x in (cfg.model, cfg.bundle) if x)
+            or f"bundle {DEFAULT_BUNDLE}",
             "dataset": datalist.name,
             "fold": cfg.fold,
             "inference": {

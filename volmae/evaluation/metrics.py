@@ -25,7 +25,16 @@ from scipy.spatial import KDTree
 
 from volmae.utils.io import atomic_write_json, atomic_write_text
 
-__all__ = ["CaseMetrics", "EvaluationReport", "case_metrics", "hd95", "label_masks", "summarise", "defined_mean"]
+__all__ = [
+    "CaseMetrics",
+    "EvaluationReport",
+    "case_metrics",
+    "dice_scores",
+    "hd95",
+    "label_masks",
+    "summarise",
+    "defined_mean",
+]
 
 # Where a mask's edge voxels fill more than this fraction of the edges' bounding box, their distances come from one
 # distance transform of the box instead of a KD-tree query per voxel (see ``hd95``).
@@ -40,6 +49,17 @@ def label_masks(label_map: torch.Tensor, classes: Sequence[int | Sequence[int]])
     return torch.stack(
         [torch.isin(lm, torch.tensor(list(c), dtype=lm.dtype)) if isinstance(c, Sequence) else lm == c for c in classes]
     )
+
+
+def dice_scores(pred_masks: torch.Tensor, true_masks: torch.Tensor) -> list[float]:
+    """volmae's Dice, the one every stage reports: per channel of ``K D H W`` boolean masks,
+    ``2 |P & T| / (|P| + |T|)``, and 1.0 where a class is absent from both (a correct empty answer)."""
+    if pred_masks.shape != true_masks.shape:
+        raise ValueError(f"prediction {tuple(pred_masks.shape)} and truth {tuple(true_masks.shape)} differ")
+    p, t = pred_masks.bool().flatten(1), true_masks.bool().flatten(1)
+    inter = (p & t).sum(1).double()
+    size = p.sum(1).double() + t.sum(1).double()
+    return torch.where(size > 0, 2 * inter / size.clamp_min(1), torch.ones_like(size)).tolist()
 
 
 def _edge_distances(src: np.ndarray, dst: np.ndarray, sampling: np.ndarray) -> np.ndarray:
@@ -92,18 +112,18 @@ def case_metrics(
     if scored is not None and len(scored) != len(names):
         raise ValueError(f"{case}: scored has {len(scored)} entries for {len(names)} classes")
     dice, hd, nt, npred = {}, {}, {}, {}
+    scores = dice_scores(pred_masks, true_masks)
     for k, name in enumerate(names):
         p, t = pred_masks[k].bool(), true_masks[k].bool()
         sp, st = int(p.sum()), int(t.sum())
-        inter = int((p & t).sum())
         nt[name], npred[name] = st, sp
         if scored is not None and not scored[k]:
             dice[name], hd[name] = math.nan, math.nan
             continue
+        dice[name] = scores[k]
         if sp == 0 and st == 0:
-            dice[name], hd[name] = 1.0, 0.0
+            hd[name] = 0.0
             continue
-        dice[name] = 2.0 * inter / (sp + st)
         if sp == 0 or st == 0:
             hd[name] = math.nan
             continue

@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from volmae.bundle.loading import DEFAULT_BUNDLE, bundle_classes
+from volmae.artifact.bundles import model_classes
+from volmae.artifact.model import ModelArtifact
 from volmae.data.checks import check_item
 from volmae.data.datalist import case_id
 from volmae.data.readers import NIFTI_SUFFIXES, dicom_series_ids
 from volmae.errors import ConfigError, DataError, find_volmae_error
-from volmae.inference.predictor import check_model_source, predictor_for, segmentation_checkpoint
+from volmae.inference.predictor import predictor_for
 from volmae.utils.io import atomic_save_nifti
 from volmae.utils.runtime import resolve_device, rss_bytes
 
@@ -141,14 +142,6 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "class"
 
 
-def model_classes(model: str | None = None, bundle: str | None = None) -> dict[int, str]:
-    """The class names of a model checkpoint or a bundle (``--list-classes``; the network is not built)."""
-    check_model_source(model, bundle)
-    if not model:
-        return bundle_classes(bundle or DEFAULT_BUNDLE)
-    return {int(k): str(v) for k, v in segmentation_checkpoint(model)["task"]["labels"].items()}
-
-
 def _check_writable(targets: list[Path], sources: set[Path], overwrite: bool) -> None:
     for t in targets:
         if t.resolve() in sources:
@@ -197,21 +190,21 @@ def status_table(done: Sequence[InferredCase]) -> str:
     return "\n".join(rows)
 
 
-def infer(cfg: InferConfig) -> list[InferredCase]:
-    """Segment every input of ``cfg``; returns what was written for each case.
+def infer(cfg: InferConfig, model: ModelArtifact | None = None) -> list[InferredCase]:
+    """Segment every input of ``cfg`` with ``model`` (default: the model ``cfg.model`` / ``cfg.bundle`` name);
+    returns what was written for each case.
 
     A single scan that cannot be segmented raises (nothing written). With several scans, a bad one (unreadable,
     wrong shape or channels, NaN voxels, ...) is reported as ``status="failed"`` with its ``error``, anything
     written for it removed, and the run goes on; the console script then exits non-zero."""
-    check_model_source(cfg.model, cfg.bundle)
     cases = collect_inputs(cfg.inputs)
     outputs = plan_outputs(cases, cfg.output, single_input=len(cfg.inputs) == 1 and Path(cfg.inputs[0]).is_file())
     device = resolve_device(cfg.device)
     predictor = predictor_for(
-        cfg, device, roi_size=cfg.roi_size, mode=cfg.mode, stitch_device="auto", progress=not cfg.quiet
+        cfg, device, model, roi_size=cfg.roi_size, mode=cfg.mode, stitch_device="auto", progress=not cfg.quiet
     )
-    labels = {int(k): str(v) for k, v in predictor.task["labels"].items()}
-    in_channels = predictor.task.get("in_channels")
+    labels = dict(predictor.task.labels)
+    in_channels = predictor.task.in_channels
     if len(cases) == 1:  # one scan: its problem is the run's error, before anything is written
         check_item({"image": cases[0][1]}, in_channels, need_label=False, target_spacing=predictor.prep.pixdim)
     extras: dict[str, list[Path]] = {}

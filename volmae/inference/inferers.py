@@ -1,13 +1,14 @@
-"""MONAI inferers that can run the network under CPU bf16 autocast, for the bundles' ignite workflows.
+"""A MONAI sliding-window inferer that can run the network under CPU bf16 autocast: the bundles' ``inferer`` (MONAI
+Label runs it; volmae's own inference reads its settings).
 
-Why not MONAI's own: ``SupervisedTrainer`` / ``SupervisedEvaluator`` autocast with ``torch.autocast("cuda")`` when
-``amp=True``, so a bundle's ``amp`` does nothing on the CPU, where bf16 pays on CPUs with AMX or AMD Zen 4+
-(docs/performance.md: UNETR-B sliding windows 1.33x, a UNETR-Ti fine-tuning step 1.53-1.70x over fp32). These
-subclasses keep MONAI's inferers, their arguments and config ids (MONAI Label reads ``inferer#roi_size`` and friends)
-and add one flag, ``cpu_bf16``: the network (not the stitching, not the loss) runs under
+Why not MONAI's own: MONAI's engines autocast with ``torch.autocast("cuda")`` when ``amp=True``, so ``amp`` does
+nothing on the CPU, where bf16 pays on CPUs with AMX or AMD Zen 4+
+(docs/performance.md: UNETR-B sliding windows 1.33x, a UNETR-Ti fine-tuning step 1.53-1.70x over fp32). This
+subclass keeps MONAI's inferer, its arguments and config ids (MONAI Label reads ``inferer#roi_size`` and friends)
+and adds one flag, ``cpu_bf16``: the network (not the stitching, not the loss) runs under
 ``torch.autocast("cpu", torch.bfloat16)`` and its outputs come back as float32, as
-:class:`~volmae.inference.Predictor` does for ``volmae-infer --cpu-bf16``. Off (the default) they are MONAI's
-inferers unchanged.
+:class:`~volmae.inference.Predictor` does for ``volmae-infer --cpu-bf16``. Off (the default) it is MONAI's
+inferer unchanged.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.inferers import SimpleInferer, SlidingWindowInferer
+from monai.inferers import SlidingWindowInferer
 
-from volmae.config import parse_flag
 from volmae.errors import ConfigError
+from volmae.utils.flags import parse_flag
 from volmae.utils.runtime import autocast, check_cpu_bf16
 
-__all__ = ["Bf16SimpleInferer", "Bf16SlidingWindowInferer", "cpu_bf16_network"]
+__all__ = ["Bf16SlidingWindowInferer", "cpu_bf16_network"]
 
 
 def _to_float(out: Any) -> Any:
@@ -60,17 +61,6 @@ class _CpuBf16:
 
     def _network(self, network: Callable[..., Any]) -> Callable[..., Any]:
         return cpu_bf16_network(network) if self.cpu_bf16 else network
-
-
-class Bf16SimpleInferer(_CpuBf16, SimpleInferer):
-    """MONAI's :class:`~monai.inferers.SimpleInferer` (``network(inputs)``), with ``cpu_bf16`` (module docstring)."""
-
-    def __init__(self, cpu_bf16: bool | str = False) -> None:
-        super().__init__()
-        self._set_cpu_bf16(cpu_bf16)
-
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return super().__call__(inputs, self._network(network), *args, **kwargs)
 
 
 class Bf16SlidingWindowInferer(_CpuBf16, SlidingWindowInferer):

@@ -2,13 +2,14 @@
 
 ``Predictor.logits`` runs ``monai.inferers.sliding_window_inference`` (gaussian blending by default) with AMP on
 CUDA; ``Predictor.predict_file`` preprocesses a file with the task's preset, segments it and inverts every spatial
-step (``Invertd``: spacing, orientation, crops) so the label map has the input's shape and affine.
+step (``Invertd``: spacing, orientation, crops) so the label map has the input's shape and affine. A predictor is
+made from a model artifact (:meth:`Predictor.from_artifact`; :func:`predictor_for` resolves ``--model`` /
+``--bundle``), or around a network in memory (fine-tuning's validation).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,23 +20,14 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.transforms import Compose, Invertd, apply_transform
 
+from volmae.artifact.bundles import open_model
+from volmae.artifact.model import ModelArtifact
 from volmae.data.regions import check_regions, regions_to_labels
 from volmae.data.transforms import Preprocessing, infer_transforms
-from volmae.errors import CheckpointError, ConfigError
 from volmae.inference.compiled import CompiledWindows
-from volmae.networks.registry import PRETRAINING_KINDS, SEGMENTATION_KINDS, build_from_config
-from volmae.networks.weights import load_encoder_weights, read_checkpoint, state_mismatch
 from volmae.utils.runtime import autocast, check_cpu_bf16, sync
 
-__all__ = [
-    "Predictor",
-    "Prediction",
-    "load_segmentation_model",
-    "largest_component",
-    "predictor_for",
-    "check_model_source",
-    "segmentation_checkpoint",
-]
+__all__ = ["Predictor", "Prediction", "largest_component", "predictor_for"]
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -54,63 +46,10 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == sizes.argmax()
 
 
-def segmentation_checkpoint(path) -> dict:
-    """Read a fine-tuned model's checkpoint (a segmentation ``kind`` with network config and task), or say what it is; a
-    checkpoint already in memory (e.g. :func:`volmae.bundle.loading.bundle_checkpoint`) is checked the same way."""
-    ckpt = path if isinstance(path, Mapping) else read_checkpoint(path)
-    path = ckpt.get("source", "checkpoint") if isinstance(path, Mapping) else path
-    if ckpt.get("kind") not in SEGMENTATION_KINDS or "config" not in ckpt or "task" not in ckpt:
-        pretraining = ckpt.get("kind") in PRETRAINING_KINDS
-        what = "a pretraining checkpoint (encoder only)" if pretraining else "not a volmae segmentation model"
-        raise CheckpointError(f"{path}: {what}; pass the model.pt written by fine-tuning (volmae-train)")
-    return ckpt
-
-
-def load_segmentation_model(
-    path, device: torch.device, roi_size: Sequence[int] | None = None
-) -> tuple[torch.nn.Module, dict]:
-    """Rebuild a fine-tuned network from its checkpoint; returns ``(model in eval mode, task dict)``.
-
-    ``roi_size`` rebuilds the network for another window: the ViT's token grid changes, so its position embedding
-    is regenerated (sin-cos) or trilinearly resampled (learnable) by :func:`load_encoder_weights`; everything else
-    loads unchanged. Accuracy at a window the model was not trained with is the caller's to check.
-    """
-    ckpt = segmentation_checkpoint(path)
-    path = ckpt.get("source", path) if isinstance(path, Mapping) else path  # name it in errors
-    config = copy.deepcopy(ckpt["config"])
-    task = dict(ckpt["task"])
-    state = ckpt["model"]
-    sizes = config.get("encoder", config)  # where the window is stored (a CNN has no encoder: at the top)
-    trained_roi = list(sizes["img_size"])
-    if roi_size is not None and list(roi_size) != trained_roi:
-        sizes["img_size"] = [int(s) for s in roi_size]
-        task["preprocessing"] = {**task["preprocessing"], "roi_size": [int(s) for s in roi_size]}
-    try:
-        model = build_from_config(config)
-    except ValueError as e:
-        raise CheckpointError(f"{path}: cannot build the network for roi_size={roi_size} ({e})") from None
-    try:
-        if "encoder" in config and sizes["img_size"] != trained_roi:  # a ViT's token grid changed
-            report = load_encoder_weights(model.encoder, {"model": state, "config": ckpt["config"]})
-            if not report.ok:
-                raise RuntimeError(report.summary())
-            rest = {k: v for k, v in state.items() if not k.startswith("encoder.")}
-            missing, unexpected = model.load_state_dict(rest, strict=False)
-            bad = [k for k in missing if not k.startswith("encoder.")] + list(unexpected)
-            if bad:
-                raise RuntimeError(f"mismatched keys {bad[:3]}")
-        else:
-            model.load_state_dict(state)
-    except RuntimeError as e:
-        why = state_mismatch(model, state) or str(e).splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit the stored network config ({why})") from None
-    return model.to(device).eval(), task
-
-
 @dataclass
 class Prediction:
-    """A label map in the original image space: ``labels`` ``1 X Y Z`` (or ``K X Y Z`` for multi-label), with
-    ``affine`` the input's 4x4 affine; ``probabilities`` (when asked for) ``K D H W`` on the network's grid
+    """A label map in the original image space: ``labels`` ``1 X Y Z``, with ``affine`` the input's 4x4 affine;
+    ``probabilities`` (when asked for) ``K D H W`` on the network's grid
     (the preset's orientation and spacing), its own affine in ``probabilities.affine``."""
 
     labels: MetaTensor
@@ -128,14 +67,14 @@ class Predictor:
             ``"auto"``: on the CPU when the stitched volume would take more than half the free GPU memory, MONAI's
             ``sw_device`` / ``device`` split, so a 512 x 512 x 300 CT fits a small GPU).
         sw_batch_size: windows per forward pass. overlap: window overlap in [0, 1). mode: ``gaussian`` or
-        ``constant`` blending. multilabel: sigmoid + 0.5 threshold per channel instead of softmax + argmax.
+        ``constant`` blending.
         tta_flips: mirroring test-time augmentation: probabilities are averaged over the unflipped input and one
         flip per listed spatial axis (use only axes the model was trained to be symmetric under).
         largest_component: keep only the largest connected component of each class (MONAI
         ``KeepLargestConnectedComponent``), for single-structure organs.
-        regions: for a multi-label network whose channels are nested label regions (BraTS TC / WT / ET), the label
-        values of each channel; the thresholded regions are then turned back into one label map
-        (:func:`volmae.data.regions.regions_to_labels`).
+        regions: for a network with one sigmoid output per nested label region (BraTS TC / WT / ET), the label
+        values of each channel; the regions thresholded at 0.5 are turned back into one label map
+        (:func:`volmae.data.regions.regions_to_labels`). Without: softmax over labels, argmax.
         progress: a progress bar over the sliding windows (MONAI's, tqdm).
         compile: run the windows through ``torch.compile`` (inductor, frozen weights, one batch shape:
             :class:`~volmae.inference.compiled.CompiledWindows`); the first volume pays the compilation (about a
@@ -154,7 +93,6 @@ class Predictor:
         overlap: float = 0.5,
         mode: str = "gaussian",
         amp: bool = True,
-        multilabel: bool = False,
         stitch_device: torch.device | str | None = None,
         tta_flips: Sequence[int] = (),
         largest_component: bool = False,
@@ -175,27 +113,26 @@ class Predictor:
         self.model, self.prep, self.device = model, prep, device
         self.sw_batch_size, self.overlap, self.mode, self.amp = sw_batch_size, overlap, mode, amp
         self.cpu_bf16 = cpu_bf16
-        self.multilabel = multilabel
         self.stitch_device = stitch_device or device  # torch.device or "auto"
         self.tta_flips = tuple(tta_flips)
         self.largest_component = largest_component
         self.regions = check_regions(regions) if regions else None
+        self.multilabel = self.regions is not None  # sigmoid outputs
         self.progress = progress
         self.network = CompiledWindows(model, sw_batch_size) if compile else model  # what the windows run through
         self.timings: dict[str, float] | None = None  # a dict: predict_file adds each phase's seconds to it
-        if self.regions and not multilabel:
-            raise ValueError("regions are given but multilabel=False: region channels are sigmoid outputs")
+        self.task = None  # the model's Task, when made from an artifact
         self._transform = infer_transforms(prep)
 
     @classmethod
-    def from_checkpoint(cls, path, device: torch.device, roi_size: Sequence[int] | None = None, **kwargs) -> Predictor:
-        """A predictor from a fine-tuned volmae checkpoint (network, preprocessing and task read from the file);
-        ``roi_size`` re-grids the network for another sliding window (see :func:`load_segmentation_model`)."""
-        model, task = load_segmentation_model(path, device, roi_size)
-        prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in task["preprocessing"].items()})
-        kwargs.setdefault("multilabel", bool(task.get("multilabel", False)))
-        kwargs.setdefault("regions", task.get("regions"))
-        pred = cls(model, prep, device, **kwargs)
+    def from_artifact(
+        cls, model: ModelArtifact, device: torch.device, roi_size: Sequence[int] | None = None, **kwargs
+    ) -> Predictor:
+        """A predictor for a segmentation model (network, preprocessing, labels and outputs from the artifact);
+        ``roi_size`` re-grids the network for another sliding window (:meth:`ModelArtifact.build`)."""
+        model.expect("segmentation")
+        task = model.task if roi_size is None else model.task.with_window(roi_size)
+        pred = cls(model.build(roi_size).to(device), task.preprocessing, device, regions=task.regions, **kwargs)
         pred.task = task
         return pred
 
@@ -254,19 +191,13 @@ class Predictor:
             total = p if total is None else total.add_(p)
         return total / len(dims)
 
-    @property
-    def _masks(self) -> bool:
-        """Whether segmentations are per-channel masks (multi-label without regions) rather than a label map."""
-        return self.multilabel and not self.regions
-
     def discretize(self, probs: torch.Tensor, logits: bool = False) -> torch.Tensor:
-        """Probabilities (or, with ``logits=True``, logits) -> ``B 1 D H W`` label map (softmax tasks, region tasks)
-        or ``B K D H W`` uint8 masks (other multi-label tasks). Logits give the same result without the softmax /
-        sigmoid pass: argmax is unchanged by softmax, and sigmoid(z) > 0.5 exactly where z > 0."""
-        if self.multilabel:
+        """Probabilities (or, with ``logits=True``, logits) -> ``B 1 D H W`` label map. Logits give the same result
+        without the softmax / sigmoid pass: argmax is unchanged by softmax, and sigmoid(z) > 0.5 exactly where
+        z > 0."""
+        if self.regions:
             seg = (probs > (0.0 if logits else 0.5)).to(torch.uint8)
-            if self.regions:
-                seg = torch.stack([regions_to_labels(s, self.regions) for s in seg])
+            seg = torch.stack([regions_to_labels(s, self.regions) for s in seg])
         else:
             seg = probs.argmax(dim=1, keepdim=True).to(torch.uint8)
         if self.largest_component:
@@ -276,13 +207,10 @@ class Predictor:
     def _keep_largest(self, seg: torch.Tensor) -> torch.Tensor:
         """``K D H W`` -> the same with each class / channel reduced to its largest 26-connected component."""
         arr = seg.cpu().numpy()
-        if self._masks:
-            out = np.stack([largest_component(ch > 0).astype(arr.dtype) for ch in arr])
-        else:
-            out = np.zeros_like(arr)
-            for c in np.unique(arr):
-                if c > 0:
-                    out[largest_component(arr == c)] = c
+        out = np.zeros_like(arr)
+        for c in np.unique(arr):
+            if c > 0:
+                out[largest_component(arr == c)] = c
         return torch.from_numpy(out).to(seg.device)
 
     def segment(self, image: torch.Tensor) -> torch.Tensor:
@@ -343,25 +271,13 @@ class Predictor:
         return Prediction(pred, torch.as_tensor(pred.affine), kept)
 
 
-def check_model_source(model, bundle) -> None:
-    """At most one of a model checkpoint and a bundle (neither: the default bundle)."""
-    if model and bundle:
-        raise ConfigError(f"model={model!r} and bundle={bundle!r}: give one of --model and --bundle")
-
-
-def predictor_for(cfg, device: torch.device, **extra) -> Predictor:
-    """A :class:`Predictor` for ``cfg.model`` (or, when the config has one and no model is given, its trained
-    ``cfg.bundle``) from a stage config's window / TTA fields (``sw_batch_size``, ``overlap``, ``amp``,
-    ``tta_flips``, ``largest_component``, ``compile``, ``cpu_bf16``), as ``volmae-evaluate`` and ``volmae-infer``
-    share."""
-    check_model_source(cfg.model, getattr(cfg, "bundle", None))
-    source = cfg.model
-    if not source:
-        from volmae.bundle.loading import DEFAULT_BUNDLE, bundle_checkpoint
-
-        source = bundle_checkpoint(getattr(cfg, "bundle", None) or DEFAULT_BUNDLE)
-    return Predictor.from_checkpoint(
-        source,
+def predictor_for(cfg, device: torch.device, model: ModelArtifact | None = None, **extra) -> Predictor:
+    """A :class:`Predictor` for ``model``, else the model a stage config names (``cfg.model`` and / or
+    ``cfg.bundle``: :func:`volmae.artifact.bundles.open_model`), with the config's window / TTA fields
+    (``sw_batch_size``, ``overlap``, ``amp``, ``tta_flips``, ``largest_component``, ``compile``, ``cpu_bf16``), as
+    ``volmae-evaluate`` and ``volmae-infer`` share."""
+    return Predictor.from_artifact(
+        model if model is not None else open_model(cfg.model, getattr(cfg, "bundle", None)),
         device,
         sw_batch_size=cfg.sw_batch_size,
         overlap=cfg.overlap,

@@ -1,5 +1,6 @@
 """Networks: the 3D ViT and nnFormer encoders, their pretraining models (MAE, masked-volume), UNETR and nnFormer
-segmentation networks, weight loading and the preset registry."""
+segmentation networks, the DynUNet peer, weight moving between them and the preset registry. Tensors in memory only:
+model files are :mod:`volmae.artifact`'s."""
 
 from volmae.networks.mae import MaskedAutoencoder
 from volmae.networks.masked_volume import MaskedVolumeModel
@@ -8,12 +9,16 @@ from volmae.networks.nnformer_encoder import NnFormerEncoder
 from volmae.networks.patching import patchify, unpatchify
 from volmae.networks.registry import (
     PRESETS,
+    Built,
+    NetworkConfig,
     build_encoder,
-    build_from_config,
     build_mae,
+    build_network,
     build_nnformer,
     build_segmenter,
     build_unetr,
+    segmentation_network,
+    segmenter_config,
 )
 from volmae.networks.unetr import UNETR
 from volmae.networks.vit import ViTEncoder
@@ -26,13 +31,17 @@ __all__ = [
     "NnFormerEncoder",
     "NnFormer",
     "MaskedVolumeModel",
-    "build_nnformer",
-    "build_segmenter",
     "PRESETS",
+    "Built",
+    "NetworkConfig",
+    "build_network",
     "build_encoder",
     "build_mae",
     "build_unetr",
-    "build_from_config",
+    "build_nnformer",
+    "build_segmenter",
+    "segmenter_config",
+    "segmentation_network",
     "load_encoder_weights",
     "LoadReport",
     "patchify",

@@ -28,7 +28,7 @@ from volmae.networks.patching import as_tuple
 
 __all__ = ["nnunet_plan", "build_dynunet_network", "DYNUNET_KEYS"]
 
-# the DynUNet constructor arguments a checkpoint stores (``volmae_config["dynunet"]``)
+# the DynUNet constructor arguments a model file stores (its NetworkConfig.arguments)
 DYNUNET_KEYS = ("in_channels", "out_channels", "kernel_size", "strides", "upsample_kernel_size", "filters", "res_block")
 
 

@@ -30,7 +30,7 @@ from einops import rearrange
 from monai.networks.layers import Act, Conv
 from monai.networks.nets.swin_unetr import SwinTransformerBlock, compute_mask
 
-from volmae.networks.patching import as_tuple
+from volmae.networks.patching import as_tuple, check_input
 
 __all__ = ["NnFormerEncoder", "ChannelNorm", "WindowStage", "stage_windows", "nearest_valid_sizes"]
 
@@ -254,17 +254,9 @@ class NnFormerEncoder(nn.Module):
         index = int(rest.partition(".")[0])
         return index + 2 if root == "downs" else index + 1
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 5 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != self.img_size:
-            raise ValueError(
-                f"expected input B x {self.in_channels} x {self.img_size[0]} x {self.img_size[1]} x "
-                f"{self.img_size[2]}, got {tuple(x.shape)} (the nnFormer encoder is built for "
-                f"img_size={self.img_size}; use sliding-window inference or rebuild it for another ROI)"
-            )
-
     def embed_input(self, x: torch.Tensor) -> torch.Tensor:
         """``B C D H W -> B E d0 h0 w0``: the convolutional embedding."""
-        self._check_input(x)
+        check_input(x, self.in_channels, self.img_size, "nnFormer encoder")
         return self.embed(x)
 
     def forward_embedded(self, x: torch.Tensor) -> list[torch.Tensor]:

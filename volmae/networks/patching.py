@@ -18,7 +18,19 @@ import torch
 from einops import rearrange
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["as_tuple", "grid_size", "patchify", "unpatchify", "check_patch_grid", "gather_tokens"]
+__all__ = ["as_tuple", "grid_size", "patchify", "unpatchify", "check_patch_grid", "gather_tokens", "check_input"]
+
+
+def check_input(x: torch.Tensor, in_channels: int, img_size: tuple[int, int, int], encoder: str) -> None:
+    """The input check of every encoder: ``x`` must be ``B C D H W`` with the channels and window it was built for.
+
+    Written for TorchScript as well (the bundles export networks with ``torch.jit.script``)."""
+    if x.dim() != 5 or x.shape[1] != in_channels or (x.shape[2], x.shape[3], x.shape[4]) != img_size:
+        raise ValueError(
+            f"expected input B x {in_channels} x {img_size[0]} x {img_size[1]} x {img_size[2]}, got "
+            f"{list(x.shape)} (the {encoder} is built for img_size={img_size}; use sliding-window inference or "
+            "rebuild it for another ROI)"
+        )
 
 
 def as_tuple(value: Sequence[int] | int, spatial_dims: int, name: str) -> tuple[int, ...]:

@@ -1,17 +1,17 @@
 """Named model presets, shared by the Python API, the console scripts (``--preset``) and bundle ``_target_`` s.
 
 A preset fixes the encoder's width/depth/heads/patch and the MAE decoder; sizes that depend on the task (input
-channels, ROI, classes) are arguments. Every builder returns a model whose full constructor arguments are in
-``model.volmae_config`` so that a checkpoint can rebuild its network without the original command line.
+channels, ROI, classes) are arguments. Every builder returns :class:`Built`: the network and its
+:class:`NetworkConfig`, every constructor argument, from which :func:`build_network` rebuilds the same network
+(a model file stores the config, :mod:`volmae.artifact`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, NamedTuple
 
 import torch
 
@@ -25,6 +25,7 @@ from volmae.networks.nnformer_encoder import NnFormerEncoder, nearest_valid_size
 from volmae.networks.patching import as_tuple
 from volmae.networks.unetr import UNETR
 from volmae.networks.vit import ViTEncoder
+from volmae.utils.io import plain
 
 __all__ = [
     "Preset",
@@ -32,23 +33,30 @@ __all__ = [
     "CnnPreset",
     "PRESETS",
     "get_preset",
+    "NetworkConfig",
+    "Built",
+    "build_network",
     "build_encoder",
     "build_mae",
     "build_unetr",
     "build_nnformer",
     "build_dynunet",
     "build_segmenter",
-    "build_from_config",
+    "segmenter_config",
+    "segmentation_network",
     "list_presets",
     "fit_roi",
     "SEGMENTATION_KINDS",
     "PRETRAINING_KINDS",
+    "ENCODER_KINDS",
     "METHODS",
+    "citations",
 ]
 
-# Checkpoint ``kind`` s: the network a checkpoint holds (a segmentation network or a pretraining model).
+# Network ``kind`` s: a segmentation network, a pretraining model, or an encoder alone (a feature extractor).
 SEGMENTATION_KINDS = ("unetr", "nnformer", "dynunet")
 PRETRAINING_KINDS = ("mae", "masked-volume", "masked-unetr")
+ENCODER_KINDS = ("vit-encoder", "nnformer-encoder")
 # Pretraining methods (``volmae-pretrain --method``): "auto" is MAE for a ViT preset, masked volume for nnFormer.
 METHODS = {"vit": ("auto", "mae", "masked-unetr"), "nnformer": ("auto", "masked-volume"), "cnn": ()}
 
@@ -156,22 +164,157 @@ def fit_roi(preset: str, roi_size: Sequence[int]) -> tuple[int, int, int]:
     return tuple(-(-r // step) * step for r in roi)  # type: ignore[return-value]
 
 
+# kind -> (encoder class, network class, key of the network's own arguments in the stored config, family)
+_NETWORKS: dict[str, tuple[type | None, type | None, str, str]] = {
+    "unetr": (ViTEncoder, UNETR, "unetr", "vit"),
+    "nnformer": (NnFormerEncoder, NnFormer, "nnformer", "nnformer"),
+    "dynunet": (None, None, "dynunet", "cnn"),
+    "mae": (ViTEncoder, MaskedAutoencoder, "mae", "vit"),
+    "masked-volume": (NnFormerEncoder, MaskedVolumeModel, "masked_volume", "nnformer"),
+    "masked-unetr": (ViTEncoder, MaskedUNETR, "masked_unetr", "vit"),
+    "vit-encoder": (ViTEncoder, None, "", "vit"),
+    "nnformer-encoder": (NnFormerEncoder, None, "", "nnformer"),
+}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Everything that rebuilds a network exactly: its ``kind``, the ``preset`` it came from, the encoder's
+    constructor arguments (``encoder``; ``None`` for the CNN, which has no separate encoder) and the network's own
+    (``arguments``: the UNETR / nnFormer decoder, the MAE decoder and masking, the DynUNet plan).
+
+    :meth:`to_dict` is the stored form (``{"kind", "preset", "encoder", "<kind>": arguments}``, the layout every
+    volmae model file has carried); :meth:`from_dict` reads it back, checking that it describes a network."""
+
+    kind: str
+    preset: str
+    arguments: dict = field(default_factory=dict)
+    encoder: dict | None = None
+    window: tuple[int, ...] = ()  # the input window (the ROI); a ViT / nnFormer's is its encoder's img_size
+
+    def __post_init__(self) -> None:
+        if self.kind not in _NETWORKS:
+            raise ConfigError(f"network kind {self.kind!r}: expected one of {', '.join(_NETWORKS)}")
+        enc_cls = _NETWORKS[self.kind][0]
+        if enc_cls is not None and not isinstance(self.encoder, Mapping):
+            raise ConfigError(f"a {self.kind} network config needs its encoder's arguments")
+        if not self.window:
+            size = (self.encoder or {}).get("img_size")
+            if size is None:
+                raise ConfigError(f"a {self.kind} network config needs its window (img_size)")
+            object.__setattr__(self, "window", tuple(int(s) for s in size))
+
+    @property
+    def family(self) -> str:
+        """``vit``, ``nnformer`` or ``cnn``: weights move between networks of one family only."""
+        return _NETWORKS[self.kind][3]
+
+    @property
+    def role(self) -> str:
+        """``segmentation``, ``pretraining`` or ``encoder``."""
+        if self.kind in SEGMENTATION_KINDS:
+            return "segmentation"
+        return "pretraining" if self.kind in PRETRAINING_KINDS else "encoder"
+
+    @property
+    def out_channels(self) -> int | None:
+        """Output channels of a segmentation network (``None`` for other roles)."""
+        return int(self.arguments["out_channels"]) if self.role == "segmentation" else None
+
+    @property
+    def in_channels(self) -> int:
+        return int((self.encoder or self.arguments)["in_channels"])
+
+    def with_window(self, roi_size: Sequence[int]) -> NetworkConfig:
+        """The same network for another input window (a ViT's token grid follows it; the weights still load, see
+        :func:`volmae.networks.weights.load_encoder_weights`)."""
+        roi = tuple(int(s) for s in roi_size)
+        if self.encoder is None:
+            return replace(self, window=roi)
+        return replace(self, encoder={**self.encoder, "img_size": list(roi)}, window=roi)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "preset": self.preset}
+        if self.encoder is not None:
+            out["encoder"] = plain(self.encoder)
+        else:
+            out["img_size"] = list(self.window)
+        key = _NETWORKS[self.kind][2]
+        if key:
+            out[key] = plain(self.arguments)
+        return out
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> NetworkConfig:
+        if not isinstance(config, Mapping) or config.get("kind") not in _NETWORKS:
+            kind = config.get("kind") if isinstance(config, Mapping) else None
+            raise ConfigError(f"the stored network config describes no volmae network (kind={kind!r})")
+        kind = config["kind"]
+        key = _NETWORKS[kind][2]
+        arguments = dict(config.get(key) or {}) if key else {}
+        encoder = dict(config["encoder"]) if isinstance(config.get("encoder"), Mapping) else None
+        window = tuple(int(s) for s in config.get("img_size", ()))
+        return cls(kind, str(config.get("preset", "")), arguments, encoder, window)
+
+    def build(self) -> torch.nn.Module:
+        """A fresh network of this config (see :func:`build_network`)."""
+        return build_network(self)
+
+
+class Built(NamedTuple):
+    """What a builder returns: the network and the config that rebuilds it."""
+
+    model: torch.nn.Module
+    config: NetworkConfig
+
+
+def build_network(config: NetworkConfig | Mapping[str, Any]) -> torch.nn.Module:
+    """Build the network a :class:`NetworkConfig` (or its stored dict) describes, freshly initialised. A size the
+    network refuses becomes a :class:`ConfigError` naming it."""
+    cfg = config if isinstance(config, NetworkConfig) else NetworkConfig.from_dict(config)
+    enc_cls, net_cls, _, _ = _NETWORKS[cfg.kind]
+    with _named(cfg.preset or cfg.kind):
+        if cfg.kind == "dynunet":
+            return build_dynunet_network(**cfg.arguments)
+        enc = enc_cls(**cfg.encoder)  # type: ignore[misc]
+        return enc if net_cls is None else net_cls(enc, **cfg.arguments)
+
+
 @contextlib.contextmanager
 def _named(preset: str) -> Iterator[None]:
     """A size or argument the network refuses (e.g. an ROI its patches / windows do not tile) becomes a
     :class:`ConfigError` naming the preset, so the console scripts print one line instead of a traceback."""
     try:
         yield
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         if isinstance(e, VolmaeError):
             raise
         raise ConfigError(f"preset {preset!r}: {e}") from None
 
 
-def _config_of(module, kwargs: dict[str, Any]) -> dict[str, Any]:
-    cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
-    cfg.update(img_size=list(module.img_size), patch_size=list(module.patch_size))
-    return cfg
+def _encoder_config(
+    preset: str,
+    in_channels: int,
+    img_size: Sequence[int] | int,
+    patch_size: Sequence[int] | int | None,
+    overrides: Mapping[str, Any],
+) -> NetworkConfig:
+    p = get_preset(preset)
+    if isinstance(p, CnnPreset):
+        raise ConfigError(f"preset {preset!r} is a CNN without a separate encoder: nothing to pretrain or extract")
+    kwargs: dict[str, Any] = dict(in_channels=in_channels, img_size=img_size, **p.encoder_kwargs())
+    if patch_size is not None:
+        kwargs["patch_size"] = patch_size
+    kwargs.update(overrides)
+    with _named(preset):  # normalise the sizes (an int means a cube) and check them as the encoder does
+        kwargs["img_size"] = list(as_tuple(kwargs["img_size"], 3, "img_size"))
+        kwargs["patch_size"] = list(as_tuple(kwargs["patch_size"], 3, "patch_size"))
+    kind = "nnformer-encoder" if isinstance(p, NnFormerPreset) else "vit-encoder"
+    return NetworkConfig(kind, preset, {}, plain(kwargs))
+
+
+def _built(config: NetworkConfig) -> Built:
+    return Built(build_network(config), config)
 
 
 def build_encoder(
@@ -180,20 +323,10 @@ def build_encoder(
     img_size: Sequence[int] | int = 96,
     patch_size: Sequence[int] | int | None = None,
     **overrides: Any,
-) -> ViTEncoder | NnFormerEncoder:
-    """The encoder of a preset (:class:`ViTEncoder` or :class:`NnFormerEncoder`); ``overrides`` replace any of its
-    constructor arguments."""
-    p = get_preset(preset)
-    if isinstance(p, CnnPreset):
-        raise ConfigError(f"preset {preset!r} is a CNN without a separate encoder: nothing to pretrain or extract")
-    kwargs: dict[str, Any] = dict(in_channels=in_channels, img_size=img_size, **p.encoder_kwargs())
-    if patch_size is not None:
-        kwargs["patch_size"] = patch_size
-    kwargs.update(overrides)
-    with _named(preset):
-        enc = (NnFormerEncoder if isinstance(p, NnFormerPreset) else ViTEncoder)(**kwargs)
-    enc.volmae_config = _config_of(enc, kwargs)
-    return enc
+) -> Built:
+    """The encoder of a preset (:class:`ViTEncoder` or :class:`NnFormerEncoder`), a feature extractor with no
+    head; ``overrides`` replace any of its constructor arguments."""
+    return _built(_encoder_config(preset, in_channels, img_size, patch_size, overrides))
 
 
 def build_mae(
@@ -209,7 +342,7 @@ def build_mae(
     method: str = "auto",
     feature_size: int | None = None,
     **encoder_overrides: Any,
-) -> MaskedAutoencoder | MaskedVolumeModel | MaskedUNETR:
+) -> Built:
     """The pretraining model of a preset. ``method`` ``"auto"``: an MAE for a ViT (mask ratio 0.75 by default,
     decoder sizes from the preset), masked-volume reconstruction for nnFormer (mask ratio 0.6, linear head unless
     ``decoder_dim``); ``"masked-unetr"`` (ViT presets): masked-volume reconstruction by the whole UNETR of the
@@ -225,38 +358,35 @@ def build_mae(
         )
     if feature_size is not None and method != "masked-unetr":
         raise ConfigError("feature_size sizes the UNETR decoder of method masked-unetr only")
-    enc = build_encoder(preset, in_channels, img_size, patch_size, **encoder_overrides)
-    model: MaskedAutoencoder | MaskedVolumeModel | MaskedUNETR
-    if family == "nnformer" or method == "masked-unetr":
-        if decoder_depth is not None or decoder_heads is not None:
-            raise ConfigError(
-                "decoder_depth / decoder_heads set the MAE's transformer decoder; masked-volume pretraining "
-                + (
-                    "(nnFormer presets) has a linear head, sized by decoder_dim only"
-                    if family == "nnformer"
-                    else "by method masked-unetr reconstructs with the UNETR's own decoder"
-                )
+    enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides).encoder
+    if (family == "nnformer" or method == "masked-unetr") and (decoder_depth is not None or decoder_heads is not None):
+        raise ConfigError(
+            "decoder_depth / decoder_heads set the MAE's transformer decoder; masked-volume pretraining "
+            + (
+                "(nnFormer presets) has a linear head, sized by decoder_dim only"
+                if family == "nnformer"
+                else "by method masked-unetr reconstructs with the UNETR's own decoder"
             )
+        )
     if family == "nnformer":
+        kind = "masked-volume"
         kwargs = dict(
             mask_ratio=0.6 if mask_ratio is None else mask_ratio,
             norm_pix_loss=norm_pix_loss,
             decoder_dim=decoder_dim or 0,
         )
-        with _named(preset):
-            model, kind = MaskedVolumeModel(enc, **kwargs), "masked-volume"
     elif method == "masked-unetr":
         if decoder_dim is not None:
             raise ConfigError("decoder_dim does not apply to method masked-unetr: the UNETR decoder reconstructs")
+        kind = "masked-unetr"
         kwargs = dict(
             feature_size=p.feature_size if feature_size is None else feature_size,
             skip_norm=True,
             mask_ratio=0.6 if mask_ratio is None else mask_ratio,
             norm_pix_loss=norm_pix_loss,
         )
-        with _named(preset):
-            model, kind = MaskedUNETR(enc, **kwargs), "masked-unetr"
     else:
+        kind = "mae"
         kwargs = dict(
             decoder_dim=p.decoder_dim if decoder_dim is None else decoder_dim,
             decoder_depth=p.decoder_depth if decoder_depth is None else decoder_depth,
@@ -264,10 +394,29 @@ def build_mae(
             mask_ratio=0.75 if mask_ratio is None else mask_ratio,
             norm_pix_loss=norm_pix_loss,
         )
-        with _named(preset):
-            model, kind = MaskedAutoencoder(enc, **kwargs), "mae"
-    model.volmae_config = {"kind": kind, "preset": preset, "encoder": enc.volmae_config, _HEAD_KEY[kind]: kwargs}
-    return model
+    return _built(NetworkConfig(kind, preset, kwargs, enc))
+
+
+def _unetr_config(
+    preset: str,
+    in_channels: int,
+    out_channels: int,
+    img_size: Sequence[int] | int,
+    patch_size: Sequence[int] | int | None,
+    feature_size: int | None,
+    norm_name: str,
+    skip_norm: bool,
+    encoder_overrides: Mapping[str, Any],
+) -> NetworkConfig:
+    p = get_preset(preset, "vit")
+    enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides).encoder
+    kwargs = dict(
+        out_channels=out_channels,
+        feature_size=p.feature_size if feature_size is None else feature_size,
+        norm_name=norm_name,
+        skip_norm=skip_norm,
+    )
+    return NetworkConfig("unetr", preset, kwargs, enc)
 
 
 def build_unetr(
@@ -277,25 +426,45 @@ def build_unetr(
     img_size: Sequence[int] | int = 96,
     patch_size: Sequence[int] | int | None = None,
     feature_size: int | None = None,
-    pretrained: str | Path | None = None,
     norm_name: str = "instance",
     skip_norm: bool = True,
     **encoder_overrides: Any,
-) -> UNETR:
-    """A UNETR on a ViT preset encoder; with ``pretrained`` (a volmae/MONAI checkpoint path) the encoder is loaded
-    from it and the load report is kept in ``model.load_report``."""
-    p = get_preset(preset, "vit")
-    enc = build_encoder(preset, in_channels, img_size, patch_size, **encoder_overrides)
-    unetr_kwargs = dict(
-        out_channels=out_channels,
-        feature_size=p.feature_size if feature_size is None else feature_size,
-        norm_name=norm_name,
-        skip_norm=skip_norm,
+) -> Built:
+    """A UNETR on a ViT preset encoder (pretrained weights load afterwards:
+    :func:`volmae.artifact.load_pretrained`)."""
+    return _built(
+        _unetr_config(
+            preset,
+            in_channels,
+            out_channels,
+            img_size,
+            patch_size,
+            feature_size,
+            norm_name,
+            skip_norm,
+            encoder_overrides,
+        )  # fmt: skip
     )
-    with _named(preset):
-        model = UNETR(enc, **unetr_kwargs)
-    model.volmae_config = {"kind": "unetr", "preset": preset, "encoder": enc.volmae_config, "unetr": unetr_kwargs}
-    return _with_pretrained(model, pretrained)
+
+
+def _nnformer_config(
+    preset: str,
+    in_channels: int,
+    out_channels: int,
+    img_size: Sequence[int] | int,
+    patch_size: Sequence[int] | int | None,
+    deep_supervision: bool | None,
+    decoder_depths: Sequence[int] | None,
+    encoder_overrides: Mapping[str, Any],
+) -> NetworkConfig:
+    p = get_preset(preset, "nnformer")
+    enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides).encoder
+    kwargs = dict(
+        out_channels=out_channels,
+        decoder_depths=None if decoder_depths is None else list(decoder_depths),
+        deep_supervision=p.deep_supervision if deep_supervision is None else bool(deep_supervision),
+    )
+    return NetworkConfig("nnformer", preset, kwargs, enc)
 
 
 def build_nnformer(
@@ -304,24 +473,33 @@ def build_nnformer(
     out_channels: int = 2,
     img_size: Sequence[int] | int = 96,
     patch_size: Sequence[int] | int | None = None,
-    pretrained: str | Path | None = None,
     deep_supervision: bool | None = None,
     decoder_depths: Sequence[int] | None = None,
     **encoder_overrides: Any,
-) -> NnFormer:
-    """An nnFormer on an nnFormer preset encoder (``deep_supervision`` defaults to the preset's); ``pretrained``
-    as in :func:`build_unetr`."""
-    p = get_preset(preset, "nnformer")
-    enc = build_encoder(preset, in_channels, img_size, patch_size, **encoder_overrides)
-    kwargs = dict(
-        out_channels=out_channels,
-        decoder_depths=None if decoder_depths is None else list(decoder_depths),
-        deep_supervision=p.deep_supervision if deep_supervision is None else deep_supervision,
+) -> Built:
+    """An nnFormer on an nnFormer preset encoder (``deep_supervision`` defaults to the preset's)."""
+    return _built(
+        _nnformer_config(
+            preset, in_channels, out_channels, img_size, patch_size, deep_supervision, decoder_depths, encoder_overrides
+        )
     )
+
+
+def _dynunet_config(
+    preset: str, in_channels: int, out_channels: int, img_size: Sequence[int] | int, spacing: Sequence[float] | float
+) -> NetworkConfig:
+    p = get_preset(preset, "cnn")
     with _named(preset):
-        model = NnFormer(enc, **kwargs)
-    model.volmae_config = {"kind": "nnformer", "preset": preset, "encoder": enc.volmae_config, "nnformer": kwargs}
-    return _with_pretrained(model, pretrained)
+        plan = nnunet_plan(img_size, spacing, base_filters=p.base_filters, max_filters=p.max_filters)
+        size = as_tuple(img_size, 3, "img_size")
+    kwargs = dict(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        **plan,
+        upsample_kernel_size=plan["strides"][1:],
+        res_block=p.res_block,
+    )
+    return NetworkConfig("dynunet", preset, plain(kwargs), None, tuple(size))
 
 
 def build_dynunet(
@@ -330,48 +508,30 @@ def build_dynunet(
     out_channels: int = 2,
     img_size: Sequence[int] | int = 96,
     spacing: Sequence[float] | float = 1.0,
-) -> torch.nn.Module:
+) -> Built:
     """The CNN peer: MONAI's ``DynUNet`` with the nnU-Net plan (:func:`volmae.networks.dynunet.nnunet_plan`) for an
     ROI of ``img_size`` voxels at ``spacing`` mm. Fully convolutional: it segments windows of any size that its
     strides divide."""
-    p = get_preset(preset, "cnn")
-    with _named(preset):
-        plan = nnunet_plan(img_size, spacing, base_filters=p.base_filters, max_filters=p.max_filters)
-        kwargs = dict(
-            in_channels=in_channels,
-            out_channels=out_channels,
-            **plan,
-            upsample_kernel_size=plan["strides"][1:],
-            res_block=p.res_block,
-        )
-        model = build_dynunet_network(**kwargs)
-    size = list(as_tuple(img_size, 3, "img_size"))  # valid: the plan checked it
-    model.volmae_config = {"kind": "dynunet", "preset": preset, "img_size": size, "dynunet": kwargs}
-    model.load_report = None
-    return model
+    return _built(_dynunet_config(preset, in_channels, out_channels, img_size, spacing))
 
 
-def build_segmenter(
+def segmenter_config(
     preset: str = "vit-base",
     in_channels: int = 1,
     out_channels: int = 2,
     img_size: Sequence[int] | int = 96,
     patch_size: Sequence[int] | int | None = None,
-    pretrained: str | Path | None = None,
     feature_size: int | None = None,
     skip_norm: bool = True,
     deep_supervision: bool | None = None,
     spacing: Sequence[float] | float = 1.0,
     **encoder_overrides: Any,
-) -> UNETR | NnFormer | torch.nn.Module:
-    """The segmentation network of any preset: UNETR for a ViT preset, nnFormer for an nnFormer one, DynUNet for
-    the CNN peer (planned for ``img_size`` at ``spacing``, which only it uses). The options of the other families
-    must stay at their defaults (``feature_size``/``skip_norm`` are UNETR's, ``deep_supervision`` nnFormer's)."""
+) -> NetworkConfig:
+    """The :class:`NetworkConfig` of :func:`build_segmenter` (nothing is built); the bundles' ``network_config``."""
     p = get_preset(preset)
     if isinstance(p, CnnPreset):
         given = {
             "patch_size": patch_size is not None,
-            "pretrained": bool(pretrained),
             "feature_size": feature_size is not None,
             "skip_norm": not skip_norm,
             "deep_supervision": bool(deep_supervision),
@@ -380,59 +540,75 @@ def build_segmenter(
         bad = [k for k, v in given.items() if v]
         if bad:
             raise ConfigError(f"preset {preset!r} (the CNN peer) takes no {', '.join(bad)}: it is trained from scratch")
-        return build_dynunet(preset, in_channels, out_channels, img_size, spacing)
+        return _dynunet_config(preset, in_channels, out_channels, img_size, spacing)
     if isinstance(p, NnFormerPreset):
         if feature_size is not None or not skip_norm:
             raise ConfigError(f"feature_size / skip_norm are UNETR options; preset {preset!r} builds an nnFormer")
-        return build_nnformer(
-            preset, in_channels, out_channels, img_size, patch_size, pretrained, deep_supervision, **encoder_overrides
+        return _nnformer_config(
+            preset, in_channels, out_channels, img_size, patch_size, deep_supervision, None, encoder_overrides
         )
     if deep_supervision:
         raise ConfigError(f"deep_supervision is an nnFormer option; preset {preset!r} builds a UNETR")
-    return build_unetr(
-        preset, in_channels, out_channels, img_size, patch_size, feature_size, pretrained, skip_norm=skip_norm,
-        **encoder_overrides,
-    )  # fmt: skip
+    return _unetr_config(
+        preset, in_channels, out_channels, img_size, patch_size, feature_size, "instance", skip_norm, encoder_overrides
+    )
 
 
-def _with_pretrained(model, pretrained: str | Path | None):
-    model.load_report = None
-    if pretrained:
-        from volmae.networks.weights import load_pretrained
+def build_segmenter(
+    preset: str = "vit-base",
+    in_channels: int = 1,
+    out_channels: int = 2,
+    img_size: Sequence[int] | int = 96,
+    patch_size: Sequence[int] | int | None = None,
+    feature_size: int | None = None,
+    skip_norm: bool = True,
+    deep_supervision: bool | None = None,
+    spacing: Sequence[float] | float = 1.0,
+    **encoder_overrides: Any,
+) -> Built:
+    """The segmentation network of any preset: UNETR for a ViT preset, nnFormer for an nnFormer one, DynUNet for
+    the CNN peer (planned for ``img_size`` at ``spacing``, which only it uses). The options of the other families
+    must stay at their defaults (``feature_size``/``skip_norm`` are UNETR's, ``deep_supervision`` nnFormer's)."""
+    return _built(
+        segmenter_config(
+            preset,
+            in_channels,
+            out_channels,
+            img_size,
+            patch_size,
+            feature_size,
+            skip_norm,
+            deep_supervision,
+            spacing,
+            **encoder_overrides,
+        )  # fmt: skip
+    )
 
-        model.load_report = load_pretrained(model, pretrained)
-    return model
+
+def segmentation_network(**kwargs: Any) -> torch.nn.Module:
+    """:func:`build_segmenter`'s network alone, for configs that need a module (a bundle's ``network_def`` is
+    ``build_network(@network_config)``; this is for code that has no use for the config)."""
+    return build_segmenter(**kwargs).model
 
 
 def preset_as_dict(name: str) -> dict[str, Any]:
     return asdict(get_preset(name))
 
 
-# kind -> (encoder class, network class, key of the network's own arguments in the config)
-_NETWORKS = {
-    "mae": (ViTEncoder, MaskedAutoencoder, "mae"),
-    "unetr": (ViTEncoder, UNETR, "unetr"),
-    "masked-volume": (NnFormerEncoder, MaskedVolumeModel, "masked_volume"),
-    "masked-unetr": (ViTEncoder, MaskedUNETR, "masked_unetr"),
-    "nnformer": (NnFormerEncoder, NnFormer, "nnformer"),
+# What to cite for a network and its pretraining (stored in a model file's provenance).
+CITATIONS = {
+    "vit": "Hatamizadeh et al., UNETR: Transformers for 3D Medical Image Segmentation, WACV 2022",
+    "nnformer": "Zhou et al., nnFormer: Volumetric Medical Image Segmentation via a 3D Transformer, IEEE TIP 2023",
+    "cnn": "Isensee et al., nnU-Net: a self-configuring method for deep learning-based biomedical image "
+    "segmentation, Nature Methods 2021",
+    "mae": "Zhou et al., Self Pre-training with Masked Autoencoders for Medical Image Classification and "
+    "Segmentation, ISBI 2023 (arXiv 2203.05573)",
 }
-_HEAD_KEY = {k: v[2] for k, v in _NETWORKS.items()}
 
 
-def build_from_config(
-    config: dict[str, Any],
-) -> MaskedAutoencoder | UNETR | MaskedVolumeModel | MaskedUNETR | NnFormer | torch.nn.Module:
-    """Rebuild a network from the ``volmae_config`` stored in a checkpoint (no preset lookup needed)."""
-    kind = config.get("kind")
-    if kind == "dynunet" and isinstance(config.get("dynunet"), dict):
-        model = build_dynunet_network(**config["dynunet"])
-        model.volmae_config = config
-        return model
-    if kind not in _NETWORKS or "encoder" not in config:
-        raise ConfigError(f"checkpoint config describes no volmae network (kind={kind!r})")
-    enc_cls, net_cls, key = _NETWORKS[kind]
-    enc = enc_cls(**config["encoder"])
-    enc.volmae_config = dict(config["encoder"])
-    model = net_cls(enc, **config[key])
-    model.volmae_config = config
-    return model
+def citations(config: NetworkConfig, pretrained: bool | str | None = None) -> tuple[str, ...]:
+    """The papers behind a network (and its masked pretraining, for a pretraining model or ``pretrained``)."""
+    out = [CITATIONS[config.family]]
+    if pretrained or config.role == "pretraining":
+        out.append(CITATIONS["mae"])
+    return tuple(out)

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from einops import rearrange
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 
 from volmae.networks.vit import ViTEncoder
@@ -98,24 +97,29 @@ class UNETR(nn.Module):
             )
             for s in range(1, levels)
         )
-        # Up stage s (k-1 .. 0): /2**(s+1) -> /2**s, concatenated with the skip at that scale.
-        self.ups = nn.ModuleList(
-            UnetrUpBlock(
-                3,
-                hidden if s == levels - 1 else fs * 2 ** (s + 1),
-                fs * 2**s,
-                3,
-                2,
-                norm_name,
-                res_block=res_block,
+        # Up stage s (k-1 .. 0): /2**(s+1) -> /2**s, concatenated with the skip at that scale. A dict keyed by the
+        # scale (state-dict keys ups.<s>.*) in the order the decoder runs them, deepest first: TorchScript can
+        # iterate a module container but not index one with a variable.
+        self.ups = nn.ModuleDict(
+            (
+                str(s),
+                UnetrUpBlock(
+                    3,
+                    hidden if s == levels - 1 else fs * 2 ** (s + 1),
+                    fs * 2**s,
+                    3,
+                    2,
+                    norm_name,
+                    res_block=res_block,
+                ),
             )
-            for s in range(levels)
+            for s in reversed(range(levels))
         )
         self.head = UnetOutBlock(3, fs, out_channels)
-        self.skip_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in skips) if skip_norm else None
+        self.skip_norms = nn.ModuleList(nn.LayerNorm(hidden) for _ in skips) if skip_norm else nn.ModuleList()
 
     @property
-    def roi_size(self) -> tuple[int, ...]:
+    def roi_size(self) -> tuple[int, int, int]:
         return self.encoder.img_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,13 +130,15 @@ class UNETR(nn.Module):
         """The decoder: input ``x`` ``B C D H W`` (for the stem), the encoder's final ``deep`` and skip-block
         ``hidden`` features (``B E d h w`` each, as :meth:`ViTEncoder.forward_intermediates` returns them at
         ``skip_indices``) -> ``B out_channels D H W``."""
-        if self.skip_norms is not None:
-            hidden = [
-                rearrange(norm(rearrange(h, "b e d h w -> b d h w e")), "b d h w e -> b e d h w")
-                for norm, h in zip(self.skip_norms, hidden)
-            ]
-        skips = [self.stem(x)] + [blk(h) for blk, h in zip(self.skips, hidden)]  # scale /1, /2, ..., /2**(k-1)
+        normed: list[torch.Tensor] = []
+        for i, norm in enumerate(self.skip_norms):  # none without skip_norm
+            normed.append(norm(hidden[i].permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3))
+        if len(normed) > 0:
+            hidden = normed
+        skips = [self.stem(x)]  # scale /1, /2, ..., /2**(k-1)
+        for i, blk in enumerate(self.skips):
+            skips.append(blk(hidden[i]))
         out = deep
-        for s in reversed(range(self.levels)):
-            out = self.ups[s](out, skips[s])
+        for scale, up in self.ups.items():  # deepest first
+            out = up(out, skips[int(scale)])
         return self.head(out)

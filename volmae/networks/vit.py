@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 
-from volmae.networks.patching import as_tuple, gather_tokens, grid_size
+from volmae.networks.patching import as_tuple, check_input, gather_tokens, grid_size
 
 __all__ = ["freeze_unused_norms", "ViTEncoder", "quiet_meshgrid"]
 
@@ -142,17 +142,9 @@ class ViTEncoder(nn.Module):
         d, h, w = self.grid_size
         return d * h * w
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 5 or x.shape[1] != self.in_channels or tuple(x.shape[2:]) != self.img_size:
-            raise ValueError(
-                f"expected input B x {self.in_channels} x {self.img_size[0]} x {self.img_size[1]} x "
-                f"{self.img_size[2]}, got {tuple(x.shape)} (the ViT is built for img_size={self.img_size}; "
-                "use sliding-window inference or rebuild the encoder for another ROI)"
-            )
-
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``B C D H W -> B L E``: patch projection plus position embedding."""
-        self._check_input(x)
+        check_input(x, self.in_channels, self.img_size, "ViT")
         return self.patch_embedding(x)
 
     def embed_tokens(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -162,7 +154,7 @@ class ViTEncoder(nn.Module):
         linear map of each flattened ``(C pD pH pW)`` patch, same weights) saves three quarters of the patch
         projection and its weight gradient. Equal to ``embed(x).gather(1, ids)`` up to float rounding (tested).
         """
-        self._check_input(x)
+        check_input(x, self.in_channels, self.img_size, "ViT")
         pe = self.patch_embedding
         conv = pe.patch_embeddings
         p1, p2, p3 = self.patch_size
@@ -172,9 +164,9 @@ class ViTEncoder(nn.Module):
         return pe.dropout(tokens)
 
     def to_volume(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``B L E -> B E d h w`` for a full (unmasked) token sequence."""
+        """``B L E -> B E d h w`` for a full (unmasked) token sequence (a reshape, not einops: TorchScript)."""
         d, h, w = self.grid_size
-        return rearrange(tokens, "b (d h w) e -> b e d h w", d=d, h=h, w=w)
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], d, h, w)
 
     def forward_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Run all blocks and the final norm on any token subset ``B L' E`` (MAE passes visible tokens only)."""
@@ -186,7 +178,7 @@ class ViTEncoder(nn.Module):
         """``B C D H W -> B L E`` normalised output tokens."""
         return self.forward_tokens(self.embed(x))
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward_intermediates(self, x: torch.Tensor, indices: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Final normalised features and the raw outputs of blocks ``indices`` (0-based), all as ``B E d h w``.
 
         Blocks after the last requested index still run: the final output is always the full depth.
@@ -194,21 +186,21 @@ class ViTEncoder(nn.Module):
         return self.forward_tokens_intermediates(self.embed(x), indices)
 
     def forward_tokens_intermediates(
-        self, tokens: torch.Tensor, indices: Sequence[int]
+        self, tokens: torch.Tensor, indices: list[int]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """:meth:`forward_intermediates` from embedded tokens ``B L E`` (the full grid, e.g. with some replaced by
         a mask token)."""
-        wanted = set()
+        wanted: list[int] = []
         for i in indices:
             if not -self.num_layers <= i < self.num_layers:
                 raise ValueError(f"intermediate index {i} is out of range for {self.num_layers} blocks")
-            wanted.add(i % self.num_layers)
+            wanted.append(i % self.num_layers)
         inter: dict[int, torch.Tensor] = {}
         for i, blk in enumerate(self.blocks):
             tokens = blk(tokens)
             if i in wanted:
                 inter[i] = self.to_volume(tokens)
-        return self.to_volume(self.norm(tokens)), [inter[i % self.num_layers] for i in indices]
+        return self.to_volume(self.norm(tokens)), [inter[i] for i in wanted]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)

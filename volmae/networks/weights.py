@@ -1,19 +1,17 @@
 """Moving pretrained encoder weights between networks: key filters, position-embedding resampling, a load report.
 
-Sources understood by :func:`encoder_state_from`: a volmae checkpoint (pretraining or segmentation,
-``{"model": ...}``), a plain ``state_dict`` of a volmae network or encoder, and MONAI ``UNETR`` / ``ViT`` state dicts
-(``vit.*`` keys), optionally wrapped by DDP (``module.*``). Two encoder families exist, ``vit`` and ``nnformer``;
-weights of one never load into the other (a clear error says so).
+Everything here works on tensors in memory; reading model files is :mod:`volmae.artifact`'s. States understood by
+:func:`encoder_state_from`: the weights of a volmae network or encoder (optionally under ``model`` /
+``state_dict`` / ``net``), and MONAI ``UNETR`` / ``ViT`` state dicts (``vit.*`` keys), optionally wrapped by DDP
+(``module.*``). Two encoder families exist, ``vit`` and ``nnformer``; weights of one never load into the other (a
+clear error says so).
 """
 
 from __future__ import annotations
 
 import math
-import pickle
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -25,22 +23,19 @@ from volmae.networks.vit import ViTEncoder
 
 __all__ = [
     "LoadReport",
-    "read_checkpoint",
     "load_state_exactly",
+    "state_mismatch",
     "model_state",
     "encoder_state_from",
     "unwrapped_state",
     "resample_pos_embed",
     "load_encoder_weights",
     "load_unetr_decoder_weights",
-    "load_pretrained",
     "POS_EMBED_KEY",
-    "CHECKPOINT_FORMAT",
     "monai_unetr_to_volmae",
     "volmae_unetr_to_monai",
 ]
 
-CHECKPOINT_FORMAT = "volmae-checkpoint"  # the "format" field of every checkpoint volmae writes
 POS_EMBED_KEY = "patch_embedding.position_embeddings"
 PATCH_WEIGHT_KEY = "patch_embedding.patch_embeddings.weight"
 # Prefixes under which an encoder lives in the networks we know, tried in order.
@@ -98,18 +93,6 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def _load_failure(e: Exception) -> str:
-    """One line for ``torch.load``'s failure: its weights-only refusal spans many lines and advises
-    ``weights_only=False``, which is wrong for a corrupt or untrusted file."""
-    if isinstance(e, pickle.UnpicklingError):
-        return (
-            "UnpicklingError: corrupt, or holds objects other than tensors and containers; "
-            "not loaded, as that could run code"
-        )
-    lines = [ln.strip() for ln in re.sub(r"\x1b\[[0-9;]*m", "", str(e)).splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {lines[0] if lines else 'no details'}"
-
-
 def state_mismatch(model: torch.nn.Module, state: Mapping[str, torch.Tensor], limit: int = 3) -> str:
     """What keeps ``state`` from loading into ``model``, by key: up to ``limit`` missing, unexpected and
     shape-mismatched keys each (``""`` when it fits)."""
@@ -137,22 +120,6 @@ def load_state_exactly(model: torch.nn.Module, state: Mapping[str, torch.Tensor]
     except RuntimeError as e:
         why = state_mismatch(model, state) or str(e).splitlines()[0]
         raise CheckpointError(message.format(why=why)) from None
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint file safely (``weights_only=True``: no code runs) with a clear error on failure."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a corrupt file
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_load_failure(e)})") from None
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")
-    return dict(obj)
 
 
 def model_state(ckpt: Mapping) -> Mapping[str, torch.Tensor]:
@@ -228,20 +195,23 @@ def resample_bias_table(table: torch.Tensor, old_window: Sequence[int], new_wind
     return rearrange(vol, "1 n d h w -> (d h w) n").to(table.dtype)
 
 
-def _source_windows(ckpt: Mapping) -> list[tuple[int, ...]] | None:
-    """The per-stage windows of the nnFormer encoder a checkpoint was trained with, from its stored config."""
-    cfg = ckpt.get("config", {}).get("encoder", {}) if isinstance(ckpt.get("config"), Mapping) else {}
-    if not {"img_size", "patch_size", "window_sizes"} <= set(cfg):
+def _source_windows(encoder_config: Mapping) -> list[tuple[int, ...]] | None:
+    """The per-stage windows of the nnFormer encoder the weights were trained with, from its arguments."""
+    if not {"img_size", "patch_size", "window_sizes"} <= set(encoder_config):
         return None
+    cfg = encoder_config
     return stage_windows(cfg["img_size"], cfg["patch_size"], cfg["window_sizes"])[1]
 
 
 def load_encoder_weights(
     encoder: ViTEncoder | NnFormerEncoder,
-    source: str | Path | Mapping,
+    state: Mapping,
+    source_encoder: Mapping | None = None,
     source_grid: Sequence[int] | None = None,
 ) -> LoadReport:
-    """Load the encoder part of ``source`` into ``encoder``; never raises on a partial match, reports it instead.
+    """Load the encoder part of ``state`` into ``encoder``; never raises on a partial match, reports it instead.
+    ``source_encoder``: the constructor arguments of the encoder the weights come from (a model file's network
+    config has them), which say its position grid and attention windows.
 
     Position embeddings: when the ROI (token grid) differs, a learnable embedding is trilinearly resampled and the
     fixed sin-cos one is kept as rebuilt by the model (exact). Patch projections pretrained on 1 channel are
@@ -250,15 +220,13 @@ def load_encoder_weights(
     trilinearly resampled (the old windows come from the checkpoint's config). Raises :class:`CheckpointError` when
     no encoder of this family is found, or one of the other family.
     """
-    ckpt = read_checkpoint(source) if isinstance(source, (str, Path)) else source
     family = encoder.family
-    src = encoder_state_from(ckpt, family)
+    src = encoder_state_from(state, family)
     first_conv = FAMILIES[family][2]
-    old_windows = _source_windows(ckpt) if family == "nnformer" else None
-    if source_grid is None and isinstance(ckpt.get("config"), Mapping):
-        enc_cfg = ckpt["config"].get("encoder", {})
-        if "img_size" in enc_cfg and "patch_size" in enc_cfg:
-            source_grid = [i // p for i, p in zip(enc_cfg["img_size"], enc_cfg["patch_size"])]
+    enc_cfg = source_encoder or {}
+    old_windows = _source_windows(enc_cfg) if family == "nnformer" else None
+    if source_grid is None and "img_size" in enc_cfg and "patch_size" in enc_cfg:
+        source_grid = [i // p for i, p in zip(enc_cfg["img_size"], enc_cfg["patch_size"])]
     own = encoder.state_dict()
     report = LoadReport()
     to_load: dict[str, torch.Tensor] = {}
@@ -300,14 +268,11 @@ def load_encoder_weights(
     return report
 
 
-def load_unetr_decoder_weights(network: torch.nn.Module, ckpt: Mapping, report: LoadReport) -> None:
+def load_unetr_decoder_weights(network: torch.nn.Module, state: Mapping, report: LoadReport) -> None:
     """Load the convolutional stem, skip paths, up-sampling stages and skip norms of a ``masked-unetr`` pretraining
-    checkpoint (:class:`~volmae.networks.masked_unetr.MaskedUNETR`, whose keys are a UNETR's) into the UNETR
-    ``network``, adding to ``report``; the reconstruction ``head.*`` and ``mask_token`` are left out. Other
-    checkpoints carry no decoder to load: nothing happens."""
-    if ckpt.get("kind") != "masked-unetr":
-        return
-    state = unwrapped_state(ckpt)
+    model's weights (:class:`~volmae.networks.masked_unetr.MaskedUNETR`, whose keys are a UNETR's) into the UNETR
+    ``network``, adding to ``report``; the reconstruction ``head.*`` and ``mask_token`` are left out."""
+    state = unwrapped_state(state)
     own = {k: v for k, v in network.state_dict().items() if not k.startswith(("encoder.", "head."))}
     to_load = {}
     for key, target in own.items():
@@ -319,18 +284,6 @@ def load_unetr_decoder_weights(network: torch.nn.Module, ckpt: Mapping, report: 
             to_load[key] = state[key]
     network.load_state_dict(to_load, strict=False)
     report.decoder_loaded.extend(to_load)
-
-
-def load_pretrained(network: torch.nn.Module, source: str | Path) -> LoadReport:
-    """What ``--pretrained`` loads into a segmentation ``network``: its encoder (:func:`load_encoder_weights`) and,
-    from a masked-unetr pretraining checkpoint, its UNETR decoder too (:func:`load_unetr_decoder_weights`)."""
-    encoder = getattr(network, "encoder", None)
-    if encoder is None:
-        raise CheckpointError(f"pretrained={source}: {type(network).__name__} has no encoder to load into")
-    ckpt = read_checkpoint(source)
-    report = load_encoder_weights(encoder, ckpt)
-    load_unetr_decoder_weights(network, ckpt, report)
-    return report
 
 
 # MONAI UNETR (patch 16, 12 blocks) module names -> volmae UNETR names; the blocks themselves are identical.

@@ -11,7 +11,7 @@ The design, fixed before any run:
   (``label_fraction(train, fraction, seed)``) and the training seed, so a pretrained run and its scratch twin see
   the same labels, crops and order: the pairs of the paired test;
 * the **budget** is exactly ``steps`` optimizer steps for every run, whatever the fraction (``ceil(steps /
-  steps_per_epoch)`` epochs, the last cut short; :class:`volmae.utils.loop.LoopConfig` ``max_steps``): a 5 % run
+  steps_per_epoch)`` epochs, the last cut short; :class:`volmae.engine.loop.LoopConfig` ``max_steps``): a 5 % run
   trains as long as a 100 % run, so the curves compare labels, not compute. Warm-up is 5 % of the steps. The CNN
   peer may get its own budget (``peer_steps``): the steps that take it as long as ``steps`` take the encoders, to
   compare at equal compute (a CNN step costs several transformer steps on a CPU) rather than at equal steps;

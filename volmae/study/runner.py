@@ -17,15 +17,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from volmae.data.datalist import load_datalist, pretraining_items
+from volmae.engine.finetune import FinetuneConfig, finetune
+from volmae.engine.loop import TrainingInterrupted
+from volmae.engine.pretrain import PretrainConfig, pretrain
 from volmae.errors import ConfigError, find_volmae_error
 from volmae.evaluation.evaluate import EvaluateConfig, evaluate
 from volmae.networks.registry import get_preset
-from volmae.pretraining.engine import PretrainConfig, pretrain
 from volmae.study.plan import FinetuneRun, PretrainRun, StudyConfig, plan_study
 from volmae.study.record import check_pool, record_plan, record_study
-from volmae.training.engine import FinetuneConfig, finetune
 from volmae.utils.io import atomic_write_json, atomic_write_text
-from volmae.utils.loop import TrainingInterrupted
 
 __all__ = ["run_study", "execute", "RESULT", "read_result", "StudyRunsFailed"]
 
@@ -162,6 +162,7 @@ def _run_finetune(run: FinetuneRun, cfg: StudyConfig) -> dict:
                 pretrained=str(run.pretrained) if run.pretrained else None,
                 layer_decay=cfg.layer_decay if run.pretrained else 1.0,
                 val_every=run.val_every,
+                val_on_held_out=True,  # convergence curves: descriptive, the last epoch's model is kept
                 val_cases=cfg.curve_cases if run.val_every else None,
             )
         )

@@ -1,0 +1,123 @@
+"""Fine-tuning engine: what a run trains and validates on, what its model file records, region (sigmoid) training,
+continuing a model, and the channels-last CPU layout training the same network as the plain one."""
+
+import pytest
+import torch
+
+from tests.conftest import make_msd_folder
+from volmae.artifact import ModelArtifact
+from volmae.data import load_msd_datalist, split_fold
+from volmae.engine.finetune import FinetuneConfig, finetune, fold_cases
+from volmae.errors import ConfigError, DataError
+from volmae.networks.registry import build_segmenter
+
+TINY = dict(roi_size=(16, 16, 16), epochs=1, batch_size=2, num_samples=1, feature_size=4, device="cpu", quiet=True)
+
+
+def test_validation_cases_come_from_the_training_cases_and_are_recorded(synthetic_task, tmp_path):
+    datalist = load_msd_datalist(synthetic_task)
+    train, val = fold_cases(datalist, fold=0, val_fraction=0.25)
+    held_out = {it["case"] for it in split_fold(datalist, 0)[1]}
+    assert val and not held_out & {it["case"] for it in train + val}
+    assert not {it["case"] for it in train} & {it["case"] for it in val}
+    res = finetune(FinetuneConfig(str(synthetic_task), str(tmp_path / "run"), val_every=1, val_fraction=0.25,
+                                  select_best=True, **TINY))  # fmt: skip
+    model = ModelArtifact.load(res.model_path, role="segmentation")
+    prov = model.provenance
+    assert prov.stage == "finetune" and prov.fold == 0 and prov.seed == 0 and prov.steps == res.history[-1]["step"]
+    assert set(prov.validation_cases) == {it["case"] for it in val}
+    assert set(prov.training_cases) == {it["case"] for it in train}
+    assert "best validation Dice" in prov.selection and prov.initialised_from == "scratch"
+    assert any("UNETR" in c for c in prov.citation) and prov.settings["val_fraction"] == 0.25
+    assert model.task.labels == {0: "background", 1: "a", 2: "b"} and model.task.output == "softmax"
+    assert "val_dice" in res.history[-1]
+
+
+def test_no_validation_trains_on_every_training_case(synthetic_task, tmp_path):
+    res = finetune(FinetuneConfig(str(synthetic_task), str(tmp_path / "run"), val_every=0, **TINY))
+    prov = ModelArtifact.load(res.model_path).provenance
+    assert res.num_train_cases == len(split_fold(load_msd_datalist(synthetic_task), 0)[0])
+    assert prov.validation_cases == () and prov.selection == "the last epoch's weights"
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(select_best=True, val_on_held_out=True), "would pick the model on the held-out fold"),
+        (dict(select_best=True, val_every=0), "select_best needs validation"),
+        (dict(select_best=True, val_fraction=0.0), "select_best needs validation"),
+        (dict(pretrained="a.pt", init_from="b.pt"), "give one"),
+        (dict(val_every=-1), "val_every=-1"),
+        (dict(regions=True), "declares no label regions"),
+    ],
+)
+def test_settings_that_would_mislead_are_refused(synthetic_task, tmp_path, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        finetune(FinetuneConfig(str(synthetic_task), str(tmp_path / "run"), **{**TINY, **settings}))
+
+
+def test_too_few_cases_to_set_validation_aside(tmp_path):
+    task = make_msd_folder(tmp_path / "task", n=5, shape=(20, 28, 20))  # 4 training cases at 25 %: one labeled
+    with pytest.raises(DataError, match="too few to set 1 aside for validation"):
+        finetune(FinetuneConfig(str(task), str(tmp_path / "run"), label_fraction=0.25, val_every=1, **TINY))
+
+
+def test_region_training_writes_a_sigmoid_region_model(tmp_path):
+    regions = {"ab": [1, 2], "b": [2]}
+    task = make_msd_folder(tmp_path / "task", shape=(20, 28, 20), regions=regions)
+    res = finetune(FinetuneConfig(str(task), str(tmp_path / "run"), regions=True, val_every=1, **TINY))
+    model = ModelArtifact.load(res.model_path)
+    assert model.task.output == "regions" and model.task.regions == {"ab": (1, 2), "b": (2,)}
+    assert model.network.out_channels == 2  # one sigmoid output per region, not one per label
+    assert {"val_dice_ab", "val_dice_b"} <= set(res.history[-1])
+
+
+def test_init_from_continues_a_trained_model(synthetic_task, tmp_path):
+    first = finetune(FinetuneConfig(str(synthetic_task), str(tmp_path / "a"), val_every=0, **TINY))
+    trained = ModelArtifact.load(first.model_path).weights
+    again = finetune(
+        FinetuneConfig(
+            str(synthetic_task),
+            str(tmp_path / "b"),
+            val_every=0,
+            init_from=str(first.model_path),
+            **{**TINY, "lr": 1e-12},
+        )  # fmt: skip
+    )  # a vanishing learning rate: the weights stay where the first run left them
+    model = ModelArtifact.load(again.model_path)
+    assert model.provenance.initialised_from == f"every weight of {first.model_path}"
+    key = "encoder.blocks.0.mlp.linear1.weight"
+    torch.testing.assert_close(model.weights[key], trained[key], atol=1e-6, rtol=0)
+    with pytest.raises(Exception, match="does not fit this network"):
+        finetune(FinetuneConfig(str(synthetic_task), str(tmp_path / "c"), val_every=0, init_from=str(first.model_path),
+                                **{**TINY, "feature_size": 8}))  # fmt: skip
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("preset, roi", [("vit-tiny", (24, 32, 24)), ("nnformer-tiny", (32, 32, 32))])
+def test_channels_last_fine_tunes_like_the_plain_layout_on_real_mri(msd_hippocampus, tmp_path, preset, roi):
+    runs = {}
+    for layout in (True, False):
+        result = finetune(
+            FinetuneConfig(
+                str(msd_hippocampus), str(tmp_path / str(layout)), preset=preset, roi_size=roi, epochs=2,
+                batch_size=2, num_samples=1, label_fraction=0.03, val_cases=2, val_every=2, lr=2e-3,
+                warmup_epochs=0, device="cpu", quiet=True, channels_last=layout,
+            )
+        )  # fmt: skip
+        state = ModelArtifact.load(result.model_path).weights
+        runs[layout] = ([h["loss"] for h in result.history], result.history[-1]["val_dice"], state)
+    (cl_loss, cl_dice, cl_w), (plain_loss, plain_dice, plain_w) = runs[True], runs[False]
+    conv = next(v for v in cl_w.values() if v.ndim == 5 and v.shape[1] > 1 and v.shape[2] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d)  # the run did train channels-last
+    assert cl_loss == pytest.approx(plain_loss, rel=1e-3)
+    assert cl_dice == pytest.approx(plain_dice, abs=1e-3)
+    # Adam turns float-rounding differences of near-zero gradients into lr-sized steps, so the weights drift apart
+    # a little (~1 % of what training moved them for UNETR here); a wrong update would be of the order of the move
+    torch.manual_seed(0)  # the runs' seed: their initial weights
+    start = build_segmenter(preset, 1, 3, roi).model.state_dict()
+
+    def dist(a, b):
+        return sum((a[k] - b[k]).pow(2).sum().item() for k in start if start[k].is_floating_point())
+
+    assert dist(cl_w, plain_w) < 0.05 * dist(plain_w, start)

@@ -1,5 +1,0 @@
-"""MAE self-pretraining."""
-
-from volmae.pretraining.engine import PretrainConfig, PretrainResult, pretrain
-
-__all__ = ["PretrainConfig", "PretrainResult", "pretrain"]
