@@ -90,6 +90,7 @@ RECIPES: dict[str, dict[str, dict]] = {
             lr=5e-4,
             warmup_epochs=10,
             val_every=10,
+            select_best=True,  # on the validation cases drawn from the training cases
             num_workers=4,
         ),
     },

@@ -107,7 +107,7 @@ def test_the_compiled_pass_equals_the_eager_one_on_cuda():
 def test_sliding_window_on_cuda_segments_as_the_cpu_does(amp, compile, agree):
     prep = get_preprocessing("ct", roi_size=(32, 32, 32))
     torch.manual_seed(0)
-    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 8, **SMALL).eval()
+    model = build_unetr("vit-tiny", 1, 3, prep.roi_size, 8, 8, **SMALL).model.eval()
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.avg_pool3d(torch.randn(1, 1, 70, 60, 50, generator=g), 5, 1, 2) * 5  # 36 windows
     ref = Predictor(model, prep, CPU, amp=False).logits(x).argmax(1)

@@ -8,23 +8,25 @@ channels, ROI, classes) are arguments. Every builder returns :class:`Built`: the
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
-from volmae.errors import ConfigError, VolmaeError
-from volmae.networks.dynunet import build_dynunet_network, nnunet_plan
-from volmae.networks.mae import MaskedAutoencoder
-from volmae.networks.masked_unetr import MaskedUNETR
-from volmae.networks.masked_volume import MaskedVolumeModel
-from volmae.networks.nnformer import NnFormer
-from volmae.networks.nnformer_encoder import NnFormerEncoder, nearest_valid_sizes
+from volmae.errors import ConfigError
+from volmae.networks.config import (
+    ENCODER_KINDS,
+    PRETRAINING_KINDS,
+    SEGMENTATION_KINDS,
+    Built,
+    NetworkConfig,
+    build_network,
+    named,
+)
+from volmae.networks.dynunet import nnunet_plan
+from volmae.networks.nnformer_encoder import nearest_valid_sizes
 from volmae.networks.patching import as_tuple
-from volmae.networks.unetr import UNETR
-from volmae.networks.vit import ViTEncoder
 from volmae.utils.io import plain
 
 __all__ = [
@@ -53,10 +55,6 @@ __all__ = [
     "citations",
 ]
 
-# Network ``kind`` s: a segmentation network, a pretraining model, or an encoder alone (a feature extractor).
-SEGMENTATION_KINDS = ("unetr", "nnformer", "dynunet")
-PRETRAINING_KINDS = ("mae", "masked-volume", "masked-unetr")
-ENCODER_KINDS = ("vit-encoder", "nnformer-encoder")
 # Pretraining methods (``volmae-pretrain --method``): "auto" is MAE for a ViT preset, masked volume for nnFormer.
 METHODS = {"vit": ("auto", "mae", "masked-unetr"), "nnformer": ("auto", "masked-volume"), "cnn": ()}
 
@@ -164,134 +162,6 @@ def fit_roi(preset: str, roi_size: Sequence[int]) -> tuple[int, int, int]:
     return tuple(-(-r // step) * step for r in roi)  # type: ignore[return-value]
 
 
-# kind -> (encoder class, network class, key of the network's own arguments in the stored config, family)
-_NETWORKS: dict[str, tuple[type | None, type | None, str, str]] = {
-    "unetr": (ViTEncoder, UNETR, "unetr", "vit"),
-    "nnformer": (NnFormerEncoder, NnFormer, "nnformer", "nnformer"),
-    "dynunet": (None, None, "dynunet", "cnn"),
-    "mae": (ViTEncoder, MaskedAutoencoder, "mae", "vit"),
-    "masked-volume": (NnFormerEncoder, MaskedVolumeModel, "masked_volume", "nnformer"),
-    "masked-unetr": (ViTEncoder, MaskedUNETR, "masked_unetr", "vit"),
-    "vit-encoder": (ViTEncoder, None, "", "vit"),
-    "nnformer-encoder": (NnFormerEncoder, None, "", "nnformer"),
-}
-
-
-@dataclass(frozen=True)
-class NetworkConfig:
-    """Everything that rebuilds a network exactly: its ``kind``, the ``preset`` it came from, the encoder's
-    constructor arguments (``encoder``; ``None`` for the CNN, which has no separate encoder) and the network's own
-    (``arguments``: the UNETR / nnFormer decoder, the MAE decoder and masking, the DynUNet plan).
-
-    :meth:`to_dict` is the stored form (``{"kind", "preset", "encoder", "<kind>": arguments}``, the layout every
-    volmae model file has carried); :meth:`from_dict` reads it back, checking that it describes a network."""
-
-    kind: str
-    preset: str
-    arguments: dict = field(default_factory=dict)
-    encoder: dict | None = None
-    window: tuple[int, ...] = ()  # the input window (the ROI); a ViT / nnFormer's is its encoder's img_size
-
-    def __post_init__(self) -> None:
-        if self.kind not in _NETWORKS:
-            raise ConfigError(f"network kind {self.kind!r}: expected one of {', '.join(_NETWORKS)}")
-        enc_cls = _NETWORKS[self.kind][0]
-        if enc_cls is not None and not isinstance(self.encoder, Mapping):
-            raise ConfigError(f"a {self.kind} network config needs its encoder's arguments")
-        if not self.window:
-            size = (self.encoder or {}).get("img_size")
-            if size is None:
-                raise ConfigError(f"a {self.kind} network config needs its window (img_size)")
-            object.__setattr__(self, "window", tuple(int(s) for s in size))
-
-    @property
-    def family(self) -> str:
-        """``vit``, ``nnformer`` or ``cnn``: weights move between networks of one family only."""
-        return _NETWORKS[self.kind][3]
-
-    @property
-    def role(self) -> str:
-        """``segmentation``, ``pretraining`` or ``encoder``."""
-        if self.kind in SEGMENTATION_KINDS:
-            return "segmentation"
-        return "pretraining" if self.kind in PRETRAINING_KINDS else "encoder"
-
-    @property
-    def out_channels(self) -> int | None:
-        """Output channels of a segmentation network (``None`` for other roles)."""
-        return int(self.arguments["out_channels"]) if self.role == "segmentation" else None
-
-    @property
-    def in_channels(self) -> int:
-        return int((self.encoder or self.arguments)["in_channels"])
-
-    def with_window(self, roi_size: Sequence[int]) -> NetworkConfig:
-        """The same network for another input window (a ViT's token grid follows it; the weights still load, see
-        :func:`volmae.networks.weights.load_encoder_weights`)."""
-        roi = tuple(int(s) for s in roi_size)
-        if self.encoder is None:
-            return replace(self, window=roi)
-        return replace(self, encoder={**self.encoder, "img_size": list(roi)}, window=roi)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "preset": self.preset}
-        if self.encoder is not None:
-            out["encoder"] = plain(self.encoder)
-        else:
-            out["img_size"] = list(self.window)
-        key = _NETWORKS[self.kind][2]
-        if key:
-            out[key] = plain(self.arguments)
-        return out
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any]) -> NetworkConfig:
-        if not isinstance(config, Mapping) or config.get("kind") not in _NETWORKS:
-            kind = config.get("kind") if isinstance(config, Mapping) else None
-            raise ConfigError(f"the stored network config describes no volmae network (kind={kind!r})")
-        kind = config["kind"]
-        key = _NETWORKS[kind][2]
-        arguments = dict(config.get(key) or {}) if key else {}
-        encoder = dict(config["encoder"]) if isinstance(config.get("encoder"), Mapping) else None
-        window = tuple(int(s) for s in config.get("img_size", ()))
-        return cls(kind, str(config.get("preset", "")), arguments, encoder, window)
-
-    def build(self) -> torch.nn.Module:
-        """A fresh network of this config (see :func:`build_network`)."""
-        return build_network(self)
-
-
-class Built(NamedTuple):
-    """What a builder returns: the network and the config that rebuilds it."""
-
-    model: torch.nn.Module
-    config: NetworkConfig
-
-
-def build_network(config: NetworkConfig | Mapping[str, Any]) -> torch.nn.Module:
-    """Build the network a :class:`NetworkConfig` (or its stored dict) describes, freshly initialised. A size the
-    network refuses becomes a :class:`ConfigError` naming it."""
-    cfg = config if isinstance(config, NetworkConfig) else NetworkConfig.from_dict(config)
-    enc_cls, net_cls, _, _ = _NETWORKS[cfg.kind]
-    with _named(cfg.preset or cfg.kind):
-        if cfg.kind == "dynunet":
-            return build_dynunet_network(**cfg.arguments)
-        enc = enc_cls(**cfg.encoder)  # type: ignore[misc]
-        return enc if net_cls is None else net_cls(enc, **cfg.arguments)
-
-
-@contextlib.contextmanager
-def _named(preset: str) -> Iterator[None]:
-    """A size or argument the network refuses (e.g. an ROI its patches / windows do not tile) becomes a
-    :class:`ConfigError` naming the preset, so the console scripts print one line instead of a traceback."""
-    try:
-        yield
-    except (ValueError, TypeError) as e:
-        if isinstance(e, VolmaeError):
-            raise
-        raise ConfigError(f"preset {preset!r}: {e}") from None
-
-
 def _encoder_config(
     preset: str,
     in_channels: int,
@@ -306,7 +176,7 @@ def _encoder_config(
     if patch_size is not None:
         kwargs["patch_size"] = patch_size
     kwargs.update(overrides)
-    with _named(preset):  # normalise the sizes (an int means a cube) and check them as the encoder does
+    with named(preset):  # normalise the sizes (an int means a cube) and check them as the encoder does
         kwargs["img_size"] = list(as_tuple(kwargs["img_size"], 3, "img_size"))
         kwargs["patch_size"] = list(as_tuple(kwargs["patch_size"], 3, "patch_size"))
     kind = "nnformer-encoder" if isinstance(p, NnFormerPreset) else "vit-encoder"
@@ -489,7 +359,7 @@ def _dynunet_config(
     preset: str, in_channels: int, out_channels: int, img_size: Sequence[int] | int, spacing: Sequence[float] | float
 ) -> NetworkConfig:
     p = get_preset(preset, "cnn")
-    with _named(preset):
+    with named(preset):
         plan = nnunet_plan(img_size, spacing, base_filters=p.base_filters, max_filters=p.max_filters)
         size = as_tuple(img_size, 3, "img_size")
     kwargs = dict(
