@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5's GPU checks in one command, for the machine the device tool lends (an H100 / H200 with torch, without
+# The GPU checks in one command, for a lent GPU machine (an H100 / H200 with torch, without
 # MONAI or nibabel, without ../shared/data and without internet): the CUDA-only tests (tests/gpu), the MAE
 # pretraining step against MONAI's MaskedAutoEncoderViT (ViT-B/16 at 96^3; batch 2 for the ratio, batch 32 for the
 # FLOP rate), sliding-window inference of the 512 x 512 x 200 CT, and a whole volmae-infer run on it. Each step has

@@ -88,7 +88,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundle = tmp / "btcv"
-        shutil.copytree(REPO / "volmae" / "bundles" / "btcv", bundle, symlinks=True, ignore=shutil.ignore_patterns("models"))
+        shutil.copytree(
+            REPO / "volmae" / "bundles" / "btcv", bundle, symlinks=True, ignore=shutil.ignore_patterns("models")
+        )
         (bundle / "models").mkdir()
         from volmae.networks import build_unetr
 

@@ -123,6 +123,33 @@ def test_hippocampus_pretrain_then_finetune_from_it(msd_hippocampus, tmp_path):
     assert ModelArtifact.load(root / "runs" / "train" / "model.pt").provenance.initialised_from.endswith(str(mae))
 
 
+def test_hippocampus_nnformer_overlay_end_to_end(msd_hippocampus, tmp_path):
+    """The nnFormer configuration of the hippocampus bundle on real MRI, as shipped but for the budget: masked-volume
+    pretraining (1 epoch, 8 scans), fine-tuning from it (1 epoch, 4 cases), evaluation on the held-out fold and
+    inference, each through configs/nnformer.json."""
+    from volmae.artifact import ModelArtifact
+
+    root = copy_bundle("hippocampus", tmp_path / "bundles")
+    task = _mini_task(msd_hippocampus, tmp_path / "task", 10)
+    cfg, nn = root / "configs", str(root / "configs" / "nnformer.json")
+    run_workflow([str(cfg / "pretrain.json"), nn], None, dataset_dir=str(task),
+                 **{"pretrain#epochs": 1, "pretrain#quiet": True})  # fmt: skip
+    pretrained = root / "models" / "pretrained" / "model.pt"
+    assert ModelArtifact.load(pretrained).kind == "masked-volume"
+    run_workflow([str(cfg / "train.json"), nn], dataset_dir=str(task), pretrained=str(pretrained),
+                 **{**LIMITS, "train#trainer#max_epochs": 1, "device": "cpu"})  # fmt: skip
+    run = ModelArtifact.load(root / "runs" / "train" / "model.pt")
+    assert (run.kind, run.network.window) == ("nnformer", (48, 64, 48)) and len(run.provenance.training_cases) == 4
+    assert "0 missing" in (root / "runs" / "train" / "pretrained_load_report.txt").read_text()
+    run_workflow([str(cfg / "train.json"), str(cfg / "evaluate.json"), nn], dataset_dir=str(task), device="cpu")
+    summary = json.loads((root / "runs" / "eval" / "summary.json").read_text())
+    assert summary["mean"]["n"] == 2 and 0.0 <= summary["mean"]["dice_mean"] <= 1.0  # the 2 held-out cases
+    scan = msd_hippocampus / "imagesTr" / "hippocampus_001.nii.gz"
+    run_workflow([str(cfg / "inference.json"), nn], "infer", input=str(scan), device="cpu")
+    seg = nib.load(root / "predictions" / "hippocampus_001.nii.gz")
+    assert seg.shape == nib.load(scan).shape and set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
+
+
 def test_hippocampus_multi_process_training(msd_hippocampus, tmp_path):
     """multi_gpu_train.json under torchrun: two gloo processes on the CPU (NCCL + one GPU each when present)."""
     root = copy_bundle("hippocampus", tmp_path / "bundles")

@@ -101,6 +101,28 @@ BUNDLES: dict[str, BundleSpec] = {
         references=(_SELFMEDMAE, _UNETR, "Antonelli et al., The Medical Segmentation Decathlon, Nat Commun 2022"),
         prepare="The MSD Task04_Hippocampus folder as distributed (dataset.json, imagesTr, labelsTr) works as is.",
         data_license=_MSD_LICENSE.format(task="Task04_Hippocampus", source="Vanderbilt University Medical Center"),
+        eval_metrics={"mean_dice": 0.8536},
+        notes=(
+            "## Scores\n\n"
+            "Trained from scratch as shipped but for its length, 10 epochs instead of 100 (`python -m monai.bundle run "
+            "training --config_file bundles/hippocampus/configs/train.json --dataset_dir <MSD Task04> "
+            "--train#trainer#max_epochs 10`), on fold 0 of the data's `splits.json`: 149 training cases and 17 "
+            "validation cases drawn from the 166 training cases. 9 min 7 s on 2 CPU cores (AMD EPYC, fp32). "
+            "Validation Dice 0.828 after 5 epochs and 0.843 after 10, so `models/model.pt` is the last epoch's "
+            "weights. Scored on the 42 held-out cases, which training never saw (`python -m monai.bundle run "
+            "evaluating --config_file \"['bundles/hippocampus/configs/train.json',"
+            "'bundles/hippocampus/configs/evaluate.json']\" --dataset_dir <MSD Task04>`, 12 s): mean Dice **0.854** "
+            "(anterior 0.857, posterior 0.850), HD95 1.90 mm, in each scan's original voxel space. "
+            "`eval_metrics` in `configs/metadata.json` is this mean Dice.",
+            "The nnFormer configuration (`configs/nnformer.json`: `nnformer-tiny` at 48 x 64 x 48), run end to end "
+            "at a small budget on the same fold and machine: masked-volume pretraining for 2 epochs "
+            "(`--pretrain#epochs 2`, 2 min 47 s), fine-tuning from it for 3 epochs "
+            "(`--pretrained bundles/hippocampus/models/pretrained/"
+            "model.pt --train#trainer#max_epochs 3`, 6 min 0 s, every encoder tensor loaded; validation Dice 0.752), "
+            "evaluation (13 s): held-out mean Dice 0.763 (anterior 0.774, posterior 0.752), HD95 2.82 mm. A check that "
+            "the configuration trains, not a tuned result: nnFormer-Ti needs more steps than UNETR-Ti to learn "
+            "(docs/nnformer.md).",
+        ),
     ),
     "btcv": BundleSpec(
         name="btcv",

@@ -424,35 +424,12 @@ def segmenter_config(
     )
 
 
-def build_segmenter(
-    preset: str = "vit-base",
-    in_channels: int = 1,
-    out_channels: int = 2,
-    img_size: Sequence[int] | int = 96,
-    patch_size: Sequence[int] | int | None = None,
-    feature_size: int | None = None,
-    skip_norm: bool = True,
-    deep_supervision: bool | None = None,
-    spacing: Sequence[float] | float = 1.0,
-    **encoder_overrides: Any,
-) -> Built:
-    """The segmentation network of any preset: UNETR for a ViT preset, nnFormer for an nnFormer one, DynUNet for
-    the CNN peer (planned for ``img_size`` at ``spacing``, which only it uses). The options of the other families
-    must stay at their defaults (``feature_size``/``skip_norm`` are UNETR's, ``deep_supervision`` nnFormer's)."""
-    return _built(
-        segmenter_config(
-            preset,
-            in_channels,
-            out_channels,
-            img_size,
-            patch_size,
-            feature_size,
-            skip_norm,
-            deep_supervision,
-            spacing,
-            **encoder_overrides,
-        )  # fmt: skip
-    )
+def build_segmenter(*args: Any, **kwargs: Any) -> Built:
+    """The segmentation network of any preset, with its config; the arguments are :func:`segmenter_config`'s:
+    UNETR for a ViT preset, nnFormer for an nnFormer one, DynUNet for the CNN peer (planned for ``img_size`` at
+    ``spacing``, which only it uses). The options of the other families must stay at their defaults
+    (``feature_size``/``skip_norm`` are UNETR's, ``deep_supervision`` nnFormer's)."""
+    return _built(segmenter_config(*args, **kwargs))
 
 
 def segmentation_network(**kwargs: Any) -> torch.nn.Module:
