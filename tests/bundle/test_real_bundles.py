@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -352,3 +353,32 @@ def test_multi_process_training_of_the_ct_and_tumour_bundles(name, request, tmp_
     assert len(dice) == 1 and 0.0 <= dice[0] <= 1.0
     state = torch.load(root / "models" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["btcv", "brats"])
+def test_the_nnformer_configuration_of_the_ct_and_tumour_bundles_on_real_data(name, request, tmp_path):
+    """configs/nnformer.json of btcv (nnformer-synapse, 64 x 128 x 128) and brats (nnformer-tumor, 128^3) as shipped
+    but for the budget: one fine-tuning epoch on real CT (two cropped IRCADb CTs) / real two-channel glioma MRI
+    (three cropped BraTS 2013 cases), then evaluation on the held-out case and inference."""
+    from volmae.artifact import ModelArtifact
+
+    root = copy_bundle(name, tmp_path / "bundles")
+    if name == "btcv":
+        task = _cropped_task(request.getfixturevalue("ircadb_ct"), tmp_path / "task", (256, 256, 120))
+    else:
+        task = Path(shutil.copytree(request.getfixturevalue("brats_task"), tmp_path / "task"))  # splits.json below
+        edit_bundle(root, ("train.json", "inference.json"), **TWO_CHANNELS)
+    (task / "splits.json").write_text(json.dumps({"folds": [[items(task)[-1]["image"].split("/")[-1].split(".")[0]]]}))
+    cfg, nn = root / "configs", str(root / "configs" / "nnformer.json")
+    run_workflow([str(cfg / "train.json"), nn], dataset_dir=str(task), device="cpu", val_fraction=0.0,
+                 **{"train#trainer#max_epochs": 1, "finetune#batch_size": 1, "finetune#num_samples": 1})  # fmt: skip
+    run = ModelArtifact.load(root / "runs" / "train" / "model.pt")
+    assert (run.kind, run.network.preset) == ("nnformer", {"btcv": "nnformer-synapse", "brats": "nnformer-tumor"}[name])
+    run_workflow([str(cfg / "train.json"), str(cfg / "evaluate.json"), nn], dataset_dir=str(task), device="cpu")
+    summary = json.loads((root / "runs" / "eval" / "summary.json").read_text())
+    assert summary["mean"]["n"] == 1 and 0.0 <= summary["mean"]["dice_mean"] <= 1.0
+    scan = items(task)[-1]["image"]
+    run_workflow([str(cfg / "inference.json"), nn], "infer", input=scan, device="cpu")
+    (seg,) = (root / "predictions").glob("*.nii.gz")
+    assert nib.load(seg).shape == nib.load(scan).shape[:3]
