@@ -104,7 +104,8 @@ def bundle_network(bundle: str | os.PathLike) -> NetworkConfig:
     return _parsed(find_bundle(bundle))[0]
 
 
-def _parsed(root: Path) -> tuple[NetworkConfig, Any, dict, Any]:
+def _parsed(root: Path) -> tuple[NetworkConfig, Any, dict, tuple[str, ...], Any]:
+    """``(network_config, prep, labels, channel_names, regions)`` of the bundle's ``configs/inference.json``."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -117,7 +118,8 @@ def _parsed(root: Path) -> tuple[NetworkConfig, Any, dict, Any]:
         raise ConfigError(f"{root}: cannot read the bundle's network_config / prep ({e})") from None
     if not isinstance(network, NetworkConfig):
         raise ConfigError(f"{root}: network_config is not a volmae NetworkConfig ({type(network).__name__})")
-    return network, prep, parser.get("labels") or {}, parser.get("regions")
+    channels = tuple(parser.get("channel_names") or ())
+    return network, prep, parser.get("labels") or {}, channels, parser.get("regions")
 
 
 def _bundle_state(path: Path, network: NetworkConfig, name: str) -> dict[str, torch.Tensor]:
@@ -184,9 +186,8 @@ def from_bundle(bundle: str | os.PathLike, weights: str | os.PathLike | None = N
     """The bundle's network (as ``configs/inference.json`` describes it) with ``weights`` (default
     ``models/model.pt``) as a model artifact."""
     root = find_bundle(bundle)
-    network, prep, labels, regions = _parsed(root)
-    channels = _raw_config(root).get("channel_names") or ()
-    return bundle_model(root, network, prep, labels, tuple(channels), regions, weights)
+    network, prep, labels, channels, regions = _parsed(root)
+    return bundle_model(root, network, prep, labels, channels, regions, weights)
 
 
 def open_model(model: str | os.PathLike | None = None, bundle: str | os.PathLike | None = None) -> ModelArtifact:

@@ -41,7 +41,7 @@ from volmae.data.regions import check_regions
 from volmae.data.transforms import Preprocessing
 from volmae.errors import CheckpointError, ConfigError
 from volmae.networks.registry import NetworkConfig, build_network
-from volmae.networks.weights import load_encoder_weights, load_state_exactly, state_mismatch
+from volmae.networks.weights import load_encoder_weights, load_state_exactly, state_mismatch, unwrapped_state
 from volmae.utils.io import atomic_save, plain
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "Provenance",
     "ModelArtifact",
     "read_file",
+    "read_weights",
     "is_model_file",
 ]
 
@@ -99,6 +100,11 @@ def read_file(path: str | Path) -> dict:
 def is_model_file(data: Mapping) -> bool:
     """Whether a loaded dict is a volmae model file (this format or volmae 0.1.0's)."""
     return data.get("format") in (FORMAT, LEGACY_FORMAT)
+
+
+def utc_now() -> str:
+    """The time now, as a model file's provenance records it (ISO 8601, UTC, seconds)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _int_keys(labels: Mapping) -> dict[int, str]:
@@ -213,8 +219,7 @@ class Provenance:
     @classmethod
     def now(cls, stage: str, **values: Any) -> Provenance:
         """A record for a model made now by this volmae."""
-        created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        return cls(stage=stage, volmae_version=_volmae_version(), created=created, **values)
+        return cls(stage=stage, volmae_version=_volmae_version(), created=utc_now(), **values)
 
     def to_dict(self) -> dict[str, Any]:
         return plain(asdict(self))
@@ -434,3 +439,14 @@ class ModelArtifact:
         model = getattr(model, "module", model)
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         return cls(network, task, weights, provenance)
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], ModelArtifact | None]:
+    """``(weights, model)`` of a file that starting weights come from: a volmae model file's weights with the model
+    itself (its network config says what they are), or a foreign state dict's tensors (under ``model`` /
+    ``state_dict`` / ``net``, DDP's ``module.`` removed) with ``None``."""
+    data = read_file(path)
+    if is_model_file(data):
+        model = ModelArtifact.from_dict(data, str(path))
+        return model.weights, model
+    return unwrapped_state(data), None

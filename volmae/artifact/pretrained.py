@@ -13,22 +13,12 @@ from pathlib import Path
 
 import torch
 
-from volmae.artifact.model import ModelArtifact, is_model_file, read_file
+from volmae.artifact.model import read_weights
 from volmae.errors import CheckpointError
 from volmae.networks.registry import NetworkConfig
 from volmae.networks.weights import LoadReport, load_encoder_weights, load_unetr_decoder_weights
 
-__all__ = ["load_pretrained", "pretrained_source"]
-
-
-def pretrained_source(path: str | Path) -> tuple[dict, NetworkConfig | None]:
-    """``(weights, network config or None)`` of a pretrained-weights file: a volmae model file's, or a foreign
-    state dict as it is."""
-    data = read_file(path)
-    if is_model_file(data):
-        art = ModelArtifact.from_dict(data, str(path))
-        return art.weights, art.network
-    return data, None
+__all__ = ["load_pretrained"]
 
 
 def load_pretrained(network: torch.nn.Module, config: NetworkConfig, source: str | Path) -> LoadReport:
@@ -38,7 +28,8 @@ def load_pretrained(network: torch.nn.Module, config: NetworkConfig, source: str
     encoder = getattr(network, "encoder", None)
     if encoder is None:
         raise CheckpointError(f"pretrained={source}: a {config.kind} network has no encoder to load into")
-    weights, source_config = pretrained_source(source)
+    weights, model = read_weights(source)
+    source_config = model.network if model is not None else None
     if source_config is not None and source_config.family != config.family:
         raise CheckpointError(
             f"{source}: holds a {source_config.family} encoder ({source_config.kind}) but this network has a "

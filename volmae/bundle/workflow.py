@@ -39,14 +39,12 @@ from volmae.evaluation.evaluate import evaluate as _evaluate
 from volmae.inference.infer import InferConfig, InferredCase, collect_inputs, infer
 from volmae.networks.registry import NetworkConfig
 from volmae.utils.io import atomic_save
-from volmae.utils.runtime import resolve_device
 
 __all__ = [
     "bundle_root",
     "fold_items",
     "unlabeled_items",
     "input_items",
-    "device",
     "Trainer",
     "Inference",
     "BundleModel",
@@ -125,11 +123,6 @@ def input_items(
         inputs = default_folder
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     return [{"image": path} for _, path in collect_inputs(paths)]
-
-
-def device(name: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU; otherwise ``torch.device(name)``."""
-    return resolve_device(name or "auto")
 
 
 def _datalist(labels: Mapping, channel_names: Sequence[str], regions: Mapping | None, name: str) -> Datalist:
@@ -241,9 +234,8 @@ class BundleModel:
         self.weights = weights
 
     def load(self) -> ModelArtifact:
-        regions = {str(k): list(v) for k, v in self.regions.items()} if self.regions else None
         return bundle_model(
-            self.root, self.network, self.prep, self.labels, self.channel_names, regions, self.weights
+            self.root, self.network, self.prep, self.labels, self.channel_names, self.regions or None, self.weights
         ).expect("segmentation")
 
 

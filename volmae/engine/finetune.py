@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from monai.losses import DeepSupervisionLoss
 
-from volmae.artifact.model import ModelArtifact, Provenance, Task, is_model_file, read_file
+from volmae.artifact.model import Provenance, Task, read_weights
 from volmae.artifact.pretrained import load_pretrained
 from volmae.data import (
     Datalist,
@@ -41,10 +41,10 @@ from volmae.engine.loop import TrainLoop
 from volmae.engine.losses import annotated_mask, segmentation_loss, training_annotations
 from volmae.engine.stage import StageConfig, loop_config, prepare_stage
 from volmae.errors import ConfigError
-from volmae.evaluation.metrics import dice_scores, label_masks
+from volmae.evaluation.metrics import dice_scores, label_masks, scored_classes
 from volmae.inference.predictor import Predictor
 from volmae.networks.registry import build_segmenter, citations
-from volmae.networks.weights import load_state_exactly, unwrapped_state
+from volmae.networks.weights import load_state_exactly
 from volmae.utils.io import atomic_write, atomic_write_text
 from volmae.utils.onednn import use_onednn_linears
 from volmae.utils.optim import param_groups
@@ -143,8 +143,7 @@ def _with_case(items: list[dict]) -> list[dict]:
 
 def _init_whole(model: torch.nn.Module, path: str) -> None:
     """Every weight of ``path`` (a segmentation model file of this network, or a bundle's plain state dict)."""
-    data = read_file(path)
-    state = ModelArtifact.from_dict(data, path).weights if is_model_file(data) else unwrapped_state(data)
+    state, _ = read_weights(path)
     load_state_exactly(
         model, state, f"{path}: does not fit this network ({{why}}); init_from takes a model of the same preset, "
         "ROI and classes (use pretrained for an encoder)"
@@ -256,11 +255,7 @@ def finetune(cfg: FinetuneConfig, cases: Cases | None = None) -> FinetuneResult:
     predictor = Predictor(
         model, prep, device, cfg.sw_batch_size, cfg.overlap, amp=cfg.amp, cpu_bf16=cfg.cpu_bf16, regions=regions
     )
-    if regions:
-        classes, names = [list(v) for v in regions.values()], list(regions)
-    else:
-        classes = sorted(k for k in datalist.labels if k > 0)
-        names = [datalist.labels[k] for k in classes]
+    classes, names = scored_classes(datalist.labels, regions)
 
     def step(batch):
         x = as_layout(batch["image"].to(device, non_blocking=True).as_tensor(), layout)

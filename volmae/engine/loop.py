@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from volmae.artifact.model import ModelArtifact, Provenance, Task, read_file
+from volmae.artifact.model import ModelArtifact, Provenance, Task, read_file, utc_now
 from volmae.data.loading import epoch_loader, epoch_seed, steps_per_epoch
 from volmae.errors import CheckpointError, VolmaeError
 from volmae.networks.registry import NetworkConfig
@@ -203,7 +203,7 @@ class TrainLoop:
         st = self.state
         provenance = replace(
             self.provenance,
-            created=Provenance.now("").created,
+            created=utc_now(),
             steps=st.step,
             epochs=st.epoch + (1 if st.batch_in_epoch else 0),
             selection=selection or self.provenance.selection,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from volmae.artifact.model import ModelArtifact, Provenance, Task, is_model_file, read_file
+from volmae.artifact.model import Provenance, Task, read_weights
 from volmae.data import (
     make_dataset,
     preflight,
@@ -26,7 +26,7 @@ from volmae.errors import CheckpointError
 from volmae.evaluation.pictures import save_reconstruction_png
 from volmae.networks.mae import MaskedAutoencoder
 from volmae.networks.registry import NetworkConfig, build_mae, citations
-from volmae.networks.weights import load_encoder_weights, load_state_exactly, unwrapped_state
+from volmae.networks.weights import load_encoder_weights, load_state_exactly
 from volmae.utils.onednn import use_onednn_linears
 from volmae.utils.optim import param_groups
 from volmae.utils.runtime import as_layout, channels_last
@@ -149,11 +149,10 @@ def init_weights(model: torch.nn.Module, network: NetworkConfig, path: str | Pat
     """Load every weight of an earlier pretraining run into ``model`` (strict: same kind, preset, ROI and patch);
     a mismatch names the differing keys. A masked-unetr ``model`` also takes the encoder of an MAE run (every
     encoder tensor must load: same preset and patch; a changed ROI resamples the position grid)."""
-    data = read_file(path)
-    source = ModelArtifact.from_dict(data, str(path)) if is_model_file(data) else None
+    weights, source = read_weights(path)
     kind = source.kind if source else None
     if kind == "mae" and network.kind == "masked-unetr":
-        report = load_encoder_weights(model.encoder, source.weights, source.network.encoder)
+        report = load_encoder_weights(model.encoder, weights, source.network.encoder)
         if not report.ok:
             raise CheckpointError(f"{path}: its MAE encoder does not fit this UNETR's:\n{report.summary()}")
         return
@@ -164,7 +163,7 @@ def init_weights(model: torch.nn.Module, network: NetworkConfig, path: str | Pat
         )
     load_state_exactly(
         model,
-        source.weights if source else unwrapped_state(data),
+        weights,
         f"{path}: does not fit this pretraining network ({{why}}); use the same --preset, --roi-size and "
         "--patch-size as the run that wrote it",
     )

@@ -18,7 +18,14 @@ from volmae.artifact.bundles import DEFAULT_BUNDLE
 from volmae.artifact.model import ModelArtifact
 from volmae.data import load_msd_datalist, load_volume, preflight, split_fold
 from volmae.errors import DataError
-from volmae.evaluation.metrics import EvaluationReport, case_metrics, defined_mean, label_masks, summarise
+from volmae.evaluation.metrics import (
+    EvaluationReport,
+    case_metrics,
+    defined_mean,
+    label_masks,
+    scored_classes,
+    summarise,
+)
 from volmae.evaluation.pictures import save_overlay_png
 from volmae.inference.predictor import predictor_for
 from volmae.utils.io import atomic_save_nifti
@@ -66,12 +73,7 @@ def evaluate(cfg: EvaluateConfig, model: ModelArtifact | None = None) -> Evaluat
     preflight(items, predictor.task.in_channels, True, "evaluation datalist", predictor.prep.pixdim)
     # nested tumour regions are what BraTS is scored on, one mask per region: the model's (sigmoid regions), else
     # the task's (a softmax label map cut into the regions, as nnU-Net scores BraTS)
-    regions = predictor.task.regions or datalist.regions
-    if regions:
-        classes, names = [list(v) for v in regions.values()], list(regions)
-    else:
-        classes = sorted(k for k in labels if k > 0)
-        names = [labels[k] for k in classes]
+    classes, names = scored_classes(labels, predictor.task.regions or datalist.regions)
     out = Path(cfg.out_dir)
     results, t0 = [], time.time()
     for i, item in enumerate(items):

@@ -30,6 +30,7 @@ __all__ = [
     "EvaluationReport",
     "case_metrics",
     "dice_scores",
+    "scored_classes",
     "hd95",
     "label_masks",
     "summarise",
@@ -49,6 +50,15 @@ def label_masks(label_map: torch.Tensor, classes: Sequence[int | Sequence[int]])
     return torch.stack(
         [torch.isin(lm, torch.tensor(list(c), dtype=lm.dtype)) if isinstance(c, Sequence) else lm == c for c in classes]
     )
+
+
+def scored_classes(labels: Mapping[int, str], regions: Mapping[str, Sequence[int]] | None = None):
+    """``(classes, names)`` a task is scored on, for :func:`label_masks` and the reports: one nested region per entry
+    of ``regions`` (BraTS tumour core = labels [2, 3]), else every foreground label."""
+    if regions:
+        return [list(v) for v in regions.values()], list(regions)
+    classes = sorted(k for k in labels if k > 0)
+    return classes, [labels[k] for k in classes]
 
 
 def dice_scores(pred_masks: torch.Tensor, true_masks: torch.Tensor) -> list[float]:

@@ -117,7 +117,6 @@ class Predictor:
         self.tta_flips = tuple(tta_flips)
         self.largest_component = largest_component
         self.regions = check_regions(regions) if regions else None
-        self.multilabel = self.regions is not None  # sigmoid outputs
         self.progress = progress
         self.network = CompiledWindows(model, sw_batch_size) if compile else model  # what the windows run through
         self.timings: dict[str, float] | None = None  # a dict: predict_file adds each phase's seconds to it
@@ -181,7 +180,7 @@ class Predictor:
 
     def probabilities(self, image: torch.Tensor) -> torch.Tensor:
         """``B K D H W`` class probabilities (softmax, or sigmoid when multi-label), averaged over TTA flips."""
-        act = torch.sigmoid if self.multilabel else (lambda t: torch.softmax(t, dim=1))
+        act = torch.sigmoid if self.regions else (lambda t: torch.softmax(t, dim=1))
         dims = [(), *[(a + 2,) for a in self.tta_flips]]
         total = None
         for d in dims:

@@ -17,7 +17,6 @@ from volmae.networks.registry import (
     build_nnformer,
     build_segmenter,
     build_unetr,
-    segmentation_network,
     segmenter_config,
 )
 from volmae.networks.unetr import UNETR
@@ -41,7 +40,6 @@ __all__ = [
     "build_nnformer",
     "build_segmenter",
     "segmenter_config",
-    "segmentation_network",
     "load_encoder_weights",
     "LoadReport",
     "patchify",

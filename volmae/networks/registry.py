@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
-
 from volmae.errors import ConfigError
 from volmae.networks.config import (
     ENCODER_KINDS,
@@ -45,7 +43,6 @@ __all__ = [
     "build_dynunet",
     "build_segmenter",
     "segmenter_config",
-    "segmentation_network",
     "list_presets",
     "fit_roi",
     "SEGMENTATION_KINDS",
@@ -430,12 +427,6 @@ def build_segmenter(*args: Any, **kwargs: Any) -> Built:
     ``spacing``, which only it uses). The options of the other families must stay at their defaults
     (``feature_size``/``skip_norm`` are UNETR's, ``deep_supervision`` nnFormer's)."""
     return _built(segmenter_config(*args, **kwargs))
-
-
-def segmentation_network(**kwargs: Any) -> torch.nn.Module:
-    """:func:`build_segmenter`'s network alone, for configs that need a module (a bundle's ``network_def`` is
-    ``build_network(@network_config)``; this is for code that has no use for the config)."""
-    return build_segmenter(**kwargs).model
 
 
 def preset_as_dict(name: str) -> dict[str, Any]:
