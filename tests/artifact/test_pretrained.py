@@ -84,9 +84,9 @@ def test_garbage_and_missing_files_are_named(tmp_path):
         pretrained(build_unetr("vit-tiny", 1, 3, 16, 8, 4, **SMALL), tmp_path / "missing.pt")
 
 
-def test_the_cnn_has_no_encoder_to_load(tmp_path):
+def test_the_cnn_peer_takes_no_vit_weights(tmp_path):
     _, path = mae_file(tmp_path)
-    with pytest.raises(CheckpointError, match="dynunet network has no encoder"):
+    with pytest.raises(CheckpointError, match="holds a vit network .mae. but this is a cnn network .dynunet."):
         pretrained(build_segmenter("dynunet", 1, 3, (16, 16, 16)), path)
 
 
@@ -112,10 +112,10 @@ def test_masked_volume_weights_load_into_nnformer_with_windows_resampled(tmp_pat
 
 def test_encoder_families_never_mix(tmp_path):
     _, mvm = _nnformer_file(tmp_path, (16, 16, 16))
-    with pytest.raises(CheckpointError, match="holds a nnformer encoder .* but this network has a vit encoder"):
+    with pytest.raises(CheckpointError, match="holds a nnformer network .* but this is a vit network"):
         pretrained(build_segmenter("vit-tiny", 1, 3, 16, num_layers=3), mvm)
     vit = model_file(build_mae("vit-tiny", 1, 16, num_layers=2, decoder_depth=1), tmp_path / "mae.pt")
-    with pytest.raises(CheckpointError, match="holds a vit encoder .* but this network has a nnformer encoder"):
+    with pytest.raises(CheckpointError, match="holds a vit network .* but this is a nnformer network"):
         pretrained(build_segmenter("nnformer-tiny", 1, 3, 16), vit)
     plain = tmp_path / "plain.pt"  # without a config, the keys tell the family
     torch.save(torch.load(vit, weights_only=True)["weights"], plain)
@@ -129,3 +129,71 @@ def test_single_channel_nnformer_pretraining_adapts_to_multichannel_input(tmp_pa
     assert rep.ok and rep.adapted == ["embed.0.0.weight"]
     w = mae.encoder.state_dict()["embed.0.0.weight"]
     assert torch.allclose(net.encoder.embed[0][0].weight, w.repeat(1, 2, 1, 1, 1) / 2)
+
+
+# ------------------------------------------------------------------------------- whole-network transfer (ResEnc)
+RES = dict(filters=[4, 8, 16])
+
+
+def _s3d_file(tmp_path, roi=(16, 24, 16), channels=1):
+    built = build_mae("resenc-tiny", channels, roi, **RES)
+    return built.model, model_file(built, tmp_path / "s3d.pt")
+
+
+def test_s3d_weights_load_whole_into_a_resenc_unet_with_a_fresh_head(tmp_path):
+    pre, path = _s3d_file(tmp_path)
+    torch.manual_seed(1)
+    net, rep = pretrained(build_segmenter("resenc-tiny", 1, 3, (16, 24, 16), **RES), path)
+    assert rep.ok and rep.decoder_loaded and rep.head == ["head.conv.conv.weight", "head.conv.conv.bias"]
+    for k, v in net.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(v, pre.state_dict()[k]), k  # encoder and decoder: every tensor
+    torch.manual_seed(1)
+    fresh = build_segmenter("resenc-tiny", 1, 3, (16, 24, 16), **RES).model
+    assert torch.equal(net.head.conv.conv.weight, fresh.head.conv.conv.weight)  # the head kept its fresh init
+    assert "whole-network transfer" in rep.summary() and "starts fresh" in rep.summary()
+    # the pretraining-only parts are not the network's: neither loaded nor reported missing
+    assert not any(k.startswith(("mask_tokens", "densify")) for k in rep.loaded + rep.decoder_loaded + rep.missing)
+
+
+def test_transfer_encoder_leaves_the_decoder_fresh(tmp_path):
+    pre, path = _s3d_file(tmp_path)
+    model, config = build_segmenter("resenc-tiny", 1, 3, (16, 24, 16), **RES)
+    rep = load_pretrained(model, config, path, transfer="encoder")
+    assert rep.ok and rep.loaded and rep.decoder_loaded == []
+    assert not torch.equal(model.ups[0].transp_conv.conv.weight, pre.ups[0].transp_conv.conv.weight)
+
+
+def test_the_stem_adapts_to_more_input_channels(tmp_path):
+    pre, path = _s3d_file(tmp_path)
+    net, rep = pretrained(build_segmenter("resenc-tiny", 2, 3, (16, 24, 16), **RES), path)
+    assert rep.adapted == ["stem.0.conv.weight"] and rep.ok
+    w = pre.encoder.stem[0].conv.weight
+    torch.testing.assert_close(net.encoder.stem[0].conv.weight, w.repeat(1, 2, 1, 1, 1) / 2)
+    x = torch.randn(1, 1, 16, 24, 16)  # an image repeated over both channels: the pretrained stem's response
+    torch.testing.assert_close(net.encoder.stem[0](x.repeat(1, 2, 1, 1, 1)), pre.encoder.stem[0](x))
+
+
+def test_whole_transfer_between_segmentation_models_of_other_classes(tmp_path):
+    """A trained model of another task starts a new one: all but the head (every family, the DynUNet peer too)."""
+    for preset, kw in (("resenc-tiny", RES), ("dynunet", {})):
+        src = build_segmenter(preset, 1, 5, (16, 16, 16), **kw)
+        path = model_file(src, tmp_path / f"{preset}.pt")
+        net, rep = pretrained(build_segmenter(preset, 1, 2, (16, 16, 16), **kw), path)
+        assert rep.ok and rep.decoder_loaded and rep.head, preset
+        assert not rep.shape_mismatch  # the head's other class count is not a mismatch: it is not transferred
+
+
+def test_whole_transfer_needs_a_decoder_in_the_file(tmp_path):
+    _, path = mae_file(tmp_path)
+    model, config = build_unetr("vit-tiny", 1, 3, (16, 24, 16), 8, 4, **SMALL)
+    with pytest.raises(CheckpointError, match="carries no unetr decoder; whole-network transfer takes a masked-unetr"):
+        load_pretrained(model, config, path, transfer="whole")
+    with pytest.raises(Exception, match="transfer='sideways'"):
+        load_pretrained(model, config, path, transfer="sideways")
+
+
+def test_s3d_weights_never_load_into_a_transformer(tmp_path):
+    _, path = _s3d_file(tmp_path)
+    with pytest.raises(CheckpointError, match="holds a resenc network .s3d. but this is a vit network"):
+        pretrained(build_segmenter("vit-tiny", 1, 3, 16, num_layers=3), path)

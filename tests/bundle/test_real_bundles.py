@@ -118,7 +118,10 @@ def test_hippocampus_pretrain_then_finetune_from_it(msd_hippocampus, tmp_path):
     report = (root / "runs" / "train" / "pretrained_load_report.txt").read_text()
     assert "0 missing" in report and "0 shape mismatches" in report
     assert _digests(task) == before and len(before) == 21, "a bundle run modified an input"
-    assert wf.parser.get_parsed_content("finetune").layer_decay == 0.75  # the layer decay of a pretrained run
+    from volmae.networks.registry import RECIPES
+
+    # a pretrained run's layer decay: the family recipe's (the ViT's 0.75), the bundle sets none of its own
+    assert wf.parser.get_parsed_content("finetune").layer_decay is None and RECIPES["vit"].layer_decay == 0.75
     from volmae.artifact import ModelArtifact
 
     assert ModelArtifact.load(root / "runs" / "train" / "model.pt").provenance.initialised_from.endswith(str(mae))

@@ -49,6 +49,9 @@ def test_no_validation_trains_on_every_training_case(synthetic_task, tmp_path):
         (dict(pretrained="a.pt", init_from="b.pt"), "give one"),
         (dict(val_every=-1), "val_every=-1"),
         (dict(regions=True), "declares no label regions"),
+        (dict(pretrained="a.pt", transfer="decoder"), "transfer='decoder'"),
+        (dict(decoder_first_epochs=1.0), "needs pretrained weights"),
+        (dict(pretrained="a.pt", pretrained_lr_scale=2.0), "pretrained_lr_scale=2.0"),
     ],
 )
 def test_settings_that_would_mislead_are_refused(synthetic_task, tmp_path, settings, message):
@@ -121,3 +124,51 @@ def test_channels_last_fine_tunes_like_the_plain_layout_on_real_mri(msd_hippocam
         return sum((a[k] - b[k]).pow(2).sum().item() for k in start if start[k].is_floating_point())
 
     assert dist(cl_w, plain_w) < 0.05 * dist(plain_w, start)
+
+
+def test_a_resenc_fine_tunes_from_s3d_whole_at_the_recipes_learning_rate(synthetic_task, tmp_path):
+    """S3D pretraining -> fine-tuning: encoder and decoder load (the report and the provenance say so) and the peak
+    learning rate is the family recipe's tenth of --lr, or the given scale."""
+    from volmae.engine.pretrain import PretrainConfig, pretrain
+
+    base = dict(roi_size=(16, 16, 16), epochs=1, batch_size=2, device="cpu", quiet=True, preset="resenc-tiny")
+    pre = pretrain(PretrainConfig(str(synthetic_task), str(tmp_path / "pre"), num_pictures=1, **base))
+    assert ModelArtifact.load(pre.model_path, role="pretraining").network.kind == "s3d"
+    assert pre.pictures[0].is_file()
+    lrs = {}
+    for scale in (None, 0.5):
+        res = finetune(
+            FinetuneConfig(
+                str(synthetic_task), str(tmp_path / f"ft{scale}"), pretrained=str(pre.model_path), val_every=0,
+                lr=1e-3, warmup_epochs=0, min_lr_ratio=1.0, num_samples=1, pretrained_lr_scale=scale, **base,
+            )
+        )  # fmt: skip
+        lrs[scale] = res.history[-1]["lr"]
+        report = (res.out_dir / "pretrained_load_report.txt").read_text()
+        assert "decoder weights (whole-network transfer)" in report and "NOT LOADED" not in report
+        assert ModelArtifact.load(res.model_path).provenance.initialised_from.startswith(
+            "the pretrained encoder and decoder of"
+        )
+    assert lrs == {None: pytest.approx(1e-4), 0.5: pytest.approx(5e-4)}
+
+
+def test_decoder_first_warm_up_holds_the_encoder_still(synthetic_task, tmp_path):
+    """With --decoder-first-epochs the encoder's groups get no learning rate until the decoder has warmed up."""
+    from volmae.engine.pretrain import PretrainConfig, pretrain
+
+    base = dict(roi_size=(16, 16, 16), batch_size=2, device="cpu", quiet=True, preset="resenc-tiny")
+    pre = pretrain(PretrainConfig(str(synthetic_task), str(tmp_path / "pre"), epochs=1, num_pictures=0, **base))
+    res = finetune(
+        FinetuneConfig(
+            str(synthetic_task), str(tmp_path / "ft"), pretrained=str(pre.model_path), val_every=0, epochs=3,
+            decoder_first_epochs=2, num_samples=1, **base,
+        )
+    )  # fmt: skip
+    start = ModelArtifact.load(pre.model_path, role="pretraining").weights
+    after = ModelArtifact.load(res.model_path).weights
+    # 3 epochs of 2 steps: 4 steps hold the encoder, the last 2 train it; so it moved, but by 2 steps' worth only
+    moved = [k for k in after if k.startswith("encoder.") and not torch.equal(after[k], start[k])]
+    assert moved
+    with pytest.raises(ConfigError, match="no separate encoder"):
+        finetune(FinetuneConfig(str(synthetic_task), str(tmp_path / "dyn"), pretrained=str(res.model_path),
+                                decoder_first_epochs=1, **{**base, "preset": "dynunet", "epochs": 1}))  # fmt: skip

@@ -11,7 +11,14 @@ from monai.transforms import Compose, RandGaussianNoised, RandSpatialCropd
 
 from volmae.artifact import ModelArtifact, Provenance, Task
 from volmae.data.transforms import get_preprocessing
-from volmae.engine.loop import LoopConfig, TrainingError, TrainingInterrupted, TrainLoop, warmup_cosine
+from volmae.engine.loop import (
+    LoopConfig,
+    TrainingError,
+    TrainingInterrupted,
+    TrainLoop,
+    lr_factor,
+    warmup_cosine,
+)
 from volmae.errors import CheckpointError, VolmaeError
 from volmae.networks.registry import NetworkConfig
 from volmae.utils.optim import param_groups
@@ -318,3 +325,22 @@ def test_a_checkpoint_of_volmae_0_1_0_resumes(tmp_path):
     torch.save(old, path)
     resumed, _ = toy_run(tmp_path / "run", resume=True)
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_the_sawtooth_schedule_warms_the_decoder_first_then_everything():
+    total, warmup, first = 100, 10, 20
+    enc = [lr_factor(s, total, warmup, 0.0, first, encoder=True) for s in range(total)]
+    dec = [lr_factor(s, total, warmup, 0.0, first, encoder=False) for s in range(total)]
+    assert enc[:first] == [0.0] * first  # the encoder holds still
+    assert dec[:first] == [pytest.approx((s + 1) / first) for s in range(first)]  # the decoder warms up alone
+    assert enc[first:] == dec[first:] == [warmup_cosine(s, total - first, warmup) for s in range(total - first)]
+    assert lr_factor(5, total, warmup) == warmup_cosine(5, total, warmup)  # no decoder-first: the plain schedule
+
+
+def test_param_groups_can_split_off_the_encoder():
+    net = torch.nn.Module()
+    net.encoder, net.head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    plain = param_groups(net, 0.05)
+    split = param_groups(net, 0.05, split_encoder=True)
+    assert all("encoder" not in g for g in plain) and len(split) == 2 * len(plain)
+    assert {id(p) for g in split if g["encoder"] for p in g["params"]} == {id(p) for p in net.encoder.parameters()}

@@ -54,7 +54,7 @@ def test_study_command_on_real_hippocampus(msd_hippocampus, tmp_path):
     assert all([c["step"] for c in r["curve"]] == [3, 5] for r in runs)  # validated after each
     assert (out / "pretrain" / "vit-tiny" / "pictures").is_dir()  # reconstruction pictures of the pretraining
     report = (out / "runs" / "vit-tiny_pretrained_50pct_s0" / "pretrained_load_report.txt").read_text()
-    assert "decoder weights (masked-unetr pretraining): 24 tensors loaded" in report
+    assert "decoder weights (whole-network transfer): 24 tensors loaded" in report
     assert json.loads((out / "plan.json").read_text())[0]["name"] == "pretrain/vit-tiny"
     assert not list(out.glob("**/.claim"))
     for name in ("runs.csv", "summary.md", "paired.csv", "dice_vs_labels.png", "convergence.png"):

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +180,20 @@ def test_cpu_bf16_reaches_every_stage_and_a_resume_cannot_change_it(study_task, 
     with pytest.raises(ConfigError, match=r"cpu_bf16: True -> False"):
         runner.run_study(tiny_study(study_task, tmp_path / "s", fractions=[1.0], seeds=[0], peer="dynunet",
                                     curve_points=0))  # fmt: skip
+
+
+def test_a_study_recorded_before_a_setting_existed_resumes_at_its_default(study_task, tmp_path):
+    """A folder whose study.yaml predates a setting (here the nnU-Net peer's) still resumes: absent = default."""
+    import yaml
+
+    from volmae.study.record import RECORD, record_study
+
+    cfg = tiny_study(study_task, tmp_path / "s")
+    Path(cfg.out_dir).mkdir(parents=True)
+    record_study(cfg)
+    path = Path(cfg.out_dir) / RECORD
+    old = {k: v for k, v in yaml.safe_load(path.read_text()).items() if not k.startswith("nnunet")}
+    path.write_text(yaml.safe_dump(old))
+    record_study(cfg)  # no error
+    with pytest.raises(ConfigError, match="nnunet_budgets"):
+        record_study(tiny_study(study_task, tmp_path / "s", nnunet_budgets=["2x"]))

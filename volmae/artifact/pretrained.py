@@ -3,8 +3,16 @@
 
 Sources: a volmae model file (a pretraining or segmentation model, this format or volmae 0.1.0's), or a plain state
 dict of a volmae network or encoder, or MONAI ``UNETR`` / ``ViT`` weights. From a volmae file the encoder's stored
-arguments say its position grid and attention windows, so a changed ROI resamples them; a masked-unetr pretraining
-model also hands over its UNETR decoder.
+arguments say its position grid and attention windows, so a changed ROI resamples them.
+
+Two transfers (``transfer``):
+
+* ``"encoder"``: the encoder only; the decoder and head start fresh (what an MAE's ViT offers).
+* ``"whole"``: encoder **and** decoder, the head re-initialised for the task's classes (Wald et al., CVPR 2025:
+  whole-network transfer is what makes masked pretraining pay). Sources that carry this network's decoder: a
+  masked-unetr model for a UNETR, an S3D model for a ResEnc U-Net, and a segmentation model of the same kind
+  (another task's classes, another channel count: the image-reading convolutions are adapted).
+* ``"auto"`` (default): whole where the source carries the decoder, the encoder otherwise.
 """
 
 from __future__ import annotations
@@ -14,28 +22,58 @@ from pathlib import Path
 import torch
 
 from volmae.artifact.model import read_weights
-from volmae.errors import CheckpointError
+from volmae.errors import CheckpointError, ConfigError
+from volmae.networks.config import HEADS, WHOLE_NETWORK_TWIN
 from volmae.networks.registry import NetworkConfig
-from volmae.networks.weights import LoadReport, load_encoder_weights, load_unetr_decoder_weights
+from volmae.networks.weights import LoadReport, load_decoder_weights, load_encoder_weights
 
-__all__ = ["load_pretrained"]
+__all__ = ["load_pretrained", "TRANSFERS", "decoder_source"]
+
+TRANSFERS = ("auto", "encoder", "whole")
 
 
-def load_pretrained(network: torch.nn.Module, config: NetworkConfig, source: str | Path) -> LoadReport:
-    """Load the encoder of ``source`` into the segmentation ``network`` (built from ``config``) and, from a
-    masked-unetr pretraining model into a UNETR, its decoder too; returns what loaded (never raises on a partial
-    match: the report says it), or a :class:`CheckpointError` when ``source`` holds no encoder of this family."""
-    encoder = getattr(network, "encoder", None)
-    if encoder is None:
-        raise CheckpointError(f"pretrained={source}: a {config.kind} network has no encoder to load into")
+def decoder_source(source: NetworkConfig | None, config: NetworkConfig) -> bool:
+    """Whether a model of ``source`` carries the decoder of a ``config`` network under its names."""
+    if source is None:
+        return False
+    return source.kind == config.kind or WHOLE_NETWORK_TWIN.get(source.kind) == config.kind
+
+
+def load_pretrained(
+    network: torch.nn.Module, config: NetworkConfig, source: str | Path, transfer: str = "auto"
+) -> LoadReport:
+    """Load ``source``'s weights into the segmentation ``network`` (built from ``config``) by ``transfer`` (see the
+    module docstring); returns what loaded (never raises on a partial match: the report says it). Raises
+    :class:`CheckpointError` when ``source`` holds no weights of this family, or ``transfer="whole"`` from a source
+    without this network's decoder."""
+    if transfer not in TRANSFERS:
+        raise ConfigError(f"transfer={transfer!r}: expected one of {', '.join(TRANSFERS)}")
     weights, model = read_weights(source)
     source_config = model.network if model is not None else None
     if source_config is not None and source_config.family != config.family:
         raise CheckpointError(
-            f"{source}: holds a {source_config.family} encoder ({source_config.kind}) but this network has a "
-            f"{config.family} encoder; pick a {source_config.family} preset, or pretrain a {config.family} one"
+            f"{source}: holds a {source_config.family} network ({source_config.kind}) but this is a {config.family} "
+            f"network ({config.kind}); pick a {source_config.family} preset, or pretrain a {config.family} one"
         )
-    report = load_encoder_weights(encoder, weights, source_config.encoder if source_config else None)
-    if source_config is not None and source_config.kind == "masked-unetr" and config.kind == "unetr":
-        load_unetr_decoder_weights(network, weights, report)
+    whole = decoder_source(source_config, config)
+    if transfer == "whole" and not whole:
+        what = source_config.kind if source_config else "a plain state dict"
+        raise CheckpointError(
+            f"transfer=whole: {source} ({what}) carries no {config.kind} decoder; whole-network transfer takes "
+            f"{_whole_sources(config)}; use transfer=encoder for its encoder"
+        )
+    encoder = getattr(network, "encoder", None)
+    report = LoadReport()
+    if encoder is not None:
+        report = load_encoder_weights(encoder, weights, source_config.encoder if source_config else None)
+    elif not whole:
+        raise CheckpointError(f"pretrained={source}: a {config.kind} network has no encoder to load into")
+    if whole and transfer != "encoder":
+        channels = (source_config.in_channels, config.in_channels)  # type: ignore[union-attr]
+        load_decoder_weights(network, weights, report, HEADS[config.kind], channels)
     return report
+
+
+def _whole_sources(config: NetworkConfig) -> str:
+    twins = [k for k, v in WHOLE_NETWORK_TWIN.items() if v == config.kind]
+    return " or ".join([f"a {k} pretraining model" for k in twins] + [f"a {config.kind} segmentation model"])

@@ -3,9 +3,9 @@
 HELPS: dict[str, str] = {
     "dataset_dir": "MSD-layout task folder (dataset.json, imagesTr/, labelsTr/, optional splits.json)",
     "out_dir": "output folder (checkpoints, logs, reports); created if missing",
-    "preset": "model preset: vit-tiny, vit-small, vit-base (UNETR / MAE) or nnformer-tiny, nnformer-synapse, "
-    "nnformer-tumor (nnFormer / masked-volume pretraining); volmae-train also dynunet (MONAI DynUNet, nnU-Net plan, "
-    "from scratch)",
+    "preset": "model preset: vit-tiny, vit-small, vit-base (UNETR / MAE), nnformer-tiny, nnformer-synapse, "
+    "nnformer-tumor (nnFormer / masked-volume pretraining) or resenc-tiny, resenc-l (residual-encoder CNN U-Net / "
+    "S3D sparse-masked pretraining); volmae-train also dynunet (MONAI DynUNet, nnU-Net plan, from scratch)",
     "preprocessing": "preprocessing preset: hippocampus, mri or ct",
     "roi_size": "network input / crop size D H W (ViT: multiples of the patch size; nnFormer: an error names the "
     "nearest sizes that fit its windows)",
@@ -15,8 +15,15 @@ HELPS: dict[str, str] = {
     "feature_size": "UNETR decoder width at full resolution (default from the preset; volmae-pretrain: --method "
     "masked-unetr, match the fine-tuning run)",
     "skip_norm": "LayerNorm on each ViT skip of UNETR (--no-skip-norm: MONAI's exact UNETR, exportable to MONAI)",
-    "pretrained": "pretrained model.pt from volmae-pretrain (same encoder family as --preset) or MONAI UNETR/ViT "
-    "weights for the encoder",
+    "pretrained": "pretrained model.pt from volmae-pretrain (same network family as --preset), a segmentation "
+    "model.pt of the same network (another task), or MONAI UNETR/ViT weights for the encoder; the load report says "
+    "what loaded",
+    "transfer": "what --pretrained loads: encoder, whole (encoder and decoder, a fresh head; from S3D, masked-unetr "
+    "or a segmentation model of the same network) or auto (whole when the file carries the decoder)",
+    "pretrained_lr_scale": "with --pretrained, the peak learning rate is --lr times this (default from the family's "
+    "recipe: 0.1 for the ResEnc CNN as nnU-Net's PretrainedTrainer, 1 for the transformers)",
+    "decoder_first_epochs": "with --pretrained, first warm up the decoder alone for this many epochs (the encoder "
+    "holds still), then the whole network (the sawtooth schedule; 0: one warm-up of everything)",
     "deep_supervision": "nnFormer: also train on coarser decoder outputs (default from the preset)",
     "fold": "held-out fold (the folder's splits.json, else a seeded 5-fold split)",
     "include_unlabeled": "also pretrain on the dataset's unlabeled test images",
@@ -24,18 +31,20 @@ HELPS: dict[str, str] = {
     "schedule: volmae-pretrain takes a volmae-pretrain run's model.pt or checkpoint.pt (same preset / ROI / patch; "
     "for --method masked-unetr also an MAE run, whose encoder it takes), e.g. to pretrain longer; volmae-train a "
     "fine-tuned model.pt or a bundle's models/model.pt, e.g. to go on training it on new cases",
-    "method": "pretraining method: auto (MAE for a ViT preset, masked volume for nnFormer), mae, masked-volume, or "
-    "masked-unetr (ViT presets: the whole UNETR, encoder + convolutional decoder, reconstructs masked patches; "
-    "fine-tuning then loads the decoder too)",
+    "method": "pretraining method: auto (MAE for a ViT preset, masked volume for nnFormer, S3D for ResEnc), mae, "
+    "masked-volume, masked-unetr (ViT presets: the whole UNETR, encoder + convolutional decoder, reconstructs masked "
+    "patches; fine-tuning then loads the decoder too) or s3d (ResEnc presets: sparse-masked convolutions, the whole "
+    "U-Net reconstructs masked blocks)",
     "lr_scaling": "under torchrun: scale --lr by the number of processes ('linear', as for the global batch), its "
     "square root ('sqrt'), or use it as given ('none'); the log states the result",
     "dist_timeout": "under torchrun: seconds a process waits in a collective for the others before it stops with an "
     "error (a dead or unreachable rank); also $VOLMAE_DIST_TIMEOUT",
     "label_fraction": "fraction of the training cases whose labels are used, in (0, 1]",
     "fraction_seed": "seed choosing the labeled subset",
-    "mask_ratio": "fraction of patches hidden from the encoder (default 0.75 for a ViT MAE, 0.6 for nnFormer and "
-    "masked-unetr)",
-    "norm_pix_loss": "regress per-patch normalised voxels",
+    "mask_ratio": "fraction of patches (S3D: blocks of the encoder's total stride) hidden from the encoder (default "
+    "0.75 for a ViT MAE and S3D, 0.6 for nnFormer and masked-unetr)",
+    "mask_ratio_max": "S3D: draw each sample's mask ratio uniformly from [--mask-ratio, this] (e.g. 0.6 and 0.9)",
+    "norm_pix_loss": "regress per-patch normalised voxels (default on; off for S3D)",
     "decoder_dim": "MAE decoder width (default from the preset); nnFormer: hidden width of its head (0: linear)",
     "decoder_depth": "MAE decoder blocks (default from the preset)",
     "decoder_heads": "MAE decoder heads (default from the preset)",
@@ -44,7 +53,8 @@ HELPS: dict[str, str] = {
     "num_samples": "random crops per volume per step (default from the preprocessing preset)",
     "lr": "peak learning rate (AdamW)",
     "weight_decay": "AdamW weight decay (not applied to norms, biases, embeddings)",
-    "layer_decay": "layer-wise learning-rate decay for pretrained encoders (1 disables)",
+    "layer_decay": "layer-wise learning-rate decay for pretrained encoders (1 disables; default from the family's "
+    "recipe: 0.75 for the transformers, 1 for the ResEnc CNN)",
     "warmup_epochs": "linear learning-rate warmup, in epochs",
     "min_lr_ratio": "final learning rate as a fraction of the peak (cosine schedule)",
     "grad_clip": "gradient-norm clip (none when unset)",
@@ -88,7 +98,13 @@ HELPS: dict[str, str] = {
     "encoders": "encoder presets to pretrain and fine-tune (each from scratch and from its pretraining); none: the "
     "CNN peer only",
     "methods": "pretraining method per encoder (default: masked-unetr for a ViT preset, masked-volume for nnFormer)",
-    "peer": "CNN peer preset trained from scratch at the same budget (dynunet), or none",
+    "peer": "peer trained from scratch on the same labeled cases: dynunet (MONAI DynUNet, nnU-Net plan, volmae's "
+    "engine, the same budget), nnunet (nnU-Net v2 itself, its own pipeline, at --nnunet-budgets), or none",
+    "nnunet_budgets": "--peer nnunet: training budgets, each Nx (N times the mean training minutes of the volmae runs "
+    "at the same fraction and seed: 1x = equal CPU minutes) or a number of minutes",
+    "nnunet_python": "--peer nnunet: the Python that has nnunetv2 installed (default $VOLMAE_NNUNET_PYTHON, else this "
+    "one); nnU-Net pins its own torch, so a separate environment is best",
+    "nnunet_mirroring": "--peer nnunet: predict with nnU-Net's default mirroring (--no-nnunet-mirroring: faster)",
     "fractions": "label fractions of the training cases, each in (0, 1]",
     "seeds": "seeds: each picks a labeled subset and the training seed; pretrained and scratch share them (pairs)",
     "steps": "optimizer-step budget, exact: replaces --epochs (the last epoch is cut short, the schedule spans these "

@@ -1,6 +1,13 @@
-"""Supervised fine-tuning of UNETR or nnFormer (from scratch, from a pretrained encoder, or continuing a trained
-model), or training of the DynUNet CNN peer from scratch, with sliding-window validation; the preset picks the
-network. ``volmae-train`` and the bundles' ``train`` workflow both run :func:`finetune`.
+"""Supervised fine-tuning of a UNETR, nnFormer or residual-encoder U-Net (from scratch, from pretrained weights, or
+continuing a trained model), or training of the DynUNet CNN peer, with sliding-window validation; the preset picks
+the network.
+
+From pretrained weights (``pretrained``): ``transfer`` says what loads (the encoder, or encoder and decoder with a
+fresh head: :func:`volmae.artifact.load_pretrained`), and the family's recipe
+(:data:`volmae.networks.registry.RECIPES`) sets the peak learning rate (``pretrained_lr_scale`` x ``lr``: 0.1 for
+the CNNs, as nnU-Net's PretrainedTrainer) and the layer-wise decay; the linear warm-up is ``warmup_epochs``,
+optionally after ``decoder_first_epochs`` in which the encoder holds still (:func:`volmae.engine.loop.lr_factor`).
+``volmae-train`` and the bundles' ``train`` workflow both run :func:`finetune`.
 
 Outputs (softmax over the labels, or with ``regions`` one sigmoid output per nested region of the dataset, BraTS
 tumour core / whole tumour / enhancing): ``finetune(FinetuneConfig(...))`` writes to ``out_dir``
@@ -25,7 +32,7 @@ import torch
 from monai.losses import DeepSupervisionLoss
 
 from volmae.artifact.model import Provenance, Task, read_weights
-from volmae.artifact.pretrained import load_pretrained
+from volmae.artifact.pretrained import TRANSFERS, load_pretrained
 from volmae.data import (
     Datalist,
     case_id,
@@ -43,7 +50,7 @@ from volmae.engine.stage import StageConfig, loop_config, prepare_stage
 from volmae.errors import ConfigError
 from volmae.evaluation.metrics import dice_scores, label_masks, scored_classes
 from volmae.inference.predictor import Predictor
-from volmae.networks.registry import build_segmenter, citations
+from volmae.networks.registry import RECIPES, build_segmenter, citations
 from volmae.networks.weights import load_state_exactly
 from volmae.utils.io import atomic_write, atomic_write_text
 from volmae.utils.onednn import use_onednn_linears
@@ -64,12 +71,15 @@ class FinetuneConfig(StageConfig):
     skip_norm: bool = True
     deep_supervision: bool | None = None
     pretrained: str | None = None
+    transfer: str = "auto"  # what --pretrained loads: encoder, whole (encoder + decoder), auto (whole when it can)
+    pretrained_lr_scale: float | None = None  # peak LR x this from pretrained weights (None: the family's recipe)
+    decoder_first_epochs: float = 0.0  # from pretrained weights: decoder-only warm-up epochs before the whole network
     init_from: str | None = None
     regions: bool = False
     fold: int = 0
     label_fraction: float = 1.0
     fraction_seed: int = 0
-    layer_decay: float = 0.75
+    layer_decay: float | None = None  # from pretrained weights (None: the family's recipe, RECIPES)
     min_lr_ratio: float = 0.01
     val_every: int = 5
     val_fraction: float = 0.1
@@ -126,7 +136,16 @@ def _check(cfg: FinetuneConfig) -> None:
     if cfg.val_every < 0:
         raise ConfigError(f"val_every={cfg.val_every}: must be >= 0 (0 disables validation)")
     if cfg.pretrained and cfg.init_from:
-        raise ConfigError("pretrained and init_from: give one (an encoder to start from, or a whole model)")
+        raise ConfigError("pretrained and init_from: give one (pretrained weights to start from, or a whole model)")
+    if cfg.transfer not in TRANSFERS:
+        raise ConfigError(f"transfer={cfg.transfer!r}: expected one of {', '.join(TRANSFERS)}")
+    if cfg.pretrained_lr_scale is not None and not 0 < cfg.pretrained_lr_scale <= 1:
+        raise ConfigError(f"pretrained_lr_scale={cfg.pretrained_lr_scale}: must be in (0, 1] (1 keeps --lr)")
+    if cfg.decoder_first_epochs < 0 or (cfg.decoder_first_epochs and not cfg.pretrained):
+        raise ConfigError(
+            f"decoder_first_epochs={cfg.decoder_first_epochs}: must be >= 0, and needs pretrained weights "
+            "(a decoder-first warm-up keeps a pretrained encoder still while a fresh decoder catches up)"
+        )
     if cfg.select_best and cfg.val_on_held_out:
         raise ConfigError(
             "select_best with val_on_held_out would pick the model on the held-out fold; validate on cases drawn "
@@ -202,10 +221,16 @@ def finetune(cfg: FinetuneConfig, cases: Cases | None = None) -> FinetuneResult:
         cfg.deep_supervision,
         spacing=prep.pixdim or 1.0,  # the CNN peer plans its strides from it
     )
+    if cfg.decoder_first_epochs and getattr(model, "encoder", None) is None:
+        raise ConfigError(f"decoder_first_epochs: a {network.kind} network has no separate encoder to hold still")
     initialised = "scratch"
+    recipe = RECIPES[network.family]
     if cfg.pretrained:
-        report = load_pretrained(model, network, cfg.pretrained)
-        initialised = f"the pretrained encoder of {cfg.pretrained}"
+        report = load_pretrained(model, network, cfg.pretrained, cfg.transfer)
+        part = "encoder and decoder" if report.decoder_loaded else "encoder"
+        initialised = f"the pretrained {part} of {cfg.pretrained}"
+        lr_scale = recipe.lr_scale if cfg.pretrained_lr_scale is None else cfg.pretrained_lr_scale
+        setup = setup._replace(lr=setup.lr * lr_scale)
         if dist.is_main:
             atomic_write_text(out / "pretrained_load_report.txt", report.summary() + "\n")
             if not cfg.quiet:
@@ -216,7 +241,7 @@ def finetune(cfg: FinetuneConfig, cases: Cases | None = None) -> FinetuneResult:
     model = model.to(device)
     layout = channels_last(model, device, cfg.channels_last)  # faster 3D convolutions on the CPU
     use_onednn_linears(model, device, cfg.onednn_linear)
-    layer_decay = cfg.layer_decay if cfg.pretrained else 1.0
+    layer_decay = (recipe.layer_decay if cfg.layer_decay is None else cfg.layer_decay) if cfg.pretrained else 1.0
     provenance = Provenance.now(
         "finetune",
         dataset=datalist.name,
@@ -232,8 +257,10 @@ def finetune(cfg: FinetuneConfig, cases: Cases | None = None) -> FinetuneResult:
     )
     loop = TrainLoop(
         model,
-        param_groups(model, cfg.weight_decay, layer_decay),
-        loop_config(cfg, setup, "finetune", min_lr_ratio=cfg.min_lr_ratio),
+        param_groups(model, cfg.weight_decay, layer_decay, split_encoder=cfg.decoder_first_epochs > 0),
+        loop_config(
+            cfg, setup, "finetune", min_lr_ratio=cfg.min_lr_ratio, decoder_first_epochs=cfg.decoder_first_epochs
+        ),
         network,
         task,
         provenance,

@@ -49,6 +49,7 @@ __all__ = [
     "TrainingError",
     "TrainingInterrupted",
     "warmup_cosine",
+    "lr_factor",
     "batch_cases",
     "training_state",
 ]
@@ -71,6 +72,17 @@ def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float = 0.0) ->
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def lr_factor(
+    step: int, total: int, warmup: int, min_ratio: float = 0.0, decoder_first: int = 0, encoder: bool = False
+) -> float:
+    """LR factor of a parameter group at ``step``: :func:`warmup_cosine`, after ``decoder_first`` steps in which the
+    encoder's groups hold still (factor 0) while the others warm up linearly (the "sawtooth" schedule of the
+    OpenMind benchmark: decoder-only warm-up, then whole-network warm-up and decay)."""
+    if step < decoder_first:
+        return 0.0 if encoder else (step + 1) / decoder_first
+    return warmup_cosine(step - decoder_first, total - decoder_first, warmup, min_ratio)
 
 
 def batch_cases(batch: Any) -> list[str]:
@@ -101,6 +113,7 @@ class LoopConfig:
     batch_size: int = 1  # volumes per rank per step
     num_workers: int = 0
     max_steps: int | None = None  # an exact optimizer-step budget; replaces max_epochs when set
+    decoder_first_epochs: float = 0.0  # epochs of decoder-only warm-up before the whole schedule (lr_factor)
 
 
 @dataclass
@@ -181,6 +194,7 @@ class TrainLoop:
             cuda = cfg.device.type == "cuda"
             self.net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[cfg.device] if cuda else None)
         self.run_config = dict(run_config or {})
+        self._decoder_first = 0  # steps of decoder-only warm-up (fit sets it from cfg.decoder_first_epochs)
         for g in param_groups:
             g.setdefault("lr_scale", 1.0)
             g["lr"] = cfg.lr * g["lr_scale"]
@@ -313,6 +327,7 @@ class TrainLoop:
         self.state.world_size, self.state.batch_size = d.world_size, cfg.batch_size
         total = cfg.max_steps or self.epochs * steps
         warmup = int(round(cfg.warmup_epochs * steps))
+        self._decoder_first = min(int(round(cfg.decoder_first_epochs * steps)), max(0, total - 1))
         handler_installed = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, self._on_sigterm) if handler_installed else None
         try:
@@ -374,9 +389,10 @@ class TrainLoop:
         for i, batch in enumerate(loader, start=first):
             if i >= last:
                 break
-            factor = warmup_cosine(st.step, total, warmup, cfg.min_lr_ratio)
+            factor = lr_factor(st.step, total, warmup, cfg.min_lr_ratio, self._decoder_first)
             for g in self.optimizer.param_groups:
-                g["lr"] = cfg.lr * factor * g["lr_scale"]
+                f = lr_factor(st.step, total, warmup, cfg.min_lr_ratio, self._decoder_first, g.get("encoder", False))
+                g["lr"] = cfg.lr * f * g["lr_scale"]
             with autocast(cfg.device, cfg.amp or cfg.cpu_bf16, cfg.cpu_bf16):
                 loss, _ = step_fn(batch)
             value = loss.detach().float().item()
@@ -417,7 +433,7 @@ class TrainLoop:
                 "epoch": st.epoch + 1,
                 "step": st.step,
                 "loss": float(np.mean(losses)) if losses else float("nan"),
-                "lr": cfg.lr * warmup_cosine(max(0, st.step - 1), total, warmup, cfg.min_lr_ratio),
+                "lr": cfg.lr * lr_factor(max(0, st.step - 1), total, warmup, cfg.min_lr_ratio, self._decoder_first),
                 "seconds": time.time() - t0,
             }
         )

@@ -1,4 +1,5 @@
-"""MAE self-pretraining on the images of a task (labels unused), SelfMedMAE's recipe.
+"""Masked self-pretraining on the images of a task (labels unused): MAE for a ViT (SelfMedMAE's recipe), masked
+volume for nnFormer or a whole UNETR, S3D sparse masking for a residual-encoder U-Net.
 
 ``pretrain(PretrainConfig(...))`` writes to ``out_dir``: ``checkpoint.pt`` (resumable state), ``model.pt``
 (the pretrained MAE: pass it to fine-tuning as ``pretrained``), ``history.json``, TensorBoard scalars,
@@ -51,7 +52,8 @@ class PretrainConfig(StageConfig):
     fold: int | None = 0
     include_unlabeled: bool = True
     mask_ratio: float | None = None
-    norm_pix_loss: bool = True
+    mask_ratio_max: float | None = None  # S3D: each sample's ratio drawn from [mask_ratio, mask_ratio_max]
+    norm_pix_loss: bool | None = None  # None: the method's (on; off for S3D)
     decoder_dim: int | None = None
     decoder_depth: int | None = None
     decoder_heads: int | None = None
@@ -90,6 +92,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         decoder_heads=cfg.decoder_heads,
         method=cfg.method,
         feature_size=cfg.feature_size,
+        mask_ratio_max=cfg.mask_ratio_max,
+        spacing=prep.pixdim or 1.0,  # a CNN plans its strides from it
     )
     if cfg.init_from and not (cfg.resume and (out / "checkpoint.pt").exists()):
         init_weights(model, network, cfg.init_from)

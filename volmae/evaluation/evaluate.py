@@ -31,7 +31,7 @@ from volmae.inference.predictor import predictor_for
 from volmae.utils.io import atomic_save_nifti
 from volmae.utils.runtime import resolve_device
 
-__all__ = ["EvaluateConfig", "evaluate"]
+__all__ = ["EvaluateConfig", "evaluate", "evaluate_predictions"]
 
 
 @dataclass
@@ -74,13 +74,43 @@ def evaluate(cfg: EvaluateConfig, model: ModelArtifact | None = None) -> Evaluat
     # nested tumour regions are what BraTS is scored on, one mask per region: the model's (sigmoid regions), else
     # the task's (a softmax label map cut into the regions, as nnU-Net scores BraTS)
     classes, names = scored_classes(labels, predictor.task.regions or datalist.regions)
-    out = Path(cfg.out_dir)
-    results, t0 = [], time.time()
-    for i, item in enumerate(items):
+
+    def segment(item: dict) -> tuple[np.ndarray, np.ndarray]:
         pred = predictor.predict_file(item)
+        return pred.labels[0].numpy(), pred.affine.numpy()
+
+    t0 = time.time()
+    results = _score_cases(items, datalist, labels, classes, names, segment, cfg, Path(cfg.out_dir))
+    report = summarise(results, names)
+    report.write(
+        Path(cfg.out_dir),
+        extra={
+            "model": (model.source if model is not None else None)
+            or " in bundle ".join(str(x) for x in (cfg.model, cfg.bundle) if x)
+            or f"bundle {DEFAULT_BUNDLE}",
+            "dataset": datalist.name,
+            "fold": cfg.fold,
+            "inference": {
+                "overlap": cfg.overlap,
+                "tta_flips": cfg.tta_flips or [],
+                "largest_component": cfg.largest_component,
+            },
+            "seconds": round(time.time() - t0, 1),
+        },
+    )
+    if not cfg.quiet:
+        print(report.table())
+    return report
+
+
+def _score_cases(items, datalist, labels, classes, names, segment, cfg, out: Path) -> list:
+    """Per-case metrics of ``segment(item) -> (label map, affine)`` against each item's label file as stored (with
+    ``cfg``'s overlays and saved predictions); what :func:`evaluate` and :func:`evaluate_predictions` share."""
+    results = []
+    for i, item in enumerate(items):
+        seg, pred_affine = segment(item)
         truth, affine = load_volume(item["label"])
         truth = np.rint(truth).astype(np.int16)
-        seg = pred.labels[0].numpy()
         if seg.shape != truth.shape:
             raise DataError(f"{item['label']}: label shape {truth.shape} differs from the prediction {seg.shape}")
         present = datalist.annotated.get(item["case"])  # partially annotated task: score what this case masks
@@ -94,7 +124,7 @@ def evaluate(cfg: EvaluateConfig, model: ModelArtifact | None = None) -> Evaluat
         )
         results.append(res)
         if cfg.save_predictions:
-            atomic_save_nifti(seg, pred.affine.numpy(), out / "predictions" / f"{item['case']}.nii.gz")
+            atomic_save_nifti(seg, pred_affine, out / "predictions" / f"{item['case']}.nii.gz")
         if i < cfg.num_overlays:
             img, _ = load_volume(item["image"] if isinstance(item["image"], str) else item["image"][0])
             img = img[..., 0] if img.ndim == 4 else img  # stacked channels (X Y Z C): picture the first
@@ -109,20 +139,36 @@ def evaluate(cfg: EvaluateConfig, model: ModelArtifact | None = None) -> Evaluat
             )
         if not cfg.quiet:
             print(f"  {item['case']}: " + ", ".join(f"{n} {res.dice[n]:.3f}" for n in names), flush=True)
-    report = summarise(results, names)
+    return results
+
+
+def evaluate_predictions(cfg: EvaluateConfig, predictions: str | Path) -> EvaluationReport:
+    """Score label maps made elsewhere (``predictions/<case>.nii.gz`` in each case's own voxel grid, e.g. nnU-Net's)
+    exactly as :func:`evaluate` scores a volmae model: the held-out cases of ``cfg.fold`` (or ``cfg.cases``), the
+    task's labels (and regions), Dice and HD95 per case and class. ``cfg.model`` is not used."""
+    if not cfg.dataset_dir:
+        raise DataError("no dataset: pass dataset_dir, the MSD task folder whose cases the predictions are of")
+    folder = Path(predictions)
+    datalist = load_msd_datalist(cfg.dataset_dir)
+    items = datalist.by_case(cfg.cases) if cfg.cases else split_fold(datalist, cfg.fold)[1]
+    missing = [it["case"] for it in items if not (folder / f"{it['case']}.nii.gz").is_file()]
+    if missing:
+        raise DataError(f"{folder}: no prediction for {len(missing)} case(s): {', '.join(missing[:5])}")
+    labels = dict(datalist.labels)
+    classes, names = scored_classes(labels, datalist.regions)
+
+    def segment(item: dict) -> tuple[np.ndarray, np.ndarray]:
+        seg, affine = load_volume(folder / f"{item['case']}.nii.gz")
+        return np.rint(seg).astype(np.int16), affine
+
+    t0 = time.time()
+    report = summarise(_score_cases(items, datalist, labels, classes, names, segment, cfg, Path(cfg.out_dir)), names)
     report.write(
-        out,
+        Path(cfg.out_dir),
         extra={
-            "model": (model.source if model is not None else None)
-            or " in bundle ".join(str(x) for x in (cfg.model, cfg.bundle) if x)
-            or f"bundle {DEFAULT_BUNDLE}",
+            "predictions": str(folder),
             "dataset": datalist.name,
             "fold": cfg.fold,
-            "inference": {
-                "overlap": cfg.overlap,
-                "tta_flips": cfg.tta_flips or [],
-                "largest_component": cfg.largest_component,
-            },
             "seconds": round(time.time() - t0, 1),
         },
     )

@@ -18,6 +18,8 @@ from volmae.networks.masked_unetr import MaskedUNETR
 from volmae.networks.masked_volume import MaskedVolumeModel
 from volmae.networks.nnformer import NnFormer
 from volmae.networks.nnformer_encoder import NnFormerEncoder
+from volmae.networks.resenc import ResEncEncoder, ResEncUNet
+from volmae.networks.s3d import SparseMaskedUNet
 from volmae.networks.unetr import UNETR
 from volmae.networks.vit import ViTEncoder
 from volmae.utils.io import plain
@@ -30,23 +32,39 @@ __all__ = [
     "SEGMENTATION_KINDS",
     "PRETRAINING_KINDS",
     "ENCODER_KINDS",
+    "WHOLE_NETWORK_TWIN",
+    "HEADS",
 ]
 
 # Network ``kind`` s: a segmentation network, a pretraining model, or an encoder alone (a feature extractor).
-SEGMENTATION_KINDS = ("unetr", "nnformer", "dynunet")
-PRETRAINING_KINDS = ("mae", "masked-volume", "masked-unetr")
-ENCODER_KINDS = ("vit-encoder", "nnformer-encoder")
+SEGMENTATION_KINDS = ("unetr", "nnformer", "resenc", "dynunet")
+PRETRAINING_KINDS = ("mae", "masked-volume", "masked-unetr", "s3d")
+ENCODER_KINDS = ("vit-encoder", "nnformer-encoder", "resenc-encoder")
 
 # kind -> (encoder class, network class, key of the network's own arguments in the stored config, family)
 _NETWORKS: dict[str, tuple[type | None, type | None, str, str]] = {
     "unetr": (ViTEncoder, UNETR, "unetr", "vit"),
     "nnformer": (NnFormerEncoder, NnFormer, "nnformer", "nnformer"),
+    "resenc": (ResEncEncoder, ResEncUNet, "resenc", "resenc"),
     "dynunet": (None, None, "dynunet", "cnn"),
     "mae": (ViTEncoder, MaskedAutoencoder, "mae", "vit"),
     "masked-volume": (NnFormerEncoder, MaskedVolumeModel, "masked_volume", "nnformer"),
     "masked-unetr": (ViTEncoder, MaskedUNETR, "masked_unetr", "vit"),
+    "s3d": (ResEncEncoder, SparseMaskedUNet, "s3d", "resenc"),
     "vit-encoder": (ViTEncoder, None, "", "vit"),
     "nnformer-encoder": (NnFormerEncoder, None, "", "nnformer"),
+    "resenc-encoder": (ResEncEncoder, None, "", "resenc"),
+}
+
+# The segmentation network whose weights (encoder and decoder, all but the head) a pretraining kind holds under the
+# same names; fine-tuning transfers them whole (volmae.artifact.load_pretrained).
+WHOLE_NETWORK_TWIN = {"masked-unetr": "unetr", "s3d": "resenc"}
+# State-dict prefixes of each segmentation network's output head (never transferred: the classes differ).
+HEADS = {
+    "unetr": ("head.",),
+    "nnformer": ("head.", "aux_heads."),
+    "resenc": ("head.",),
+    "dynunet": ("output_block.", "deep_supervision_heads.", "skip_layers.deep_supervision_heads."),
 }
 
 
@@ -79,7 +97,8 @@ class NetworkConfig:
 
     @property
     def family(self) -> str:
-        """``vit``, ``nnformer`` or ``cnn``: weights move between networks of one family only."""
+        """``vit``, ``nnformer``, ``resenc`` or ``cnn`` (the DynUNet peer): weights move between networks of one family
+        only."""
         return _NETWORKS[self.kind][3]
 
     @property

@@ -18,7 +18,7 @@ Zhou et al. 2019):
 * **Weights move as a UNETR**: this module holds the UNETR's own modules under the UNETR's names (``encoder.*``,
   ``stem.*``, ``skips.*``, ``ups.*``, ``skip_norms.*``, ``head.*``) and borrows :meth:`UNETR.decode`, so its state
   dict is a UNETR's plus ``mask_token``; fine-tuning (``volmae-train --pretrained``) loads all of it but the head
-  (:func:`volmae.networks.weights.load_unetr_decoder_weights`). Its encoder can start from an MAE run
+  (:func:`volmae.artifact.load_pretrained`, whole-network transfer). Its encoder can start from an MAE run
   (``volmae-pretrain --method masked-unetr --init-from mae/model.pt``).
 
 Mask convention: that of :mod:`volmae.networks.reconstruction` (``mask`` ``B L`` over ViT patches, 1 = masked).

@@ -44,14 +44,14 @@ def as_tuple(value: Sequence[int] | int, spatial_dims: int, name: str) -> tuple[
     return out
 
 
-def check_patch_grid(img_size: Sequence[int], patch_size: Sequence[int]) -> None:
+def check_patch_grid(img_size: Sequence[int], patch_size: Sequence[int], unit: str = "patch_size") -> None:
     """Raise a ``ValueError`` naming the nearest valid sizes when ``img_size`` is not a multiple of ``patch_size``."""
     bad = [(i, p) for i, p in zip(img_size, patch_size) if i % p]
     if bad:
         lower = tuple(max(p, (i // p) * p) for i, p in zip(img_size, patch_size))
         upper = tuple(-(-i // p) * p for i, p in zip(img_size, patch_size))
         raise ValueError(
-            f"img_size={tuple(img_size)} is not divisible by patch_size={tuple(patch_size)}; "
+            f"img_size={tuple(img_size)} is not divisible by {unit}={tuple(patch_size)}; "
             f"nearest valid sizes: {lower} or {upper}"
         )
 

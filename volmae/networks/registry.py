@@ -31,6 +31,7 @@ __all__ = [
     "Preset",
     "NnFormerPreset",
     "CnnPreset",
+    "ResEncPreset",
     "PRESETS",
     "get_preset",
     "NetworkConfig",
@@ -41,6 +42,7 @@ __all__ = [
     "build_unetr",
     "build_nnformer",
     "build_dynunet",
+    "build_resenc",
     "build_segmenter",
     "segmenter_config",
     "list_presets",
@@ -50,10 +52,18 @@ __all__ = [
     "ENCODER_KINDS",
     "METHODS",
     "citations",
+    "FinetuneRecipe",
+    "RECIPES",
 ]
 
-# Pretraining methods (``volmae-pretrain --method``): "auto" is MAE for a ViT preset, masked volume for nnFormer.
-METHODS = {"vit": ("auto", "mae", "masked-unetr"), "nnformer": ("auto", "masked-volume"), "cnn": ()}
+# Pretraining methods (``volmae-pretrain --method``): "auto" is MAE for a ViT preset, masked volume for nnFormer,
+# S3D sparse masking for the residual-encoder CNN.
+METHODS = {
+    "vit": ("auto", "mae", "masked-unetr"),
+    "nnformer": ("auto", "masked-volume"),
+    "resenc": ("auto", "s3d"),
+    "cnn": (),
+}
 
 
 @dataclass(frozen=True)
@@ -107,7 +117,20 @@ class CnnPreset:
     family: str = "cnn"
 
 
-PRESETS: dict[str, Preset | NnFormerPreset | CnnPreset] = {
+@dataclass(frozen=True)
+class ResEncPreset:
+    """A residual-encoder CNN U-Net preset (:mod:`volmae.networks.resenc`): widths ``base_filters * 2^s`` capped at
+    ``max_filters`` and ``blocks`` residual blocks per stage; kernels and strides are planned for the ROI and spacing
+    (:func:`volmae.networks.dynunet.nnunet_plan`, up to ``len(blocks)`` stages). Pretrained by S3D sparse masking."""
+
+    base_filters: int
+    max_filters: int
+    blocks: tuple[int, ...]
+    description: str
+    family: str = "resenc"
+
+
+PRESETS: dict[str, Preset | NnFormerPreset | CnnPreset | ResEncPreset] = {
     # CPU-sized: the hippocampus demo on 2 cores.
     "vit-tiny": Preset(192, 12, 3, 768, 8, 192, 4, 6, 16, "ViT-Ti (192 wide, 12 blocks), patch 8; CPU demo size"),
     "vit-small": Preset(384, 12, 6, 1536, 16, 384, 8, 12, 16, "ViT-S (384 wide, 12 blocks), patch 16"),
@@ -126,6 +149,11 @@ PRESETS: dict[str, Preset | NnFormerPreset | CnnPreset] = {
     "nnformer-tumor": NnFormerPreset(
         (4, 4, 4), 96, (2, 2, 2, 2), (3, 6, 12, 24), (4, 4, 8, 4), True, "nnFormer brain tumour, 128^3"
     ),
+    # Residual-encoder U-Nets. CPU-sized: widths 24 .. 192 and 1-2-2-2 residual blocks (the hippocampus plan has 4
+    # stages), about as fast per step on 2 cores as the DynUNet peer. nnU-Net's / nnssl's ResEnc-L: 32 .. 320 and
+    # 1-3-4-6-6-6 blocks (the S3D paper's network, pretrained there on 160^3 windows at 1 mm).
+    "resenc-tiny": ResEncPreset(24, 192, (1, 2, 2, 2, 2, 2), "ResEnc U-Net, 24..192 wide, 1-2-2-2 blocks; CPU size"),
+    "resenc-l": ResEncPreset(32, 320, (1, 3, 4, 6, 6, 6), "nnU-Net ResEnc-L U-Net, 32..320 wide, 1-3-4-6-6-6 blocks"),
     # nnU-Net-like plain CNN: the label-efficiency study's peer (filters 32 .. 320, residual blocks off).
     "dynunet": CnnPreset(32, 320, False, "MONAI DynUNet, nnU-Net plan for the ROI; CNN peer, no pretraining"),
 }
@@ -135,7 +163,7 @@ def list_presets() -> str:
     return "\n".join(f"{k:17s} {v.description}" for k, v in PRESETS.items())
 
 
-def get_preset(name: str, family: str | None = None) -> Preset | NnFormerPreset | CnnPreset:
+def get_preset(name: str, family: str | None = None) -> Preset | NnFormerPreset | CnnPreset | ResEncPreset:
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[name]
@@ -147,8 +175,8 @@ def get_preset(name: str, family: str | None = None) -> Preset | NnFormerPreset 
 
 def fit_roi(preset: str, roi_size: Sequence[int]) -> tuple[int, int, int]:
     """The smallest ROI ``>= roi_size`` per axis that the preset's network tiles: a multiple of the ViT patch; for
-    nnFormer, sizes whose stage grids its windows divide; for the CNN peer, a multiple of 8 (three down-samplings
-    of its plan at least)."""
+    nnFormer, sizes whose stage grids its windows divide; for the CNNs, a multiple of 8 (three down-samplings of
+    their plan at least)."""
     roi = tuple(int(r) for r in roi_size)
     if len(roi) != 3 or any(r < 1 for r in roi):
         raise ConfigError(f"roi_size={tuple(roi_size)}: expected three positive ints")
@@ -159,16 +187,40 @@ def fit_roi(preset: str, roi_size: Sequence[int]) -> tuple[int, int, int]:
     return tuple(-(-r // step) * step for r in roi)  # type: ignore[return-value]
 
 
+def _resenc_encoder_config(
+    preset: str,
+    in_channels: int,
+    img_size: Sequence[int] | int,
+    patch_size: Sequence[int] | int | None,
+    spacing: Sequence[float] | float,
+    overrides: Mapping[str, Any],
+) -> NetworkConfig:
+    p = get_preset(preset, "resenc")
+    if patch_size is not None:
+        raise ConfigError(f"patch_size: preset {preset!r} is a CNN (no patches); its strides follow the ROI")
+    with named(preset):
+        plan = nnunet_plan(img_size, spacing, max_levels=len(p.blocks) - 1, base_filters=p.base_filters,
+                           max_filters=p.max_filters)  # fmt: skip
+        size = list(as_tuple(img_size, 3, "img_size"))
+    kwargs: dict[str, Any] = dict(in_channels=in_channels, img_size=size, blocks=list(p.blocks[: len(plan["strides"])]))
+    kwargs.update(plan)
+    kwargs.update(overrides)
+    return NetworkConfig("resenc-encoder", preset, {}, plain(kwargs))
+
+
 def _encoder_config(
     preset: str,
     in_channels: int,
     img_size: Sequence[int] | int,
     patch_size: Sequence[int] | int | None,
     overrides: Mapping[str, Any],
+    spacing: Sequence[float] | float = 1.0,
 ) -> NetworkConfig:
     p = get_preset(preset)
     if isinstance(p, CnnPreset):
         raise ConfigError(f"preset {preset!r} is a CNN without a separate encoder: nothing to pretrain or extract")
+    if isinstance(p, ResEncPreset):
+        return _resenc_encoder_config(preset, in_channels, img_size, patch_size, spacing, overrides)
     kwargs: dict[str, Any] = dict(in_channels=in_channels, img_size=img_size, **p.encoder_kwargs())
     if patch_size is not None:
         kwargs["patch_size"] = patch_size
@@ -189,11 +241,13 @@ def build_encoder(
     in_channels: int = 1,
     img_size: Sequence[int] | int = 96,
     patch_size: Sequence[int] | int | None = None,
+    spacing: Sequence[float] | float = 1.0,
     **overrides: Any,
 ) -> Built:
-    """The encoder of a preset (:class:`ViTEncoder` or :class:`NnFormerEncoder`), a feature extractor with no
-    head; ``overrides`` replace any of its constructor arguments."""
-    return _built(_encoder_config(preset, in_channels, img_size, patch_size, overrides))
+    """The encoder of a preset (:class:`ViTEncoder`, :class:`NnFormerEncoder` or :class:`ResEncEncoder`, planned
+    for ``img_size`` at ``spacing``, which only it uses), a feature extractor with no head; ``overrides`` replace any
+    of its constructor arguments."""
+    return _built(_encoder_config(preset, in_channels, img_size, patch_size, overrides, spacing))
 
 
 def build_mae(
@@ -202,30 +256,48 @@ def build_mae(
     img_size: Sequence[int] | int = 96,
     patch_size: Sequence[int] | int | None = None,
     mask_ratio: float | None = None,
-    norm_pix_loss: bool = True,
+    norm_pix_loss: bool | None = None,
     decoder_dim: int | None = None,
     decoder_depth: int | None = None,
     decoder_heads: int | None = None,
     method: str = "auto",
     feature_size: int | None = None,
+    mask_ratio_max: float | None = None,
+    spacing: Sequence[float] | float = 1.0,
     **encoder_overrides: Any,
 ) -> Built:
     """The pretraining model of a preset. ``method`` ``"auto"``: an MAE for a ViT (mask ratio 0.75 by default,
     decoder sizes from the preset), masked-volume reconstruction for nnFormer (mask ratio 0.6, linear head unless
-    ``decoder_dim``); ``"masked-unetr"`` (ViT presets): masked-volume reconstruction by the whole UNETR of the
-    preset (mask ratio 0.6; :class:`MaskedUNETR`), ``feature_size`` as the fine-tuning UNETR's (default the
-    preset's)."""
+    ``decoder_dim``), S3D sparse masking of the whole U-Net for a ResEnc preset (mask ratio 0.75, or drawn per sample
+    up to ``mask_ratio_max``; blocks of the encoder's total stride, planned for ``img_size`` at ``spacing``;
+    :class:`SparseMaskedUNet`); ``"masked-unetr"`` (ViT presets): masked-volume reconstruction by the whole UNETR of
+    the preset (mask ratio 0.6; :class:`MaskedUNETR`), ``feature_size`` as the fine-tuning UNETR's (default the
+    preset's). ``norm_pix_loss`` (regress per-unit normalised voxels) defaults to on, off for S3D."""
     p = get_preset(preset)
     family = p.family
     if family == "cnn":
-        raise ConfigError(f"preset {preset!r} is the CNN peer: volmae pretrains ViT and nnFormer encoders only")
+        raise ConfigError(
+            f"preset {preset!r} is the plain CNN peer: pretrain a ResEnc U-Net instead (e.g. --preset resenc-tiny)"
+        )
     if method not in METHODS[family]:
         raise ConfigError(
             f"method={method!r} does not apply to the {family} preset {preset!r}; choose one of {METHODS[family]}"
         )
     if feature_size is not None and method != "masked-unetr":
         raise ConfigError("feature_size sizes the UNETR decoder of method masked-unetr only")
-    enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides).encoder
+    if mask_ratio_max is not None and family != "resenc":
+        raise ConfigError("mask_ratio_max (a mask ratio drawn per sample) applies to S3D pretraining (ResEnc presets)")
+    enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides, spacing).encoder
+    if family == "resenc":
+        if decoder_dim is not None or decoder_depth is not None or decoder_heads is not None:
+            raise ConfigError("decoder_dim / depth / heads: S3D reconstructs with the U-Net's own decoder")
+        kwargs = dict(
+            mask_ratio=0.75 if mask_ratio is None else mask_ratio,
+            mask_ratio_max=mask_ratio_max,
+            norm_pix_loss=bool(norm_pix_loss),
+        )
+        return _built(NetworkConfig("s3d", preset, kwargs, enc))
+    norm_pix_loss = True if norm_pix_loss is None else norm_pix_loss
     if (family == "nnformer" or method == "masked-unetr") and (decoder_depth is not None or decoder_heads is not None):
         raise ConfigError(
             "decoder_depth / decoder_heads set the MAE's transformer decoder; masked-volume pretraining "
@@ -382,6 +454,18 @@ def build_dynunet(
     return _built(_dynunet_config(preset, in_channels, out_channels, img_size, spacing))
 
 
+def build_resenc(
+    preset: str = "resenc-tiny",
+    in_channels: int = 1,
+    out_channels: int = 2,
+    img_size: Sequence[int] | int = 96,
+    spacing: Sequence[float] | float = 1.0,
+) -> Built:
+    """A residual-encoder U-Net planned for an ROI of ``img_size`` voxels at ``spacing`` mm (S3D-pretrained weights
+    load afterwards, encoder and decoder: :func:`volmae.artifact.load_pretrained`). Fully convolutional."""
+    return _built(segmenter_config(preset, in_channels, out_channels, img_size, spacing=spacing))
+
+
 def segmenter_config(
     preset: str = "vit-base",
     in_channels: int = 1,
@@ -396,17 +480,20 @@ def segmenter_config(
 ) -> NetworkConfig:
     """The :class:`NetworkConfig` of :func:`build_segmenter` (nothing is built); the bundles' ``network_config``."""
     p = get_preset(preset)
-    if isinstance(p, CnnPreset):
+    if isinstance(p, CnnPreset | ResEncPreset):
         given = {
             "patch_size": patch_size is not None,
             "feature_size": feature_size is not None,
             "skip_norm": not skip_norm,
             "deep_supervision": bool(deep_supervision),
-            **{k: True for k in encoder_overrides},
+            **{k: True for k in encoder_overrides if isinstance(p, CnnPreset)},  # a ResEnc encoder takes them
         }
         bad = [k for k, v in given.items() if v]
         if bad:
-            raise ConfigError(f"preset {preset!r} (the CNN peer) takes no {', '.join(bad)}: it is trained from scratch")
+            raise ConfigError(f"preset {preset!r} (a CNN) takes no {', '.join(bad)}: its plan follows the ROI")
+        if isinstance(p, ResEncPreset):
+            enc = _resenc_encoder_config(preset, in_channels, img_size, None, spacing, encoder_overrides).encoder
+            return NetworkConfig("resenc", preset, {"out_channels": out_channels}, enc)
         return _dynunet_config(preset, in_channels, out_channels, img_size, spacing)
     if isinstance(p, NnFormerPreset):
         if feature_size is not None or not skip_norm:
@@ -423,10 +510,30 @@ def segmenter_config(
 
 def build_segmenter(*args: Any, **kwargs: Any) -> Built:
     """The segmentation network of any preset, with its config; the arguments are :func:`segmenter_config`'s:
-    UNETR for a ViT preset, nnFormer for an nnFormer one, DynUNet for the CNN peer (planned for ``img_size`` at
-    ``spacing``, which only it uses). The options of the other families must stay at their defaults
-    (``feature_size``/``skip_norm`` are UNETR's, ``deep_supervision`` nnFormer's)."""
+    UNETR for a ViT preset, nnFormer for an nnFormer one, a residual-encoder U-Net for a ResEnc one, DynUNet for the
+    CNN peer (the CNNs are planned for ``img_size`` at ``spacing``, which only they use). The options of the other
+    families must stay at their defaults (``feature_size`` / ``skip_norm`` are UNETR's, ``deep_supervision``
+    nnFormer's)."""
     return _built(segmenter_config(*args, **kwargs))
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    """How a family fine-tunes from pretrained weights: the peak learning rate times ``lr_scale`` (after the usual
+    linear warm-up) and layer-wise decay ``layer_decay`` over the encoder (1: none)."""
+
+    lr_scale: float
+    layer_decay: float
+
+
+# Transformers: the MAE fine-tuning recipe (BEiT layer decay at the scratch LR); CNNs: nnU-Net's PretrainedTrainer /
+# the S3D recipe, a peak LR 10x below scratch and no layer decay (Wald et al., CVPR 2025).
+RECIPES = {
+    "vit": FinetuneRecipe(1.0, 0.75),
+    "nnformer": FinetuneRecipe(1.0, 0.75),
+    "resenc": FinetuneRecipe(0.1, 1.0),
+    "cnn": FinetuneRecipe(0.1, 1.0),
+}
 
 
 def preset_as_dict(name: str) -> dict[str, Any]:
@@ -439,8 +546,11 @@ CITATIONS = {
     "nnformer": "Zhou et al., nnFormer: Volumetric Medical Image Segmentation via a 3D Transformer, IEEE TIP 2023",
     "cnn": "Isensee et al., nnU-Net: a self-configuring method for deep learning-based biomedical image "
     "segmentation, Nature Methods 2021",
+    "resenc": "Isensee et al., nnU-Net Revisited: A Call for Rigorous Validation in 3D Medical Image Segmentation, "
+    "MICCAI 2024",
     "mae": "Zhou et al., Self Pre-training with Masked Autoencoders for Medical Image Classification and "
     "Segmentation, ISBI 2023 (arXiv 2203.05573)",
+    "s3d": "Wald et al., Revisiting MAE pre-training for 3D medical image segmentation, CVPR 2025",
 }
 
 
@@ -448,5 +558,5 @@ def citations(config: NetworkConfig, pretrained: bool | str | None = None) -> tu
     """The papers behind a network (and its masked pretraining, for a pretraining model or ``pretrained``)."""
     out = [CITATIONS[config.family]]
     if pretrained or config.role == "pretraining":
-        out.append(CITATIONS["mae"])
+        out.append(CITATIONS["s3d" if config.family == "resenc" else "mae"])
     return tuple(out)

@@ -30,7 +30,8 @@ __all__ = [
     "unwrapped_state",
     "resample_pos_embed",
     "load_encoder_weights",
-    "load_unetr_decoder_weights",
+    "load_decoder_weights",
+    "adapt_input_channels",
     "POS_EMBED_KEY",
     "monai_unetr_to_volmae",
     "volmae_unetr_to_monai",
@@ -44,6 +45,7 @@ ENCODER_PREFIXES = ("encoder.", "vit.", "")
 FAMILIES = {
     "vit": (("patch_embedding.", "blocks.", "norm."), "blocks.", PATCH_WEIGHT_KEY),
     "nnformer": (("embed.", "downs.", "stages.", "norms."), "stages.", "embed.0.0.weight"),
+    "resenc": (("stem.", "stages."), "stages.", "stem.0.conv.weight"),
 }
 BIAS_TABLE = "attn.relative_position_bias_table"
 
@@ -59,7 +61,8 @@ class LoadReport:
     shape_mismatch: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-    decoder_loaded: list[str] = field(default_factory=list)  # UNETR decoder keys (masked-unetr pretraining)
+    decoder_loaded: list[str] = field(default_factory=list)  # decoder keys (whole-network transfer)
+    head: list[str] = field(default_factory=list)  # the output head's keys, left at their fresh initialisation
 
     @property
     def ok(self) -> bool:
@@ -74,8 +77,8 @@ class LoadReport:
         ]
         if self.decoder_loaded:
             lines.append(
-                f"decoder weights (masked-unetr pretraining): {len(self.decoder_loaded)} tensors loaded; the "
-                "reconstruction head is not (the segmentation head starts fresh)"
+                f"decoder weights (whole-network transfer): {len(self.decoder_loaded)} tensors loaded; the output "
+                f"head ({len(self.head)} tensors) is not: it starts fresh for this task's classes"
             )
         for k in self.resampled:
             lines.append(f"  resampled  {k} (position grid or attention window changed with the ROI)")
@@ -214,8 +217,9 @@ def load_encoder_weights(
     config has them), which say its position grid and attention windows.
 
     Position embeddings: when the ROI (token grid) differs, a learnable embedding is trilinearly resampled and the
-    fixed sin-cos one is kept as rebuilt by the model (exact). Patch projections pretrained on 1 channel are
-    repeated over the model's input channels (scaled by ``1/C``). Anything else with a different shape is reported
+    fixed sin-cos one is kept as rebuilt by the model (exact). The first convolution (patch projection, stem) of
+    another input channel count is adapted (:func:`adapt_input_channels`: pretrained on 1 channel, repeated over
+    the model's ``C`` and scaled by ``1/C``). Anything else with a different shape is reported
     and left at its initialisation. nnFormer window-attention bias tables whose window changed with the ROI are
     trilinearly resampled (the old windows come from the checkpoint's config). Raises :class:`CheckpointError` when
     no encoder of this family is found, or one of the other family.
@@ -251,13 +255,8 @@ def load_encoder_weights(
                 grid = tuple(source_grid) if source_grid else _grid_from_tokens(value.shape[1], encoder.grid_size)
                 to_load[key] = resample_pos_embed(value, grid, encoder.grid_size)
                 report.resampled.append(key)
-        elif (
-            key == first_conv
-            and value.shape[1] == 1
-            and value.shape[0] == target.shape[0]
-            and (value.shape[2:] == target.shape[2:])
-        ):
-            to_load[key] = value.repeat(1, target.shape[1], 1, 1, 1) / target.shape[1]
+        elif key == first_conv and value.shape[0] == target.shape[0] and (value.shape[2:] == target.shape[2:]):
+            to_load[key] = adapt_input_channels(value, target.shape[1])
             report.adapted.append(key)
         else:
             report.shape_mismatch[key] = (tuple(value.shape), tuple(target.shape))
@@ -268,20 +267,49 @@ def load_encoder_weights(
     return report
 
 
-def load_unetr_decoder_weights(network: torch.nn.Module, state: Mapping, report: LoadReport) -> None:
-    """Load the convolutional stem, skip paths, up-sampling stages and skip norms of a ``masked-unetr`` pretraining
-    model's weights (:class:`~volmae.networks.masked_unetr.MaskedUNETR`, whose keys are a UNETR's) into the UNETR
-    ``network``, adding to ``report``; the reconstruction ``head.*`` and ``mask_token`` are left out."""
+def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """A convolution weight ``O C_src k k k`` that reads the image, for ``channels`` input channels: the sum over
+    the source channels, spread evenly (``/ channels``) over the new ones, so an image repeated over the channels
+    gives the source's response (nnssl and nnU-Net repeat the stem the same way)."""
+    return weight.sum(dim=1, keepdim=True).repeat(1, channels, *([1] * (weight.dim() - 2))) / channels
+
+
+def load_decoder_weights(
+    network: torch.nn.Module,
+    state: Mapping,
+    report: LoadReport,
+    head: Sequence[str],
+    in_channels: tuple[int, int] | None = None,
+) -> None:
+    """Whole-network transfer, the part outside the encoder: load every tensor of ``state`` that the ``network``
+    has under the same name (the decoder of a pretraining model that holds it under its segmentation twin's names,
+    or of a segmentation model of the same kind), except the output ``head`` prefixes, adding to ``report``.
+    ``in_channels = (source, network)``: a convolution reading the image (its second dimension the source's channel
+    count) is adapted (:func:`adapt_input_channels`) when the counts differ; other shape differences are reported and
+    left at their initialisation."""
     state = unwrapped_state(state)
-    own = {k: v for k, v in network.state_dict().items() if not k.startswith(("encoder.", "head."))}
+    own = network.state_dict()
     to_load = {}
     for key, target in own.items():
-        if key not in state:
+        if key.startswith("encoder."):
+            continue
+        if key.startswith(tuple(head)):
+            report.head.append(key)
+        elif key not in state:
             report.missing.append(key)
-        elif state[key].shape != target.shape:
-            report.shape_mismatch[key] = (tuple(state[key].shape), tuple(target.shape))
-        else:
+        elif state[key].shape == target.shape:
             to_load[key] = state[key]
+        elif (
+            in_channels
+            and state[key].dim() == 5
+            and (state[key].shape[1], target.shape[1]) == in_channels
+            and state[key].shape[0] == target.shape[0]
+            and state[key].shape[2:] == target.shape[2:]
+        ):
+            to_load[key] = adapt_input_channels(state[key], target.shape[1])
+            report.adapted.append(key)
+        else:
+            report.shape_mismatch[key] = (tuple(state[key].shape), tuple(target.shape))
     network.load_state_dict(to_load, strict=False)
     report.decoder_loaded.extend(to_load)
 

@@ -19,7 +19,11 @@ The design, fixed before any run:
   ``curve_cases`` held-out cases (Dice vs step, descriptive only: the model kept is always the last epoch's, never
   selected on those cases);
 * **evaluation** of every final model on the whole held-out fold, in each case's original space
-  (:func:`volmae.evaluation.evaluate.evaluate`).
+  (:func:`volmae.evaluation.evaluate.evaluate`);
+* **nnU-Net v2** as a peer (``peer="nnunet"``, :mod:`volmae.study.nnunet`): at each fraction x seed, the same
+  labeled cases trained by nnU-Net's own pipeline for each of ``nnunet_budgets``: ``"1x"`` the mean training minutes
+  of the volmae runs of that fraction and seed in the study folder (equal CPU minutes; the nnU-Net run waits for
+  them), ``"4x"`` four times that, or a number of minutes; its predictions scored by the same evaluation.
 """
 
 from __future__ import annotations
@@ -34,7 +38,16 @@ from volmae.data.transforms import get_preprocessing
 from volmae.errors import ConfigError
 from volmae.networks.registry import METHODS, fit_roi, get_preset
 
-__all__ = ["StudyConfig", "PretrainRun", "FinetuneRun", "plan_study", "pretrained_overrides", "encoder_methods"]
+__all__ = [
+    "StudyConfig",
+    "PretrainRun",
+    "FinetuneRun",
+    "NnunetRun",
+    "plan_study",
+    "pretrained_overrides",
+    "encoder_methods",
+    "budget_value",
+]
 
 INITS = ("scratch", "pretrained")
 
@@ -47,7 +60,7 @@ class StudyConfig:
     out_dir: str = "runs/study"
     encoders: list[str] = field(default_factory=lambda: ["vit-tiny", "nnformer-tiny"])
     methods: list[str] | None = None  # per encoder; default: masked-unetr for a ViT, masked-volume for nnFormer
-    peer: str = "dynunet"  # the CNN peer's preset; "none" leaves it out
+    peer: str = "dynunet"  # the CNN peer's preset, "nnunet" (nnU-Net v2 itself), or "none"
     fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     fold: int = 0
@@ -74,6 +87,11 @@ class StudyConfig:
     quiet: bool = True
     report_only: bool = False
     pool_studies: list[str] | None = None  # report: pool these study folders' runs (same design, other folds)
+    nnunet_budgets: list[str] = field(
+        default_factory=lambda: ["1x", "4x"]
+    )  # peer nnunet: Nx the volmae minutes, or minutes
+    nnunet_python: str | None = None  # peer nnunet: the interpreter with nnunetv2 (default $VOLMAE_NNUNET_PYTHON)
+    nnunet_mirroring: bool = True  # peer nnunet: its default mirroring test-time augmentation when predicting
 
     def __post_init__(self) -> None:
         if self.encoders == ["none"]:  # the CLI's way to write encoders=[]: the CNN peer only (like peer="none")
@@ -117,12 +135,55 @@ class FinetuneRun:
         return f"finetune/{self.out_dir.name}"
 
 
+@dataclass(frozen=True)
+class NnunetRun:
+    """nnU-Net v2 trained on a fraction x seed's labeled cases for ``budget`` (``"<N>x"`` the volmae runs' mean
+    minutes there, or minutes)."""
+
+    fraction: float
+    seed: int
+    budget: str
+    labeled_cases: int
+    out_dir: Path
+
+    @property
+    def preset(self) -> str:
+        return nnunet_preset(self.budget)
+
+    @property
+    def name(self) -> str:
+        return f"peer/{self.out_dir.name}"
+
+    @property
+    def factor(self) -> float | None:
+        """N of an ``"<N>x"`` budget; None for minutes."""
+        return float(self.budget[:-1]) if self.budget.endswith("x") else None
+
+
+def nnunet_preset(budget: str) -> str:
+    """How tables name the nnU-Net peer at a budget: ``nnunet-1x``, ``nnunet-20min``."""
+    return f"nnunet-{budget}" if budget.endswith("x") else f"nnunet-{budget}min"
+
+
+def budget_value(budget: str) -> float:
+    """The number in an nnU-Net budget (``"1x"``, ``"4x"``, ``"20"`` minutes); a ConfigError naming the forms."""
+    try:
+        value = float(budget[:-1] if budget.endswith("x") else budget)
+    except ValueError:
+        value = -1.0
+    if value <= 0:
+        raise ConfigError(
+            f"nnunet_budgets: {budget!r}; expected e.g. 1x, 4x (times the volmae runs' minutes) or 20 (minutes)"
+        )
+    return value
+
+
 def encoder_methods(encoders: list[str], methods: list[str] | None) -> dict[str, str]:
     """{encoder: its pretraining method}: ``methods`` one per encoder, or None for each family's default."""
     out = {}
     for preset, given in zip(encoders, methods or [None] * len(encoders)):
         family = get_preset(preset).family
-        out[preset] = given or ("masked-unetr" if family == "vit" else "auto")
+        out[preset] = given or ("masked-unetr" if family == "vit" else "auto")  # auto: masked volume / S3D
         if out[preset] not in METHODS[family]:
             raise ConfigError(f"methods: {out[preset]!r} does not apply to {preset!r}; choose one of {METHODS[family]}")
     return out
@@ -168,11 +229,18 @@ def _check(cfg: StudyConfig) -> None:
     for preset in cfg.encoders:
         if get_preset(preset).family == "cnn":
             raise ConfigError(f"encoders: {preset!r} is a CNN; pass it as peer (it has no encoder to pretrain)")
-    if cfg.peer != "none":
+    if cfg.peer not in ("none", "nnunet"):
         get_preset(cfg.peer, "cnn")
+    if cfg.peer == "nnunet":
+        if not cfg.nnunet_budgets:
+            raise ConfigError("nnunet_budgets: give at least one (e.g. 1x: the volmae runs' minutes)")
+        for b in cfg.nnunet_budgets:
+            budget_value(b)
+        if cfg.peer_steps is not None:
+            raise ConfigError("peer_steps sizes the DynUNet peer; the nnU-Net peer's budget is nnunet_budgets")
 
 
-def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
+def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun | NnunetRun]:
     """Every run of the study, pretraining first, each with its own folder under ``out_dir``."""
     _check(cfg)
     out = Path(cfg.out_dir)
@@ -180,14 +248,15 @@ def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
     train, _ = split_fold(load_datalist(cfg.dataset_dir), cfg.fold)
     reused = pretrained_overrides(cfg.reuse_pretraining, cfg.encoders)
     models = [(p, init) for p in cfg.encoders for init in INITS] + (
-        [(cfg.peer, "scratch")] if cfg.peer != "none" else []
+        [(cfg.peer, "scratch")] if cfg.peer not in ("none", "nnunet") else []
     )
     rois = {preset: fit_roi(preset, prep.roi_size) for preset, _ in models}
     pretrains: dict[str, PretrainRun] = {}
     for preset, method in encoder_methods(cfg.encoders, cfg.methods).items():
         if preset not in reused:
             pretrains[preset] = PretrainRun(preset, method, rois[preset], out / "pretrain" / preset)
-    runs: list[PretrainRun | FinetuneRun] = list(pretrains.values())
+    runs: list[PretrainRun | FinetuneRun | NnunetRun] = list(pretrains.values())
+    peers: list[NnunetRun] = []
     for fraction in sorted(cfg.fractions):
         for seed in cfg.seeds:
             n = len(label_fraction(train, fraction, seed))
@@ -206,4 +275,8 @@ def plan_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
                         out / "runs" / tag, weights, pre,
                     )
                 )  # fmt: skip
-    return runs
+            if cfg.peer == "nnunet":
+                for budget in cfg.nnunet_budgets:
+                    tag = f"{nnunet_preset(budget)}_scratch_{fraction * 100:g}pct_s{seed}"
+                    peers.append(NnunetRun(fraction, seed, budget, n, out / "runs" / tag))
+    return runs + peers  # nnU-Net last: an equal-minutes budget waits for the volmae runs it matches

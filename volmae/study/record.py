@@ -26,7 +26,7 @@ __all__ = ["record_study", "record_plan", "check_pool", "merged_record", "RECORD
 RECORD = "study.yaml"
 PLAN = "plan.json"
 SELECTION = ("encoders", "peer", "fractions", "seeds")  # which runs a command adds
-_FREE = ("device", "quiet", "report_only", "pool_studies", *SELECTION)
+_FREE = ("device", "quiet", "report_only", "pool_studies", "nnunet_python", *SELECTION)
 PER_ENCODER = ("methods", "reuse_pretraining")
 # what may also differ between study folders pooled in one report: their folds, and a reused pretraining (folds that
 # hold no pretraining image out, e.g. cross-dataset ones, share one)
@@ -59,7 +59,7 @@ def _changed(before: dict, now: dict, free: tuple[str, ...]) -> dict[str, str]:
     out = {
         k: f"{before.get(k)!r} -> {now.get(k)!r}"
         for k in sorted(set(before) | set(now))
-        if k not in free and k not in PER_ENCODER and before.get(k) != now.get(k)
+        if k not in free and k not in PER_ENCODER and before.get(k, _default(k)) != now.get(k, _default(k))
     }
     old, new = _per_encoder(before), _per_encoder(now)
     for k in (k for k in PER_ENCODER if k not in free):
@@ -67,6 +67,16 @@ def _changed(before: dict, now: dict, free: tuple[str, ...]) -> dict[str, str]:
         if differ:
             out[k] = ", ".join(f"{p} {old[p][k]!r} -> {new[p][k]!r}" for p in differ)
     return dict(sorted(out.items()))
+
+
+def _default(key: str):
+    """A setting's default: what a record written before the setting existed meant by leaving it out."""
+    import dataclasses
+
+    for f in dataclasses.fields(StudyConfig):
+        if f.name == key:
+            return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return None
 
 
 def _diffs(changed: dict[str, str]) -> str:

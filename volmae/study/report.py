@@ -34,6 +34,8 @@ from volmae.study.plan import INITS
 from volmae.study.runner import read_result
 from volmae.utils.io import atomic_write_text
 
+PEER_FAMILIES = ("cnn", "nnunet")  # the peers: MONAI's DynUNet, nnU-Net v2 itself
+
 __all__ = ["StudyReport", "report_study", "collect_runs"]
 
 
@@ -109,8 +111,8 @@ def _pairs(rows: list[dict], a: tuple[str, str], b: tuple[str, str]) -> dict[flo
 def _paired_rows(rows: list[dict]) -> list[dict]:
     # every encoder, not only those with pretrained runs: a study with the peer and scratch runs alone (the
     # pretraining still to come) has the peer-vs-scratch gap to report already; absent twins give no pairs
-    presets = sorted({r["preset"] for r in rows if r.get("family") != "cnn"})
-    peers = sorted({r["preset"] for r in rows if r.get("family") == "cnn"})
+    presets = sorted({r["preset"] for r in rows if r.get("family") not in PEER_FAMILIES})
+    peers = sorted({r["preset"] for r in rows if r.get("family") in PEER_FAMILIES})
     tests = [(f"{p} pretrained vs scratch", (p, "pretrained"), (p, "scratch")) for p in presets]
     tests += [(f"{c} vs {p} {init}", (c, "scratch"), (p, init)) for c in peers for p in presets for init in INITS[::-1]]
     out = []
@@ -189,6 +191,8 @@ def _style(preset: str, init: str, presets: list[str]) -> dict:
     """One colour per preset; pretrained solid with circles, scratch dashed with squares; the CNN peer black."""
     import matplotlib
 
+    if preset.startswith("nnunet"):
+        return {"color": "dimgray", "linestyle": ":", "marker": "v"}
     if get_preset(preset).family == "cnn":
         return {"color": "black", "linestyle": ":", "marker": "^"}
     color = matplotlib.colormaps["tab10"](presets.index(preset) % 10)

@@ -16,14 +16,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from volmae.data.datalist import load_datalist, pretraining_items
+from volmae.data.datalist import label_fraction, load_datalist, pretraining_items, split_fold
 from volmae.engine.finetune import FinetuneConfig, finetune
 from volmae.engine.loop import TrainingInterrupted
 from volmae.engine.pretrain import PretrainConfig, pretrain
 from volmae.errors import ConfigError, find_volmae_error
-from volmae.evaluation.evaluate import EvaluateConfig, evaluate
+from volmae.evaluation.evaluate import EvaluateConfig, evaluate, evaluate_predictions
 from volmae.networks.registry import get_preset
-from volmae.study.plan import FinetuneRun, PretrainRun, StudyConfig, plan_study
+from volmae.study.nnunet import run_nnunet
+from volmae.study.plan import FinetuneRun, NnunetRun, PretrainRun, StudyConfig, plan_study
 from volmae.study.record import check_pool, record_plan, record_study
 from volmae.utils.io import atomic_write_json, atomic_write_text
 
@@ -204,23 +205,80 @@ def _run_finetune(run: FinetuneRun, cfg: StudyConfig) -> dict:
     }
 
 
-def _needs(run: PretrainRun | FinetuneRun) -> PretrainRun | None:
+def _volmae_minutes(run: NnunetRun, runs: list) -> float | None:
+    """The mean training minutes of the volmae fine-tuning runs (not peers) at ``run``'s fraction and seed in the
+    study folder: None while one that this command planned is unfinished, or when there is none."""
+    planned = [r for r in runs if isinstance(r, FinetuneRun) and r.fraction == run.fraction and r.seed == run.seed]
+    if any(read_result(r.out_dir) is None for r in planned if get_preset(r.preset).family != "cnn"):
+        return None
+    seconds = []
+    for path in sorted(run.out_dir.parent.glob(f"*/{RESULT}")):
+        res = json.loads(path.read_text())
+        if res.get("kind") == "finetune" and res.get("family") not in ("cnn", "nnunet"):
+            if res["fraction"] == run.fraction and res["seed"] == run.seed:
+                seconds.append(res["train_seconds"])
+    return sum(seconds) / len(seconds) / 60 if seconds else None
+
+
+def _needs(run) -> PretrainRun | None:
     """The study's pretraining that ``run`` starts from, if any."""
     return run.pretrain if isinstance(run, FinetuneRun) else None
 
 
-def _ready(run: PretrainRun | FinetuneRun) -> bool:
+def _ready(run, runs: list) -> bool:
+    if isinstance(run, NnunetRun):
+        return run.factor is None or _volmae_minutes(run, runs) is not None or not _planned_refs(run, runs)
     pre = _needs(run)
     return pre is None or (pre.out_dir / RESULT).is_file()
 
 
-def _failed(run: PretrainRun | FinetuneRun, failures: dict[Path, str]) -> str | None:
+def _planned_refs(run: NnunetRun, runs: list) -> list:
+    return [r for r in runs if isinstance(r, FinetuneRun) and (r.fraction, r.seed) == (run.fraction, run.seed)]
+
+
+def _run_nnunet(run: NnunetRun, cfg: StudyConfig, runs: list) -> dict:
+    from volmae.study.plan import budget_value
+
+    minutes = budget_value(run.budget)
+    if run.factor is not None:
+        reference = _volmae_minutes(run, runs)
+        if reference is None:
+            raise ConfigError(
+                f"{run.name}: budget {run.budget} needs finished volmae runs at {run.fraction:g} labels, seed "
+                f"{run.seed} in this study folder; run them first (--encoders ...) or give minutes, e.g. "
+                "--nnunet-budgets 20"
+            )
+        minutes = run.factor * reference
+    datalist = load_datalist(cfg.dataset_dir)
+    train, held_out = split_fold(datalist, cfg.fold)
+    train = label_fraction(train, run.fraction, run.seed)  # the labeled cases of the volmae runs it is compared with
+    if len(train) != run.labeled_cases:
+        raise ConfigError(f"{run.out_dir}: {len(train)} labeled cases, planned {run.labeled_cases}")
+    job = run_nnunet(datalist, train, held_out, run.out_dir / "nnunet", minutes * 60, cfg.nnunet_python, run.seed,
+                     cfg.nnunet_mirroring)  # fmt: skip
+    report = evaluate_predictions(
+        EvaluateConfig(model=None, dataset_dir=cfg.dataset_dir, out_dir=str(run.out_dir / "eval"), fold=cfg.fold,
+                       num_overlays=1, quiet=True),
+        run.out_dir / "nnunet" / "predictions",
+    )  # fmt: skip
+    mean = report.summary["mean"]
+    return {
+        "kind": "finetune", "preset": run.preset, "family": "nnunet", "init": "scratch", "fraction": run.fraction,
+        "labeled_cases": run.labeled_cases, "seed": run.seed, "epochs": job["epochs"], "steps": job["iterations"],
+        "roi_size": job["patch_size"], "pretrained": None, "budget": run.budget, "budget_minutes": minutes,
+        "train_seconds": job["train_seconds"], "eval_cases": mean["n"], "dice": mean["dice_mean"],
+        "hd95": mean["hd95_mean"], "dice_per_class": {n: report.summary[n]["dice_mean"] for n in report.names},
+        "curve": [], "nnunet": job,
+    }  # fmt: skip
+
+
+def _failed(run, failures: dict[Path, str]) -> str | None:
     """Why ``run`` (or the pretraining it needs) failed in this process, if it did."""
     pre = _needs(run)
     return failures.get(run.out_dir) or (pre is not None and failures.get(pre.out_dir)) or None
 
 
-def execute(runs: list[PretrainRun | FinetuneRun], cfg: StudyConfig, wait: float = WAIT_SECONDS) -> int:
+def execute(runs: list, cfg: StudyConfig, wait: float = WAIT_SECONDS) -> int:
     """Do every unfinished run of ``runs`` this process can claim, waiting on runs other processes hold until
     all are finished; returns how many this process did.
 
@@ -236,13 +294,18 @@ def execute(runs: list[PretrainRun | FinetuneRun], cfg: StudyConfig, wait: float
             if read_result(run.out_dir) is not None or _failed(run, failures):
                 pending.remove(run)
                 continue
-            if not _ready(run) or not _claim(run.out_dir):
+            if not _ready(run, runs) or not _claim(run.out_dir):
                 continue
             try:
                 if not cfg.quiet:
                     print(f"volmae-study: {run.name}", flush=True)
                 t0 = time.time()
-                result = _run_pretrain(run, cfg) if isinstance(run, PretrainRun) else _run_finetune(run, cfg)
+                if isinstance(run, PretrainRun):
+                    result = _run_pretrain(run, cfg)
+                elif isinstance(run, NnunetRun):
+                    result = _run_nnunet(run, cfg, runs)
+                else:
+                    result = _run_finetune(run, cfg)
                 result["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
                 atomic_write_json(run.out_dir / RESULT, result)
                 (run.out_dir / FAILED).unlink(missing_ok=True)
@@ -267,7 +330,7 @@ def execute(runs: list[PretrainRun | FinetuneRun], cfg: StudyConfig, wait: float
     return done
 
 
-def run_study(cfg: StudyConfig) -> list[PretrainRun | FinetuneRun]:
+def run_study(cfg: StudyConfig) -> list:
     """Plan the study, record it in its folder (:mod:`volmae.study.record`: ``study.yaml``, the design, refused if it
     changed, and every command's run choices; ``plan.json``, every run planned), and run what is left."""
     runs = plan_study(cfg)

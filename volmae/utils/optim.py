@@ -23,27 +23,36 @@ def _layer_id(model: torch.nn.Module, name: str, num_layers: int) -> int:
 
 
 def param_groups(
-    model: torch.nn.Module, weight_decay: float, layer_decay: float = 1.0, num_layers: int | None = None
+    model: torch.nn.Module,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+    num_layers: int | None = None,
+    split_encoder: bool = False,
 ) -> list[dict]:
-    """Groups for ``torch.optim.AdamW`` with an ``lr_scale`` each; frozen parameters are left out."""
+    """Groups for ``torch.optim.AdamW`` with an ``lr_scale`` each; frozen parameters are left out. With
+    ``split_encoder`` the encoder's parameters (``encoder.*``) get groups of their own, marked ``"encoder": True``
+    (a decoder-first warm-up holds them still: :func:`volmae.engine.loop.lr_factor`)."""
     if not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay={layer_decay}: must be in (0, 1]")
     if num_layers is None:
         num_layers = getattr(getattr(model, "encoder", None), "num_layers", 0)
-    groups: dict[tuple[int, bool], dict] = {}
+    groups: dict[tuple[int, bool, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = p.ndim <= 1 or any(k in name for k in _NO_DECAY)
         layer = _layer_id(model, name, num_layers) if layer_decay < 1.0 else num_layers + 1
-        key = (layer, no_decay)
+        in_encoder = split_encoder and name.startswith("encoder.")
+        key = (layer, no_decay, in_encoder)
         if key not in groups:
             groups[key] = {
                 "params": [],
                 "weight_decay": 0.0 if no_decay else weight_decay,
                 "lr_scale": layer_decay ** (num_layers + 1 - layer),
-                "name": f"layer{layer}_{'no_decay' if no_decay else 'decay'}",
+                "name": f"{'encoder_' if in_encoder else ''}layer{layer}_{'no_decay' if no_decay else 'decay'}",
             }
+            if split_encoder:
+                groups[key]["encoder"] = in_encoder
         groups[key]["params"].append(p)
     return list(groups.values())
 

@@ -1,0 +1,123 @@
+"""One nnU-Net v2 peer run, executed by the Python that has ``nnunetv2`` (its own environment: nnU-Net pins its own
+torch build). Standalone on purpose: it imports nothing of volmae, since volmae need not be installed there.
+
+``python nnunet_job.py job.json`` with ``nnUNet_raw``, ``nnUNet_preprocessed`` and ``nnUNet_results`` set (by
+:func:`volmae.study.nnunet.run_nnunet`). ``job.json``: ``dataset_id``, ``seconds`` (the training budget),
+``iterations_per_epoch``, ``val_iterations``, ``images`` (the test images folder), ``predictions`` (where the label
+maps go), ``mirroring``, ``device``, ``seed``, ``result`` (where this writes its timings).
+
+What runs is nnU-Net's own pipeline, unchanged: fingerprint, ``ExperimentPlanner`` plans, preprocessing of the
+``3d_fullres`` configuration, ``nnUNetTrainer`` (its network, augmentation, loss with deep supervision, SGD and poly
+learning rate) on fold ``all`` (every labeled case trains, as in the volmae runs it is compared with), prediction of
+the test images by ``nnUNetPredictor`` with its default sliding window (and mirroring unless turned off). Only the
+length of training changes: nnU-Net's stock schedule is 1000 epochs x 250 iterations, days on a CPU. The trainer
+here runs one epoch of ``iterations_per_epoch``, measures it, and sets the number of epochs so that the whole poly
+schedule fills ``seconds`` (the planned epochs are then run to the end, the learning rate reaching 0 at the last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+
+
+class _BudgetSpent(Exception):
+    """Raised at the end of the last epoch that fits the budget."""
+
+
+def _budget_trainer(seconds: float, iterations: int, val_iterations: int):
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    class BudgetTrainer(nnUNetTrainer):
+        """nnUNetTrainer whose schedule fits a time budget (see the module docstring)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.num_iterations_per_epoch = iterations
+            self.num_val_iterations_per_epoch = val_iterations
+            self.num_epochs = 100000  # an upper bound until the first epoch is measured
+            self.budget_epochs: int | None = None
+            self.train_started = 0.0
+
+        def on_train_start(self):
+            super().on_train_start()
+            self.train_started = time.time()
+
+        def on_epoch_end(self):
+            super().on_epoch_end()  # counts the epoch
+            if self.budget_epochs is None:
+                first = time.time() - self.train_started
+                self.budget_epochs = max(1, int(seconds // max(first, 1e-6)))
+                self.num_epochs = self.budget_epochs
+                self.lr_scheduler.max_steps = self.budget_epochs
+                self.print_to_log_file(
+                    f"budget {seconds:.0f} s: one epoch took {first:.1f} s, {self.budget_epochs} epochs"
+                )
+            if self.current_epoch >= self.budget_epochs:
+                raise _BudgetSpent
+
+    return BudgetTrainer
+
+
+def main(path: str) -> None:
+    import numpy as np
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
+    )
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    job = json.loads(open(path).read())
+    seed, device = int(job.get("seed", 0)), torch.device(job.get("device", "cpu"))
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+    did = int(job["dataset_id"])
+    from importlib.metadata import version
+
+    out: dict = {"nnunetv2": version("nnunetv2"), "torch": torch.__version__}
+
+    t0 = time.time()
+    extract_fingerprints([did], check_dataset_integrity=True, num_processes=1, verbose=False, show_progress_bar=False)
+    plan_experiments([did])
+    preprocess([did], configurations=("3d_fullres",), num_processes=(1,), show_progress_bar=False)
+    out["plan_preprocess_seconds"] = time.time() - t0
+
+    name = maybe_convert_to_dataset_name(did)
+    folder = os.path.join(nnUNet_preprocessed, name)
+    plans, dataset_json = (
+        load_json(os.path.join(folder, "nnUNetPlans.json")),
+        load_json(os.path.join(folder, "dataset.json")),
+    )
+    trainer_cls = _budget_trainer(float(job["seconds"]), int(job["iterations_per_epoch"]), int(job["val_iterations"]))
+    trainer = trainer_cls(plans, "3d_fullres", "all", dataset_json, device=device)
+    t0 = time.time()
+    try:
+        trainer.run_training()
+    except _BudgetSpent:
+        trainer.on_train_end()  # writes checkpoint_final.pth, stops the data loaders
+    out["train_seconds"] = time.time() - t0
+    out["epochs"] = trainer.budget_epochs
+    out["iterations"] = trainer.budget_epochs * trainer.num_iterations_per_epoch
+    out["batch_size"] = int(trainer.configuration_manager.batch_size)
+    out["patch_size"] = [int(p) for p in trainer.configuration_manager.patch_size]
+    out["model_folder"] = trainer.output_folder_base
+
+    t0 = time.time()
+    predictor = nnUNetPredictor(use_mirroring=bool(job.get("mirroring", True)), device=device, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(trainer.output_folder_base, ("all",), "checkpoint_final.pth")
+    predictor.predict_from_files(job["images"], job["predictions"], save_probabilities=False, overwrite=True,
+                                 num_processes_preprocessing=1, num_processes_segmentation_export=1)  # fmt: skip
+    out["predict_seconds"] = time.time() - t0
+    with open(job["result"], "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
