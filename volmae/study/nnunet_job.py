@@ -29,13 +29,16 @@ class _BudgetSpent(Exception):
 
 
 def _budget_trainer(seconds: float, iterations: int, val_iterations: int):
+    import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     class BudgetTrainer(nnUNetTrainer):
         """nnUNetTrainer whose schedule fits a time budget (see the module docstring)."""
 
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
+        # nnU-Net records its trainers' constructor arguments by signature: spelled out, not *args
+        def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                     device: torch.device = torch.device("cuda")):  # noqa: B008  # fmt: skip
+            super().__init__(plans, configuration, fold, dataset_json, device)
             self.num_iterations_per_epoch = iterations
             self.num_val_iterations_per_epoch = val_iterations
             self.num_epochs = 100000  # an upper bound until the first epoch is measured
@@ -96,6 +99,7 @@ def main(path: str) -> None:
         load_json(os.path.join(folder, "dataset.json")),
     )
     trainer_cls = _budget_trainer(float(job["seconds"]), int(job["iterations_per_epoch"]), int(job["val_iterations"]))
+    plans["continue_training"] = False  # what nnUNetv2_train's get_trainer_from_args sets for a fresh run
     trainer = trainer_cls(plans, "3d_fullres", "all", dataset_json, device=device)
     t0 = time.time()
     try:
@@ -110,8 +114,16 @@ def main(path: str) -> None:
     out["model_folder"] = trainer.output_folder_base
 
     t0 = time.time()
+    # the trained network as nnU-Net's own final validation takes it (deep supervision off, eval mode); its
+    # checkpoint names this trainer class, which nnU-Net's trainer lookup would not find in its package
+    trainer.set_deep_supervision_enabled(False)
+    trainer.network.eval()
+    weights = {k: v.detach().clone() for k, v in trainer.network.state_dict().items()}
     predictor = nnUNetPredictor(use_mirroring=bool(job.get("mirroring", True)), device=device, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(trainer.output_folder_base, ("all",), "checkpoint_final.pth")
+    predictor.manual_initialization(
+        trainer.network, trainer.plans_manager, trainer.configuration_manager, [weights], trainer.dataset_json,
+        "nnUNetTrainer", trainer.inference_allowed_mirroring_axes,
+    )  # fmt: skip
     predictor.predict_from_files(job["images"], job["predictions"], save_probabilities=False, overwrite=True,
                                  num_processes_preprocessing=1, num_processes_segmentation_export=1)  # fmt: skip
     out["predict_seconds"] = time.time() - t0
