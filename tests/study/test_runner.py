@@ -195,5 +195,5 @@ def test_a_study_recorded_before_a_setting_existed_resumes_at_its_default(study_
     old = {k: v for k, v in yaml.safe_load(path.read_text()).items() if not k.startswith("nnunet")}
     path.write_text(yaml.safe_dump(old))
     record_study(cfg)  # no error
-    with pytest.raises(ConfigError, match="nnunet_budgets"):
-        record_study(tiny_study(study_task, tmp_path / "s", nnunet_budgets=["2x"]))
+    with pytest.raises(ConfigError, match="nnunet_mirroring"):
+        record_study(tiny_study(study_task, tmp_path / "s", nnunet_mirroring=False))
