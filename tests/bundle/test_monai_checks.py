@@ -9,7 +9,6 @@ import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
 from tests.bundle.conftest import BUNDLES, copy_bundle
-from volmae.artifact.bundles import bundle_network
 from volmae.bundle.specs import BUNDLES as SPECS
 from volmae.networks import build_network
 
@@ -45,12 +44,20 @@ def test_metadata_and_network_shapes(name, no_data):
                       "inference.json"), device="cpu")  # fmt: skip
 
 
-def test_the_unetr_exports_to_torchscript_as_the_zoo_does(no_data, tmp_path):
-    """``ckpt_export`` (torch.jit.script) of the hippocampus bundle with stand-in weights in models/model.pt: the
-    scripted network computes what the eager one does."""
+@pytest.mark.parametrize("overlay", [None, "resenc.json"])
+def test_the_unetr_and_the_resenc_unet_export_to_torchscript_as_the_zoo_does(no_data, tmp_path, overlay):
+    """``ckpt_export`` (torch.jit.script) of the hippocampus bundle (UNETR, or with resenc.json the ResEnc U-Net)
+    with stand-in weights in models/model.pt: the scripted network computes what the eager one does."""
     root = copy_bundle("hippocampus", tmp_path)
+    configs = [str(root / "configs" / "inference.json")] + ([str(root / "configs" / overlay)] if overlay else [])
     torch.manual_seed(0)
-    net = build_network(bundle_network(root)).eval()
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser["bundle_root"] = str(root)
+    net = build_network(parser.get_parsed_content("network_config")).eval()
+    assert net.__class__.__name__ == ("ResEncUNet" if overlay else "UNETR")
     (root / "models").mkdir()
     torch.save(net.state_dict(), root / "models" / "model.pt")
     ckpt_export(
@@ -58,7 +65,7 @@ def test_the_unetr_exports_to_torchscript_as_the_zoo_does(no_data, tmp_path):
         filepath=str(root / "models" / "model.ts"),
         ckpt_file=str(root / "models" / "model.pt"),
         meta_file=str(root / "configs" / "metadata.json"),
-        config_file=str(root / "configs" / "inference.json"),
+        config_file=configs,
         bundle_root=str(root),
     )
     scripted = torch.jit.load(str(root / "models" / "model.ts"))

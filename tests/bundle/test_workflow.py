@@ -300,3 +300,30 @@ def test_nnformer_overlay_trains_evaluates_and_infers(tmp_path):
     model = str(root / "runs" / "train" / "model.pt")  # the run's model file says it is an nnFormer
     done = infer(InferConfig([str(src)], model, output=str(tmp_path / "seg.nii.gz"), device="cpu", quiet=True))
     assert np.array_equal(np.asarray(nib.load(done[0].label_map).dataobj), np.asarray(bundle_out.dataobj))
+
+
+def test_resenc_overlay_pretrains_with_s3d_and_fine_tunes_the_whole_unet(tmp_path):
+    """configs/resenc.json switches the hippocampus bundle to the ResEnc U-Net: S3D pretraining, fine-tuning that
+    takes encoder and decoder from it, evaluation and inference."""
+    task = make_msd_folder(tmp_path / "task", shape=(20, 28, 20))
+    root = copy_bundle("hippocampus", tmp_path / "bundles")
+    overlay = str(root / "configs" / "resenc.json")
+    small = {"roi_size": [16, 16, 16], "device": "cpu"}
+    run_workflow([str(root / "configs" / "pretrain.json"), overlay], dataset_dir=str(task), roi_size=[16, 16, 16],
+                 **{"pretrain#epochs": 1, "pretrain#device": "cpu", "pretrain#quiet": True})  # fmt: skip
+    pretrained = root / "models" / "pretrained" / "model.pt"
+    assert ModelArtifact.load(pretrained).kind == "s3d"
+    run_workflow([str(root / "configs" / "train.json"), overlay], dataset_dir=str(task), pretrained=str(pretrained),
+                 **small, **{"train#trainer#max_epochs": 1})  # fmt: skip
+    run = ModelArtifact.load(root / "runs" / "train" / "model.pt")
+    assert run.kind == "resenc" and "pretrained encoder and decoder" in run.provenance.initialised_from
+    assert (
+        "decoder weights (whole-network transfer)"
+        in (root / "runs" / "train" / "pretrained_load_report.txt").read_text()
+    )
+    configs = [str(root / "configs" / f) for f in ("train.json", "evaluate.json")] + [overlay]
+    run_workflow(configs, dataset_dir=str(task), **small)
+    assert (root / "runs" / "eval" / "summary.json").is_file()
+    src = task / "imagesTr" / "case_000.nii.gz"
+    run_workflow([str(root / "configs" / "inference.json"), overlay], "infer", input=str(src), **small)
+    assert (root / "predictions" / "case_000.nii.gz").is_file()

@@ -128,7 +128,7 @@ def test_channels_last_fine_tunes_like_the_plain_layout_on_real_mri(msd_hippocam
 
 def test_a_resenc_fine_tunes_from_s3d_whole_at_the_recipes_learning_rate(synthetic_task, tmp_path):
     """S3D pretraining -> fine-tuning: encoder and decoder load (the report and the provenance say so) and the peak
-    learning rate is the family recipe's tenth of --lr, or the given scale."""
+    learning rate is the family recipe's (--lr itself for the ResEnc CNN), or the given scale of it."""
     from volmae.engine.pretrain import PretrainConfig, pretrain
 
     base = dict(roi_size=(16, 16, 16), epochs=1, batch_size=2, device="cpu", quiet=True, preset="resenc-tiny")
@@ -149,7 +149,7 @@ def test_a_resenc_fine_tunes_from_s3d_whole_at_the_recipes_learning_rate(synthet
         assert ModelArtifact.load(res.model_path).provenance.initialised_from.startswith(
             "the pretrained encoder and decoder of"
         )
-    assert lrs == {None: pytest.approx(1e-4), 0.5: pytest.approx(5e-4)}
+    assert lrs == {None: pytest.approx(1e-3), 0.5: pytest.approx(5e-4)}
 
 
 def test_decoder_first_warm_up_holds_the_encoder_still(synthetic_task, tmp_path):

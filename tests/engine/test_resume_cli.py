@@ -27,14 +27,16 @@ def step_of(ckpt_path):
         return -1
 
 
-@pytest.mark.parametrize("stage", ["train", "pretrain"])
-def test_sigkill_at_a_random_point_then_resume_matches_uninterrupted(synthetic_task, tmp_path, stage):
+@pytest.mark.parametrize("stage, extra", [("train", []), ("pretrain", []), ("pretrain", ["--preset", "resenc-tiny"])])
+def test_sigkill_at_a_random_point_then_resume_matches_uninterrupted(synthetic_task, tmp_path, stage, extra):
+    """(the third case: S3D pretraining of the ResEnc U-Net, whose masks and ratios must resume as drawn)"""
     kill_after = random.randint(1, 4)  # a checkpointed step; the kill lands while later steps run or write
-    reference = stage_cmd(stage, synthetic_task, tmp_path / "ref")
+    reference = stage_cmd(stage, synthetic_task, tmp_path / "ref", *extra)
     ref = subprocess.run(reference, capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "run"
-    proc = subprocess.Popen(stage_cmd(stage, synthetic_task, run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(stage_cmd(stage, synthetic_task, run, *extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.time() + 300
     while step_of(run / "checkpoint.pt") < kill_after and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -44,7 +46,7 @@ def test_sigkill_at_a_random_point_then_resume_matches_uninterrupted(synthetic_t
     killed_at = step_of(run / "checkpoint.pt")
     assert kill_after <= killed_at < 6, (kill_after, killed_at)  # 3 epochs x 2 steps: killed mid-run
     assert not (run / "model.pt").exists()
-    resumed = stage_cmd(stage, synthetic_task, run, "--resume")
+    resumed = stage_cmd(stage, synthetic_task, run, "--resume", *extra)
     res = subprocess.run(resumed, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)["weights"]

@@ -36,12 +36,12 @@ def weights(path):
     return torch.load(path, weights_only=True)["weights"]
 
 
-@pytest.mark.parametrize("name", ["pretrain", "train"])
-def test_two_ranks_train_like_one_process_at_the_doubled_batch(synthetic_task, tmp_path, name):
+@pytest.mark.parametrize("name, extra", [("pretrain", []), ("train", []), ("pretrain", ["--preset", "resenc-tiny"])])
+def test_two_ranks_train_like_one_process_at_the_doubled_batch(synthetic_task, tmp_path, name, extra):
     """4 training volumes: 1 process x batch 2 and 2 ranks x batch 1 take the same 2 steps per epoch on the same
-    crops, masks and flips; only the order of the gradient sums differs."""
-    run(stage(name, synthetic_task, tmp_path / "one", 2))
-    two = run(stage(name, synthetic_task, tmp_path / "two", 1, ranks=2))
+    crops, masks and flips; only the order of the gradient sums differs (the third case: S3D's block masks)."""
+    run(stage(name, synthetic_task, tmp_path / "one", 2, *extra))
+    two = run(stage(name, synthetic_task, tmp_path / "two", 1, *extra, ranks=2))
     assert "2 process(es) on cpu x 1 volumes x 2 crops = 4 crops per optimizer step" in two.stdout
     a, b = weights(tmp_path / "one" / "model.pt"), weights(tmp_path / "two" / "model.pt")
     assert a.keys() == b.keys()
@@ -55,7 +55,7 @@ def test_two_ranks_train_like_one_process_at_the_doubled_batch(synthetic_task, t
         if name == "train":  # validation: each rank scores half the held-out cases, the means are reduced
             assert x["val_dice"] == pytest.approx(y["val_dice"], abs=1e-4)
     # without each rank's own share of the batch (here: a different seed), the runs would be far apart
-    run(stage(name, synthetic_task, tmp_path / "other", 2, "--seed", "1"))
+    run(stage(name, synthetic_task, tmp_path / "other", 2, "--seed", "1", *extra))
     far = max(
         (a[k].float() - v.float()).abs().max().item() for k, v in weights(tmp_path / "other" / "model.pt").items()
     )

@@ -22,6 +22,7 @@ __all__ = [
     "multi_gpu_config",
     "pretrain_config",
     "nnformer_config",
+    "resenc_config",
 ]
 
 IMPORTS = [
@@ -59,14 +60,16 @@ def _common(s: BundleSpec) -> dict:
         "roi_size": "@roi_size",
         "num_samples": s.num_samples,
     }
-    # UNETR for a ViT preset, nnFormer for an nnFormer preset, DynUNet for the CNN (--preset switches); the config is
-    # what a model file stores, network_def the module MONAI's tools and MONAI Label build
+    # UNETR for a ViT preset, nnFormer for an nnFormer preset, a ResEnc U-Net or DynUNet for the CNNs (--preset
+    # switches; the CNNs plan their strides for the preprocessing's spacing, as training does); the config is what a
+    # model file stores, network_def the module MONAI's tools and MONAI Label build
     out["network_config"] = {
         "_target_": "volmae.networks.segmenter_config",
         "preset": "@preset",
         "in_channels": "@in_channels",
         "out_channels": "@out_channels",
         "img_size": "@roi_size",
+        "spacing": "$@prep.pixdim or 1.0",
     }
     out["network_def"] = "$volmae.networks.build_network(@network_config)"
     return out
@@ -287,4 +290,11 @@ def nnformer_config(s: BundleSpec) -> dict:
     """Overlay for any of the workflows above: the nnFormer encoder and decoder (masked-volume pretraining) at an ROI
     its windows fit, instead of UNETR."""
     preset, roi = s.nnformer
+    return {"preset": preset, "roi_size": list(roi)}
+
+
+def resenc_config(s: BundleSpec) -> dict:
+    """Overlay for any of the workflows above: the residual-encoder CNN U-Net (S3D sparse-masked pretraining of the
+    whole U-Net; fine-tuning from it loads encoder and decoder, with a fresh head) instead of UNETR."""
+    preset, roi = s.resenc
     return {"preset": preset, "roi_size": list(roi)}

@@ -2,7 +2,7 @@
 
 Layout written (MONAI bundle specification; MONAI Label's ``monaibundle`` app reads ``configs/``)::
 
-    <bundle>/configs/{metadata,train,evaluate,inference,multi_gpu_train,pretrain,nnformer}.json, logging.conf
+    <bundle>/configs/{metadata,train,evaluate,inference,multi_gpu_train,pretrain,nnformer,resenc}.json, logging.conf
     <bundle>/{train,inference,evaluate,pretrain}.json, metadata.json, logging.conf   (links into configs/)
     <bundle>/docs/README.md, docs/data_license.txt, LICENSE, large_files.yml
 
@@ -24,6 +24,7 @@ from volmae.bundle.configs import (
     multi_gpu_config,
     nnformer_config,
     pretrain_config,
+    resenc_config,
     train_config,
 )
 from volmae.bundle.readme import render_readme
@@ -43,6 +44,8 @@ _PACKAGES = {
     "tensorboard": "2.21.0",
 }
 _CHANGELOG = {
+    "0.4.0": "resenc.json overlay: a residual-encoder CNN U-Net with S3D sparse-masked pretraining, transferred whole "
+    "into fine-tuning; the CNNs' network_config follows the preprocessing spacing",
     "0.3.0": "training, evaluation and inference run volmae's own engine, evaluation and predictor; validation and "
     "model selection use cases drawn from the training cases, never the held-out fold; models/model.pt (the plain "
     "state dict of network_def) is written at the end of any training run; nnformer.json overlay; TorchScript "
@@ -117,6 +120,7 @@ def bundle_configs(s: BundleSpec) -> dict[str, dict]:
         "multi_gpu_train.json": multi_gpu_config(s),
         "pretrain.json": pretrain_config(s),
         "nnformer.json": nnformer_config(s),
+        "resenc.json": resenc_config(s),
     }
 
 

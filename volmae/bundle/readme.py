@@ -30,6 +30,7 @@ def render_readme(s: BundleSpec) -> str:
     channels = ", ".join(s.channels)
     name_them = ", set by naming them, e.g. `--channel_names \"['FLAIR','T1c']\"`" if len(s.channels) > 1 else ""
     nn_preset, nn_roi = s.nnformer
+    res_preset, res_roi = s.resenc
     overlay = f"\"['{b}/configs/train.json','{b}/configs/nnformer.json']\""
     return f"""# volmae {s.name} bundle
 
@@ -119,6 +120,23 @@ python -m monai.bundle run inference \\
 An ROI that does not fit nnFormer's windows stops with an error naming the nearest sizes that do. The nnFormer has
 no TorchScript export (its window attention is not scriptable); the UNETR has.
 
+### A residual-encoder CNN U-Net instead of UNETR
+
+`configs/resenc.json` switches every run to a residual-encoder U-Net (nnU-Net's ResEnc design; `{res_preset}` at
+{" x ".join(map(str, res_roi))}, planned for the preprocessing spacing). Pretraining is then S3D sparse-masked
+reconstruction of the whole U-Net (75 % of the blocks of the encoder's total stride hidden, sparse convolutions and
+visible-only normalisation), and fine-tuning from it loads encoder and decoder, with a fresh head (the load
+report in `runs/train/pretrained_load_report.txt` lists what loaded):
+
+```bash
+python -m monai.bundle run pretraining \\
+    --config_file "['{b}/configs/pretrain.json','{b}/configs/resenc.json']" --dataset_dir /data/{s.dataset}
+python -m monai.bundle run training --config_file "['{b}/configs/train.json','{b}/configs/resenc.json']" \\
+    --dataset_dir /data/{s.dataset} --pretrained {b}/models/pretrained/model.pt
+```
+
+Evaluation and inference take the overlay the same way as for nnFormer. The U-Net exports to TorchScript.
+
 Multi-GPU (one process per GPU; on a CPU-only machine the same command runs gloo processes):
 
 ```bash
@@ -177,10 +195,10 @@ that reach `os`, `subprocess`, `open` or the network, and `_requires_` entries. 
 ## Files
 
 `configs/` holds the MONAI configs (`metadata.json`, `train.json`, `evaluate.json`, `inference.json`,
-`multi_gpu_train.json`, `pretrain.json`, `nnformer.json`, `logging.conf`); the top-level files of the same names
-link to them. `models/` (not in git) receives `model.pt` and `pretrained/`; `runs/` the runs' own files.
-These files are generated from `volmae/bundle/specs.py` by `python tools/make_bundles.py`: edit the spec, not the
-JSON, when changing the shipped bundle.
+`multi_gpu_train.json`, `pretrain.json`, the overlays `nnformer.json` and `resenc.json`, `logging.conf`); the
+top-level files of the same names link to them. `models/` (not in git) receives `model.pt` and `pretrained/`;
+`runs/` the runs' own files. These files are generated from `volmae/bundle/specs.py` by
+`python tools/make_bundles.py`: edit the spec, not the JSON, when changing the shipped bundle.
 
 ## References
 

@@ -24,6 +24,7 @@ class BundleSpec:
     roi_size: tuple[int, int, int]
     preset: str
     nnformer: tuple[str, tuple[int, int, int]]  # the nnFormer option: preset and an ROI its windows fit
+    resenc: tuple[str, tuple[int, int, int]]  # the residual-encoder CNN option (S3D pretraining): preset and ROI
     modality: str
     channels: tuple[str, ...]
     labels: dict[int, str]
@@ -88,6 +89,7 @@ BUNDLES: dict[str, BundleSpec] = {
         roi_size=(40, 56, 40),
         preset="vit-tiny",
         nnformer=("nnformer-tiny", (48, 64, 48)),
+        resenc=("resenc-tiny", (40, 56, 40)),
         modality="MR",
         channels=("T1",),
         labels={0: "background", 1: "anterior", 2: "posterior"},
@@ -136,6 +138,7 @@ BUNDLES: dict[str, BundleSpec] = {
         roi_size=(96, 96, 96),
         preset="vit-base",
         nnformer=("nnformer-synapse", (64, 128, 128)),
+        resenc=("resenc-l", (96, 96, 96)),
         modality="CT",
         channels=("CT",),
         labels=dict(BTCV_LABELS),
@@ -173,6 +176,7 @@ BUNDLES: dict[str, BundleSpec] = {
         roi_size=(96, 96, 96),
         preset="vit-base",
         nnformer=("nnformer-tumor", (128, 128, 128)),
+        resenc=("resenc-l", (128, 128, 128)),
         modality="MR",
         channels=("FLAIR", "T1", "T1c", "T2"),
         labels=dict(BRATS_LABELS),

@@ -21,7 +21,7 @@ HELPS: dict[str, str] = {
     "transfer": "what --pretrained loads: encoder, whole (encoder and decoder, a fresh head; from S3D, masked-unetr "
     "or a segmentation model of the same network) or auto (whole when the file carries the decoder)",
     "pretrained_lr_scale": "with --pretrained, the peak learning rate is --lr times this (default from the family's "
-    "recipe: 0.1 for the ResEnc CNN as nnU-Net's PretrainedTrainer, 1 for the transformers)",
+    "recipe: 1, the scratch learning rate, measured best for the ResEnc CNN with AdamW; nnU-Net's SGD recipe uses 0.1)",
     "decoder_first_epochs": "with --pretrained, first warm up the decoder alone for this many epochs (the encoder "
     "holds still), then the whole network (the sawtooth schedule; 0: one warm-up of everything)",
     "deep_supervision": "nnFormer: also train on coarser decoder outputs (default from the preset)",

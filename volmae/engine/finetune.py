@@ -4,8 +4,8 @@ the network.
 
 From pretrained weights (``pretrained``): ``transfer`` says what loads (the encoder, or encoder and decoder with a
 fresh head: :func:`volmae.artifact.load_pretrained`), and the family's recipe
-(:data:`volmae.networks.registry.RECIPES`) sets the peak learning rate (``pretrained_lr_scale`` x ``lr``: 0.1 for
-the CNNs, as nnU-Net's PretrainedTrainer) and the layer-wise decay; the linear warm-up is ``warmup_epochs``,
+(:data:`volmae.networks.registry.RECIPES`) sets the peak learning rate (``pretrained_lr_scale`` x ``lr``) and the
+layer-wise decay; the linear warm-up is ``warmup_epochs``,
 optionally after ``decoder_first_epochs`` in which the encoder holds still (:func:`volmae.engine.loop.lr_factor`).
 ``volmae-train`` and the bundles' ``train`` workflow both run :func:`finetune`.
 

@@ -1,5 +1,6 @@
-"""Networks: the 3D ViT and nnFormer encoders, their pretraining models (MAE, masked-volume), UNETR and nnFormer
-segmentation networks, the DynUNet peer, weight moving between them and the preset registry. Tensors in memory only:
+"""Networks: the 3D ViT, nnFormer and residual-encoder CNN encoders, their pretraining models (MAE, masked-volume,
+masked-UNETR, S3D), the UNETR, nnFormer and ResEnc U-Net segmentation networks, the DynUNet peer, weight moving
+between them and the preset registry. Tensors in memory only:
 model files are :mod:`volmae.artifact`'s."""
 
 from volmae.networks.mae import MaskedAutoencoder
@@ -15,10 +16,13 @@ from volmae.networks.registry import (
     build_mae,
     build_network,
     build_nnformer,
+    build_resenc,
     build_segmenter,
     build_unetr,
     segmenter_config,
 )
+from volmae.networks.resenc import ResEncEncoder, ResEncUNet
+from volmae.networks.s3d import SparseMaskedUNet
 from volmae.networks.unetr import UNETR
 from volmae.networks.vit import ViTEncoder
 from volmae.networks.weights import LoadReport, load_encoder_weights
@@ -30,6 +34,9 @@ __all__ = [
     "NnFormerEncoder",
     "NnFormer",
     "MaskedVolumeModel",
+    "ResEncEncoder",
+    "ResEncUNet",
+    "SparseMaskedUNet",
     "PRESETS",
     "Built",
     "NetworkConfig",
@@ -38,6 +45,7 @@ __all__ = [
     "build_mae",
     "build_unetr",
     "build_nnformer",
+    "build_resenc",
     "build_segmenter",
     "segmenter_config",
     "load_encoder_weights",
