@@ -2,7 +2,7 @@
 volume for nnFormer or a whole UNETR, S3D sparse masking for a residual-encoder U-Net.
 
 ``pretrain(PretrainConfig(...))`` writes to ``out_dir``: ``checkpoint.pt`` (resumable state), ``model.pt``
-(the pretrained MAE: pass it to fine-tuning as ``pretrained``), ``history.json``, TensorBoard scalars,
+(the pretrained model: pass it to fine-tuning as ``pretrained``), ``history.json``, TensorBoard scalars,
 ``config.yaml`` and ``pictures/reconstruction_*.png`` (original / masked input / reconstruction, mid slices).
 """
 
