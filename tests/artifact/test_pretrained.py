@@ -197,3 +197,16 @@ def test_s3d_weights_never_load_into_a_transformer(tmp_path):
     _, path = _s3d_file(tmp_path)
     with pytest.raises(CheckpointError, match="holds a resenc network .s3d. but this is a vit network"):
         pretrained(build_segmenter("vit-tiny", 1, 3, 16, num_layers=3), path)
+
+
+def test_another_spacing_or_window_is_noted_in_the_report(tmp_path):
+    """Weights learned at another voxel spacing or window still load, and the report says what differs."""
+    _, path = _s3d_file(tmp_path)  # saved with the hippocampus preprocessing (1 mm) at 16 x 24 x 16
+    model, config = build_segmenter("resenc-tiny", 1, 3, (16, 24, 16), **RES)
+    same = load_pretrained(model, config, path, spacing=(1.0, 1.0, 1.0))
+    assert same.notes == [] and "NOTE" not in same.summary()
+    model, config = build_segmenter("resenc-tiny", 1, 3, (16, 16, 16), **RES)
+    rep = load_pretrained(model, config, path, spacing=(3.0, 3.0, 3.0))
+    assert rep.ok and len(rep.notes) == 2
+    assert "pretrained at 1 x 1 x 1 mm, fine-tuned at 3 x 3 x 3 mm" in rep.summary()
+    assert "pretrained on [16, 24, 16] windows, fine-tuned on [16, 16, 16]" in rep.summary()

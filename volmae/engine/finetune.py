@@ -226,7 +226,7 @@ def finetune(cfg: FinetuneConfig, cases: Cases | None = None) -> FinetuneResult:
     initialised = "scratch"
     recipe = RECIPES[network.family]
     if cfg.pretrained:
-        report = load_pretrained(model, network, cfg.pretrained, cfg.transfer)
+        report = load_pretrained(model, network, cfg.pretrained, cfg.transfer, prep.pixdim)
         part = "encoder and decoder" if report.decoder_loaded else "encoder"
         initialised = f"the pretrained {part} of {cfg.pretrained}"
         lr_scale = recipe.lr_scale if cfg.pretrained_lr_scale is None else cfg.pretrained_lr_scale

@@ -63,6 +63,7 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)
     decoder_loaded: list[str] = field(default_factory=list)  # decoder keys (whole-network transfer)
     head: list[str] = field(default_factory=list)  # the output head's keys, left at their fresh initialisation
+    notes: list[str] = field(default_factory=list)  # what differs between the source's data and this run's
 
     @property
     def ok(self) -> bool:
@@ -80,6 +81,7 @@ class LoadReport:
                 f"decoder weights (whole-network transfer): {len(self.decoder_loaded)} tensors loaded; the output "
                 f"head ({len(self.head)} tensors) is not: it starts fresh for this task's classes"
             )
+        lines += [f"  NOTE       {n}" for n in self.notes]
         for k in self.resampled:
             lines.append(f"  resampled  {k} (position grid or attention window changed with the ROI)")
         for k in self.regenerated:
