@@ -85,7 +85,7 @@ def load_pretrained(
 def _data_differences(model, config: NetworkConfig, spacing: tuple[float, ...] | None) -> list[str]:
     """What differs between the data the source model was trained on and this run's: spacing and window."""
     notes = []
-    theirs = model.task.preprocessing.pixdim if model.task is not None else None
+    theirs = model.task.preprocessing.pixdim
     if spacing is not None and theirs is not None and tuple(map(float, theirs)) != tuple(map(float, spacing)):
         fmt = " x ".join
         notes.append(

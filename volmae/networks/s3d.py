@@ -28,6 +28,9 @@ Mask convention: that of :mod:`volmae.networks.reconstruction` (``mask`` ``B L``
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -48,17 +51,27 @@ class VisibleMap:
 
     def __init__(self) -> None:
         self.grid: torch.Tensor | None = None
-        self._cache: dict[tuple[int, ...], torch.Tensor] = {}
+        self._cache: dict[tuple, torch.Tensor] = {}
 
     def set(self, grid: torch.Tensor | None) -> None:
         self.grid, self._cache = grid, {}
 
     def at(self, like: torch.Tensor) -> torch.Tensor:
-        """The map at ``like``'s spatial size (nearest, which repeats each grid cell over its block)."""
-        size = tuple(like.shape[2:])
-        if size not in self._cache:
-            self._cache[size] = F.interpolate(self.grid, size=size, mode="nearest")  # type: ignore[arg-type]
-        return self._cache[size].to(like.dtype)
+        """The map at ``like``'s spatial size and dtype (nearest, which repeats each grid cell over its block)."""
+        key = (*like.shape[2:], like.dtype)
+        if key not in self._cache:
+            grid = F.interpolate(self.grid, size=tuple(like.shape[2:]), mode="nearest")  # type: ignore[arg-type]
+            self._cache[key] = grid.to(like.dtype)
+        return self._cache[key]
+
+    @contextlib.contextmanager
+    def hiding(self, grid: torch.Tensor) -> Iterator[None]:
+        """Set ``grid`` (``B 1 d h w``, 1 = visible) for the block's computations, then clear it."""
+        self.set(grid)
+        try:
+            yield
+        finally:
+            self.set(None)
 
 
 class SparseConv3d(nn.Conv3d):
@@ -151,8 +164,7 @@ class SparseMaskedUNet(MaskedReconstruction):
         ratios = (lo + (hi - lo) * torch.rand(world * b, device=device, generator=generator))[rank * b : (rank + 1) * b]
         m = super().draw_mask(b, n, device, lo, generator)
         keep = (n * (1.0 - ratios)).round().clamp_min(1).unsqueeze(1)  # B 1, per sample
-        rank_of = torch.argsort(m.ids_shuffle, dim=1)  # each unit's place in the noise order
-        mask = (rank_of >= keep).to(m.mask.dtype)
+        mask = (m.ids_restore >= keep).to(m.mask.dtype)  # ids_restore: each unit's place in the noise order
         return RandomMask(m.ids_shuffle, m.ids_restore, mask, int(keep.min().item()))
 
     def visible_grid(self, mask: torch.Tensor) -> torch.Tensor:
@@ -160,21 +172,21 @@ class SparseMaskedUNet(MaskedReconstruction):
         d, h, w = self.grid_size
         return rearrange(1.0 - mask.float(), "b (d h w) -> b 1 d h w", d=d, h=h, w=w)
 
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The sparse encoder's stage outputs for ``x`` under the visible map that is set."""
+        return self.encoder.forward_intermediates(x * self.visible.at(x))
+
     def forward_encoder(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
         """The sparse encoder's stage outputs for ``x`` with ``mask`` hidden (masked positions are 0)."""
-        self.visible.set(self.visible_grid(mask).to(x.device))
-        try:
-            return self.encoder.forward_intermediates(x * self.visible.at(x))
-        finally:
-            self.visible.set(None)
+        with self.visible.hiding(self.visible_grid(mask).to(x.device)):
+            return self._encode(x)
 
     def forward_masked(self, x: torch.Tensor, m: RandomMask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``B C D H W`` with the mask ``m`` -> ``(loss, pred B L P, mask B L)``."""
-        features = self.forward_encoder(x, m.mask)
-        grid = self.visible_grid(m.mask).to(x.device)
-        dense = []
-        for f, token, densify in zip(features, self.mask_tokens, self.densify):
-            v = F.interpolate(grid, size=tuple(f.shape[2:]), mode="nearest").to(f.dtype)
-            dense.append(densify(f * v + token.to(f.dtype) * (1 - v)))
+        with self.visible.hiding(self.visible_grid(m.mask).to(x.device)):  # the encoder's maps serve densify too
+            dense = []
+            for f, token, densify in zip(self._encode(x), self.mask_tokens, self.densify):
+                v = self.visible.at(f)
+                dense.append(densify(f * v + token.to(f.dtype) * (1 - v)))
         pred = patchify(self.head(self.decode(dense)), self.patch_size)
         return self.forward_loss(x, pred, m.mask), pred, m.mask

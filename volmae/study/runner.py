@@ -208,8 +208,7 @@ def _run_finetune(run: FinetuneRun, cfg: StudyConfig) -> dict:
 def _volmae_minutes(run: NnunetRun, runs: list) -> float | None:
     """The mean training minutes of the volmae fine-tuning runs (not peers) at ``run``'s fraction and seed in the
     study folder: None while one that this command planned is unfinished, or when there is none."""
-    planned = [r for r in runs if isinstance(r, FinetuneRun) and r.fraction == run.fraction and r.seed == run.seed]
-    if any(read_result(r.out_dir) is None for r in planned if get_preset(r.preset).family != "cnn"):
+    if any(read_result(r.out_dir) is None for r in _planned_refs(run, runs) if get_preset(r.preset).family != "cnn"):
         return None
     seconds = []
     for path in sorted(run.out_dir.parent.glob(f"*/{RESULT}")):
