@@ -274,56 +274,41 @@ def test_a_volmae_train_model_goes_into_a_bundle(trained, tmp_path, capsys):
     assert "network_def is a unetr of preset vit-tiny at [40, 56, 40]" in capsys.readouterr().err
 
 
-def test_nnformer_overlay_trains_evaluates_and_infers(tmp_path):
-    """configs/nnformer.json switches the hippocampus bundle to nnFormer: masked-volume pretraining, fine-tuning
+@pytest.mark.parametrize(
+    "overlay, roi, pretraining, network, initialised, weight, report",
+    [
+        ("nnformer.json", [16, 32, 16], "masked-volume", "nnformer", "pretrained encoder",
+         "encoder.stages.0.blocks.0.attn.qkv.weight", "encoder weights"),
+        ("resenc.json", [16, 16, 16], "s3d", "resenc", "pretrained encoder and decoder",
+         "ups.0.transp_conv.conv.weight", "decoder weights (whole-network transfer)"),
+    ],
+)  # fmt: skip
+def test_overlays_pretrain_train_evaluate_and_infer(tmp_path, overlay, roi, pretraining, network, initialised, weight,
+                                                   report):  # fmt: skip
+    """configs/nnformer.json (nnFormer: masked-volume pretraining) and configs/resenc.json (the ResEnc U-Net: S3D
+    pretraining, fine-tuning that takes encoder and decoder) switch the hippocampus bundle: pretraining, fine-tuning
     from it, evaluation and inference all follow, and volmae-infer with the run's model file gives the same label
     map."""
     task = make_msd_folder(tmp_path / "task", shape=(20, 28, 20))
     root = copy_bundle("hippocampus", tmp_path / "bundles")
-    overlay = str(root / "configs" / "nnformer.json")
-    small = {"roi_size": [16, 32, 16], "device": "cpu"}
-    run_workflow([str(root / "configs" / "pretrain.json"), overlay], dataset_dir=str(task), roi_size=[16, 32, 16],
+    overlay = str(root / "configs" / overlay)
+    small = {"roi_size": roi, "device": "cpu"}
+    run_workflow([str(root / "configs" / "pretrain.json"), overlay], dataset_dir=str(task), roi_size=roi,
                  **{"pretrain#epochs": 1, "pretrain#device": "cpu", "pretrain#quiet": True})  # fmt: skip
     pretrained = root / "models" / "pretrained" / "model.pt"
-    assert ModelArtifact.load(pretrained).kind == "masked-volume"
+    assert ModelArtifact.load(pretrained).kind == pretraining
     run_workflow([str(root / "configs" / "train.json"), overlay], dataset_dir=str(task), pretrained=str(pretrained),
                  **small, **{"train#trainer#max_epochs": 1})  # fmt: skip
     run = ModelArtifact.load(root / "runs" / "train" / "model.pt")
-    assert run.kind == "nnformer" and "pretrained encoder" in run.provenance.initialised_from
-    assert "encoder.stages.0.blocks.0.attn.qkv.weight" in torch.load(root / "models" / "model.pt", weights_only=True)
+    assert run.kind == network and initialised in run.provenance.initialised_from
+    assert report in (root / "runs" / "train" / "pretrained_load_report.txt").read_text()
+    assert weight in torch.load(root / "models" / "model.pt", weights_only=True)
     configs = [str(root / "configs" / f) for f in ("train.json", "evaluate.json")] + [overlay]
     run_workflow(configs, dataset_dir=str(task), **small)
     assert (root / "runs" / "eval" / "summary.json").is_file()
     src = task / "imagesTr" / "case_000.nii.gz"
     run_workflow([str(root / "configs" / "inference.json"), overlay], "infer", input=str(src), **small)
     bundle_out = nib.load(root / "predictions" / "case_000.nii.gz")
-    model = str(root / "runs" / "train" / "model.pt")  # the run's model file says it is an nnFormer
+    model = str(root / "runs" / "train" / "model.pt")  # the run's model file says which network it is
     done = infer(InferConfig([str(src)], model, output=str(tmp_path / "seg.nii.gz"), device="cpu", quiet=True))
     assert np.array_equal(np.asarray(nib.load(done[0].label_map).dataobj), np.asarray(bundle_out.dataobj))
-
-
-def test_resenc_overlay_pretrains_with_s3d_and_fine_tunes_the_whole_unet(tmp_path):
-    """configs/resenc.json switches the hippocampus bundle to the ResEnc U-Net: S3D pretraining, fine-tuning that
-    takes encoder and decoder from it, evaluation and inference."""
-    task = make_msd_folder(tmp_path / "task", shape=(20, 28, 20))
-    root = copy_bundle("hippocampus", tmp_path / "bundles")
-    overlay = str(root / "configs" / "resenc.json")
-    small = {"roi_size": [16, 16, 16], "device": "cpu"}
-    run_workflow([str(root / "configs" / "pretrain.json"), overlay], dataset_dir=str(task), roi_size=[16, 16, 16],
-                 **{"pretrain#epochs": 1, "pretrain#device": "cpu", "pretrain#quiet": True})  # fmt: skip
-    pretrained = root / "models" / "pretrained" / "model.pt"
-    assert ModelArtifact.load(pretrained).kind == "s3d"
-    run_workflow([str(root / "configs" / "train.json"), overlay], dataset_dir=str(task), pretrained=str(pretrained),
-                 **small, **{"train#trainer#max_epochs": 1})  # fmt: skip
-    run = ModelArtifact.load(root / "runs" / "train" / "model.pt")
-    assert run.kind == "resenc" and "pretrained encoder and decoder" in run.provenance.initialised_from
-    assert (
-        "decoder weights (whole-network transfer)"
-        in (root / "runs" / "train" / "pretrained_load_report.txt").read_text()
-    )
-    configs = [str(root / "configs" / f) for f in ("train.json", "evaluate.json")] + [overlay]
-    run_workflow(configs, dataset_dir=str(task), **small)
-    assert (root / "runs" / "eval" / "summary.json").is_file()
-    src = task / "imagesTr" / "case_000.nii.gz"
-    run_workflow([str(root / "configs" / "inference.json"), overlay], "infer", input=str(src), **small)
-    assert (root / "predictions" / "case_000.nii.gz").is_file()
