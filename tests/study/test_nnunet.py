@@ -78,6 +78,36 @@ def test_multichannel_images_are_split_per_channel(tmp_path):
     np.testing.assert_allclose(nib.load(files[1]).get_fdata(), img[..., 1], atol=1e-6)
 
 
+def test_one_file_per_channel_in_other_formats_is_written_per_channel(tmp_path):
+    rng = np.random.default_rng(0)
+    flair, t1c = (rng.normal(size=(6, 7, 8)).astype(np.float32) for _ in range(2))
+    sources = [tmp_path / "flair.nii", tmp_path / "t1c.nii.gz"]
+    for arr, path in zip((flair, t1c), sources):
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), path)
+    files = peer._channel_files([str(s) for s in sources], "case", tmp_path / "out", 2)
+    assert not files[0].is_symlink() and files[1].is_symlink()  # .nii read and written, .nii.gz linked
+    np.testing.assert_allclose(nib.load(files[0]).get_fdata(), flair, atol=1e-6)
+    np.testing.assert_allclose(nib.load(files[1]).get_fdata(), t1c, atol=1e-6)
+    with pytest.raises(ConfigError, match="3 image files, the task declares 2 channels"):
+        peer._channel_files([str(sources[0])] * 3, "case", tmp_path / "out", 2)
+    both = tmp_path / "both.nii"
+    nib.save(nib.Nifti1Image(np.stack([flair, t1c], -1), np.eye(4)), both)
+    with pytest.raises(ConfigError, match="one channel expected per file"):
+        peer._channel_files([str(both), str(sources[1])], "case", tmp_path / "out", 2)
+
+
+@pytest.mark.realdata
+def test_a_dicom_series_becomes_a_nifti_channel(dicom_crops, tmp_path):
+    from volmae.data import load_volume
+
+    series = dicom_crops / "Study1" / "13_HCropVolume"
+    (out,) = peer._channel_files(str(series), "case", tmp_path / "out", 1)
+    data, affine = load_volume(series)
+    written = nib.load(out)
+    np.testing.assert_allclose(written.get_fdata(), data, atol=1e-3)
+    np.testing.assert_allclose(written.affine, affine, atol=1e-4)
+
+
 def test_predictions_made_elsewhere_are_scored_like_a_model(tmp_path):
     task = make_msd_folder(tmp_path / "task", n=6)
     _, held = split_fold(load_datalist(task), 0)

@@ -62,20 +62,38 @@ def find_nnunet_python(given: str | None = None) -> str:
     raise ConfigError(INSTALL)
 
 
+def _one_channel_file(src: str | Path, dst: Path) -> None:
+    """``dst`` (``.nii.gz``) holding the one-channel volume ``src``: a link where ``src`` is already ``.nii.gz``, else
+    read (``.nii``, DICOM folder, ...) and written."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    if str(src).endswith(".nii.gz"):
+        dst.symlink_to(Path(src).resolve())
+        return
+    data, affine = load_volume(src)
+    data = data[..., 0] if data.ndim == 4 and data.shape[-1] == 1 else data
+    if data.ndim != 3:
+        raise ConfigError(f"{src}: one channel expected per file, got shape {data.shape}")
+    atomic_save_nifti(np.ascontiguousarray(data), affine, dst)
+
+
 def _channel_files(image: str | Sequence[str], case: str, folder: Path, channels: int) -> list[Path]:
-    """Write (or link) one ``<case>_<cccc>.nii.gz`` per channel of ``image`` in ``folder``."""
+    """Write (or link) one ``<case>_<cccc>.nii.gz`` per channel of ``image`` in ``folder``: ``image`` is one file
+    (or DICOM folder) holding every channel, or one source per channel (``.nii.gz`` files are linked, other formats
+    such as ``.nii`` or DICOM folders are read and written)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{case}_{c:04d}.nii.gz" for c in range(channels)]
     sources = [image] if isinstance(image, str | Path) else list(image)
-    if len(sources) == channels and all(str(s).endswith(".nii.gz") for s in sources):
-        for src, dst in zip(sources, paths):  # one file per channel already: link it
-            dst.unlink(missing_ok=True)
-            dst.symlink_to(Path(src).resolve())
+    if len(sources) == channels:  # one source per channel
+        for src, dst in zip(sources, paths):
+            _one_channel_file(src, dst)
         return paths
-    data, affine = load_volume(sources[0] if len(sources) == 1 else sources)
+    if len(sources) != 1:
+        raise ConfigError(f"case {case}: {len(sources)} image files, the task declares {channels} channels")
+    data, affine = load_volume(sources[0])
     data = data if data.ndim == 4 else data[..., None]  # X Y Z C
     if data.shape[-1] != channels:
-        raise ConfigError(f"{image}: {data.shape[-1]} channels, the task declares {channels}")
+        raise ConfigError(f"{sources[0]}: {data.shape[-1]} channels, the task declares {channels}")
     for c, dst in enumerate(paths):
         atomic_save_nifti(np.ascontiguousarray(data[..., c]), affine, dst)
     return paths
@@ -92,10 +110,7 @@ def write_raw_task(
     channels = datalist.in_channels
     for it in train:
         _channel_files(it["image"], it["case"], root / "imagesTr", channels)
-        label = root / "labelsTr" / f"{it['case']}.nii.gz"
-        label.parent.mkdir(parents=True, exist_ok=True)
-        label.unlink(missing_ok=True)
-        label.symlink_to(Path(it["label"]).resolve())
+        _one_channel_file(it["label"], root / "labelsTr" / f"{it['case']}.nii.gz")
     for it in test:
         _channel_files(it["image"], it["case"], root / "imagesTs", channels)
     names = {str(i): datalist.modality.get(i, f"channel{i}") for i in range(channels)}
