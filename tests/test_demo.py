@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from tests.test_end_to_end import small_task
+from volmae.artifact.model import ModelArtifact
 from volmae.demo import DemoConfig, find_hippocampus, run_demo
 from volmae.errors import ConfigError, DataError
 
@@ -43,11 +44,24 @@ def test_console_script_exit_code(tmp_path):
     assert res.returncode == 2 and "volmae-demo: error:" in res.stderr and "Traceback" not in res.stderr
 
 
+def _shrunk(recipe: dict) -> dict:
+    """A recipe with its networks, methods and rates kept, at the smoke recipe's size and length."""
+    tiny = dict(roi_size=(24, 32, 24), epochs=1, steps=None, batch_size=4, num_samples=1)
+    return {"title": recipe["title"], "pretrain": {**recipe["pretrain"], **tiny},
+            "finetune": {**recipe["finetune"], **tiny, "feature_size": 8} if "vit" in recipe["finetune"]["preset"]
+            else {**recipe["finetune"], **tiny}}  # fmt: skip
+
+
 @pytest.mark.realdata
-def test_smoke_recipe_writes_the_report(msd_hippocampus, tmp_path):
+@pytest.mark.parametrize("recipe", ["smoke", "vit"])
+def test_recipe_writes_the_report(recipe, msd_hippocampus, tmp_path, monkeypatch):
+    import volmae.demo as demo
+
+    if recipe != "smoke":
+        monkeypatch.setitem(demo.RECIPES, recipe, _shrunk(demo.RECIPES[recipe]))
     task = small_task(msd_hippocampus, tmp_path / "task", n_train=4, n_val=2)
     out = tmp_path / "report"
-    cfg = DemoConfig(dataset_dir=str(task), out_dir=str(out), recipe="smoke", device="cpu", quiet=True)
+    cfg = DemoConfig(dataset_dir=str(task), out_dir=str(out), recipe=recipe, device="cpu", quiet=True)
     summary = run_demo(cfg)
     assert summary["held_out_cases"] == 2 and summary["train_cases"] == 4
     assert 0.0 <= summary["mean_dice"] <= 1.0
@@ -56,5 +70,25 @@ def test_smoke_recipe_writes_the_report(msd_hippocampus, tmp_path):
     pictures = sorted(p.name for p in (out / "pictures").iterdir())
     assert any(p.startswith("reconstruction_") for p in pictures) and any(p.startswith("overlay_") for p in pictures)
     assert json.loads((out / "summary.json").read_text())["num_cases"] == 2
+    family = {"smoke": ("s3d", "resenc"), "vit": ("mae", "unetr")}[recipe]
+    kinds = tuple(ModelArtifact.load(out / stage / "model.pt").kind for stage in ("pretrain", "finetune"))
+    assert kinds == family
+    assert demo.RECIPES[recipe]["title"] in (out / "report.md").read_text()
     with pytest.raises(ConfigError, match="already holds a run"):  # a second run must not clobber the first
         run_demo(cfg)
+
+
+def test_the_default_recipe_is_the_cnn_and_an_unknown_one_is_named(tmp_path):
+    assert DemoConfig().recipe == "cnn"
+    with pytest.raises(ConfigError, match="recipe='cpu': choose one of cnn, vit, smoke, full"):
+        run_demo(DemoConfig(recipe="cpu", out_dir=str(tmp_path)))
+
+
+def test_bf16_follows_the_cpu_unless_asked(monkeypatch):
+    import volmae.demo as demo
+
+    monkeypatch.setattr(demo, "cpu_has_bf16_units", lambda: True)
+    assert demo._cpu_bf16(DemoConfig(device="cpu")) is True
+    assert demo._cpu_bf16(DemoConfig(device="cpu", cpu_bf16=False)) is False
+    monkeypatch.setattr(demo, "cpu_has_bf16_units", lambda: False)
+    assert demo._cpu_bf16(DemoConfig(device="cpu")) is False

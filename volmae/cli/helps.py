@@ -138,6 +138,7 @@ HELPS: dict[str, str] = {
     "save_probabilities": "also write <case>_probabilities.nii.gz (float32, network grid, channels last)",
     "num_overlays": "overlay PNGs to write (first N cases)",
     "save_predictions": "also write each prediction as NIfTI under predictions/",
-    "recipe": "demo recipe: cpu (about 20 min on 2 cores), full (long GPU schedule) or smoke (1-minute pipeline check)",
+    "recipe": "demo recipe: cnn (S3D -> ResEnc U-Net, about 20 min on 2 cores with bf16 units), vit (MAE -> "
+    "UNETR-Ti, about 16 min), full (long ViT schedule for a GPU) or smoke (1-minute pipeline check)",
     "download": "download Task04_Hippocampus with MONAI when no local copy is found",
 }
