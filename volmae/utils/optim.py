@@ -12,7 +12,7 @@ import torch
 
 __all__ = ["adamw", "param_groups"]
 
-_NO_DECAY = ("position_embeddings", "pos_embed", "mask_token", "cls_token", "relative_position_bias_table")
+_NO_DECAY = ("position_embeddings", "pos_embed", "mask_token", "cls_token", "reg_token", "relative_position_bias_table")
 
 
 def _layer_id(model: torch.nn.Module, name: str, num_layers: int) -> int:
