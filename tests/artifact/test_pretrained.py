@@ -210,3 +210,45 @@ def test_another_spacing_or_window_is_noted_in_the_report(tmp_path):
     assert rep.ok and len(rep.notes) == 2
     assert "pretrained at 1 x 1 x 1 mm, fine-tuned at 3 x 3 x 3 mm" in rep.summary()
     assert "pretrained on [16, 24, 16] windows, fine-tuned on [16, 16, 16]" in rep.summary()
+
+
+# ------------------------------------------------------------------------------ whole-network transfer (Primus)
+PRIM = dict(hidden_size=24, num_layers=2, num_heads=2)
+
+
+def _primus_mae_file(tmp_path, roi=(16, 24, 16), channels=1):
+    built = build_mae("primus-tiny", channels, roi, 8, decoder_depth=1, **PRIM)
+    return built.model, model_file(built, tmp_path / "primus_mae.pt")
+
+
+def test_primus_mae_weights_load_whole_into_a_primus_with_a_fresh_head(tmp_path):
+    pre, path = _primus_mae_file(tmp_path)
+    net, rep = pretrained(build_segmenter("primus-tiny", 1, 3, (16, 24, 16), 8, **PRIM), path)
+    assert rep.ok and rep.decoder_loaded and rep.head == ["head.weight", "head.bias"]
+    for k, v in net.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(v, pre.state_dict()[k]), k  # encoder and patch decoder: every tensor
+    assert not any(k.startswith(("mask_token", "mixer")) for k in rep.loaded + rep.decoder_loaded + rep.missing)
+
+
+def test_primus_pos_embed_is_resampled_and_rope_rebuilt_for_another_roi(tmp_path):
+    pre, path = _primus_mae_file(tmp_path)
+    net, rep = pretrained(build_segmenter("primus-tiny", 1, 3, (24, 24, 16), 8, **PRIM), path)
+    assert rep.resampled == ["pos_embed"] and rep.ok
+    torch.testing.assert_close(net.encoder.pos_embed, resample_pos_embed(pre.encoder.pos_embed, (2, 3, 2), (3, 3, 2)))
+    assert net.encoder.rope.shape[0] == 3 * 3 * 2  # the RoPE table is the new grid's (never stored)
+
+
+def test_primus_tokenizer_adapts_to_more_channels_and_families_never_mix(tmp_path):
+    pre, path = _primus_mae_file(tmp_path)
+    net, rep = pretrained(build_segmenter("primus-tiny", 2, 3, (16, 24, 16), 8, **PRIM), path)
+    assert rep.adapted == ["patch_embed.proj.weight"] and rep.ok
+    w = pre.encoder.patch_embed.proj.weight
+    torch.testing.assert_close(net.encoder.patch_embed.proj.weight, w.repeat(1, 2, 1, 1, 1) / 2)
+    with pytest.raises(CheckpointError, match="holds a primus network .* but this is a vit network"):
+        pretrained(build_segmenter("vit-tiny", 1, 3, (16, 24, 16), num_layers=3), path)
+    plain = tmp_path / "plain.pt"  # without a config, the keys tell the family: a ViT's are not a Primus'
+    vit = model_file(build_mae("vit-tiny", 1, 16, num_layers=2, decoder_depth=1), tmp_path / "mae.pt")
+    torch.save(torch.load(vit, weights_only=True)["weights"], plain)
+    with pytest.raises(CheckpointError, match="holds a vit encoder but this network has a primus encoder"):
+        pretrained(build_segmenter("primus-tiny", 1, 3, 16, 8, **PRIM), plain)

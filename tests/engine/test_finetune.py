@@ -126,14 +126,18 @@ def test_channels_last_fine_tunes_like_the_plain_layout_on_real_mri(msd_hippocam
     assert dist(cl_w, plain_w) < 0.05 * dist(plain_w, start)
 
 
-def test_a_resenc_fine_tunes_from_s3d_whole_at_the_recipes_learning_rate(synthetic_task, tmp_path):
-    """S3D pretraining -> fine-tuning: encoder and decoder load (the report and the provenance say so) and the peak
-    learning rate is the family recipe's (--lr itself for the ResEnc CNN), or the given scale of it."""
+@pytest.mark.parametrize("preset, pretraining", [("resenc-tiny", "s3d"), ("primus-tiny", "primus-mae")])
+def test_whole_network_pretraining_fine_tunes_at_the_recipes_learning_rate(
+    synthetic_task, tmp_path, preset, pretraining
+):
+    """S3D (ResEnc) or the whole-network MAE (Primus) -> fine-tuning: encoder and decoder load (the report and the
+    provenance say so) and the peak learning rate is the family recipe's (--lr itself for both), or the given scale
+    of it."""
     from volmae.engine.pretrain import PretrainConfig, pretrain
 
-    base = dict(roi_size=(16, 16, 16), epochs=1, batch_size=2, device="cpu", quiet=True, preset="resenc-tiny")
+    base = dict(roi_size=(16, 16, 16), epochs=1, batch_size=2, device="cpu", quiet=True, preset=preset)
     pre = pretrain(PretrainConfig(str(synthetic_task), str(tmp_path / "pre"), num_pictures=1, **base))
-    assert ModelArtifact.load(pre.model_path, role="pretraining").network.kind == "s3d"
+    assert ModelArtifact.load(pre.model_path, role="pretraining").network.kind == pretraining
     assert pre.pictures[0].is_file()
     lrs = {}
     for scale in (None, 0.5):

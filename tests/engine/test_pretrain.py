@@ -150,18 +150,19 @@ def test_masked_unetr_pretraining_on_real_mri(msd_hippocampus, tmp_path):
 
 
 @pytest.mark.realdata
-def test_s3d_pretraining_on_real_mri(msd_hippocampus, tmp_path):
-    """Six real hippocampus MRI, three epochs of S3D: the loss falls, the picture is written, and the model file is
-    an s3d pretraining model whose U-Net a fine-tuning run takes whole."""
+@pytest.mark.parametrize("preset, kind", [("resenc-tiny", "s3d"), ("primus-tiny", "primus-mae")])
+def test_whole_network_pretraining_on_real_mri(msd_hippocampus, tmp_path, preset, kind):
+    """Six real hippocampus MRI, three epochs of S3D (ResEnc) or the Primus MAE: the loss falls, the picture is
+    written, and the model file is the pretraining model whose network a fine-tuning run takes whole."""
     listing = tmp_path / "scans.txt"
     listing.write_text("\n".join(str(p) for p in sorted((msd_hippocampus / "imagesTr").glob("*.nii.gz"))[:6]))
     result = pretrain(
         PretrainConfig(
-            str(listing), str(tmp_path / "pre"), preset="resenc-tiny", roi_size=(24, 32, 24), epochs=3, batch_size=2,
+            str(listing), str(tmp_path / "pre"), preset=preset, roi_size=(24, 32, 24), epochs=3, batch_size=2,
             lr=2e-3, warmup_epochs=0, device="cpu", quiet=True, num_pictures=1,
         )
     )  # fmt: skip
     losses = [h["loss"] for h in result.history]
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert result.pictures[0].is_file()
-    assert torch.load(result.model_path, weights_only=True)["network"]["kind"] == "s3d"
+    assert torch.load(result.model_path, weights_only=True)["network"]["kind"] == kind

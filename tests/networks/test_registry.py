@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from volmae.errors import ConfigError
-from volmae.networks import UNETR, MaskedAutoencoder, MaskedVolumeModel, NnFormer
+from volmae.networks import UNETR, MaskedAutoencoder, MaskedVolumeModel, NnFormer, PrimusMAE, PrimusSegmenter
 from volmae.networks.registry import (
     PRESETS,
     NetworkConfig,
@@ -49,7 +49,12 @@ def test_nnformer_paper_presets():
 
 
 @pytest.mark.parametrize(
-    "preset, net_cls, pre_cls", [("vit-tiny", UNETR, MaskedAutoencoder), ("nnformer-tiny", NnFormer, MaskedVolumeModel)]
+    "preset, net_cls, pre_cls",
+    [
+        ("vit-tiny", UNETR, MaskedAutoencoder),
+        ("nnformer-tiny", NnFormer, MaskedVolumeModel),
+        ("primus-tiny", PrimusSegmenter, PrimusMAE),
+    ],
 )
 def test_segmenter_and_pretraining_model_follow_the_preset_and_rebuild_from_config(preset, net_cls, pre_cls):
     seg = build_segmenter(preset, 1, 3, 16)
@@ -73,6 +78,12 @@ def test_options_of_the_other_family_are_refused():
         build_unetr("nnformer-tiny", 1, 3, 16)
     with pytest.raises(ConfigError, match="decoder_dim only"):
         build_mae("nnformer-tiny", 1, 16, decoder_depth=2)
+    with pytest.raises(ConfigError, match="builds a Primus"):
+        build_segmenter("primus-tiny", 1, 3, 16, feature_size=8)
+    with pytest.raises(ConfigError, match="mixes at the encoder's width"):
+        build_mae("primus-tiny", 1, 16, decoder_dim=96)
+    with pytest.raises(ConfigError, match="does not apply to the primus preset"):
+        build_mae("primus-tiny", 1, 16, method="masked-unetr")
 
 
 def test_tiny_preset_runs_mae_and_unetr():
@@ -89,7 +100,7 @@ def test_unknown_preset():
         build_encoder("vit-huge")
 
 
-@pytest.mark.parametrize("preset", ["vit-tiny", "nnformer-tiny", "dynunet"])
+@pytest.mark.parametrize("preset", ["vit-tiny", "nnformer-tiny", "primus-tiny", "dynunet"])
 def test_segmenter_config_is_the_config_of_the_built_segmenter(preset):
     roi = (48, 64, 48) if preset == "nnformer-tiny" else (16, 16, 16)
     built = build_segmenter(preset, 2, 4, roi)
@@ -120,3 +131,5 @@ def test_citations_name_the_network_and_its_pretraining():
     assert "UNETR" in citations(unetr)[0] and len(citations(unetr)) == 1
     assert any("Masked Autoencoders" in c for c in citations(mae))
     assert len(citations(unetr, pretrained="mae.pt")) == 2
+    primus, primus_mae = build_segmenter("primus-tiny", 1, 2, 16).config, build_mae("primus-tiny", 1, 16).config
+    assert "Primus" in citations(primus)[0] and "OpenMind" in citations(primus_mae)[1]

@@ -1,6 +1,6 @@
-"""Networks: the 3D ViT, nnFormer and residual-encoder CNN encoders, their pretraining models (MAE, masked-volume,
-masked-UNETR, S3D), the UNETR, nnFormer and ResEnc U-Net segmentation networks, the DynUNet peer, weight moving
-between them and the preset registry. Tensors in memory only:
+"""Networks: the 3D ViT, nnFormer, residual-encoder CNN and Primus-style EVA ViT encoders, their pretraining models
+(MAE, masked-volume, masked-UNETR, S3D, the whole-network Primus MAE), the UNETR, nnFormer, ResEnc U-Net and Primus
+segmentation networks, the DynUNet peer, weight moving between them and the preset registry. Tensors in memory only:
 model files are :mod:`volmae.artifact`'s."""
 
 from volmae.networks.mae import MaskedAutoencoder
@@ -8,6 +8,8 @@ from volmae.networks.masked_volume import MaskedVolumeModel
 from volmae.networks.nnformer import NnFormer
 from volmae.networks.nnformer_encoder import NnFormerEncoder
 from volmae.networks.patching import patchify, unpatchify
+from volmae.networks.primus import PrimusEncoder, PrimusSegmenter
+from volmae.networks.primus_mae import PrimusMAE
 from volmae.networks.registry import (
     PRESETS,
     Built,
@@ -37,6 +39,9 @@ __all__ = [
     "ResEncEncoder",
     "ResEncUNet",
     "SparseMaskedUNet",
+    "PrimusEncoder",
+    "PrimusSegmenter",
+    "PrimusMAE",
     "PRESETS",
     "Built",
     "NetworkConfig",

@@ -18,6 +18,8 @@ from volmae.networks.masked_unetr import MaskedUNETR
 from volmae.networks.masked_volume import MaskedVolumeModel
 from volmae.networks.nnformer import NnFormer
 from volmae.networks.nnformer_encoder import NnFormerEncoder
+from volmae.networks.primus import PrimusEncoder, PrimusSegmenter
+from volmae.networks.primus_mae import PrimusMAE
 from volmae.networks.resenc import ResEncEncoder, ResEncUNet
 from volmae.networks.s3d import SparseMaskedUNet
 from volmae.networks.unetr import UNETR
@@ -37,33 +39,37 @@ __all__ = [
 ]
 
 # Network ``kind`` s: a segmentation network, a pretraining model, or an encoder alone (a feature extractor).
-SEGMENTATION_KINDS = ("unetr", "nnformer", "resenc", "dynunet")
-PRETRAINING_KINDS = ("mae", "masked-volume", "masked-unetr", "s3d")
-ENCODER_KINDS = ("vit-encoder", "nnformer-encoder", "resenc-encoder")
+SEGMENTATION_KINDS = ("unetr", "nnformer", "resenc", "primus", "dynunet")
+PRETRAINING_KINDS = ("mae", "masked-volume", "masked-unetr", "s3d", "primus-mae")
+ENCODER_KINDS = ("vit-encoder", "nnformer-encoder", "resenc-encoder", "primus-encoder")
 
 # kind -> (encoder class, network class, key of the network's own arguments in the stored config, family)
 _NETWORKS: dict[str, tuple[type | None, type | None, str, str]] = {
     "unetr": (ViTEncoder, UNETR, "unetr", "vit"),
     "nnformer": (NnFormerEncoder, NnFormer, "nnformer", "nnformer"),
     "resenc": (ResEncEncoder, ResEncUNet, "resenc", "resenc"),
+    "primus": (PrimusEncoder, PrimusSegmenter, "primus", "primus"),
     "dynunet": (None, None, "dynunet", "cnn"),
     "mae": (ViTEncoder, MaskedAutoencoder, "mae", "vit"),
     "masked-volume": (NnFormerEncoder, MaskedVolumeModel, "masked_volume", "nnformer"),
     "masked-unetr": (ViTEncoder, MaskedUNETR, "masked_unetr", "vit"),
     "s3d": (ResEncEncoder, SparseMaskedUNet, "s3d", "resenc"),
+    "primus-mae": (PrimusEncoder, PrimusMAE, "primus_mae", "primus"),
     "vit-encoder": (ViTEncoder, None, "", "vit"),
     "nnformer-encoder": (NnFormerEncoder, None, "", "nnformer"),
     "resenc-encoder": (ResEncEncoder, None, "", "resenc"),
+    "primus-encoder": (PrimusEncoder, None, "", "primus"),
 }
 
 # The segmentation network whose weights (encoder and decoder, all but the head) a pretraining kind holds under the
 # same names; fine-tuning transfers them whole (volmae.artifact.load_pretrained).
-WHOLE_NETWORK_TWIN = {"masked-unetr": "unetr", "s3d": "resenc"}
+WHOLE_NETWORK_TWIN = {"masked-unetr": "unetr", "s3d": "resenc", "primus-mae": "primus"}
 # State-dict prefixes of each segmentation network's output head (never transferred: the classes differ).
 HEADS = {
     "unetr": ("head.",),
     "nnformer": ("head.", "aux_heads."),
     "resenc": ("head.",),
+    "primus": ("head.",),
     "dynunet": ("output_block.", "deep_supervision_heads.", "skip_layers.deep_supervision_heads."),
 }
 
@@ -97,8 +103,8 @@ class NetworkConfig:
 
     @property
     def family(self) -> str:
-        """``vit``, ``nnformer``, ``resenc`` or ``cnn`` (the DynUNet peer): weights move between networks of one family
-        only."""
+        """``vit``, ``nnformer``, ``resenc``, ``primus`` or ``cnn`` (the DynUNet peer): weights move between networks
+        of one family only."""
         return _NETWORKS[self.kind][3]
 
     @property

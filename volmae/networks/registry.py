@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from volmae.errors import ConfigError
 from volmae.networks.config import (
@@ -32,6 +32,7 @@ __all__ = [
     "NnFormerPreset",
     "CnnPreset",
     "ResEncPreset",
+    "PrimusPreset",
     "PRESETS",
     "get_preset",
     "NetworkConfig",
@@ -57,17 +58,27 @@ __all__ = [
 ]
 
 # Pretraining methods (``volmae-pretrain --method``): "auto" is MAE for a ViT preset, masked volume for nnFormer,
-# S3D sparse masking for the residual-encoder CNN.
+# S3D sparse masking for the residual-encoder CNN, the whole-network MAE for Primus.
 METHODS = {
     "vit": ("auto", "mae", "masked-unetr"),
     "nnformer": ("auto", "masked-volume"),
     "resenc": ("auto", "s3d"),
+    "primus": ("auto", "mae"),
     "cnn": (),
 }
 
 
+class _EncoderPreset:
+    """A preset whose encoder takes the fields named in ``encoder_keys`` as constructor arguments."""
+
+    encoder_keys: ClassVar[tuple[str, ...]] = ()
+
+    def encoder_kwargs(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.encoder_keys}
+
+
 @dataclass(frozen=True)
-class Preset:
+class Preset(_EncoderPreset):
     """A ViT preset (UNETR for segmentation, MAE for pretraining)."""
 
     hidden_size: int
@@ -82,13 +93,11 @@ class Preset:
     description: str
     family: str = "vit"
 
-    def encoder_kwargs(self) -> dict[str, Any]:
-        keys = ("patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads")
-        return {k: getattr(self, k) for k in keys}
+    encoder_keys: ClassVar[tuple[str, ...]] = ("patch_size", "hidden_size", "mlp_dim", "num_layers", "num_heads")
 
 
 @dataclass(frozen=True)
-class NnFormerPreset:
+class NnFormerPreset(_EncoderPreset):
     """An nnFormer preset (the nnFormer decoder for segmentation, masked-volume pretraining)."""
 
     patch_size: tuple[int, int, int]
@@ -100,9 +109,7 @@ class NnFormerPreset:
     description: str
     family: str = "nnformer"
 
-    def encoder_kwargs(self) -> dict[str, Any]:
-        keys = ("patch_size", "embed_dim", "depths", "num_heads", "window_sizes")
-        return {k: getattr(self, k) for k in keys}
+    encoder_keys: ClassVar[tuple[str, ...]] = ("patch_size", "embed_dim", "depths", "num_heads", "window_sizes")
 
 
 @dataclass(frozen=True)
@@ -130,7 +137,25 @@ class ResEncPreset:
     family: str = "resenc"
 
 
-PRESETS: dict[str, Preset | NnFormerPreset | CnnPreset | ResEncPreset] = {
+@dataclass(frozen=True)
+class PrimusPreset(_EncoderPreset):
+    """A Primus-style ViT preset (:mod:`volmae.networks.primus`): EVA-02 blocks with 3D RoPE on ``patch_size``
+    tokens, the patch decoder for segmentation, the whole-network MAE (``decoder_depth`` mixing blocks) for
+    pretraining."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    patch_size: int
+    decoder_depth: int
+    drop_path_rate: float
+    description: str
+    family: str = "primus"
+
+    encoder_keys: ClassVar[tuple[str, ...]] = ("patch_size", "hidden_size", "num_layers", "num_heads", "drop_path_rate")
+
+
+PRESETS: dict[str, Preset | NnFormerPreset | CnnPreset | ResEncPreset | PrimusPreset] = {
     # CPU-sized: the hippocampus demo on 2 cores.
     "vit-tiny": Preset(192, 12, 3, 768, 8, 192, 4, 6, 16, "ViT-Ti (192 wide, 12 blocks), patch 8; CPU demo size"),
     "vit-small": Preset(384, 12, 6, 1536, 16, 384, 8, 12, 16, "ViT-S (384 wide, 12 blocks), patch 16"),
@@ -154,6 +179,14 @@ PRESETS: dict[str, Preset | NnFormerPreset | CnnPreset | ResEncPreset] = {
     # 1-3-4-6-6-6 blocks (the S3D paper's network, pretrained there on 160^3 windows at 1 mm).
     "resenc-tiny": ResEncPreset(24, 192, (1, 2, 2, 2, 2, 2), "ResEnc U-Net, 24..192 wide, 1-2-2-2 blocks; CPU size"),
     "resenc-l": ResEncPreset(32, 320, (1, 3, 4, 6, 6, 6), "nnU-Net ResEnc-L U-Net, 32..320 wide, 1-3-4-6-6-6 blocks"),
+    # Primus-style ViTs, 8^3 tokens. CPU-sized: ViT-Ti's width and depth (192 wide, 12 blocks; 4 heads of 48, as 3D
+    # RoPE needs head widths divisible by 6), so a step costs about what UNETR-Ti's does. Primus-S/B/M/L: the paper's
+    # shapes (Wald, Roy, Isensee et al. 2025), drop path 0.2.
+    "primus-tiny": PrimusPreset(192, 12, 4, 8, 2, 0.1, "Primus-style ViT, 192 wide, 12 blocks, 8^3 tokens; CPU size"),
+    "primus-s": PrimusPreset(396, 12, 6, 8, 2, 0.2, "Primus-S: 396 wide, 12 blocks, 6 heads, 8^3 tokens"),
+    "primus-b": PrimusPreset(792, 12, 12, 8, 2, 0.2, "Primus-B: 792 wide, 12 blocks, 12 heads, 8^3 tokens"),
+    "primus-m": PrimusPreset(864, 16, 12, 8, 2, 0.2, "Primus-M: 864 wide, 16 blocks, 12 heads, 8^3 tokens"),
+    "primus-l": PrimusPreset(1056, 24, 16, 8, 2, 0.2, "Primus-L: 1056 wide, 24 blocks, 16 heads, 8^3 tokens"),
     # nnU-Net-like plain CNN: the label-efficiency study's peer (filters 32 .. 320, residual blocks off).
     "dynunet": CnnPreset(32, 320, False, "MONAI DynUNet, nnU-Net plan for the ROI; CNN peer, no pretraining"),
 }
@@ -163,7 +196,9 @@ def list_presets() -> str:
     return "\n".join(f"{k:17s} {v.description}" for k, v in PRESETS.items())
 
 
-def get_preset(name: str, family: str | None = None) -> Preset | NnFormerPreset | CnnPreset | ResEncPreset:
+def get_preset(
+    name: str, family: str | None = None
+) -> Preset | NnFormerPreset | CnnPreset | ResEncPreset | PrimusPreset:
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[name]
@@ -174,7 +209,8 @@ def get_preset(name: str, family: str | None = None) -> Preset | NnFormerPreset 
 
 
 def fit_roi(preset: str, roi_size: Sequence[int]) -> tuple[int, int, int]:
-    """The smallest ROI ``>= roi_size`` per axis that the preset's network tiles: a multiple of the ViT patch; for
+    """The smallest ROI ``>= roi_size`` per axis that the preset's network tiles: a multiple of the ViT's (or
+    Primus') patch; for
     nnFormer, sizes whose stage grids its windows divide; for the CNNs, a multiple of 8 (three down-samplings of
     their plan at least)."""
     roi = tuple(int(r) for r in roi_size)
@@ -183,7 +219,7 @@ def fit_roi(preset: str, roi_size: Sequence[int]) -> tuple[int, int, int]:
     p = get_preset(preset)
     if isinstance(p, NnFormerPreset):
         return tuple(int(r) for r in nearest_valid_sizes(roi, p.patch_size, p.window_sizes)[1])  # type: ignore[return-value]
-    step = p.patch_size if isinstance(p, Preset) else 8
+    step = p.patch_size if isinstance(p, Preset | PrimusPreset) else 8
     return tuple(-(-r // step) * step for r in roi)  # type: ignore[return-value]
 
 
@@ -228,7 +264,7 @@ def _encoder_config(
     with named(preset):  # normalise the sizes (an int means a cube) and check them as the encoder does
         kwargs["img_size"] = list(as_tuple(kwargs["img_size"], 3, "img_size"))
         kwargs["patch_size"] = list(as_tuple(kwargs["patch_size"], 3, "patch_size"))
-    kind = "nnformer-encoder" if isinstance(p, NnFormerPreset) else "vit-encoder"
+    kind = {"nnformer": "nnformer-encoder", "primus": "primus-encoder"}.get(p.family, "vit-encoder")
     return NetworkConfig(kind, preset, {}, plain(kwargs))
 
 
@@ -270,9 +306,11 @@ def build_mae(
     decoder sizes from the preset), masked-volume reconstruction for nnFormer (mask ratio 0.6, linear head unless
     ``decoder_dim``), S3D sparse masking of the whole U-Net for a ResEnc preset (mask ratio 0.75, or drawn per sample
     up to ``mask_ratio_max``; blocks of the encoder's total stride, planned for ``img_size`` at ``spacing``;
-    :class:`SparseMaskedUNet`); ``"masked-unetr"`` (ViT presets): masked-volume reconstruction by the whole UNETR of
-    the preset (mask ratio 0.6; :class:`MaskedUNETR`), ``feature_size`` as the fine-tuning UNETR's (default the
-    preset's). ``norm_pix_loss`` (regress per-unit normalised voxels) defaults to on, off for S3D."""
+    :class:`SparseMaskedUNet`), the whole-network MAE for a Primus preset (mask ratio 0.75, ``decoder_depth`` mixing
+    blocks, the patch decoder reconstructs; :class:`PrimusMAE`); ``"masked-unetr"`` (ViT presets): masked-volume
+    reconstruction by the whole UNETR of the preset (mask ratio 0.6; :class:`MaskedUNETR`), ``feature_size`` as the
+    fine-tuning UNETR's (default the preset's). ``norm_pix_loss`` (regress per-unit normalised voxels) defaults to
+    on, off for S3D."""
     p = get_preset(preset)
     family = p.family
     if family == "cnn":
@@ -288,6 +326,18 @@ def build_mae(
     if mask_ratio_max is not None and family != "resenc":
         raise ConfigError("mask_ratio_max (a mask ratio drawn per sample) applies to S3D pretraining (ResEnc presets)")
     enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides, spacing).encoder
+    if family == "primus":
+        if decoder_dim is not None or decoder_heads is not None:
+            raise ConfigError(
+                "decoder_dim / decoder_heads: the Primus MAE mixes at the encoder's width and heads and reconstructs "
+                "with the segmentation network's patch decoder (decoder_depth sets its mixing blocks)"
+            )
+        kwargs = dict(
+            decoder_depth=p.decoder_depth if decoder_depth is None else decoder_depth,
+            mask_ratio=0.75 if mask_ratio is None else mask_ratio,
+            norm_pix_loss=True if norm_pix_loss is None else norm_pix_loss,
+        )
+        return _built(NetworkConfig("primus-mae", preset, kwargs, enc))
     if family == "resenc":
         if decoder_dim is not None or decoder_depth is not None or decoder_heads is not None:
             raise ConfigError("decoder_dim / depth / heads: S3D reconstructs with the U-Net's own decoder")
@@ -495,6 +545,14 @@ def segmenter_config(
             enc = _resenc_encoder_config(preset, in_channels, img_size, None, spacing, encoder_overrides).encoder
             return NetworkConfig("resenc", preset, {"out_channels": out_channels}, enc)
         return _dynunet_config(preset, in_channels, out_channels, img_size, spacing)
+    if isinstance(p, PrimusPreset):
+        if feature_size is not None or not skip_norm or deep_supervision:
+            raise ConfigError(
+                f"feature_size / skip_norm / deep_supervision are UNETR / nnFormer options; preset {preset!r} builds a "
+                "Primus (patch decoder)"
+            )
+        enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides).encoder
+        return NetworkConfig("primus", preset, {"out_channels": out_channels}, enc)
     if isinstance(p, NnFormerPreset):
         if feature_size is not None or not skip_norm:
             raise ConfigError(f"feature_size / skip_norm are UNETR options; preset {preset!r} builds an nnFormer")
@@ -510,10 +568,10 @@ def segmenter_config(
 
 def build_segmenter(*args: Any, **kwargs: Any) -> Built:
     """The segmentation network of any preset, with its config; the arguments are :func:`segmenter_config`'s:
-    UNETR for a ViT preset, nnFormer for an nnFormer one, a residual-encoder U-Net for a ResEnc one, DynUNet for the
-    CNN peer (the CNNs are planned for ``img_size`` at ``spacing``, which only they use). The options of the other
-    families must stay at their defaults (``feature_size`` / ``skip_norm`` are UNETR's, ``deep_supervision``
-    nnFormer's)."""
+    UNETR for a ViT preset, nnFormer for an nnFormer one, a residual-encoder U-Net for a ResEnc one, a Primus (EVA
+    ViT + patch decoder) for a Primus one, DynUNet for the CNN peer (the CNNs are planned for ``img_size`` at
+    ``spacing``, which only they use). The options of the other families must stay at their defaults
+    (``feature_size`` / ``skip_norm`` are UNETR's, ``deep_supervision`` nnFormer's)."""
     return _built(segmenter_config(*args, **kwargs))
 
 
@@ -535,6 +593,7 @@ RECIPES = {
     "vit": FinetuneRecipe(1.0, 0.75),
     "nnformer": FinetuneRecipe(1.0, 0.75),
     "resenc": FinetuneRecipe(1.0, 1.0),
+    "primus": FinetuneRecipe(1.0, 0.75),
     "cnn": FinetuneRecipe(1.0, 1.0),
 }
 
@@ -554,6 +613,10 @@ CITATIONS = {
     "mae": "Zhou et al., Self Pre-training with Masked Autoencoders for Medical Image Classification and "
     "Segmentation, ISBI 2023 (arXiv 2203.05573)",
     "s3d": "Wald et al., Revisiting MAE pre-training for 3D medical image segmentation, CVPR 2025",
+    "primus": "Wald, Roy, Isensee et al., Primus: Enforcing Attention Usage for 3D Medical Image Segmentation, "
+    "arXiv 2503.01835 (2025)",
+    "primus-mae": "He et al., Masked Autoencoders Are Scalable Vision Learners, CVPR 2022; Wald et al., An OpenMind "
+    "for 3D medical vision self-supervised learning, ICCV 2025",
 }
 
 
@@ -561,5 +624,5 @@ def citations(config: NetworkConfig, pretrained: bool | str | None = None) -> tu
     """The papers behind a network (and its masked pretraining, for a pretraining model or ``pretrained``)."""
     out = [CITATIONS[config.family]]
     if pretrained or config.role == "pretraining":
-        out.append(CITATIONS["s3d" if config.family == "resenc" else "mae"])
+        out.append(CITATIONS[{"resenc": "s3d", "primus": "primus-mae"}.get(config.family, "mae")])
     return tuple(out)

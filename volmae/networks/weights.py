@@ -41,12 +41,21 @@ POS_EMBED_KEY = "patch_embedding.position_embeddings"
 PATCH_WEIGHT_KEY = "patch_embedding.patch_embeddings.weight"
 # Prefixes under which an encoder lives in the networks we know, tried in order.
 ENCODER_PREFIXES = ("encoder.", "vit.", "")
-# Per encoder family: the roots of its state-dict keys, the root that proves it is there, its first conv weight.
+# Per encoder family: the roots of its state-dict keys, the root that proves it is there, the weights of the
+# convolutions that read the image (Primus: the patch tokenizer's, or the conv tokenizer's first).
 FAMILIES = {
-    "vit": (("patch_embedding.", "blocks.", "norm."), "blocks.", PATCH_WEIGHT_KEY),
-    "nnformer": (("embed.", "downs.", "stages.", "norms."), "stages.", "embed.0.0.weight"),
-    "resenc": (("stem.", "stages."), "stages.", "stem.0.conv.weight"),
+    "vit": (("patch_embedding.", "blocks.", "norm."), "patch_embedding.", (PATCH_WEIGHT_KEY,)),
+    "nnformer": (("embed.", "downs.", "stages.", "norms."), "stages.", ("embed.0.0.weight",)),
+    "resenc": (("stem.", "stages."), "stages.", ("stem.0.conv.weight",)),
+    "primus": (
+        ("patch_embed.", "pos_embed", "reg_token", "blocks.", "norm."),
+        "patch_embed.",
+        ("patch_embed.proj.weight", "patch_embed.stem.0.0.weight"),
+    ),
 }
+PRIMUS_POS_EMBED_KEY = "pos_embed"
+# A preset to name when a checkpoint holds another family's encoder.
+_EXAMPLE_PRESET = {"vit": "vit-tiny", "nnformer": "nnformer-tiny", "resenc": "resenc-tiny", "primus": "primus-tiny"}
 BIAS_TABLE = "attn.relative_position_bias_table"
 
 
@@ -161,7 +170,7 @@ def encoder_state_from(ckpt: Mapping, family: str = "vit") -> dict[str, torch.Te
             raise CheckpointError(
                 f"the checkpoint holds a {other} encoder but this network has a {family} encoder; use a {other} "
                 f"preset with it, or pretrain a {family} encoder (e.g. volmae-pretrain --preset "
-                f"{'nnformer-tiny' if family == 'nnformer' else 'vit-tiny'})"
+                f"{_EXAMPLE_PRESET[family]})"
             )
     raise CheckpointError(
         f"no {family} encoder weights found in the checkpoint (looked for keys under 'encoder.', 'vit.' or bare "
@@ -219,7 +228,8 @@ def load_encoder_weights(
     config has them), which say its position grid and attention windows.
 
     Position embeddings: when the ROI (token grid) differs, a learnable embedding is trilinearly resampled and the
-    fixed sin-cos one is kept as rebuilt by the model (exact). The first convolution (patch projection, stem) of
+    fixed sin-cos one is kept as rebuilt by the model (exact); Primus' RoPE table is a buffer rebuilt for the new
+    grid (its rotations depend on position differences only). The first convolution (patch projection, stem) of
     another input channel count is adapted (:func:`adapt_input_channels`: pretrained on 1 channel, repeated over
     the model's ``C`` and scaled by ``1/C``). Anything else with a different shape is reported
     and left at its initialisation. nnFormer window-attention bias tables whose window changed with the ROI are
@@ -228,7 +238,7 @@ def load_encoder_weights(
     """
     family = encoder.family
     src = encoder_state_from(state, family)
-    first_conv = FAMILIES[family][2]
+    first_convs = FAMILIES[family][2]
     enc_cfg = source_encoder or {}
     old_windows = _source_windows(enc_cfg) if family == "nnformer" else None
     if source_grid is None and "img_size" in enc_cfg and "patch_size" in enc_cfg:
@@ -250,14 +260,14 @@ def load_encoder_weights(
             stage = int(key.split(".")[1])
             to_load[key] = resample_bias_table(value, old_windows[stage], encoder.windows[stage])
             report.resampled.append(key)
-        elif key == POS_EMBED_KEY and value.shape[-1] == target.shape[-1]:
-            if encoder.pos_embed_type == "sincos":
+        elif key in (POS_EMBED_KEY, PRIMUS_POS_EMBED_KEY) and value.shape[-1] == target.shape[-1]:
+            if getattr(encoder, "pos_embed_type", "learnable") == "sincos":
                 report.regenerated.append(key)
             else:
                 grid = tuple(source_grid) if source_grid else _grid_from_tokens(value.shape[1], encoder.grid_size)
                 to_load[key] = resample_pos_embed(value, grid, encoder.grid_size)
                 report.resampled.append(key)
-        elif key == first_conv and value.shape[0] == target.shape[0] and (value.shape[2:] == target.shape[2:]):
+        elif key in first_convs and value.shape[0] == target.shape[0] and (value.shape[2:] == target.shape[2:]):
             to_load[key] = adapt_input_channels(value, target.shape[1])
             report.adapted.append(key)
         else:
