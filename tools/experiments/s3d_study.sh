@@ -16,8 +16,8 @@ C=(--dataset-dir $D --out-dir study --encoders resenc-tiny --steps 400 --cpu-bf1
 date
 volmae-study "${C[@]}" --peer none --fractions 0.05 --seeds 0 1 2 > study1.log 2>&1
 date
-volmae-study "${C[@]}" --peer none --fractions 0.1 --seeds 0 > study2.log 2>&1
+volmae-study "${C[@]}" --peer none --fractions 0.1 --seeds 0 1 2 > study2.log 2>&1
 date
-volmae-study "${C[@]}" --peer nnunet --nnunet-budgets 1x --fractions 0.05 --seeds 0 1 2 \
+volmae-study "${C[@]}" --peer nnunet --nnunet-budgets 1x --fractions 0.05 0.1 --seeds 0 1 2 \
   --nnunet-python "${NNUNET_PYTHON:?set NNUNET_PYTHON to a Python with nnunetv2}" > study3.log 2>&1
 date
