@@ -6,6 +6,7 @@ import torch
 from tests.conftest import model_file
 from volmae.artifact import load_pretrained
 from volmae.errors import CheckpointError
+from volmae.networks.primus import PrimusEncoder
 from volmae.networks.registry import build_mae, build_segmenter, build_unetr
 from volmae.networks.weights import POS_EMBED_KEY, resample_pos_embed
 
@@ -252,3 +253,121 @@ def test_primus_tokenizer_adapts_to_more_channels_and_families_never_mix(tmp_pat
     torch.save(torch.load(vit, weights_only=True)["weights"], plain)
     with pytest.raises(CheckpointError, match="holds a vit encoder but this network has a primus encoder"):
         pretrained(build_segmenter("primus-tiny", 1, 3, 16, 8, **PRIM), plain)
+
+
+# ------------------------------------------ foreign Primus layouts: dynamic-network-architectures' Primus, timm Eva
+def _split_qkv(name, value, state):
+    """``blocks.N.attn.qkv.weight`` / ``q_bias`` / ``v_bias`` as timm's unfused EvaAttention names them."""
+    stem = name.rpartition("attn.")[0] + "attn."
+    if name.endswith("attn.qkv.weight"):
+        for part, w in zip("qkv", value.chunk(3)):
+            state[f"{stem}{part}_proj.weight"] = w.clone()
+    elif name.endswith(("attn.q_bias", "attn.v_bias")):
+        state[f"{stem}{name[-6]}_proj.bias"] = value.clone()
+    else:
+        return False
+    return True
+
+
+def _as_dna(encoder, slots=None):
+    """A volmae Primus encoder's weights as dynamic-network-architectures' Primus names them (unfused q / k / v,
+    ``eva.`` / ``down_projection.`` prefixes, registers outside ``eva`` with position slots in ``eva.pos_embed``),
+    plus a DNA patch decoder and the ``mask_token`` buffer."""
+    state = {}
+    for name, value in encoder.state_dict().items():
+        if name.startswith("patch_embed."):
+            state["down_projection." + name.removeprefix("patch_embed.")] = value.clone()
+        elif name == "pos_embed":
+            pos = value if slots is None else torch.cat([slots, value], dim=1)
+            state["eva.pos_embed"] = pos.clone()
+        elif name == "reg_token":
+            state["register_tokens"] = (value if slots is None else value - slots).clone()
+        elif not _split_qkv("eva." + name, value, state):
+            state["eva." + name] = value.clone()
+    state["up_projection.decode.0.0.weight"] = torch.randn(encoder.hidden_size, 8, 2, 2, 2)
+    state["up_projection.decode.2.weight"] = torch.randn(8, 3, 2, 2, 2)
+    state["mask_token"] = torch.zeros(1, 1, encoder.hidden_size)
+    return state
+
+
+def _as_timm(encoder):
+    """A volmae Primus encoder's blocks as a timm EVA-02 ViT names them, with a class token (and its pos_embed
+    slot), a 2D patch projection over a 4 x 4 grid and a classifier head."""
+    e = encoder.hidden_size
+    state = {}
+    for name, value in encoder.state_dict().items():
+        if not name.startswith(("patch_embed.", "pos_embed")) and not _split_qkv(name, value, state):
+            state[name] = value.clone()
+    state["cls_token"] = torch.randn(1, 1, e)
+    state["pos_embed"] = torch.randn(1, 1 + 16, e)
+    state["patch_embed.proj.weight"] = torch.randn(e, 3, 16, 16)
+    state["patch_embed.proj.bias"] = torch.randn(e)
+    state["head.weight"], state["head.bias"] = torch.randn(5, e), torch.randn(5)
+    return state
+
+
+def _primus(roi=(16, 24, 16), seed=0, **kw):
+    torch.manual_seed(seed)
+    return build_segmenter("primus-tiny", 1, 3, roi, 8, **{**PRIM, **kw})
+
+
+def test_dna_primus_weights_load_into_a_primus_and_compute_the_same_features(tmp_path):
+    src = _primus(num_register_tokens=2).model.eval()
+    state = _as_dna(src.encoder, slots=torch.randn(1, 2, 24))
+    path = tmp_path / "checkpoint_final.pth"  # as nnU-Net / nnssl save it: under network_weights, DDP-prefixed
+    torch.save({"network_weights": {f"module.{k}": v for k, v in state.items()}, "current_epoch": 1000}, path)
+    net, rep = pretrained(_primus(seed=1, num_register_tokens=2), path)
+    assert rep.ok and not rep.shape_mismatch and not rep.missing and not rep.decoder_loaded
+    for k, v in src.encoder.state_dict().items():
+        torch.testing.assert_close(net.encoder.state_dict()[k], v, msg=k)  # the registers: exact up to rounding
+    x = torch.randn(1, 1, 16, 24, 16)
+    torch.testing.assert_close(net.eval().encoder.forward_features(x), src.encoder.forward_features(x))
+    text = rep.summary()
+    assert "converted from the dynamic-network-architectures Primus layout" in text
+    assert "register slots of eva.pos_embed are folded into reg_token" in text
+    assert "patch decoder (up_projection" in text and "mask_token is pretraining-only" in text
+    assert {"up_projection.decode.0.0.weight", "up_projection.decode.2.weight", "mask_token"} <= set(rep.unexpected)
+    assert "head count" in text  # what the weights cannot say
+
+
+def test_dna_primus_key_bias_missing_options_and_compiled_prefixes_are_reported(tmp_path):
+    src = _primus(roi=(16, 16, 16)).model  # pretrained on a cube, as nnssl does: the grid is guessed as one
+    state = _as_dna(src.encoder)
+    state["eva.blocks.0.attn.k_proj.bias"] = torch.ones(24)  # a key bias: volmae's attention has none
+    state = {k: v for k, v in state.items() if ".attn.norm." not in k}  # scale_attn_inner=False (DNA's default)
+    torch.save({"state_dict": {f"_orig_mod.{k}": v for k, v in state.items()}}, tmp_path / "dna.pt")
+    net, rep = pretrained(_primus(seed=1), tmp_path / "dna.pt")  # another ROI: resampled
+    assert rep.resampled == ["pos_embed"] and "blocks.0.attn.qkv.weight" in rep.loaded
+    torch.testing.assert_close(net.encoder.pos_embed, resample_pos_embed(src.encoder.pos_embed, (2, 2, 2), (2, 3, 2)))
+    assert "eva.blocks.0.attn.k_proj.bias" in rep.unexpected and "attn.k_proj.bias cannot load" in rep.summary()
+    assert "no attention inner norm" in rep.summary() and "blocks.0.attn.norm.weight" in rep.missing
+
+
+def test_timm_eva_blocks_load_and_its_2d_parts_are_reported(tmp_path):
+    src = _primus().model
+    torch.save({"model": _as_timm(src.encoder)}, tmp_path / "eva02.pth")
+    net, rep = pretrained(_primus(seed=1), tmp_path / "eva02.pth")
+    for k, v in src.encoder.state_dict().items():
+        if k.startswith(("blocks.", "norm.")):
+            assert torch.equal(net.encoder.state_dict()[k], v), k
+    assert set(rep.missing) == {"patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed"}
+    assert {"cls_token", "pos_embed", "patch_embed.proj.weight", "head.weight"} <= set(rep.unexpected)
+    text = rep.summary()
+    assert "converted from the timm Eva layout" in text and "cls_token dropped" in text
+    assert "patch projection is 2D (24, 3, 16, 16)" in text and "2D grid (4 x 4)" in text
+    assert "class-token slot is dropped" in text and "RoPE is 2D" in text
+
+
+def test_a_foreign_primus_of_another_width_names_the_preset_that_fits(tmp_path):
+    torch.manual_seed(0)
+    wide = PrimusEncoder(1, (16, 24, 16), 8, hidden_size=396, num_layers=1, num_heads=6)  # Primus-S's width
+    torch.save({"network_weights": _as_dna(wide)}, tmp_path / "primus_s.pth")
+    msg = r"primus_s.pth: holds dynamic-network-architectures Primus weights \(396 wide, 1 blocks\), but this network's"
+    with pytest.raises(CheckpointError, match=msg + r".*is 24 wide.*--preset primus-s \(396 wide, 12 blocks, 6 heads"):
+        pretrained(_primus(), tmp_path / "primus_s.pth")
+    odd = PrimusEncoder(1, (16, 24, 16), 8, hidden_size=48, num_layers=1, num_heads=2)
+    torch.save(_as_timm(odd), tmp_path / "eva.pth")
+    with pytest.raises(CheckpointError, match=r"timm Eva weights \(48 wide.*a Primus 48 wide \(no volmae preset is\)"):
+        pretrained(_primus(), tmp_path / "eva.pth")
+    with pytest.raises(CheckpointError, match="holds dynamic-network-.* Primus .* but this is a vit network"):
+        pretrained(build_unetr("vit-tiny", 1, 3, (16, 24, 16), 8, 4, **SMALL), tmp_path / "primus_s.pth")

@@ -2,8 +2,11 @@
 (continued pretraining) read.
 
 Sources: a volmae model file (a pretraining or segmentation model, this format or volmae 0.1.0's), or a plain state
-dict of a volmae network or encoder, or MONAI ``UNETR`` / ``ViT`` weights. From a volmae file the encoder's stored
-arguments say its position grid and attention windows, so a changed ROI resamples them.
+dict of a volmae network or encoder, or MONAI ``UNETR`` / ``ViT`` weights, or (for a Primus) the weights of
+dynamic-network-architectures' ``Primus`` (nnU-Net's Primus trainers, nnssl) or of a timm ``Eva`` / EVA-02 ViT, whose
+layout is recognised and converted (:func:`~volmae.networks.weights.convert_foreign_primus`; the report says what
+was left out). From a volmae file the encoder's stored arguments say its position grid and attention windows, so a
+changed ROI resamples them; a plain state dict's grid is guessed from its token count.
 
 Two transfers (``transfer``):
 
@@ -24,8 +27,15 @@ import torch
 from volmae.artifact.model import read_weights
 from volmae.errors import CheckpointError, ConfigError
 from volmae.networks.config import HEADS, WHOLE_NETWORK_TWIN
-from volmae.networks.registry import NetworkConfig
-from volmae.networks.weights import LoadReport, load_decoder_weights, load_encoder_weights
+from volmae.networks.registry import PRESETS, NetworkConfig
+from volmae.networks.weights import (
+    TIMM_EVA,
+    ForeignPrimus,
+    LoadReport,
+    convert_foreign_primus,
+    load_decoder_weights,
+    load_encoder_weights,
+)
 
 __all__ = ["load_pretrained", "TRANSFERS", "decoder_source"]
 
@@ -56,6 +66,10 @@ def load_pretrained(
         raise ConfigError(f"transfer={transfer!r}: expected one of {', '.join(TRANSFERS)}")
     weights, model = read_weights(source)
     source_config = model.network if model is not None else None
+    foreign = convert_foreign_primus(weights) if model is None else None
+    if foreign is not None:
+        _check_foreign(foreign, network, config, source)
+        weights = foreign.state
     if source_config is not None and source_config.family != config.family:
         raise CheckpointError(
             f"{source}: holds a {source_config.family} network ({source_config.kind}) but this is a {config.family} "
@@ -79,7 +93,67 @@ def load_pretrained(
         load_decoder_weights(network, weights, report, HEADS[config.kind], channels)
     if model is not None:
         report.notes += _data_differences(model, config, spacing)
+    if foreign is not None:
+        facts = [f"converted from the {foreign.layout} layout", *foreign.notes, *_foreign_fit(foreign, encoder)]
+        report.notes[:0] = facts
+        report.unexpected += foreign.left_out
     return report
+
+
+def _primus_presets(width: int) -> list[str]:
+    """The Primus presets of embedding width ``width``, described."""
+    return [
+        f"{name} ({p.hidden_size} wide, {p.num_layers} blocks, {p.num_heads} heads)"
+        for name, p in PRESETS.items()
+        if p.family == "primus" and getattr(p, "hidden_size", None) == width
+    ]
+
+
+def _check_foreign(foreign: ForeignPrimus, network: torch.nn.Module, config: NetworkConfig, source) -> None:
+    """A converted foreign Primus must go into a Primus of its width: nothing of it would load otherwise."""
+    width = foreign.width
+    fits = _primus_presets(width) if width else []
+    if fits:
+        hint = f"--preset {fits[0]}"
+    else:
+        hint = f"a Primus {width} wide (no volmae preset is)" if width else "a primus preset"
+    what = f"{foreign.layout} weights ({width} wide, {foreign.depth} blocks)"
+    if config.family != "primus":
+        raise CheckpointError(
+            f"{source}: holds {what} but this is a {config.family} network ({config.kind}); fine-tune them with {hint}"
+        )
+    ours = getattr(getattr(network, "encoder", None), "hidden_size", None)
+    if width is not None and ours is not None and width != ours:
+        raise CheckpointError(
+            f"{source}: holds {what}, but this network's encoder ({config.preset}) is {ours} wide; every tensor would "
+            f"mismatch: fine-tune with {hint}"
+        )
+
+
+def _foreign_fit(foreign: ForeignPrimus, encoder) -> list[str]:
+    """Notes on what the weights cannot say or do not cover of this encoder: depth, head count."""
+
+    def blocks(a: int, b: int, one: str, more: str) -> str:
+        return f"block {a} {one}" if a == b else f"blocks {a} .. {b} {more}"
+
+    notes = []
+    depth, ours = foreign.depth, encoder.num_layers
+    if depth > ours:
+        extra = blocks(ours, depth - 1, "is unused", "are unused")
+        notes.append(f"the weights have {depth} blocks, this encoder {ours}: {extra}")
+    elif 0 < depth < ours:
+        extra = blocks(depth, ours - 1, "starts fresh", "start fresh")
+        notes.append(f"the weights have {depth} blocks, this encoder {ours}: {extra}")
+    if foreign.layout == TIMM_EVA:
+        theirs = "timm's EVA-02 models have heads 64 wide, which volmae's 3D RoPE cannot split (rope=False can)"
+    else:
+        theirs = "DNA's Primus-S / B / M / L have 6 / 12 / 12 / 16"
+    notes.append(
+        f"the weights do not record their head count: this encoder splits {encoder.hidden_size} into "
+        f"{encoder.num_heads} heads of {encoder.hidden_size // encoder.num_heads}, which must be the source's "
+        f"({theirs})"
+    )
+    return notes
 
 
 def _data_differences(model, config: NetworkConfig, spacing: tuple[float, ...] | None) -> list[str]:

@@ -16,8 +16,9 @@ HELPS: dict[str, str] = {
     "masked-unetr, match the fine-tuning run)",
     "skip_norm": "LayerNorm on each ViT skip of UNETR (--no-skip-norm: MONAI's exact UNETR, exportable to MONAI)",
     "pretrained": "pretrained model.pt from volmae-pretrain (same network family as --preset), a segmentation "
-    "model.pt of the same network (another task), or MONAI UNETR/ViT weights for the encoder; the load report says "
-    "what loaded",
+    "model.pt of the same network (another task), MONAI UNETR/ViT weights for the encoder, or for a Primus the "
+    "weights of dynamic-network-architectures' Primus (nnU-Net, nnssl) or a timm EVA ViT (converted); the load report "
+    "says what loaded",
     "transfer": "what --pretrained loads: encoder, whole (encoder and decoder, a fresh head; from S3D, masked-unetr "
     "or a segmentation model of the same network) or auto (whole when the file carries the decoder)",
     "pretrained_lr_scale": "with --pretrained, the peak learning rate is --lr times this (default from the family's "

@@ -33,7 +33,10 @@ attn.norm, attn.proj, gamma_1, norm2, mlp.fc1_g, mlp.fc1_x, mlp.norm, mlp.fc2, g
 keys have no bias (``q_bias`` and ``v_bias`` only; under RoPE a key bias would not cancel in the softmax).
 dynamic-network-architectures' Primus uses separate ``q_proj / k_proj / v_proj`` (concatenate them into ``qkv``),
 adds its ``pos_embed`` to the registers too (fold that slice into ``reg_token``), and ``nn.LayerNorm``'s default eps,
-as here.
+as here; :func:`volmae.networks.weights.dna_primus_to_volmae` converts its weights (and ``timm_eva_to_volmae`` timm's
+``Eva``). Its RoPE (timm's ``RotaryEmbeddingCat(2/3 hd, in_pixels=False, feat_shape = ref_feat_shape = the token
+grid)``, ``apply_rot_embed_cat`` with interleaved pairs, temperature 10000) is :func:`rope_table` /
+:func:`apply_rope` exactly, so converted q / k weights rotate as they did.
 """
 
 from __future__ import annotations

@@ -2,14 +2,20 @@
 
 Everything here works on tensors in memory; reading model files is :mod:`volmae.artifact`'s. States understood by
 :func:`encoder_state_from`: the weights of a volmae network or encoder (optionally under ``model`` /
-``state_dict`` / ``net``), and MONAI ``UNETR`` / ``ViT`` state dicts (``vit.*`` keys), optionally wrapped by DDP
-(``module.*``). Two encoder families exist, ``vit`` and ``nnformer``; weights of one never load into the other (a
-clear error says so).
+``state_dict`` / ``net`` / ``network_weights``), and MONAI ``UNETR`` / ``ViT`` state dicts (``vit.*`` keys),
+optionally wrapped by DDP (``module.*``) or ``torch.compile`` (``_orig_mod.*``). The encoder families (``vit``,
+``nnformer``, ``resenc``, ``primus``) never mix (a clear error says so).
+
+Foreign Primus-family layouts are converted to volmae's names first (:func:`convert_foreign_primus`, which
+``load_pretrained`` applies to every plain state dict): dynamic-network-architectures' ``Primus`` as nnU-Net's
+Primus trainers and nnssl save it (:func:`dna_primus_to_volmae`) and timm's ``Eva`` / EVA-02 ViTs
+(:func:`timm_eva_to_volmae`). Each conversion lists what it left out and why (one line per fact).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +41,12 @@ __all__ = [
     "POS_EMBED_KEY",
     "monai_unetr_to_volmae",
     "volmae_unetr_to_monai",
+    "ForeignPrimus",
+    "DNA_PRIMUS",
+    "TIMM_EVA",
+    "convert_foreign_primus",
+    "dna_primus_to_volmae",
+    "timm_eva_to_volmae",
 ]
 
 POS_EMBED_KEY = "patch_embedding.position_embeddings"
@@ -49,7 +61,8 @@ FAMILIES = {
     "resenc": (("stem.", "stages."), "stages.", ("stem.0.conv.weight",)),
     "primus": (
         ("patch_embed.", "pos_embed", "reg_token", "blocks.", "norm."),
-        "patch_embed.",
+        # the tokenizer, or (a timm EVA converted without its 2D tokenizer) an EVA block's SwiGLU
+        ("patch_embed.", "blocks.0.mlp.fc1_g."),
         ("patch_embed.proj.weight", "patch_embed.stem.0.0.weight"),
     ),
 }
@@ -137,16 +150,27 @@ def load_state_exactly(model: torch.nn.Module, state: Mapping[str, torch.Tensor]
 
 
 def model_state(ckpt: Mapping) -> Mapping[str, torch.Tensor]:
-    """The network state inside a checkpoint (under ``model`` / ``state_dict`` / ``net``), or the mapping itself."""
-    for key in ("model", "state_dict", "net"):
+    """The network state inside a checkpoint (under ``model`` / ``state_dict`` / ``net``, or nnU-Net's and nnssl's
+    ``network_weights``), or the mapping itself."""
+    for key in ("model", "state_dict", "net", "network_weights"):
         if isinstance(ckpt.get(key), Mapping):
             return ckpt[key]
     return ckpt
 
 
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP's, torch.compile's
+
+
+def _unwrapped_key(key: str) -> str:
+    while key.startswith(_WRAPPER_PREFIXES):
+        key = key.split(".", 1)[1]
+    return key
+
+
 def unwrapped_state(ckpt: Mapping) -> dict[str, torch.Tensor]:
-    """:func:`model_state`'s tensors under their own names (DDP's ``module.`` prefix removed)."""
-    return {k.removeprefix("module."): v for k, v in model_state(ckpt).items() if isinstance(v, torch.Tensor)}
+    """:func:`model_state`'s tensors under their own names (DDP's ``module.`` and torch.compile's ``_orig_mod.``
+    prefixes removed)."""
+    return {_unwrapped_key(k): v for k, v in model_state(ckpt).items() if isinstance(v, torch.Tensor)}
 
 
 def encoder_state_from(ckpt: Mapping, family: str = "vit") -> dict[str, torch.Tensor]:
@@ -154,7 +178,7 @@ def encoder_state_from(ckpt: Mapping, family: str = "vit") -> dict[str, torch.Te
     state = unwrapped_state(ckpt)
 
     def find(fam: str) -> dict[str, torch.Tensor]:
-        roots, marker, _ = FAMILIES[fam]
+        roots, marker, _ = FAMILIES[fam]  # marker: a prefix (or prefixes) only this family's keys have
         for prefix in ENCODER_PREFIXES:
             found = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
             found = {k: v for k, v in found.items() if k.startswith(roots)}
@@ -179,10 +203,14 @@ def encoder_state_from(ckpt: Mapping, family: str = "vit") -> dict[str, torch.Te
 
 
 def _grid_from_tokens(n: int, like: Sequence[int]) -> tuple[int, int, int]:
-    """Best guess of a token grid of ``n`` tokens with the aspect ratio of ``like`` (used without metadata)."""
+    """Best guess of a token grid of ``n`` tokens with the aspect ratio of ``like`` (used without metadata), else a
+    cube (nnssl and nnU-Net's Primus pretrain on cubic windows, e.g. 160^3 = 20^3 tokens)."""
     scale = (n / math.prod(like)) ** (1 / 3)
     guess = tuple(max(1, round(g * scale)) for g in like)
     if math.prod(guess) != n:
+        side = round(n ** (1 / 3))
+        if side**3 == n:
+            return (side, side, side)
         raise CheckpointError(
             f"cannot infer the position grid of {n} tokens; pass source_grid (the pretraining img_size // patch_size)"
         )
@@ -362,3 +390,309 @@ def monai_unetr_to_volmae(state: Mapping[str, torch.Tensor]) -> dict[str, torch.
 def volmae_unetr_to_monai(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of :func:`monai_unetr_to_volmae`: a volmae patch-16 UNETR as MONAI ``UNETR`` keys."""
     return _rename(model_state(state), {v: k for k, v in _MONAI_UNETR_NAMES.items()})
+
+
+# ------------------------------------------------------------------------------- foreign Primus-family layouts
+DNA_PRIMUS = "dynamic-network-architectures Primus"
+TIMM_EVA = "timm Eva"
+ENCODER = "encoder."  # where a Primus network holds its encoder
+# Block parameters named as in volmae's Primus (timm's fused-qkv Eva); loaded as they are.
+_SAME_IN_BLOCK = (
+    "norm1.",
+    "norm2.",
+    "gamma_1",
+    "gamma_2",
+    "attn.qkv.weight",
+    "attn.q_bias",
+    "attn.v_bias",
+    "attn.norm.",
+    "attn.proj.",
+    "mlp.fc1_g.",
+    "mlp.fc1_x.",
+    "mlp.norm.",
+    "mlp.fc2.",
+)
+_BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
+# What a foreign block may hold that volmae's cannot take, and why.
+_BLOCK_LEFT_OUT = {
+    "attn.q_norm.": "query / key norms (qk_norm): volmae's attention has none; they are left out",
+    "attn.k_norm.": "query / key norms (qk_norm): volmae's attention has none; they are left out",
+    "attn.gate.": "a gated attention output (attn.gate): volmae's attention has none; it is left out",
+    "mlp.fc1.": "a fused or GELU MLP (mlp.fc1): volmae's is a SwiGLU with separate fc1_g / fc1_x and an inner "
+    "norm; the MLPs are left out",
+}
+
+
+@dataclass
+class ForeignPrimus:
+    """A foreign state dict converted to volmae Primus names (``encoder.*``), with what the conversion did."""
+
+    layout: str  # DNA_PRIMUS or TIMM_EVA
+    state: dict[str, torch.Tensor]
+    notes: list[str] = field(default_factory=list)  # one line per conversion fact
+    left_out: list[str] = field(default_factory=list)  # source keys not converted (the report's unused keys)
+
+    @property
+    def width(self) -> int | None:
+        """The embedding width of the converted encoder (``None`` when it holds no width-carrying tensor)."""
+        for key in ("norm.weight", "pos_embed", "blocks.0.norm1.weight", "reg_token"):
+            if ENCODER + key in self.state:
+                return int(self.state[ENCODER + key].shape[-1])
+        return None
+
+    @property
+    def depth(self) -> int:
+        """The number of blocks the converted encoder holds."""
+        ids = [int(m.group(1)) for k in self.state if (m := _BLOCK.match(k.removeprefix(ENCODER)))]
+        return max(ids) + 1 if ids else 0
+
+
+def _facts() -> dict[str, None]:
+    return {}  # an ordered set: one line per fact, however many keys it covers
+
+
+def _convert_blocks(
+    blocks: Mapping[str, torch.Tensor], out: dict[str, torch.Tensor], facts: dict[str, None], left_out: list[str]
+) -> None:
+    """EVA blocks (keys ``blocks.N.*`` under their source names) into ``out`` under volmae's (``encoder.blocks.N.*``):
+    separate q / k / v projections concatenated into ``qkv`` (their biases to ``q_bias`` / ``v_bias``; a key bias
+    cannot load), a fused ``qkv.bias`` split the same way."""
+    by_block: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in blocks.items():
+        m = _BLOCK.match(key)
+        if m is None:
+            left_out.append(key)
+            continue
+        by_block.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    for i in sorted(by_block):
+        params = by_block[i]
+        dst = f"{ENCODER}blocks.{i}."
+        projections = [params.pop(f"attn.{n}_proj.weight", None) for n in "qkv"]
+        if all(p is not None for p in projections):
+            out[dst + "attn.qkv.weight"] = torch.cat(projections, dim=0)  # type: ignore[arg-type]
+        elif any(p is not None for p in projections):
+            left_out += [f"blocks.{i}.attn.{n}_proj.weight" for n, p in zip("qkv", projections) if p is not None]
+            facts["block attention with only some of q_proj / k_proj / v_proj: the attention is left out"] = None
+        for n in "qv":
+            if (bias := params.pop(f"attn.{n}_proj.bias", None)) is not None:
+                out[dst + f"attn.{n}_bias"] = bias
+        if (fused := params.pop("attn.qkv.bias", None)) is not None:
+            q, k, v = fused.chunk(3)
+            out[dst + "attn.q_bias"], out[dst + "attn.v_bias"] = q, v
+            if k.any():
+                facts["a key bias (in attn.qkv.bias) cannot load: volmae's keys have none (EVA); dropped"] = None
+        if params.pop("attn.k_proj.bias", None) is not None:
+            left_out.append(f"blocks.{i}.attn.k_proj.bias")
+            facts[
+                "attn.k_proj.bias cannot load: volmae's keys have no bias (EVA; under RoPE it would not cancel in "
+                "the softmax); left out, the attention scores differ from the source's"
+            ] = None
+        params.pop("attn.k_bias", None)  # timm's fused layout: a non-persistent zero buffer where saved at all
+        for rest, value in params.items():
+            if rest.startswith(_SAME_IN_BLOCK):
+                out[dst + rest] = value
+                continue
+            left_out.append(f"blocks.{i}.{rest}")
+            why = next((w for prefix, w in _BLOCK_LEFT_OUT.items() if rest.startswith(prefix)), None)
+            if why:
+                facts[why] = None
+
+
+def _note_block_design(out: Mapping[str, torch.Tensor], facts: dict[str, None], source: str) -> None:
+    """Facts about EVA options the source was built without (its blocks then compute something else than ours)."""
+    if f"{ENCODER}blocks.0.norm1.weight" not in out:
+        return
+    if f"{ENCODER}blocks.0.attn.norm.weight" not in out:
+        facts[
+            f"the {source} blocks have no attention inner norm (scale_attn_inner=False): attn.norm keeps its fresh "
+            "initialisation, so the blocks compute what the source's did only after fine-tuning"
+        ] = None
+    if f"{ENCODER}blocks.0.gamma_1" not in out:
+        facts[
+            f"the {source} blocks have no LayerScale (init_values=None): gamma_1 / gamma_2 keep their fresh "
+            "initialisation (0.1), scaling each residual branch down"
+        ] = None
+
+
+def _dna_primus(state: Mapping[str, torch.Tensor]) -> ForeignPrimus:
+    out: dict[str, torch.Tensor] = {}
+    facts = _facts()
+    left_out: list[str] = []
+    blocks = {k.removeprefix("eva."): v for k, v in state.items() if k.startswith("eva.blocks.")}
+    _convert_blocks(blocks, out, facts, left_out)
+    left_out[:] = ["eva." + k for k in left_out]
+    registers = state.get("register_tokens")
+    r = registers.shape[1] if registers is not None else 0
+    pos = state.get("eva.pos_embed")
+    if pos is not None:
+        out[ENCODER + "pos_embed"] = pos[:, r:]
+        if registers is not None:
+            out[ENCODER + "reg_token"] = registers + pos[:, :r]
+            facts[
+                f"the {r} register slots of eva.pos_embed are folded into reg_token (DNA adds its position "
+                "embedding to the registers too; volmae does not)"
+            ] = None
+    else:
+        if registers is not None:
+            out[ENCODER + "reg_token"] = registers
+        facts["no eva.pos_embed (use_abs_pos_embed=False): pos_embed keeps its fresh initialisation"] = None
+    proj = state.get("down_projection.proj.weight")  # DNA's PatchEmbed: a conv, kernel = stride = patch
+    for key, value in state.items():
+        if key.startswith("eva.blocks.") or key in ("eva.pos_embed", "register_tokens"):
+            continue
+        if key.startswith("eva.norm."):
+            out[ENCODER + key.removeprefix("eva.")] = value
+        elif key.startswith("eva.rope."):
+            continue  # a fixed table (timm keeps it out of state dicts); volmae rebuilds its own for the grid
+        elif key.startswith("down_projection.proj.") and proj is not None and proj.dim() == 5:
+            out[ENCODER + "patch_embed." + key.removeprefix("down_projection.")] = value
+        else:
+            left_out.append(key)
+            if key.startswith("down_projection."):
+                facts[
+                    "DNA's deeper tokenizer (PrimusV2 / V3: down_projection.* besides proj) has no volmae "
+                    "counterpart: left out, the tokenizer starts fresh"
+                ] = None
+            elif key.startswith("up_projection."):
+                facts[
+                    "DNA's patch decoder (up_projection: LayerNorm + GELU stages, its last transposed conv the "
+                    "classifier) is another design than volmae's: left out, the decoder starts fresh"
+                ] = None
+            elif key.startswith("decoder."):
+                facts[
+                    "nnssl EvaMAE's EVA decoder (decoder.*) is pretraining-only: left out. EvaMAE flattens its "
+                    "tokens as (h w d), DNA's Primus (and volmae) as (w h d): the first two grid axes of its "
+                    "position embedding and RoPE are swapped, as in nnU-Net's own transfer of these weights"
+                ] = None
+            elif key == "mask_token":
+                facts["mask_token is pretraining-only: left out"] = None
+    _note_block_design(out, facts, "DNA")
+    return ForeignPrimus(DNA_PRIMUS, out, list(facts), left_out)
+
+
+def _is_square(n: int) -> bool:
+    return n > 0 and math.isqrt(n) ** 2 == n
+
+
+def _timm_eva(state: Mapping[str, torch.Tensor]) -> ForeignPrimus:
+    out: dict[str, torch.Tensor] = {}
+    facts = _facts()
+    left_out: list[str] = []
+    _convert_blocks({k: v for k, v in state.items() if k.startswith("blocks.")}, out, facts, left_out)
+    cls, registers, pos = state.get("cls_token"), state.get("reg_token"), state.get("pos_embed")
+    r = registers.shape[1] if registers is not None else 0
+    prefix = (1 if cls is not None else 0) + r
+    if pos is not None:
+        n = pos.shape[1]
+        # timm's pos_embed holds slots for the class / register tokens unless built with no_embed_class
+        slots = 0 if prefix == 0 or (_is_square(n) and not _is_square(n - prefix)) else prefix
+        grid = n - slots
+        side = math.isqrt(grid)
+        shape = f"{side} x {side}" if side * side == grid else f"{grid} tokens"
+        facts[
+            f"pos_embed is timm's 2D grid ({shape}), not a 3D one: not loaded, pos_embed keeps its fresh "
+            "initialisation" + (" (its class-token slot is dropped)" if slots and cls is not None else "")
+        ] = None
+        left_out.append("pos_embed")
+        if registers is not None and slots:
+            registers = registers + pos[:, slots - r : slots]
+            facts[f"the {r} register slots of pos_embed are folded into reg_token"] = None
+    if registers is not None:
+        out[ENCODER + "reg_token"] = registers
+    if cls is not None:
+        left_out.append("cls_token")
+        facts["cls_token dropped: volmae's Primus has no class token"] = None
+    proj = state.get("patch_embed.proj.weight")
+    for key, value in state.items():
+        if key.startswith("blocks.") or key in ("pos_embed", "cls_token", "reg_token"):
+            continue
+        if key.startswith("norm."):
+            out[ENCODER + key] = value
+        elif key.startswith("patch_embed.proj.") and proj is not None and proj.dim() == 5:
+            out[ENCODER + key] = value
+        elif key.startswith("rope."):
+            continue  # a fixed table, rebuilt for the grid
+        else:
+            left_out.append(key)
+            if key.startswith("patch_embed."):
+                shape = tuple(proj.shape) if proj is not None else "?"
+                facts[
+                    f"timm's patch projection is 2D {shape} (O C kh kw) and cannot become volmae's 3D one "
+                    "(O C pd ph pw): not loaded, the tokenizer starts fresh"
+                ] = None
+            elif key.startswith("fc_norm.") and "norm.weight" not in state:
+                facts[
+                    "the final norm is timm's fc_norm (applied after pooling): not loaded, norm keeps its fresh "
+                    "initialisation"
+                ] = None
+            elif key.startswith(("head.", "fc_norm.", "attn_pool.", "lm_head.", "head_drop.")):
+                facts["the classification head / pooling (head, fc_norm, attn_pool, lm_head) is left out"] = None
+            elif key.startswith("norm_pre."):
+                facts["a pre-norm before the blocks (norm_pre) has no volmae counterpart: left out"] = None
+    if out:
+        facts[
+            "timm's RoPE is 2D (hd / 4 frequencies on each of 2 axes), volmae's 3D (hd / 6 on each of 3): q / k "
+            "weights load, but what they learned about 2D rotary positions does not carry over"
+        ] = None
+    _note_block_design(out, facts, "timm")
+    return ForeignPrimus(TIMM_EVA, out, list(facts), left_out)
+
+
+def _is_dna_primus(state: Mapping[str, torch.Tensor]) -> bool:
+    return any(k.startswith(("eva.blocks.", "eva.pos_embed", "down_projection.proj.")) for k in state)
+
+
+def _is_timm_eva(state: Mapping[str, torch.Tensor]) -> bool:
+    """timm EVA blocks (bare ``blocks.N``, SwiGLU or separate q / k / v) with something volmae's Primus never has:
+    q / k / v projections, a class token, a 2D patch projection, a classifier."""
+    eva_blocks = any(
+        (m := _BLOCK.match(k)) and m.group(2).startswith(("attn.q_proj.", "attn.q_bias", "mlp.fc1_g.", "gamma_1"))
+        for k in state
+    )
+    proj = state.get("patch_embed.proj.weight")
+    foreign = (
+        "cls_token" in state
+        or "head.weight" in state
+        or "fc_norm.weight" in state
+        or (proj is not None and proj.dim() == 4)
+        or any(k.endswith(".attn.q_proj.weight") for k in state)
+    )
+    return eva_blocks and foreign
+
+
+def convert_foreign_primus(state: Mapping) -> ForeignPrimus | None:
+    """A dynamic-network-architectures ``Primus`` (or nnssl ``EvaMAE``) or timm ``Eva`` state dict (optionally under
+    ``network_weights`` / ``state_dict`` / ``model``, with ``module.`` / ``_orig_mod.`` prefixes) under volmae
+    Primus names; ``None`` for any other layout (a volmae network's, MONAI's), which loads as it is."""
+    state = unwrapped_state(state)
+    if _is_dna_primus(state):
+        return _dna_primus(state)
+    if _is_timm_eva(state):
+        return _timm_eva(state)
+    return None
+
+
+def dna_primus_to_volmae(state: Mapping) -> dict[str, torch.Tensor]:
+    """dynamic-network-architectures' ``Primus`` (nnU-Net's Primus trainers, nnssl) -> volmae ``PrimusSegmenter``
+    encoder keys (``encoder.*``).
+
+    ``down_projection.proj`` -> ``patch_embed.proj``; ``eva.*`` -> the encoder, separate ``q_proj / k_proj /
+    v_proj`` concatenated into ``qkv`` (their biases to ``q_bias`` / ``v_bias``; a ``k_proj.bias`` cannot load);
+    ``eva.pos_embed``'s register slots (DNA adds it to the registers too) folded into ``reg_token`` (DNA's
+    ``register_tokens``). DNA's RoPE is timm's ``RotaryEmbeddingCat(2/3 hd, in_pixels=False)`` over the token grid
+    with interleaved pairs: volmae's :func:`~volmae.networks.primus.rope_table` exactly, so q / k rotate as they did
+    (rebuilt for the target grid, at integer positions as DNA builds it for a new input shape). Left out: the patch
+    decoder ``up_projection`` (another design), the pretraining-only ``mask_token`` and nnssl's EVA ``decoder``, a
+    PrimusV2 / V3 residual tokenizer. :func:`convert_foreign_primus` also says what it left out."""
+    return _dna_primus(unwrapped_state(state)).state
+
+
+def timm_eva_to_volmae(state: Mapping) -> dict[str, torch.Tensor]:
+    """timm ``Eva`` / EVA-02 ViT -> volmae ``PrimusSegmenter`` encoder keys (``encoder.*``): the blocks (separate
+    ``q_proj / k_proj / v_proj`` concatenated into ``qkv``, as :func:`dna_primus_to_volmae`), ``reg_token`` (plus its
+    ``pos_embed`` slots) and the final ``norm``. Not converted: the 2D patch projection and the 2D ``pos_embed``
+    grid (no exact 3D counterpart; both start fresh), ``cls_token`` and its ``pos_embed`` slot, the classifier
+    (``head``, ``fc_norm``, ``attn_pool``). Not detectable from the weights, so not handled: post-norm blocks
+    (``EvaBlockPostNorm``) and half-split RoPE (``rotate_half=True``); timm's own LayerNorm eps is 1e-6 (volmae's and
+    DNA's 1e-5)."""
+    return _timm_eva(unwrapped_state(state)).state
