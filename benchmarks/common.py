@@ -73,6 +73,18 @@ def interleaved(
     return times, values
 
 
+def timed(fn: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
 def median_ratio(a: list[float], b: list[float]) -> float:
     """Median over rounds of ``a / b`` (times of the same rounds of :func:`interleaved`)."""
     return statistics.median(x / y for x, y in zip(a, b, strict=True))

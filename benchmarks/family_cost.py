@@ -1,25 +1,31 @@
-"""Cost of nnFormer vs UNETR at one ROI, measured side by side in one run: parameters, FLOPs per forward, training
-step time and sliding-window inference time per real volume, with the ratio nnFormer / UNETR.
+"""Cost of each network family at its ROI, measured side by side in one run: parameters, FLOPs per forward, training
+step time, peak memory of training, and sliding-window inference time per real volume, each with its ratio to the
+first network (the reference; by default UNETR-Ti).
 
-Defaults: the hippocampus head-to-head (``vit-tiny`` UNETR at ROI 40 x 56 x 40 vs ``nnformer-tiny`` at 48 x 64 x 48,
-the nearest ROI its windows fit; 3 classes; a training step = forward + backward + AdamW on ``--batch`` crops;
-inference = ``Predictor.segment`` with 50 % overlap on the first ``--cases`` real hippocampus volumes, each network
-with its own ROI, preprocessed beforehand). Times are medians over ``--repeats``
-after ``--warmup`` untimed runs, the two networks interleaved so that machine load hits both alike. Run by hand:
+Defaults: the hippocampus networks (``vit-tiny`` UNETR, ``nnformer-tiny`` at 48 x 64 x 48, the nearest ROI its
+windows fit, ``resenc-tiny``, ``primus-tiny``, the ``dynunet`` peer; the others at 40 x 56 x 40; 3 classes). A
+training step = forward + backward + AdamW on ``--batch`` crops (``--cpu-bf16``: under CPU bf16 autocast, as the study
+trains on CPUs with bf16 units); inference = ``Predictor.segment`` with 50 % overlap on the first ``--cases`` real
+hippocampus volumes, preprocessed beforehand. Times are medians over ``--repeats`` after ``--warmup`` untimed runs,
+the networks interleaved so that machine load hits all alike. Peak memory: each network trains ``--warmup`` steps in a
+child process of its own (resident memory, ``ru_maxrss``). Run by hand:
 
-    python benchmarks/nnformer_vs_unetr.py [--unetr vit-tiny] [--nnformer nnformer-tiny] [--roi 40 56 40]
-        [--nnformer-roi 48 64 48] [--threads 1] [--out-json FILE]
+    python benchmarks/family_cost.py [--networks vit-tiny nnformer-tiny@48x64x48 ...] [--threads 2] [--cpu-bf16]
+        [--out-json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import statistics
-import time
+import subprocess
+import sys
 
 import torch
-from common import cpu_features, cpu_model
+from common import REPO, cpu_features, cpu_model, peak_bytes, timed
 from torch.utils.flop_counter import FlopCounterMode
 
 from volmae.data import dataset_path, get_preprocessing, load_msd_datalist
@@ -27,6 +33,24 @@ from volmae.data.transforms import infer_transforms
 from volmae.inference.predictor import Predictor
 from volmae.networks import build_segmenter
 from volmae.utils.optim import param_groups
+
+DEFAULT = ["vit-tiny", "nnformer-tiny@48x64x48", "resenc-tiny", "primus-tiny", "dynunet"]
+
+
+def parse_network(spec: str, roi: list[int]) -> tuple[str, tuple[int, int, int]]:
+    """``preset`` or ``preset@DxHxW`` -> (preset, ROI)."""
+    preset, _, size = spec.partition("@")
+    if not size:
+        return preset, tuple(roi)
+    dims = tuple(int(s) for s in size.split("x"))
+    if len(dims) != 3:
+        raise SystemExit(f"{spec}: expected preset@DxHxW, e.g. nnformer-tiny@48x64x48")
+    return preset, dims
+
+
+def build(preset: str, roi: tuple[int, int, int], classes: int) -> torch.nn.Module:
+    kw = {"deep_supervision": False} if preset.startswith("nnformer") else {}
+    return build_segmenter(preset, 1, classes, roi, **kw).model
 
 
 def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -36,57 +60,74 @@ def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def timed(fn, repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+def trainer(model: torch.nn.Module, roi, args):
+    """A closure running one training step of ``model`` on a fixed random batch."""
+    xb, yb = torch.randn(args.batch, 1, *roi), torch.randint(0, args.classes, (args.batch, *roi))
+    opt = torch.optim.AdamW(param_groups(model, 1e-4), lr=1e-4)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.cpu_bf16 else contextlib.nullcontext
+
+    def step():
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        with autocast():
+            out = model(xb)
+        torch.nn.functional.cross_entropy(out.float(), yb).backward()
+        opt.step()
+
+    return step
+
+
+def child_memory(args) -> dict:
+    """In a child process: train one network ``--warmup`` steps, report its peak resident memory."""
+    torch.set_num_threads(args.threads)
+    preset, roi = parse_network(args.child_network, args.roi)
+    torch.manual_seed(0)
+    step = trainer(build(preset, roi, args.classes), roi, args)
+    for _ in range(max(1, args.warmup)):
+        step()
+    return {"peak_mb": peak_bytes(torch.device("cpu")) / 2**20}
+
+
+def child_peak_mb(name: str, roi) -> float:
+    """Run this script for network ``name`` alone in a child process (:func:`child_memory`); its peak MB."""
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--child-network", f"{name}@{'x'.join(map(str, roi))}"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if res.returncode:
+        raise SystemExit(f"{name} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--unetr", default="vit-tiny")
-    ap.add_argument("--nnformer", default="nnformer-tiny")
-    ap.add_argument("--roi", type=int, nargs=3, default=[40, 56, 40], help="UNETR's ROI")
-    ap.add_argument("--nnformer-roi", type=int, nargs=3, default=[48, 64, 48])
+    ap.add_argument("--networks", nargs="+", default=DEFAULT, help="preset or preset@DxHxW; the first is the reference")
+    ap.add_argument("--roi", type=int, nargs=3, default=[40, 56, 40], help="the ROI of networks given without one")
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--cases", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--cpu-bf16", action="store_true", help="train under CPU bf16 autocast")
+    ap.add_argument("--no-memory", action="store_true", help="skip the child processes that measure peak memory")
     ap.add_argument("--out-json", default=None)
+    ap.add_argument("--child-network", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child_network:
+        print(json.dumps(child_memory(args)))
+        return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    rois = {"UNETR": tuple(args.roi), "nnFormer": tuple(args.nnformer_roi)}
-    nets = {
-        "UNETR": build_segmenter(args.unetr, 1, args.classes, rois["UNETR"]).model,
-        "nnFormer": build_segmenter(args.nnformer, 1, args.classes, rois["nnFormer"], deep_supervision=False).model,
-    }
-    batches = {
-        k: (torch.randn(args.batch, 1, *r), torch.randint(0, args.classes, (args.batch, *r))) for k, r in rois.items()
-    }
-    opts = {k: torch.optim.AdamW(param_groups(m, 1e-4), lr=1e-4) for k, m in nets.items()}
-
-    def train_step(name):
-        model, opt = nets[name], opts[name]
-        model.train()
-        opt.zero_grad(set_to_none=True)
-        xb, yb = batches[name]
-        torch.nn.functional.cross_entropy(model(xb), yb).backward()
-        opt.step()
+    specs = [parse_network(s, args.roi) for s in args.networks]
+    nets = {p: build(p, roi, args.classes) for p, roi in specs}
+    rois = dict(specs)
+    steps = {p: trainer(nets[p], rois[p], args) for p in nets}
 
     hippo = dataset_path("msd_hippocampus")
-    volumes: dict[str, list] = {k: [] for k in nets}
+    volumes: dict[str, list] = {p: [] for p in nets}
     predictors = {}
     for name, model in nets.items():
         prep = get_preprocessing("hippocampus", roi_size=rois[name])
-        predictors[name] = Predictor(model, prep, torch.device("cpu"), amp=False)
+        predictors[name] = Predictor(model, prep, torch.device("cpu"), amp=False, cpu_bf16=args.cpu_bf16)
         if hippo is not None:
             tf = infer_transforms(prep)
             items = load_msd_datalist(hippo).items[: args.cases]
@@ -99,45 +140,55 @@ def main() -> int:
     step_times: dict[str, list[float]] = {k: [] for k in nets}
     infer_times: dict[str, list[float]] = {k: [] for k in nets}
     for name in nets:  # warm-up
-        timed(lambda n=name: train_step(n), 0, args.warmup)
+        timed(steps[name], 0, args.warmup)
     for _ in range(args.repeats):  # interleaved
         for name in nets:
-            step_times[name] += timed(lambda n=name: train_step(n), 1, 0)
+            step_times[name] += timed(steps[name], 1, 0)
             if volumes[name]:
                 infer_times[name] += [t / len(volumes[name]) for t in timed(lambda n=name: infer_all(n), 1, 0)]
 
     rows = {}
     for name, model in nets.items():
+        memory = None
+        if not args.no_memory:
+            memory = child_peak_mb(name, rois[name])
         rows[name] = {
-            "preset": args.unetr if name == "UNETR" else args.nnformer,
             "roi": list(rois[name]),
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "gflops_forward": flops(model, torch.randn(1, 1, *rois[name])) / 1e9,
             "train_step_s": statistics.median(step_times[name]),
+            "train_peak_mb": memory,
             "infer_s_per_volume": statistics.median(infer_times[name]) if infer_times[name] else None,
         }
-    numeric = ("params_M", "gflops_forward", "train_step_s", "infer_s_per_volume")
-    ratio = {k: rows["nnFormer"][k] / rows["UNETR"][k] for k in numeric if rows["UNETR"][k]}
+    ref = next(iter(rows))
+    numeric = ("params_M", "gflops_forward", "train_step_s", "train_peak_mb", "infer_s_per_volume")
+    ratios = {
+        name: {k: r[k] / rows[ref][k] for k in numeric if r[k] is not None and rows[ref][k]} for name, r in rows.items()
+    }
     result = {
         "batch": args.batch,
         "threads": args.threads,
-        "inference_volumes": len(volumes["UNETR"]),
+        "cpu_bf16": args.cpu_bf16,
+        "inference_volumes": len(volumes[ref]),
         "machine": f"{cpu_model()}, torch {torch.__version__}",
         "cpu_features": cpu_features(),
         "networks": rows,
-        "ratio_nnformer_over_unetr": ratio,
+        f"ratio_over_{ref}": ratios,
     }
-    n = len(volumes["UNETR"])
-    print(f"batch {args.batch}, {args.threads} thread(s), {n} real volumes for inference")
-    print(f"{'':10s} {'ROI':>12s} {'params (M)':>11s} {'GFLOPs/fwd':>11s} {'train step (s)':>15s} {'infer s/vol':>12s}")
+    n = len(volumes[ref])
+    print(f"batch {args.batch}, {args.threads} thread(s), bf16 {args.cpu_bf16}, {n} real volumes for inference")
+    print(
+        f"{'':14s} {'ROI':>10s} {'params M':>9s} {'GFLOPs/fwd':>10s} {'step s':>7s} {'x ref':>6s} {'peak MB':>8s} "
+        f"{'infer s/vol':>11s}"
+    )
     for name, r in rows.items():
         inf = f"{r['infer_s_per_volume']:.3f}" if r["infer_s_per_volume"] is not None else "n/a"
+        mem = f"{r['train_peak_mb']:.0f}" if r["train_peak_mb"] is not None else "n/a"
         roi = "x".join(map(str, r["roi"]))
         print(
-            f"{name:10s} {roi:>12s} {r['params_M']:11.2f} {r['gflops_forward']:11.2f} {r['train_step_s']:15.3f} "
-            f"{inf:>12s}"
+            f"{name:14s} {roi:>10s} {r['params_M']:9.2f} {r['gflops_forward']:10.2f} {r['train_step_s']:7.3f} "
+            f"{ratios[name]['train_step_s']:6.2f} {mem:>8s} {inf:>11s}"
         )
-    print("nnFormer / UNETR: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()))
     if args.out_json:
         with open(args.out_json, "w") as f:
             json.dump(result, f, indent=2)

@@ -44,10 +44,12 @@ def test_metadata_and_network_shapes(name, no_data):
                       "inference.json"), device="cpu")  # fmt: skip
 
 
-@pytest.mark.parametrize("overlay", [None, "resenc.json"])
-def test_the_unetr_and_the_resenc_unet_export_to_torchscript_as_the_zoo_does(no_data, tmp_path, overlay):
-    """``ckpt_export`` (torch.jit.script) of the hippocampus bundle (UNETR, or with resenc.json the ResEnc U-Net)
-    with stand-in weights in models/model.pt: the scripted network computes what the eager one does."""
+@pytest.mark.parametrize(
+    "overlay, network", [(None, "UNETR"), ("resenc.json", "ResEncUNet"), ("primus.json", "PrimusSegmenter")]
+)
+def test_the_networks_export_to_torchscript_as_the_zoo_does(no_data, tmp_path, overlay, network):
+    """``ckpt_export`` (torch.jit.script) of the hippocampus bundle (UNETR, or with an overlay the ResEnc U-Net or
+    the Primus) with stand-in weights in models/model.pt: the scripted network computes what the eager one does."""
     root = copy_bundle("hippocampus", tmp_path)
     configs = [str(root / "configs" / "inference.json")] + ([str(root / "configs" / overlay)] if overlay else [])
     torch.manual_seed(0)
@@ -57,7 +59,7 @@ def test_the_unetr_and_the_resenc_unet_export_to_torchscript_as_the_zoo_does(no_
     parser.read_config(configs)
     parser["bundle_root"] = str(root)
     net = build_network(parser.get_parsed_content("network_config")).eval()
-    assert net.__class__.__name__ == ("ResEncUNet" if overlay else "UNETR")
+    assert net.__class__.__name__ == network
     (root / "models").mkdir()
     torch.save(net.state_dict(), root / "models" / "model.pt")
     ckpt_export(

@@ -281,14 +281,16 @@ def test_a_volmae_train_model_goes_into_a_bundle(trained, tmp_path, capsys):
          "encoder.stages.0.blocks.0.attn.qkv.weight", "encoder weights"),
         ("resenc.json", [16, 16, 16], "s3d", "resenc", "pretrained encoder and decoder",
          "ups.0.transp_conv.conv.weight", "decoder weights (whole-network transfer)"),
+        ("primus.json", [16, 16, 16], "primus-mae", "primus", "pretrained encoder and decoder",
+         "decoder.0.0.weight", "decoder weights (whole-network transfer)"),
     ],
 )  # fmt: skip
 def test_overlays_pretrain_train_evaluate_and_infer(tmp_path, overlay, roi, pretraining, network, initialised, weight,
                                                    report):  # fmt: skip
-    """configs/nnformer.json (nnFormer: masked-volume pretraining) and configs/resenc.json (the ResEnc U-Net: S3D
-    pretraining, fine-tuning that takes encoder and decoder) switch the hippocampus bundle: pretraining, fine-tuning
-    from it, evaluation and inference all follow, and volmae-infer with the run's model file gives the same label
-    map."""
+    """configs/nnformer.json (nnFormer: masked-volume pretraining), configs/resenc.json (the ResEnc U-Net: S3D
+    pretraining) and configs/primus.json (Primus: MAE of the whole network; both with fine-tuning that takes encoder
+    and decoder) switch the hippocampus bundle: pretraining, fine-tuning from it, evaluation and inference all
+    follow, and volmae-infer with the run's model file gives the same label map."""
     task = make_msd_folder(tmp_path / "task", shape=(20, 28, 20))
     root = copy_bundle("hippocampus", tmp_path / "bundles")
     overlay = str(root / "configs" / overlay)

@@ -36,4 +36,4 @@ for init in scratch mvm; do
 done
 
 # cost, side by side in one run (parameters, FLOPs, training step, inference per real volume)
-python benchmarks/nnformer_vs_unetr.py --threads 1 --out-json "$OUT/cost.json"
+python benchmarks/family_cost.py --networks vit-tiny nnformer-tiny@48x64x48 --threads 1 --no-memory --out-json "$OUT/cost.json"

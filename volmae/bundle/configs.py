@@ -23,6 +23,7 @@ __all__ = [
     "pretrain_config",
     "nnformer_config",
     "resenc_config",
+    "primus_config",
 ]
 
 IMPORTS = [
@@ -286,15 +287,24 @@ def pretrain_config(s: BundleSpec) -> dict:
     }
 
 
+def _network_overlay(choice: tuple[str, tuple[int, int, int]]) -> dict:
+    preset, roi = choice
+    return {"preset": preset, "roi_size": list(roi)}
+
+
 def nnformer_config(s: BundleSpec) -> dict:
     """Overlay for any of the workflows above: the nnFormer encoder and decoder (masked-volume pretraining) at an ROI
     its windows fit, instead of UNETR."""
-    preset, roi = s.nnformer
-    return {"preset": preset, "roi_size": list(roi)}
+    return _network_overlay(s.nnformer)
 
 
 def resenc_config(s: BundleSpec) -> dict:
     """Overlay for any of the workflows above: the residual-encoder CNN U-Net (S3D sparse-masked pretraining of the
     whole U-Net; fine-tuning from it loads encoder and decoder, with a fresh head) instead of UNETR."""
-    preset, roi = s.resenc
-    return {"preset": preset, "roi_size": list(roi)}
+    return _network_overlay(s.resenc)
+
+
+def primus_config(s: BundleSpec) -> dict:
+    """Overlay for any of the workflows above: the Primus-style ViT (8^3 tokens, RoPE, EVA-02 blocks, patch decoder;
+    MAE pretraining of the whole network, fine-tuning from it loads encoder and decoder) instead of UNETR."""
+    return _network_overlay(s.primus)

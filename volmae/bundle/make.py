@@ -2,7 +2,8 @@
 
 Layout written (MONAI bundle specification; MONAI Label's ``monaibundle`` app reads ``configs/``)::
 
-    <bundle>/configs/{metadata,train,evaluate,inference,multi_gpu_train,pretrain,nnformer,resenc}.json, logging.conf
+    <bundle>/configs/{metadata,train,evaluate,inference,multi_gpu_train,pretrain}.json, logging.conf
+    <bundle>/configs/{nnformer,resenc,primus}.json   (overlays: another network family)
     <bundle>/{train,inference,evaluate,pretrain}.json, metadata.json, logging.conf   (links into configs/)
     <bundle>/docs/README.md, docs/data_license.txt, LICENSE, large_files.yml
 
@@ -24,6 +25,7 @@ from volmae.bundle.configs import (
     multi_gpu_config,
     nnformer_config,
     pretrain_config,
+    primus_config,
     resenc_config,
     train_config,
 )
@@ -44,6 +46,8 @@ _PACKAGES = {
     "tensorboard": "2.21.0",
 }
 _CHANGELOG = {
+    "0.5.0": "primus.json overlay: a Primus-style ViT (8^3 tokens, 3D RoPE, EVA-02 blocks, patch decoder) with MAE "
+    "pretraining of the whole network",
     "0.4.0": "resenc.json overlay: a residual-encoder CNN U-Net with S3D sparse-masked pretraining, transferred whole "
     "into fine-tuning; the CNNs' network_config follows the preprocessing spacing",
     "0.3.0": "training, evaluation and inference run volmae's own engine, evaluation and predictor; validation and "
@@ -121,6 +125,7 @@ def bundle_configs(s: BundleSpec) -> dict[str, dict]:
         "pretrain.json": pretrain_config(s),
         "nnformer.json": nnformer_config(s),
         "resenc.json": resenc_config(s),
+        "primus.json": primus_config(s),
     }
 
 

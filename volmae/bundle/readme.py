@@ -31,6 +31,7 @@ def render_readme(s: BundleSpec) -> str:
     name_them = ", set by naming them, e.g. `--channel_names \"['FLAIR','T1c']\"`" if len(s.channels) > 1 else ""
     nn_preset, nn_roi = s.nnformer
     res_preset, res_roi = s.resenc
+    pri_preset, pri_roi = s.primus
     overlay = f"\"['{b}/configs/train.json','{b}/configs/nnformer.json']\""
     return f"""# volmae {s.name} bundle
 
@@ -137,6 +138,22 @@ python -m monai.bundle run training --config_file "['{b}/configs/train.json','{b
 
 Evaluation and inference take the overlay the same way as for nnFormer. The U-Net exports to TorchScript.
 
+### A Primus-style ViT instead of UNETR
+
+`configs/primus.json` switches every run to a Primus-style ViT (`{pri_preset}` at {" x ".join(map(str, pri_roi))}: 8^3
+tokens with 3D rotary position embedding, EVA-02 blocks, a light transposed-conv patch decoder). Pretraining is
+then MAE of the whole network (75 % of the tokens hidden from the encoder, the patch decoder reconstructs them), and
+fine-tuning from it loads encoder and decoder, with a fresh head:
+
+```bash
+python -m monai.bundle run pretraining \\
+    --config_file "['{b}/configs/pretrain.json','{b}/configs/primus.json']" --dataset_dir /data/{s.dataset}
+python -m monai.bundle run training --config_file "['{b}/configs/train.json','{b}/configs/primus.json']" \\
+    --dataset_dir /data/{s.dataset} --pretrained {b}/models/pretrained/model.pt
+```
+
+The ROI must be a multiple of 8 on every axis. The network exports to TorchScript.
+
 Multi-GPU (one process per GPU; on a CPU-only machine the same command runs gloo processes):
 
 ```bash
@@ -195,9 +212,9 @@ that reach `os`, `subprocess`, `open` or the network, and `_requires_` entries. 
 ## Files
 
 `configs/` holds the MONAI configs (`metadata.json`, `train.json`, `evaluate.json`, `inference.json`,
-`multi_gpu_train.json`, `pretrain.json`, the overlays `nnformer.json` and `resenc.json`, `logging.conf`); the
-top-level files of the same names link to them. `models/` (not in git) receives `model.pt` and `pretrained/`;
-`runs/` the runs' own files. These files are generated from `volmae/bundle/specs.py` by
+`multi_gpu_train.json`, `pretrain.json`, the overlays `nnformer.json`, `resenc.json` and `primus.json`,
+`logging.conf`); the top-level files of the same names link to them. `models/` (not in git) receives `model.pt`
+and `pretrained/`; `runs/` the runs' own files. These files are generated from `volmae/bundle/specs.py` by
 `python tools/make_bundles.py`: edit the spec, not the JSON, when changing the shipped bundle.
 
 ## References

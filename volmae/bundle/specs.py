@@ -25,6 +25,7 @@ class BundleSpec:
     preset: str
     nnformer: tuple[str, tuple[int, int, int]]  # the nnFormer option: preset and an ROI its windows fit
     resenc: tuple[str, tuple[int, int, int]]  # the residual-encoder CNN option (S3D pretraining): preset and ROI
+    primus: tuple[str, tuple[int, int, int]]  # the Primus-style ViT option (whole-network MAE): preset and ROI
     modality: str
     channels: tuple[str, ...]
     labels: dict[int, str]
@@ -90,6 +91,7 @@ BUNDLES: dict[str, BundleSpec] = {
         preset="vit-tiny",
         nnformer=("nnformer-tiny", (48, 64, 48)),
         resenc=("resenc-tiny", (40, 56, 40)),
+        primus=("primus-tiny", (40, 56, 40)),
         modality="MR",
         channels=("T1",),
         labels={0: "background", 1: "anterior", 2: "posterior"},
@@ -139,6 +141,7 @@ BUNDLES: dict[str, BundleSpec] = {
         preset="vit-base",
         nnformer=("nnformer-synapse", (64, 128, 128)),
         resenc=("resenc-l", (96, 96, 96)),
+        primus=("primus-s", (96, 96, 96)),
         modality="CT",
         channels=("CT",),
         labels=dict(BTCV_LABELS),
@@ -177,6 +180,7 @@ BUNDLES: dict[str, BundleSpec] = {
         preset="vit-base",
         nnformer=("nnformer-tumor", (128, 128, 128)),
         resenc=("resenc-l", (128, 128, 128)),
+        primus=("primus-s", (128, 128, 128)),
         modality="MR",
         channels=("FLAIR", "T1", "T1c", "T2"),
         labels=dict(BRATS_LABELS),
