@@ -91,9 +91,16 @@ def median_ratio(a: list[float], b: list[float]) -> float:
 
 
 def peak_bytes(device: torch.device) -> int:
-    """Peak memory of this process: allocated GPU memory on CUDA, resident memory (``ru_maxrss``) on the CPU."""
+    """Peak memory of this process: allocated GPU memory on CUDA, peak resident memory on the CPU (Linux's ``VmHWM``,
+    counted from this process's exec: ``ru_maxrss`` carries the parent's peak across fork + exec, so a child started
+    by a large parent would report the parent's)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device)
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

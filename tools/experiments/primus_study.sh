@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Primus-style ViT (primus-tiny) from scratch vs MAE-pretrained as a whole network, MSD hippocampus fold 0, 5 % labels,
+# 3 seeds, in the S3D study's design (docs/results.md#the-primus-style-vit-first-measurement): 400 fine-tuning steps,
+# bf16 autocast on the CPU; pretraining on the fold's training images plus the other 1-channel MRI of the data folder
+# (MNI152 T1, the TotalSegmentator MR example), 10 epochs.
+# Usage: tools/experiments/primus_study.sh [OUT_DIR] [DATA_DIR]
+set -euo pipefail
+DATA=$(realpath "${2:-../shared/data}")
+D=$DATA/msd_hippocampus
+OUT=${1:-runs/primus_study}; mkdir -p "$OUT" && cd "$OUT"
+printf '%s\n' "$DATA/mni152_nilearn/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz" \
+  "$DATA/totalseg_examples/example_mr_sm.nii.gz" > other_mri.txt
+date
+volmae-study --dataset-dir "$D" --out-dir study --encoders primus-tiny --steps 400 --cpu-bf16 --pretrain-epochs 10 \
+  --pretrain-sources other_mri.txt --device cpu --peer none --fractions 0.05 --seeds 0 1 2 > study1.log 2>&1
+date
