@@ -14,3 +14,8 @@ date
 volmae-study --dataset-dir "$D" --out-dir study --encoders primus-tiny --steps 400 --cpu-bf16 --pretrain-epochs 10 \
   --pretrain-sources other_mri.txt --device cpu --peer none --fractions 0.05 --seeds 0 1 2 > study1.log 2>&1
 date
+# the same at 700 steps (UNETR-Ti's 400-step compute by the measured step-cost ratio), the pretraining reused
+volmae-study --dataset-dir "$D" --out-dir study700 --encoders primus-tiny --steps 700 --cpu-bf16 --pretrain-epochs 10 \
+  --pretrain-sources other_mri.txt --device cpu --peer none --fractions 0.05 --seeds 0 1 2 \
+  --reuse-pretraining primus-tiny=study/pretrain/primus-tiny/model.pt > study700.log 2>&1
+date
