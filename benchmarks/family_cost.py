@@ -8,7 +8,7 @@ training step = forward + backward + AdamW on ``--batch`` crops (``--cpu-bf16``:
 trains on CPUs with bf16 units); inference = ``Predictor.segment`` with 50 % overlap on the first ``--cases`` real
 hippocampus volumes, preprocessed beforehand. Times are medians over ``--repeats`` after ``--warmup`` untimed runs,
 the networks interleaved so that machine load hits all alike. Peak memory: each network trains ``--warmup`` steps in a
-child process of its own (resident memory, ``ru_maxrss``). Run by hand:
+child process of its own (peak resident memory, :func:`common.peak_bytes`). Run by hand:
 
     python benchmarks/family_cost.py [--networks vit-tiny nnformer-tiny@48x64x48 ...] [--threads 2] [--cpu-bf16]
         [--out-json FILE]
@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 
 import torch
-from common import REPO, cpu_features, cpu_model, peak_bytes, timed
+from common import cpu_features, cpu_model, peak_bytes, run_child, timed
 from torch.utils.flop_counter import FlopCounterMode
 
 from volmae.data import dataset_path, get_preprocessing, load_msd_datalist
@@ -80,21 +78,12 @@ def trainer(model: torch.nn.Module, roi, args):
 def child_memory(args) -> dict:
     """In a child process: train one network ``--warmup`` steps, report its peak resident memory."""
     torch.set_num_threads(args.threads)
-    preset, roi = parse_network(args.child_network, args.roi)
+    preset, roi = parse_network(args.child, args.roi)
     torch.manual_seed(0)
     step = trainer(build(preset, roi, args.classes), roi, args)
     for _ in range(max(1, args.warmup)):
         step()
     return {"peak_mb": peak_bytes(torch.device("cpu")) / 2**20}
-
-
-def child_peak_mb(name: str, roi) -> float:
-    """Run this script for network ``name`` alone in a child process (:func:`child_memory`); its peak MB."""
-    cmd = [sys.executable, __file__, *sys.argv[1:], "--child-network", f"{name}@{'x'.join(map(str, roi))}"]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if res.returncode:
-        raise SystemExit(f"{name} failed:\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
 def main() -> int:
@@ -110,9 +99,9 @@ def main() -> int:
     ap.add_argument("--cpu-bf16", action="store_true", help="train under CPU bf16 autocast")
     ap.add_argument("--no-memory", action="store_true", help="skip the child processes that measure peak memory")
     ap.add_argument("--out-json", default=None)
-    ap.add_argument("--child-network", help=argparse.SUPPRESS)
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # preset@DxHxW: measure its memory (run_child)
     args = ap.parse_args()
-    if args.child_network:
+    if args.child:
         print(json.dumps(child_memory(args)))
         return 0
     torch.set_num_threads(args.threads)
@@ -151,7 +140,8 @@ def main() -> int:
     for name, model in nets.items():
         memory = None
         if not args.no_memory:
-            memory = child_peak_mb(name, rois[name])
+            spec = f"{name}@{'x'.join(map(str, rois[name]))}"
+            memory = run_child(__file__, spec, sys.argv[1:])["peak_mb"]  # in a process of its own
         rows[name] = {
             "roi": list(rois[name]),
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,

@@ -16,6 +16,16 @@ def _measured(s: BundleSpec) -> str:
     )
 
 
+def _pretrain_then_train(b: str, dataset: str, overlay: str) -> str:
+    """The two commands (pretraining, then fine-tuning from it) of an overlay's README section."""
+    return f"""```bash
+python -m monai.bundle run pretraining \\
+    --config_file "['{b}/configs/pretrain.json','{b}/configs/{overlay}']" --dataset_dir /data/{dataset}
+python -m monai.bundle run training --config_file "['{b}/configs/train.json','{b}/configs/{overlay}']" \\
+    --dataset_dir /data/{dataset} --pretrained {b}/models/pretrained/model.pt
+```"""
+
+
 def render_readme(s: BundleSpec) -> str:
     b = f"bundles/{s.name}"
     labels = "\n".join(f"| {k} | {v} |" for k, v in s.labels.items())
@@ -129,12 +139,7 @@ reconstruction of the whole U-Net (75 % of the blocks of the encoder's total str
 visible-only normalisation), and fine-tuning from it loads encoder and decoder, with a fresh head (the load
 report in `runs/train/pretrained_load_report.txt` lists what loaded):
 
-```bash
-python -m monai.bundle run pretraining \\
-    --config_file "['{b}/configs/pretrain.json','{b}/configs/resenc.json']" --dataset_dir /data/{s.dataset}
-python -m monai.bundle run training --config_file "['{b}/configs/train.json','{b}/configs/resenc.json']" \\
-    --dataset_dir /data/{s.dataset} --pretrained {b}/models/pretrained/model.pt
-```
+{_pretrain_then_train(b, s.dataset, "resenc.json")}
 
 Evaluation and inference take the overlay the same way as for nnFormer. The U-Net exports to TorchScript.
 
@@ -145,12 +150,7 @@ tokens with 3D rotary position embedding, EVA-02 blocks, a light transposed-conv
 then MAE of the whole network (75 % of the tokens hidden from the encoder, the patch decoder reconstructs them), and
 fine-tuning from it loads encoder and decoder, with a fresh head:
 
-```bash
-python -m monai.bundle run pretraining \\
-    --config_file "['{b}/configs/pretrain.json','{b}/configs/primus.json']" --dataset_dir /data/{s.dataset}
-python -m monai.bundle run training --config_file "['{b}/configs/train.json','{b}/configs/primus.json']" \\
-    --dataset_dir /data/{s.dataset} --pretrained {b}/models/pretrained/model.pt
-```
+{_pretrain_then_train(b, s.dataset, "primus.json")}
 
 The ROI must be a multiple of 8 on every axis. The network exports to TorchScript.
 

@@ -15,10 +15,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from monai.utils import ensure_tuple_rep
 
-__all__ = ["as_tuple", "grid_size", "patchify", "unpatchify", "check_patch_grid", "gather_tokens", "check_input"]
+__all__ = [
+    "as_tuple",
+    "grid_size",
+    "patchify",
+    "unpatchify",
+    "check_patch_grid",
+    "gather_tokens",
+    "check_input",
+    "block_indices",
+    "project_patches",
+]
 
 
 def check_input(x: torch.Tensor, in_channels: int, img_size: tuple[int, int, int], encoder: str) -> None:
@@ -88,3 +99,25 @@ def unpatchify(tokens: torch.Tensor, patch_size: Sequence[int], grid: Sequence[i
 def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """``B L E`` tokens, indices ``B K`` -> ``B K E``: each sample's tokens ``ids`` in that order."""
     return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
+def block_indices(indices: list[int], num_layers: int) -> list[int]:
+    """Requested block indices (negative ones count from the end) as 0-based ones; a ``ValueError`` naming one out of
+    range. The intermediate-output check of every plain-ViT encoder, written for TorchScript as well."""
+    wanted: list[int] = []
+    for i in indices:
+        if not -num_layers <= i < num_layers:
+            raise ValueError(f"intermediate index {i} is out of range for {num_layers} blocks")
+        wanted.append(i % num_layers)
+    return wanted
+
+
+def project_patches(
+    x: torch.Tensor, ids: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, patch_size: Sequence[int]
+) -> torch.Tensor:
+    """``B C D H W``, token indices ``ids`` ``B K`` -> ``B K E``: a patch convolution (kernel = stride =
+    ``patch_size``, ``weight`` ``E C pD pH pW``) applied to those patches only, as the linear map of each flattened
+    ``(C pD pH pW)`` patch it is; MAE keeps a quarter of the tokens, so this saves three quarters of the projection."""
+    p1, p2, p3 = patch_size
+    patches = rearrange(x, "b c (d p1) (h p2) (w p3) -> b (d h w) (c p1 p2 p3)", p1=p1, p2=p2, p3=p3)
+    return F.linear(gather_tokens(patches, ids), weight.flatten(1), bias)

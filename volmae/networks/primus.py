@@ -50,7 +50,15 @@ import torch.nn.functional as F
 from monai.networks.layers import DropPath
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
-from volmae.networks.patching import as_tuple, check_input, check_patch_grid, gather_tokens, grid_size
+from volmae.networks.patching import (
+    as_tuple,
+    block_indices,
+    check_input,
+    check_patch_grid,
+    gather_tokens,
+    grid_size,
+    project_patches,
+)
 from volmae.networks.resenc import ACT, NORM
 
 __all__ = ["PrimusEncoder", "PrimusSegmenter", "rope_table", "apply_rope", "TOKENIZERS"]
@@ -381,13 +389,10 @@ class PrimusEncoder(nn.Module):
         if self.tokenizer != "patch":
             return gather_tokens(self.embed(x), ids)
         check_input(x, self.in_channels, self.img_size, "Primus encoder")
-        (d, h, w), (p1, p2, p3) = self.grid_size, self.patch_size
-        b, c = x.shape[0], x.shape[1]
-        patches = x.reshape(b, c, d, p1, h, p2, w, p3).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(b, d * h * w, -1)
         conv = self.patch_embed.proj
-        tokens = F.linear(gather_tokens(patches, ids), conv.weight.flatten(1), conv.bias)  # B K E
+        tokens = project_patches(x, ids, conv.weight, conv.bias, self.patch_size)  # B K E
         if self.pos_embed is not None:
-            tokens = tokens + gather_tokens(self.pos_embed.expand(b, -1, -1), ids)
+            tokens = tokens + gather_tokens(self.pos_embed.expand(x.shape[0], -1, -1), ids)
         return tokens
 
     def to_volume(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -444,11 +449,7 @@ class PrimusEncoder(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """:meth:`forward_intermediates` from embedded tokens ``B L E`` (the full grid, e.g. with some replaced by
         a mask token)."""
-        wanted: list[int] = []
-        for i in indices:
-            if not -self.num_layers <= i < self.num_layers:
-                raise ValueError(f"intermediate index {i} is out of range for {self.num_layers} blocks")
-            wanted.append(i % self.num_layers)
+        wanted = block_indices(indices, self.num_layers)
         rope = self._rope_for(tokens, None)
         r = self.num_register_tokens
         x = self._with_registers(tokens)

@@ -14,11 +14,9 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from einops import rearrange
 from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 
-from volmae.networks.patching import as_tuple, check_input, gather_tokens, grid_size
+from volmae.networks.patching import as_tuple, block_indices, check_input, gather_tokens, grid_size, project_patches
 
 __all__ = ["freeze_unused_norms", "ViTEncoder", "quiet_meshgrid"]
 
@@ -157,9 +155,7 @@ class ViTEncoder(nn.Module):
         check_input(x, self.in_channels, self.img_size, "ViT")
         pe = self.patch_embedding
         conv = pe.patch_embeddings
-        p1, p2, p3 = self.patch_size
-        patches = rearrange(x, "b c (d p1) (h p2) (w p3) -> b (d h w) (c p1 p2 p3)", p1=p1, p2=p2, p3=p3)
-        tokens = F.linear(gather_tokens(patches, ids), conv.weight.flatten(1), conv.bias)  # B K E
+        tokens = project_patches(x, ids, conv.weight, conv.bias, self.patch_size)  # B K E
         tokens = tokens + gather_tokens(pe.position_embeddings.expand(x.shape[0], -1, -1), ids)
         return pe.dropout(tokens)
 
@@ -190,11 +186,7 @@ class ViTEncoder(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """:meth:`forward_intermediates` from embedded tokens ``B L E`` (the full grid, e.g. with some replaced by
         a mask token)."""
-        wanted: list[int] = []
-        for i in indices:
-            if not -self.num_layers <= i < self.num_layers:
-                raise ValueError(f"intermediate index {i} is out of range for {self.num_layers} blocks")
-            wanted.append(i % self.num_layers)
+        wanted = block_indices(indices, self.num_layers)
         inter: dict[int, torch.Tensor] = {}
         for i, blk in enumerate(self.blocks):
             tokens = blk(tokens)
