@@ -14,10 +14,13 @@ from tests.cli.conftest import MAINS
 from tests.conftest import stage_command
 
 
-def stage_cmd(stage, task, out, *extra):
-    """A tiny 3-epoch run (2 steps per epoch) of ``stage`` that checkpoints after every step."""
+EPOCHS = 8  # 2 steps per epoch: 16 steps, so a kill after step 1..4 lands mid-run even when steps take milliseconds
+
+
+def stage_cmd(stage, task, out, *extra, epochs=3):
+    """A tiny run (``epochs`` x 2 steps) of ``stage`` that checkpoints after every step."""
     val = ["--val-every", "0"] if stage == "train" else []
-    return stage_command(stage, task, out, "--checkpoint-every-steps", "1", *val, *extra)
+    return stage_command(stage, task, out, "--checkpoint-every-steps", "1", *val, *extra, epochs=epochs)
 
 
 def step_of(ckpt_path):
@@ -31,11 +34,11 @@ def step_of(ckpt_path):
 def test_sigkill_at_a_random_point_then_resume_matches_uninterrupted(synthetic_task, tmp_path, stage, extra):
     """(the third case: S3D pretraining of the ResEnc U-Net, whose masks and ratios must resume as drawn)"""
     kill_after = random.randint(1, 4)  # a checkpointed step; the kill lands while later steps run or write
-    reference = stage_cmd(stage, synthetic_task, tmp_path / "ref", *extra)
+    reference = stage_cmd(stage, synthetic_task, tmp_path / "ref", *extra, epochs=EPOCHS)
     ref = subprocess.run(reference, capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr
     run = tmp_path / "run"
-    proc = subprocess.Popen(stage_cmd(stage, synthetic_task, run, *extra), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(stage_cmd(stage, synthetic_task, run, *extra, epochs=EPOCHS), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
     deadline = time.time() + 300
     while step_of(run / "checkpoint.pt") < kill_after and time.time() < deadline and proc.poll() is None:
@@ -44,9 +47,9 @@ def test_sigkill_at_a_random_point_then_resume_matches_uninterrupted(synthetic_t
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"the run finished before it could be killed (after step {kill_after})"
     killed_at = step_of(run / "checkpoint.pt")
-    assert kill_after <= killed_at < 6, (kill_after, killed_at)  # 3 epochs x 2 steps: killed mid-run
+    assert kill_after <= killed_at < 2 * EPOCHS, (kill_after, killed_at)  # killed mid-run
     assert not (run / "model.pt").exists()
-    resumed = stage_cmd(stage, synthetic_task, run, "--resume", *extra)
+    resumed = stage_cmd(stage, synthetic_task, run, "--resume", *extra, epochs=EPOCHS)
     res = subprocess.run(resumed, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     a = torch.load(tmp_path / "ref" / "model.pt", weights_only=True)["weights"]
