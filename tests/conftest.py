@@ -32,6 +32,19 @@ def stage_command(stage: str, task, out, *extra: str, epochs: int = 3, batch: in
     return [*cmd, *extra]
 
 
+@pytest.fixture(scope="session")
+def _empty_volmae_home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("volmae_home")
+
+
+@pytest.fixture(autouse=True)
+def _no_user_weights_no_downloads(_empty_volmae_home, monkeypatch):
+    """No test reads the user's fetched weights or downloads any: ``VOLMAE_HOME`` is an empty folder of this session
+    and ``VOLMAE_OFFLINE=1`` (tests of downloads set their own)."""
+    monkeypatch.setenv("VOLMAE_HOME", str(_empty_volmae_home))
+    monkeypatch.setenv("VOLMAE_OFFLINE", "1")
+
+
 def require_dataset(name: str) -> Path:
     """Path of a real dataset folder, or skip the test saying what is missing."""
     path = dataset_path(name)

@@ -4,7 +4,7 @@ one line and exit with status 2 instead of a traceback."""
 
 from __future__ import annotations
 
-__all__ = ["VolmaeError", "DataError", "CheckpointError", "ConfigError", "find_volmae_error"]
+__all__ = ["VolmaeError", "DataError", "CheckpointError", "ConfigError", "DownloadError", "find_volmae_error"]
 
 
 class VolmaeError(Exception):
@@ -21,6 +21,10 @@ class CheckpointError(VolmaeError, ValueError):
 
 class ConfigError(VolmaeError, ValueError):
     """A configuration value is invalid or a required path / setting is missing."""
+
+
+class DownloadError(VolmaeError):
+    """Released weights could not be fetched or installed: no network, a transfer cut short, a checksum mismatch."""
 
 
 def find_volmae_error(exc: BaseException | None) -> VolmaeError | None:

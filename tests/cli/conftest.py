@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.artifact.weights import hub_env, server  # noqa: F401 - fixtures of the volmae-download tests
 from volmae.cli import evaluate as evaluate_cli
 from volmae.cli import pretrain as pretrain_cli
 from volmae.cli import train as train_cli

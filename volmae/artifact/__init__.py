@@ -1,6 +1,7 @@
 """The model artifact: the one file format every stage writes and reads (:mod:`volmae.artifact.model`), starting a
 network from pretrained weights (:mod:`~volmae.artifact.pretrained`), MONAI bundles' and MONAI networks' weights as
-artifacts (:mod:`~volmae.artifact.bundles`, :mod:`~volmae.artifact.monai`).
+artifacts (:mod:`~volmae.artifact.bundles`, :mod:`~volmae.artifact.monai`), the bundles' released weights
+(:mod:`~volmae.artifact.hub`: list, download, offline install).
 
     from volmae.artifact import ModelArtifact
     model = ModelArtifact.load("runs/train/model.pt", role="segmentation")
@@ -8,7 +9,7 @@ artifacts (:mod:`~volmae.artifact.bundles`, :mod:`~volmae.artifact.monai`).
     network = model.build()                  # the torch module, weights loaded, eval mode
 """
 
-from volmae.artifact.bundles import DEFAULT_BUNDLE, bundle_classes, find_bundle, from_bundle, installed_bundles
+from volmae.artifact.bundles import bundle_classes, find_bundle, from_bundle, installed_bundles, list_models
 from volmae.artifact.model import (
     FORMAT,
     FORMAT_VERSION,
@@ -34,7 +35,7 @@ __all__ = [
     "find_bundle",
     "bundle_classes",
     "installed_bundles",
-    "DEFAULT_BUNDLE",
+    "list_models",
     "export_to_monai",
     "import_monai_unetr",
 ]

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from volmae.artifact.bundles import DEFAULT_BUNDLE
 from volmae.artifact.model import ModelArtifact
 from volmae.data import load_msd_datalist, load_volume, preflight, split_fold
 from volmae.errors import DataError
@@ -86,8 +85,7 @@ def evaluate(cfg: EvaluateConfig, model: ModelArtifact | None = None) -> Evaluat
         Path(cfg.out_dir),
         extra={
             "model": (model.source if model is not None else None)
-            or " in bundle ".join(str(x) for x in (cfg.model, cfg.bundle) if x)
-            or f"bundle {DEFAULT_BUNDLE}",
+            or " in bundle ".join(str(x) for x in (cfg.model, cfg.bundle) if x),
             "dataset": datalist.name,
             "fold": cfg.fold,
             "inference": {
