@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +15,7 @@ import torch
 
 from tests.cli.conftest import assert_clean_error
 from tests.conftest import model_file
+from tests.inference.test_dicom_seg import copy_series, seg_on_grid
 from volmae.artifact import ModelArtifact, Provenance, Task
 from volmae.cli.infer import main as infer_main
 from volmae.data.transforms import get_preprocessing
@@ -183,6 +186,22 @@ def test_output_refusals(tmp_path, model):
         infer(InferConfig([str(a)], str(model), output=str(tmp_path / "a.nii.gz" / "sub" / "o.nii.gz")))
 
 
+def test_dicom_seg_without_highdicom_is_refused_first(tmp_path, capsys, monkeypatch):
+    """highdicom is an optional extra: without it, --output-type dicom_seg stops with one line saying how to install
+    it, before the inputs or the model are looked at and before anything is written."""
+    missing, out = tmp_path / "no such series", tmp_path / "out"
+    args = [str(missing), "--model", str(tmp_path / "nope.pt"), "-o", str(out), "--output-type", "nifti", "dicom_seg"]
+    assert_clean_error(infer_main(args), capsys.readouterr().err, "volmae-infer", "no such series")  # highdicom here
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom -> ImportError
+    err = assert_clean_error(infer_main(args), capsys.readouterr().err, "volmae-infer", "needs highdicom")
+    assert 'pip install "volmae[dicom]"' in err and "no such series" not in err
+    with pytest.raises(
+        ConfigError, match=re.escape('--output-type dicom_seg needs highdicom: pip install "volmae[dicom]"')
+    ):
+        infer(InferConfig([str(missing)], str(tmp_path / "nope.pt"), output=str(out), output_type=["dicom_seg"]))
+    assert not out.exists()
+
+
 def test_console_script(tmp_path, model, capsys, monkeypatch):
     src = scan(tmp_path / "case.nii.gz")
     monkeypatch.chdir(tmp_path)
@@ -249,3 +268,110 @@ def test_fifty_scans_with_a_bad_one_and_flat_memory(tmp_path, dicom_crops, msd_h
     assert sum(1 for p in (tmp_path / "out").glob("*.nii.gz")) == 49
     rss = [c.rss_gib for c in done]
     assert max(rss[25:]) - max(rss[:25]) < 0.1, f"RSS grew from scan to scan: {[round(r, 3) for r in rss]}"
+
+
+def _hippocampus_series(dicom_crops: Path, study: str = "Study2") -> Path:
+    return next(p for p in (dicom_crops / study).iterdir() if p.is_dir())
+
+
+@pytest.mark.realdata
+def test_dicom_seg_and_statistics_beside_the_nifti_label_map(tmp_path, dicom_crops):
+    """A real DICOM series -> NIfTI label map, DICOM-SEG and statistics in one run: the SEG read back with highdicom
+    equals the NIfTI voxel for voxel, and each class's volume is its voxel count x the NIfTI's voxel volume."""
+    import highdicom as hd
+
+    import volmae
+
+    model = model_checkpoint(tmp_path / "model.pt", "hippocampus", roi=(40, 56, 40))
+    series, out = _hippocampus_series(dicom_crops), tmp_path / "out"
+    cfg = InferConfig(
+        [str(series)], str(model), output=str(out), output_type=["nifti", "dicom_seg"], statistics=True, quiet=True
+    )
+    (done,) = infer(cfg)
+    case = series.name
+    assert done.label_map == out / f"{case}.nii.gz"
+    assert done.extra == [out / f"{case}.dcm", out / f"{case}_statistics.json"]
+    img = nib.load(done.label_map)
+    seg = np.asarray(img.dataobj)
+    assert len(np.unique(seg)) > 1
+    assert np.array_equal(seg_on_grid(out / f"{case}.dcm", seg.shape, img.affine, LABELS), seg)
+    dcm = hd.seg.segread(out / f"{case}.dcm")
+    assert [s.SegmentLabel for s in dcm.SegmentSequence] == ["left hippocampus", "right/other"]
+    assert dcm.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmSource == "model.pt (unetr)"
+
+    stats = json.loads((out / f"{case}_statistics.json").read_text())
+    voxel_ml = abs(np.linalg.det(img.affine[:3, :3])) / 1000
+    assert [(c["name"], c["label"]) for c in stats["classes"]] == [("left hippocampus", 1), ("right/other", 2)]
+    for c in stats["classes"]:
+        assert c["voxels"] == int((seg == c["label"]).sum()) == done.voxels_per_class[c["name"]]
+        assert c["volume_ml"] == pytest.approx(c["voxels"] * voxel_ml, rel=1e-12)
+    assert stats["input"]["path"] == str(series) and stats["input"]["shape"] == list(seg.shape)
+    assert stats["input"]["spacing_mm"] == pytest.approx(list(img.header.get_zooms()[:3]))
+    assert stats["model"] == {
+        "source": str(model),
+        "bundle": None,
+        "kind": "unetr",
+        "preset": "vit-tiny",
+        "dataset": "test",
+    }
+    assert stats["settings"]["roi_size"] == [40, 56, 40] and stats["settings"]["tta_flips"] == []
+    assert {"overlap", "device", "amp", "cpu_bf16"} <= set(stats["settings"]) and stats[
+        "volmae_version"
+    ] == volmae.__version__
+    assert stats["outputs"] == [str(out / f"{case}.nii.gz"), str(out / f"{case}.dcm")]
+
+
+@pytest.mark.realdata
+def test_dicom_seg_refusals(tmp_path, dicom_crops):
+    model = model_checkpoint(tmp_path / "model.pt", "hippocampus", roi=(40, 56, 40))
+    nifti, out = scan(tmp_path / "t1.nii.gz"), tmp_path / "out"
+    with pytest.raises(ConfigError, match=re.escape("t1.nii.gz: output_type dicom_seg needs DICOM series inputs")):
+        infer(InferConfig([str(nifti)], str(model), output=str(out), output_type=["nifti", "dicom_seg"]))
+    with pytest.raises(ConfigError, match=re.escape("output_type='png': expected nifti and / or dicom_seg")):
+        infer(InferConfig([str(nifti)], str(model), output=str(out), output_type=["nifti", "png"]))
+    with pytest.raises(ConfigError, match=re.escape("names a DICOM-SEG file: add dicom_seg to the output types")):
+        infer(InferConfig([str(nifti)], str(model), output=str(tmp_path / "seg.dcm")))
+    series = copy_series(_hippocampus_series(dicom_crops, "Study1"), tmp_path / "series")
+    with pytest.raises(ConfigError, match="would be read as another series there; choose another output folder"):
+        infer(InferConfig([str(series)], str(model), output=str(series), output_type=["dicom_seg"]))
+    assert not out.exists() and sorted(p.suffix for p in series.iterdir()) == [".dcm"] * 32
+
+    def no_frame_of_reference(ds, i):
+        del ds.FrameOfReferenceUID
+
+    bad = copy_series(_hippocampus_series(dicom_crops, "Study1"), tmp_path / "bad", no_frame_of_reference)
+    cfg = InferConfig([str(bad)], str(model), output=str(out), output_type=["nifti", "dicom_seg"], quiet=True)
+    with pytest.raises(
+        DataError, match=re.escape("bad: cannot write a DICOM-SEG, the series lacks FrameOfReferenceUID")
+    ):
+        infer(cfg)
+    assert sorted(p.name for p in out.iterdir()) == ["bad.nii.gz"]  # the label map is written before the SEG
+    assert nib.load(out / "bad.nii.gz").shape == (35, 51, 32)
+
+
+@pytest.mark.realdata
+def test_console_script_output_types_and_statistics(tmp_path, dicom_crops, capsys):
+    """The flags, a SEG-only run to a named .dcm, and a batch in which one series cannot take a SEG: it fails alone
+    and nothing of it stays written."""
+    model = str(model_checkpoint(tmp_path / "model.pt", "hippocampus", roi=(40, 56, 40)))
+    good = _hippocampus_series(dicom_crops, "Study1")
+    rc = infer_main(
+        [str(good), "--model", model, "-o", str(tmp_path / "one" / "seg.dcm"), "--output-type", "dicom_seg"]
+    )
+    assert rc == 0 and sorted(p.name for p in (tmp_path / "one").iterdir()) == ["seg.dcm"]
+    assert "seg.dcm (35, 51, 32)" in capsys.readouterr().out
+    rc = infer_main([str(good), "--model", model, "-o", str(tmp_path / "x"), "--output-type", "nifti", "dicom-segg"])
+    assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", "output_type='dicom-segg': expected nifti and / or")
+
+    batch = tmp_path / "studies"
+    copy_series(good, batch / "good")
+
+    def no_study(ds, i):
+        del ds.StudyInstanceUID
+
+    copy_series(good, batch / "bad", no_study)
+    args = [str(batch), "--model", model, "-o", str(tmp_path / "out"), "--output-type", "nifti", "dicom_seg"]
+    rc = infer_main([*args, "--statistics", "--per-class", "-q"])
+    assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", "1 of 2 scan(s) failed", "lacks StudyInstanceUID")
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["good.dcm", "good.nii.gz", "good_classes", "good_statistics.json"]

@@ -127,16 +127,22 @@ HELPS: dict[str, str] = {
     "pool_studies": "study folders of the same design on other folds (e.g. leave-one-out on a few cases) whose "
     "finished runs the tables, paired tests and plots pool with this one's (a fold: a run; a held-out case: a pair)",
     "model": "fine-tuned model.pt (from volmae-train); with --bundle, a weights file for the bundle's network",
-    "bundle": "trained MONAI bundle: btcv, brats, hippocampus (looked up in $VOLMAE_BUNDLES, then the bundles "
-    "installed with volmae) or a bundle folder; its models/model.pt segments the scans, or with --model that file's "
-    "weights (default btcv when --model is not given)",
+    "bundle": "trained MONAI bundle: hippocampus, btcv, brats (looked up in $VOLMAE_BUNDLES, then the bundles "
+    "installed with volmae) or a bundle folder; its weights segment the scans (released ones are downloaded on first "
+    "use unless VOLMAE_OFFLINE=1; volmae-download --list shows which are installed), or with --model that file's "
+    "weights; give --model or --bundle",
     "cases": "evaluate these case ids instead of the held-out fold",
     "tta_flips": "mirroring test-time augmentation over these spatial axes (e.g. 0 for left-right)",
     "largest_component": "keep only the largest connected component of each class",
-    "output": "output .nii.gz (one scan) or folder (default: the current folder)",
+    "output": "output .nii.gz or, with --output-type dicom_seg, .dcm (one scan) or folder (default: the current "
+    "folder)",
     "mode": "blending of overlapping windows: gaussian or constant",
     "per_class": "also write one binary mask per class under <case>_classes/",
     "save_probabilities": "also write <case>_probabilities.nii.gz (float32, network grid, channels last)",
+    "output_type": "what each label map is written as: nifti (<case>.nii.gz) and / or dicom_seg (<case>.dcm, a DICOM "
+    "Segmentation object referencing the input series; DICOM series inputs only)",
+    "statistics": "also write <case>_statistics.json: per class its label, voxel count and volume in ml, with the "
+    "input, model and settings",
     "num_overlays": "overlay PNGs to write (first N cases)",
     "save_predictions": "also write each prediction as NIfTI under predictions/",
     "recipe": "demo recipe: cnn (S3D -> ResEnc U-Net, about 20 min on 2 cores with bf16 units), vit (MAE -> "

@@ -9,8 +9,11 @@ Every failure becomes one :class:`~volmae.errors.DataError` that names the file.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,7 +25,15 @@ from monai.utils import ensure_tuple
 
 from volmae.errors import DataError
 
-__all__ = ["VolumeReader", "LoadVolumed", "open_nifti", "read_dicom_series", "is_dicom_dir", "load_volume"]
+__all__ = [
+    "VolumeReader",
+    "LoadVolumed",
+    "open_nifti",
+    "read_dicom_series",
+    "dicom_series_files",
+    "is_dicom_dir",
+    "load_volume",
+]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # Declared sizes beyond this are refused before any allocation (a 2 kB file can claim 10^12 voxels).
@@ -76,8 +87,9 @@ def _check_slice_positions(folder: Path, reader, n: int, tolerance: float = 0.1)
         )
 
 
-def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -> nib.Nifti1Image:
-    """Read one DICOM series folder into a RAS ``Nifti1Image`` (array axes x, y, z as in NIfTI)."""
+def dicom_series_files(folder: str | os.PathLike, series_id: str | None = None) -> list[str]:
+    """The files of the one DICOM series in ``folder`` (or, when none is there, in its sub-folders), as
+    SimpleITK / GDCM sorts them; a ``DataError`` when there is none or more than one."""
     import SimpleITK as sitk
 
     folder = Path(folder)
@@ -102,7 +114,16 @@ def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -
             f"{folder}: holds {len(found)} DICOM series ({listing}); pass one series folder (or a series id)"
         )
     series_dir, sid = found[0]
-    files = reader.GetGDCMSeriesFileNames(series_dir, sid)
+    return list(reader.GetGDCMSeriesFileNames(series_dir, sid))
+
+
+def read_dicom_series(folder: str | os.PathLike, series_id: str | None = None) -> nib.Nifti1Image:
+    """Read one DICOM series folder into a RAS ``Nifti1Image`` (array axes x, y, z as in NIfTI)."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    files = dicom_series_files(folder, series_id)
+    reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()  # keep each slice's tags for the spacing check
     try:
@@ -199,6 +220,21 @@ class VolumeReader(NibabelReader):
             ) from None
 
 
+@contextlib.contextmanager
+def _quiet_unused_dicom_reader():
+    """MONAI's ``LoadImage`` builds every default reader, with pydicom installed (highdicom, for DICOM-SEG output,
+    needs it) also its nvImageCodec DICOM reader, which without CUDA's nvImageCodec logs a warning and warns on each
+    construction; volmae never uses it (``VolumeReader`` reads everything), so that notice is silenced here."""
+    logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader", category=UserWarning)
+            yield
+    finally:
+        logger.disabled = disabled
+
+
 class LoadVolumed(LoadImaged):
     """``LoadImaged`` that reads through :class:`VolumeReader` only, so its ``DataError`` reaches the caller.
 
@@ -209,7 +245,8 @@ class LoadVolumed(LoadImaged):
 
     def __init__(self, keys, **kwargs) -> None:
         kwargs.setdefault("reader", VolumeReader())
-        super().__init__(keys, **kwargs)
+        with _quiet_unused_dicom_reader():
+            super().__init__(keys, **kwargs)
         self.volume_reader = kwargs["reader"]
 
     def __call__(self, data, reader=None):
