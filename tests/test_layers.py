@@ -1,7 +1,8 @@
 """The package reads as the pipeline: every module belongs to one layer, imports only from its own layer or the ones
 below it (imports inside functions included), and no modules import each other in a circle.
 
-    errors, utils -> data -> networks -> artifact -> inference -> evaluation -> engine -> study, bundle -> cli, demo
+    errors, utils -> data -> networks -> artifact -> inference -> evaluation -> engine -> study, bundle -> cli, demo,
+    release
 
 The engines sit above inference and evaluation because fine-tuning validates with the predictor and scores with the
 one Dice (as nnU-Net's trainer does); nothing below them trains."""
@@ -25,7 +26,7 @@ LAYERS = [
     ("evaluation",),
     ("engine",),
     ("study", "bundle"),
-    ("cli", "demo"),
+    ("cli", "demo", "release"),
 ]
 RANK = {name: i for i, names in enumerate(LAYERS) for name in names}
 

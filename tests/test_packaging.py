@@ -43,8 +43,11 @@ def test_a_fresh_environment_installs_the_wheel_with_its_bundles(tmp_path):
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(REPO)])
     (wheel,) = (tmp_path / "dist").glob("volmae-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for rel in ("configs/inference.json", "configs/train.json", "configs/metadata.json", "docs/data_license.txt"):
+    shipped = ("models/model.pt", "models/model_card.md", "models/release.json")  # the released model
+    for rel in ("configs/inference.json", "configs/train.json", "configs/metadata.json", "docs/data_license.txt",
+                *shipped):  # fmt: skip
         assert f"volmae/bundles/hippocampus/{rel}" in names, rel
+    assert not [n for n in names if "/models/" in n and not n.startswith("volmae/bundles/hippocampus/models/")]
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])
     py = str(venv / "bin" / "python")
@@ -64,3 +67,8 @@ def test_a_fresh_environment_installs_the_wheel_with_its_bundles(tmp_path):
     _run([infer, str(scan), "--bundle", "hippocampus", "--model", str(tmp_path / "weights.pt"), "-o",
           str(tmp_path / "seg.nii.gz"), "--device", "cpu", "--quiet"], env=env, cwd=tmp_path)  # fmt: skip
     assert (tmp_path / "seg.nii.gz").is_file()
+    # the released model, offline, right after installing: no --model, no download
+    offline = {**env, "VOLMAE_OFFLINE": "1", "VOLMAE_HOME": str(tmp_path / "home")}
+    _run([infer, str(scan), "--bundle", "hippocampus", "-o", str(tmp_path / "released.nii.gz"), "--device", "cpu",
+          "--quiet"], env=offline, cwd=tmp_path)  # fmt: skip
+    assert (tmp_path / "released.nii.gz").is_file() and not (tmp_path / "home").exists()

@@ -189,6 +189,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "hd95": {n: report.summary[n]["hd95_mean"] for n in report.names},
         **{k: round(v, 1) for k, v in times.items()},
         "cpu_count": os.cpu_count(),
+        "model": str(ft.model_path),
     }
     atomic_write_text(out / "report.md", _markdown(summary, report.table()))
     return summary

@@ -135,7 +135,7 @@ def test_a_bundle_is_a_model_too(tmp_path):
     from volmae.networks import build_network
 
     root = tmp_path / "hippocampus"
-    shutil.copytree(BUNDLES_DIR / "hippocampus", root, symlinks=True)
+    shutil.copytree(BUNDLES_DIR / "hippocampus", root, symlinks=True, ignore=shutil.ignore_patterns("models"))
     torch.manual_seed(0)
     net = build_network(bundle_network(root))
     (root / "models").mkdir()

@@ -13,10 +13,12 @@ REPO = Path(__file__).resolve().parents[2]
 BUNDLES = REPO / "volmae" / "bundles"
 
 
-def copy_bundle(name: str, dest: Path) -> Path:
-    """``bundles/<name>`` copied to ``dest/<name>`` with its top-level links, without models / runs."""
+def copy_bundle(name: str, dest: Path, models: bool = False) -> Path:
+    """``bundles/<name>`` copied to ``dest/<name>`` with its top-level links, without runs / predictions and, unless
+    ``models`` (the released weights the bundle ships), without models."""
     out = dest / name
-    shutil.copytree(BUNDLES / name, out, symlinks=True, ignore=shutil.ignore_patterns("models", "runs", "predictions"))
+    skip = ("runs", "predictions") if models else ("models", "runs", "predictions")
+    shutil.copytree(BUNDLES / name, out, symlinks=True, ignore=shutil.ignore_patterns(*skip))
     return out
 
 

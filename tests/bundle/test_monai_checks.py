@@ -1,6 +1,6 @@
 """MONAI's own bundle checks, run on every shipped bundle with no dataset and no trained weights (as the MONAI model
 zoo's CI runs them): the train, train + evaluate and infer workflow properties, the metadata schema, the network's
-declared input and output, and the TorchScript export of the UNETR with stand-in weights."""
+declared input and output, and the TorchScript export of the networks with stand-in weights."""
 
 from __future__ import annotations
 
@@ -45,10 +45,10 @@ def test_metadata_and_network_shapes(name, no_data):
 
 
 @pytest.mark.parametrize(
-    "overlay, network", [(None, "UNETR"), ("resenc.json", "ResEncUNet"), ("primus.json", "PrimusSegmenter")]
+    "overlay, network", [(None, "ResEncUNet"), ("unetr.json", "UNETR"), ("primus.json", "PrimusSegmenter")]
 )
 def test_the_networks_export_to_torchscript_as_the_zoo_does(no_data, tmp_path, overlay, network):
-    """``ckpt_export`` (torch.jit.script) of the hippocampus bundle (UNETR, or with an overlay the ResEnc U-Net or
+    """``ckpt_export`` (torch.jit.script) of the hippocampus bundle (its ResEnc U-Net, or with an overlay the UNETR or
     the Primus) with stand-in weights in models/model.pt: the scripted network computes what the eager one does."""
     root = copy_bundle("hippocampus", tmp_path)
     configs = [str(root / "configs" / "inference.json")] + ([str(root / "configs" / overlay)] if overlay else [])

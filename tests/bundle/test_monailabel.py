@@ -1,8 +1,13 @@
-"""MONAI Label 0.8.5 imports the hippocampus bundle: a real server on loopback segments a real volume.
+"""MONAI Label 0.8.5 serves the hippocampus bundle's released model: a real server on loopback segments a real,
+held-out volume as ``volmae-infer --bundle`` does, and trains from the app.
 
-MONAI Label is an optional extra with its own pins (see the bundle README), so it lives in its own environment:
-set ``VOLMAE_MONAILABEL_PYTHON`` to that environment's python (with volmae installed into it), or create it as
-``../mlvenv`` beside the repository. The test skips, saying so, when no such python is found.
+MONAI Label is an optional extra with its own pins (pydicom 2; see the bundle README), so it runs from its own
+environment: ``VOLMAE_MONAILABEL_PYTHON`` (that environment's python, volmae installed into it), else ``../mlvenv``
+beside the repository, else this python if it has MONAI Label. When none is found, the test builds one into
+``<repo>/.monailabel-venv`` with ``tools/monailabel_env.sh``: measured at 263 s on 2 CPU cores shared with a
+training run, 7.5 GB on disk (PyPI's torch with its CUDA libraries, which MONAI Label's torchvision needs; most of
+it downloaded); later runs reuse it, and the test itself then takes about a minute. A failed build fails the test
+with the end of its output; ``VOLMAE_SKIP_MONAILABEL=1`` skips the test instead, without building anything.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
-from tests.bundle.conftest import copy_bundle, run_workflow
-from volmae.inference.infer import InferConfig, infer
+from tests.bundle.conftest import BUNDLES, copy_bundle
+from volmae.cli.infer import main as infer_main
+from volmae.evaluation.metrics import dice_scores, label_masks
 
 REPO = Path(__file__).resolve().parents[2]
 # $VOLMAE_MONAILABEL_PYTHON, else a venv named mlvenv beside the repository (like ../shared/data), else this python
@@ -31,20 +38,50 @@ CANDIDATES = [
     str(REPO.parent / "mlvenv" / "bin" / "python"),
     sys.executable,
 ]
+BUILT = REPO / ".monailabel-venv"  # where the test builds MONAI Label's environment when none is found (gitignored)
+BUILD_TIMEOUT_S = 1800
+# what the server imports (monailabel.tasks.infer.bundle imports torchvision, which a mismatched torch breaks)
+CHECK = "import monailabel, monailabel.tasks.infer.bundle, volmae"
+CASE = "hippocampus_011"  # held out of fold 0, the fold the released model was scored on
 
 
-def _monailabel_python() -> str:
+def _works(py: str) -> bool:
+    try:  # a copied or half-built venv can hold a dangling bin/python
+        return subprocess.run([py, "-c", CHECK], capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+def _tail(text: str, lines: int = 40) -> str:
+    # pip's notes on this machine's local package index say nothing about a failure
+    kept = [line for line in text.splitlines() if not line.startswith("WARNING: Location ")]
+    return "\n".join(kept[-lines:])
+
+
+@pytest.fixture(scope="module")
+def monailabel_python(msd_hippocampus) -> str:
+    """A python with MONAI Label and volmae: found, or built into ``BUILT`` (after the data is known to be there)."""
+    if os.environ.get("VOLMAE_SKIP_MONAILABEL") == "1":
+        pytest.skip("VOLMAE_SKIP_MONAILABEL=1: MONAI Label server test skipped")
     for py in filter(None, CANDIDATES):
-        try:  # a copied or half-built venv can hold a dangling bin/python
-            ok = subprocess.run([py, "-c", "import monailabel, volmae"], capture_output=True).returncode == 0
-        except OSError:
-            continue
-        if ok:
+        if _works(py):
             return py
-    pytest.skip(
-        "MONAI Label not installed: create its environment as in bundles/hippocampus/docs/README.md "
-        "(monailabel==0.8.5, volmae installed into it) and set VOLMAE_MONAILABEL_PYTHON to its python"
-    )
+    script = REPO / "tools" / "monailabel_env.sh"
+    try:
+        done = subprocess.run(
+            ["bash", str(script), str(BUILT)], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        pytest.fail(f"{script} {BUILT} took over {BUILD_TIMEOUT_S} s:\n{_tail(out)}", pytrace=False)
+    py = str(BUILT / "bin" / "python")
+    if done.returncode != 0 or not _works(py):
+        pytest.fail(
+            f"{script} {BUILT} failed (exit status {done.returncode}); set VOLMAE_SKIP_MONAILABEL=1 to skip this "
+            f"test:\n{_tail(done.stdout + done.stderr)}",
+            pytrace=False,
+        )
+    return py
 
 
 def _free_port() -> int:
@@ -58,26 +95,20 @@ def _get(url: str, timeout: float = 5.0) -> bytes:
         return r.read()
 
 
-def test_monailabel_serves_the_hippocampus_bundle(msd_hippocampus, tmp_path):
-    py = _monailabel_python()
-    # a bundle with weights: one quick epoch on four real cases
-    root = copy_bundle("hippocampus", tmp_path / "bundles")
-    run_workflow(
-        str(root / "train.json"),
-        **{"train#dataset#data": "$volmae.bundle.fold_items(@dataset_dir, 0, 'train', limit=4)"},
-        **{"validate#dataset#data": "$volmae.bundle.fold_items(@dataset_dir, 0, 'val', limit=2)"},
-        **{"train#trainer#max_epochs": 1, "val_interval": 1, "device": "cpu"},
-    )
+def test_monailabel_serves_the_released_hippocampus_model(msd_hippocampus, monailabel_python, tmp_path):
+    py = monailabel_python
+    root = copy_bundle("hippocampus", tmp_path / "bundles", models=True)  # with the released models/model.pt
+    assert (root / "models" / "model.pt").is_file(), f"{BUNDLES / 'hippocampus' / 'models' / 'model.pt'} is missing"
     app = tmp_path / "app"
     prefix = subprocess.run([py, "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True).stdout
     src_app = Path(prefix.strip()) / "monailabel" / "sample-apps" / "monaibundle"  # where `monailabel apps` finds it
-    if not src_app.is_dir():
-        pytest.skip(f"MONAI Label's monaibundle sample app not found at {src_app}")
+    assert src_app.is_dir(), f"MONAI Label's monaibundle sample app not found at {src_app}"
     shutil.copytree(src_app, app)
-    shutil.copytree(root, app / "model" / "hippocampus", symlinks=False, ignore=shutil.ignore_patterns("runs"))
+    shutil.copytree(root, app / "model" / "hippocampus", symlinks=False)
     studies = tmp_path / "studies"
     (studies / "labels" / "final").mkdir(parents=True)
-    scan = msd_hippocampus / "imagesTr" / "hippocampus_001.nii.gz"
+    scan, truth = (msd_hippocampus / part / f"{CASE}.nii.gz" for part in ("imagesTr", "labelsTr"))
+    shutil.copy(scan, studies)
     for case in ("hippocampus_001", "hippocampus_003", "hippocampus_004"):  # labeled studies for app training
         shutil.copy(msd_hippocampus / "imagesTr" / f"{case}.nii.gz", studies)
         shutil.copy(msd_hippocampus / "labelsTr" / f"{case}.nii.gz", studies / "labels" / "final")
@@ -87,29 +118,30 @@ def test_monailabel_serves_the_hippocampus_bundle(msd_hippocampus, tmp_path):
     cmd = [py, "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
            "--host", "127.0.0.1", "--port", str(port), "--conf", "models", "hippocampus",
            "--conf", "zoo_source", "github", "--conf", "sam2", "false"]  # fmt: skip
-    log = open(tmp_path / "server.log", "w")
+    log_path = tmp_path / "server.log"
+    log = open(log_path, "w")
     server = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(180):
+        for _ in range(300):
             try:
                 info = json.loads(_get(f"{base}/info/"))
                 break
             except OSError:
-                assert server.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                assert server.poll() is None, log_path.read_text()[-3000:]
                 time.sleep(1)
         else:
-            pytest.fail("MONAI Label did not start in 180 s:\n" + (tmp_path / "server.log").read_text()[-3000:])
-        labels = info["models"]["hippocampus"]["labels"]
-        assert labels["anterior"] == 1 and labels["posterior"] == 2
+            pytest.fail("MONAI Label did not start in 300 s:\n" + log_path.read_text()[-3000:])
+        assert info["models"]["hippocampus"]["labels"] == {"anterior": 1, "posterior": 2}
 
-        req = urllib.request.Request(f"{base}/infer/hippocampus?image=hippocampus_001&output=image", method="POST")
+        req = urllib.request.Request(f"{base}/infer/hippocampus?image={CASE}&output=image", method="POST")
         with urllib.request.urlopen(req, timeout=300) as r:
             (tmp_path / "ml_seg.nii.gz").write_bytes(r.read())
 
-        # training from the app: configs/train.json with MONAI Label's overrides (datalist, epochs, device ...)
-        final = app / "model" / "hippocampus" / "models" / "model_final.pt"
-        before = final.stat().st_mtime_ns
+        # training from the app: configs/train.json with MONAI Label's overrides (datalist, epochs, device ...),
+        # starting from the released weights (its CheckpointLoader); the trained weights replace models/model.pt
+        weights = app / "model" / "hippocampus" / "models" / "model.pt"
+        released = weights.read_bytes()
         body = json.dumps({"max_epochs": 1, "device": "cpu", "val_split": 0.34, "multi_gpu": False}).encode()
         req = urllib.request.Request(
             f"{base}/train/hippocampus?run_sync=true", data=body, method="POST",
@@ -117,7 +149,7 @@ def test_monailabel_serves_the_hippocampus_bundle(msd_hippocampus, tmp_path):
         )  # fmt: skip
         with urllib.request.urlopen(req, timeout=600) as r:
             assert r.status == 200
-        assert final.stat().st_mtime_ns > before, (tmp_path / "server.log").read_text()[-3000:]
+        assert weights.read_bytes() != released, log_path.read_text()[-3000:]
     finally:
         server.terminate()
         server.wait(30)
@@ -126,6 +158,10 @@ def test_monailabel_serves_the_hippocampus_bundle(msd_hippocampus, tmp_path):
     seg, ref = nib.load(tmp_path / "ml_seg.nii.gz"), nib.load(scan)
     assert seg.shape == ref.shape and np.allclose(seg.affine, ref.affine)
     values = np.asarray(seg.dataobj)
-    assert set(np.unique(values)) <= {0, 1, 2}
-    done = infer(InferConfig([str(scan)], bundle=str(root), output=str(tmp_path / "cli.nii.gz"), quiet=True))
-    assert np.array_equal(values, np.asarray(nib.load(done[0].label_map).dataobj))
+    assert set(np.unique(values).tolist()) <= {0, 1, 2}
+    out = tmp_path / "cli.nii.gz"
+    assert infer_main([str(scan), "--bundle", str(root), "-o", str(out), "-q"]) == 0
+    assert np.array_equal(values, np.asarray(nib.load(out).dataobj))
+    masks = [label_masks(torch.as_tensor(np.asarray(img.dataobj)), [1, 2]) for img in (seg, nib.load(truth))]
+    dice = dice_scores(*masks)
+    assert np.mean(dice) >= 0.75, f"{CASE}: Dice anterior {dice[0]:.3f}, posterior {dice[1]:.3f}"

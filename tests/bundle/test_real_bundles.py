@@ -74,9 +74,10 @@ def test_hippocampus_literal_commands_write_into_the_bundle(msd_hippocampus, tmp
         "--meta_file", str(cfg / "metadata.json"), "--config_file", str(cfg / "inference.json"),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    from volmae.networks import build_unetr
+    from volmae.artifact.bundles import bundle_network
+    from volmae.networks import build_network
 
-    eager = build_unetr("vit-tiny", 1, 3, (40, 56, 40)).model
+    eager = build_network(bundle_network(root))  # the bundle's own network (the ResEnc U-Net)
     eager.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
     x = torch.randn(1, 1, 40, 56, 40)
     with torch.no_grad():

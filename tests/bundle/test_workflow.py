@@ -103,7 +103,7 @@ def test_training_is_volmae_train_and_ends_with_the_plain_weights_in_models(trai
     assert run.provenance.validation_cases and not held_out & set(run.provenance.validation_cases)
     assert "best validation Dice" in run.provenance.selection
 
-    settings = dict(preset="vit-tiny", preprocessing="hippocampus", roi_size=(16, 16, 16), epochs=2, batch_size=2,
+    settings = dict(preset="resenc-tiny", preprocessing="hippocampus", roi_size=(16, 16, 16), epochs=2, batch_size=2,
                     num_samples=2, lr=5e-4, weight_decay=1e-4, warmup_epochs=1.0, grad_clip=1.0, seed=0, val_every=1,
                     val_fraction=0.25, select_best=True, device="cpu", quiet=True)  # fmt: skip
     ours = finetune(FinetuneConfig(str(task), str(tmp_path / "train"), **settings))
@@ -261,8 +261,8 @@ def test_a_volmae_train_model_goes_into_a_bundle(trained, tmp_path, capsys):
 
     root, task = trained
     target = small_bundle(tmp_path / "bundles")
-    res = finetune(FinetuneConfig(str(task), str(tmp_path / "ft"), roi_size=(16, 16, 16), epochs=1, num_samples=1,
-                                  val_every=0, device="cpu", quiet=True))  # fmt: skip
+    res = finetune(FinetuneConfig(str(task), str(tmp_path / "ft"), preset="resenc-tiny", roi_size=(16, 16, 16),
+                                  epochs=1, num_samples=1, val_every=0, device="cpu", quiet=True))  # fmt: skip
     assert main(["to-bundle", str(res.model_path), str(target)]) == 0
     assert "the weights of" in capsys.readouterr().out
     state = torch.load(target / "models" / "model.pt", weights_only=True)
@@ -271,7 +271,7 @@ def test_a_volmae_train_model_goes_into_a_bundle(trained, tmp_path, capsys):
     assert "exists; pass --overwrite" in capsys.readouterr().err
     other = copy_bundle("hippocampus", tmp_path / "other")  # the shipped 40 x 56 x 40 window
     assert main(["to-bundle", str(res.model_path), str(other)]) == 2
-    assert "network_def is a unetr of preset vit-tiny at [40, 56, 40]" in capsys.readouterr().err
+    assert "network_def is a resenc of preset resenc-tiny at [40, 56, 40]" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import torch
 from tests.cli.conftest import MAINS
 from tests.conftest import stage_command
 
-
 EPOCHS = 8  # 2 steps per epoch: 16 steps, so a kill after step 1..4 lands mid-run even when steps take milliseconds
 
 

@@ -23,11 +23,14 @@ def model(tmp_path_factory):
     return model_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", "hippocampus", roi=(40, 56, 40))
 
 
+@pytest.mark.parametrize("released", [False, True], ids=["model-file", "released-bundle"])
 @pytest.mark.parametrize("kind", sorted(CORPUS))
-def test_each_bad_file_alone_is_one_clear_error_and_nothing_written(kind, corpus, model, tmp_path, capsys):
+def test_each_bad_file_alone_is_one_clear_error_and_nothing_written(kind, released, corpus, model, tmp_path, capsys):
+    """(also through the hippocampus model that ships with volmae: the input is checked whatever the model)"""
     path, words = corpus[kind]
     out = tmp_path / "seg.nii.gz"
-    rc = infer_main([str(path), "--model", str(model), "-o", str(out), "--device", "cpu", "-q"])
+    which = ["--bundle", "hippocampus"] if released else ["--model", str(model)]
+    rc = infer_main([str(path), *which, "-o", str(out), "--device", "cpu", "-q"])
     assert_clean_error(rc, capsys.readouterr().err, "volmae-infer", str(path), *words)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 

@@ -21,3 +21,5 @@ date
 volmae-study "${C[@]}" --peer nnunet --nnunet-budgets 1x --fractions 0.05 0.1 --seeds 0 1 2 \
   --nnunet-python "${NNUNET_PYTHON:?set NNUNET_PYTHON to a Python with nnunetv2}" > study3.log 2>&1
 date
+volmae-study "${C[@]}" --peer none --fractions 0.25 1.0 --seeds 0 1 2 > study4.log 2>&1
+date

@@ -24,6 +24,7 @@ __all__ = [
     "nnformer_config",
     "resenc_config",
     "primus_config",
+    "unetr_config",
 ]
 
 IMPORTS = [
@@ -294,17 +295,25 @@ def _network_overlay(choice: tuple[str, tuple[int, int, int]]) -> dict:
 
 def nnformer_config(s: BundleSpec) -> dict:
     """Overlay for any of the workflows above: the nnFormer encoder and decoder (masked-volume pretraining) at an ROI
-    its windows fit, instead of UNETR."""
+    its windows fit, instead of the bundle's network."""
     return _network_overlay(s.nnformer)
 
 
 def resenc_config(s: BundleSpec) -> dict:
     """Overlay for any of the workflows above: the residual-encoder CNN U-Net (S3D sparse-masked pretraining of the
-    whole U-Net; fine-tuning from it loads encoder and decoder, with a fresh head) instead of UNETR."""
+    whole U-Net; fine-tuning from it loads encoder and decoder, with a fresh head) instead of the bundle's network
+    (the hippocampus bundle's own)."""
     return _network_overlay(s.resenc)
 
 
 def primus_config(s: BundleSpec) -> dict:
     """Overlay for any of the workflows above: the Primus-style ViT (8^3 tokens, RoPE, EVA-02 blocks, patch decoder;
-    MAE pretraining of the whole network, fine-tuning from it loads encoder and decoder) instead of UNETR."""
+    MAE pretraining of the whole network, fine-tuning from it loads encoder and decoder) instead of the bundle's
+    network."""
     return _network_overlay(s.primus)
+
+
+def unetr_config(s: BundleSpec) -> dict:
+    """Overlay for any of the workflows above: UNETR on a ViT encoder (MAE pretraining of the encoder) instead of the
+    bundle's network (the btcv and brats bundles' own)."""
+    return _network_overlay(s.unetr)

@@ -3,7 +3,7 @@
 Layout written (MONAI bundle specification; MONAI Label's ``monaibundle`` app reads ``configs/``)::
 
     <bundle>/configs/{metadata,train,evaluate,inference,multi_gpu_train,pretrain}.json, logging.conf
-    <bundle>/configs/{nnformer,resenc,primus}.json   (overlays: another network family)
+    <bundle>/configs/{nnformer,resenc,primus,unetr}.json   (overlays: a network family; one is the bundle's own)
     <bundle>/{train,inference,evaluate,pretrain}.json, metadata.json, logging.conf   (links into configs/)
     <bundle>/docs/README.md, docs/data_license.txt, LICENSE, large_files.yml
 
@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from volmae import __version__
+from volmae.artifact.hub import WEIGHTS_FILE
 from volmae.bundle.configs import (
     evaluate_config,
     inference_config,
@@ -28,11 +29,21 @@ from volmae.bundle.configs import (
     primus_config,
     resenc_config,
     train_config,
+    unetr_config,
 )
 from volmae.bundle.readme import render_readme
 from volmae.bundle.specs import BUNDLES, BundleSpec
 
-__all__ = ["bundle_configs", "bundle_files", "metadata", "write_bundle", "write_all", "LINKED"]
+__all__ = [
+    "bundle_configs",
+    "bundle_files",
+    "metadata",
+    "weights_metadata",
+    "large_files",
+    "write_bundle",
+    "write_all",
+    "LINKED",
+]
 
 # What the bundles are checked with (their tests run these versions). numpy 2.2 is the newest line that still
 # installs on Python 3.10, the oldest Python volmae supports; volmae itself is this source tree's version (build the
@@ -46,6 +57,9 @@ _PACKAGES = {
     "tensorboard": "2.21.0",
 }
 _CHANGELOG = {
+    "0.6.0": "hippocampus: the residual-encoder U-Net (resenc-tiny, S3D-pretrained) is the bundle's network and its "
+    "trained weights ship in models/ (model card: models/model_card.md); unetr.json overlay; the metadata's weights "
+    "field (licence, size of released files)",
     "0.5.0": "primus.json overlay: a Primus-style ViT (8^3 tokens, 3D RoPE, EVA-02 blocks, patch decoder) with MAE "
     "pretraining of the whole network",
     "0.4.0": "resenc.json overlay: a residual-encoder CNN U-Net with S3D sparse-masked pretraining, transferred whole "
@@ -101,6 +115,7 @@ def metadata(s: BundleSpec) -> dict:
         "pred_classes": desc,
         "eval_metrics": dict(s.eval_metrics),
         "intended_use": "Research only; not for clinical use",
+        "weights": weights_metadata(s),
         "references": list(s.references),
         "network_data_format": {
             "inputs": {"image": _tensor(s, len(s.channels), fmt, {str(i): c for i, c in enumerate(s.channels)})},
@@ -115,6 +130,16 @@ def metadata(s: BundleSpec) -> dict:
     return out
 
 
+def weights_metadata(s: BundleSpec) -> dict:
+    """The metadata's ``weights`` field, volmae's addition to MONAI's (the schema allows extra fields): the trained
+    weights' licence and, once released, each large file's size in bytes (``large_files.yml`` cannot hold it: MONAI
+    passes every key of an entry to ``download_url``)."""
+    out: dict = {"license": s.weights_license}
+    if s.release:
+        out["files"] = {WEIGHTS_FILE: {"size": s.release.size}}
+    return out
+
+
 def bundle_configs(s: BundleSpec) -> dict[str, dict]:
     return {
         "metadata.json": metadata(s),
@@ -126,6 +151,7 @@ def bundle_configs(s: BundleSpec) -> dict[str, dict]:
         "nnformer.json": nnformer_config(s),
         "resenc.json": resenc_config(s),
         "primus.json": primus_config(s),
+        "unetr.json": unetr_config(s),
     }
 
 
@@ -157,6 +183,31 @@ _LARGE_FILES = """# Files too large for the repository that the MONAI model zoo'
 # No trained weights are released for this bundle yet: train it (docs/README.md) to get models/model.pt.
 large_files: []
 """
+_LARGE_FILES_RELEASED = """# Files too large for the repository that the MONAI model zoo's tools download into the
+# bundle (python -m monai.bundle download_large_files --bundle_path <bundle>); volmae-download reads them too.
+# Size and licence: configs/metadata.json, "weights".
+large_files:
+- path: {path}
+  url: {url}
+  hash_val: {sha256}
+  hash_type: sha256
+"""
+
+
+_LARGE_FILES_SHIPPED = """# Files too large for the repository that the MONAI model zoo's tools download into the
+# bundle. None: the released weights (models/model.pt, at most 16 MB) ship inside the bundle itself.
+large_files: []
+"""
+
+
+def large_files(s: BundleSpec) -> str:
+    """``large_files.yml`` in MONAI's format: the released weights (path, url, hash_val, hash_type only), or none."""
+    if s.release is None:
+        return _LARGE_FILES_SHIPPED if s.shipped_weights else _LARGE_FILES
+    # quoted: YAML would read a URL with ": " or an all-digit hash as something else
+    return _LARGE_FILES_RELEASED.format(
+        path=WEIGHTS_FILE, url=json.dumps(s.release.url), sha256=json.dumps(s.release.sha256)
+    )
 
 
 def bundle_files(s: BundleSpec, license_text: str) -> dict[str, str]:
@@ -166,7 +217,7 @@ def bundle_files(s: BundleSpec, license_text: str) -> dict[str, str]:
     files["docs/README.md"] = render_readme(s)
     files["docs/data_license.txt"] = s.data_license
     files["LICENSE"] = license_text
-    files["large_files.yml"] = _LARGE_FILES
+    files["large_files.yml"] = large_files(s)
     return files
 
 

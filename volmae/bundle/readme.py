@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from volmae.bundle.specs import BundleSpec
+from volmae.networks.registry import get_preset
 
 __all__ = ["render_readme"]
 
@@ -16,6 +17,21 @@ def _measured(s: BundleSpec) -> str:
     )
 
 
+def _released(s: BundleSpec, b: str) -> str:
+    if s.shipped_weights:
+        return (
+            "The released model ships with the bundle: `models/model.pt` (its card, with how it was trained and what "
+            "it scored: `models/model_card.md`), so nothing needs downloading."
+        )
+    if s.release is None:
+        return "No trained weights are released yet, so `large_files.yml` lists none."
+    return (
+        f"The released weights are listed in `large_files.yml` (licence: {s.weights_license}): `volmae-download "
+        f"{s.name}` fetches them (sha256-checked), as does `python -m monai.bundle download_large_files --bundle_path "
+        f"{b}`."
+    )
+
+
 def _pretrain_then_train(b: str, dataset: str, overlay: str) -> str:
     """The two commands (pretraining, then fine-tuning from it) of an overlay's README section."""
     return f"""```bash
@@ -24,6 +40,75 @@ python -m monai.bundle run pretraining \\
 python -m monai.bundle run training --config_file "['{b}/configs/train.json','{b}/configs/{overlay}']" \\
     --dataset_dir /data/{dataset} --pretrained {b}/models/pretrained/model.pt
 ```"""
+
+
+_NAMES = {"vit": "UNETR", "resenc": "the residual-encoder U-Net", "nnformer": "nnFormer", "primus": "Primus"}
+
+
+def _overlays(s: BundleSpec, b: str) -> str:
+    """The README sections of the overlays that switch to another network family than the bundle's own."""
+    base = _NAMES[get_preset(s.preset).family]
+    nn_preset, nn_roi = s.nnformer
+    res_preset, res_roi = s.resenc
+    pri_preset, pri_roi = s.primus
+    vit_preset, vit_roi = s.unetr
+    overlay = f"\"['{b}/configs/train.json','{b}/configs/nnformer.json']\""
+    sections = {
+        "nnformer": f"""### nnFormer instead of {base}
+
+`configs/nnformer.json` switches every run to the nnFormer encoder and decoder (`{nn_preset}` at
+{" x ".join(map(str, nn_roi))}, masked-volume pretraining): add it after the run's config, e.g.
+
+```bash
+python -m monai.bundle run pretraining \\
+    --config_file "['{b}/configs/pretrain.json','{b}/configs/nnformer.json']" --dataset_dir /data/{s.dataset}
+python -m monai.bundle run training --config_file {overlay} \\
+    --dataset_dir /data/{s.dataset} --pretrained {b}/models/pretrained/model.pt
+python -m monai.bundle run evaluating \\
+    --config_file "['{b}/configs/train.json','{b}/configs/evaluate.json','{b}/configs/nnformer.json']" \\
+    --dataset_dir /data/{s.dataset}
+python -m monai.bundle run inference \\
+    --config_file "['{b}/configs/inference.json','{b}/configs/nnformer.json']" --input /data/scans
+```
+
+An ROI that does not fit nnFormer's windows stops with an error naming the nearest sizes that do. The nnFormer has
+no TorchScript export (its window attention is not scriptable); the other networks have.
+""",
+        "resenc": f"""### A residual-encoder CNN U-Net instead of {base}
+
+`configs/resenc.json` switches every run to a residual-encoder U-Net (nnU-Net's ResEnc design; `{res_preset}` at
+{" x ".join(map(str, res_roi))}, planned for the preprocessing spacing). Pretraining is then S3D sparse-masked
+reconstruction of the whole U-Net (75 % of the blocks of the encoder's total stride hidden, sparse convolutions and
+visible-only normalisation), and fine-tuning from it loads encoder and decoder, with a fresh head (the load
+report in `runs/train/pretrained_load_report.txt` lists what loaded):
+
+{_pretrain_then_train(b, s.dataset, "resenc.json")}
+
+Evaluation and inference take the overlay the same way as for nnFormer. The U-Net exports to TorchScript.
+""",
+        "primus": f"""### A Primus-style ViT instead of {base}
+
+`configs/primus.json` switches every run to a Primus-style ViT (`{pri_preset}` at {" x ".join(map(str, pri_roi))}: 8^3
+tokens with 3D rotary position embedding, EVA-02 blocks, a light transposed-conv patch decoder). Pretraining is
+then MAE of the whole network (75 % of the tokens hidden from the encoder, the patch decoder reconstructs them), and
+fine-tuning from it loads encoder and decoder, with a fresh head:
+
+{_pretrain_then_train(b, s.dataset, "primus.json")}
+
+The ROI must be a multiple of 8 on every axis. The network exports to TorchScript.
+""",
+        "vit": f"""### UNETR instead of {base}
+
+`configs/unetr.json` switches every run to UNETR on a ViT encoder (`{vit_preset}` at {" x ".join(map(str, vit_roi))}).
+Pretraining is then MAE of the encoder (75 % of the patches hidden), and fine-tuning from it loads the encoder:
+
+{_pretrain_then_train(b, s.dataset, "unetr.json")}
+
+The UNETR exports to TorchScript.
+""",
+    }
+    own = get_preset(s.preset).family
+    return "\n".join(text for family, text in sections.items() if family != own)
 
 
 def render_readme(s: BundleSpec) -> str:
@@ -39,10 +124,6 @@ def render_readme(s: BundleSpec) -> str:
     )
     channels = ", ".join(s.channels)
     name_them = ", set by naming them, e.g. `--channel_names \"['FLAIR','T1c']\"`" if len(s.channels) > 1 else ""
-    nn_preset, nn_roi = s.nnformer
-    res_preset, res_roi = s.resenc
-    pri_preset, pri_roi = s.primus
-    overlay = f"\"['{b}/configs/train.json','{b}/configs/nnformer.json']\""
     return f"""# volmae {s.name} bundle
 
 {s.task}.
@@ -81,7 +162,7 @@ directory. `{b}/train.json` and `{b}/configs/train.json` are the same file.
 # 1. masked pretraining on the task's images (labels unused) -> {b}/models/pretrained/model.pt
 python -m monai.bundle run pretraining --config_file {b}/configs/pretrain.json --dataset_dir /data/{s.dataset}
 
-# 2. fine-tune from the pretrained encoder (drop --pretrained to train from scratch)
+# 2. fine-tune from the pretraining (drop --pretrained to train from scratch)
 #    -> {b}/models/model.pt, and the run's files (model file, checkpoint, history) in {b}/runs/train
 python -m monai.bundle run training --config_file {b}/train.json --dataset_dir /data/{s.dataset} \\
     --pretrained {b}/models/pretrained/model.pt
@@ -111,49 +192,7 @@ Training runs on the first GPU with mixed precision when there is one and on the
 bf16 units (Intel AMX: Sapphire Rapids and later; AMD Zen 4 and later), `--cpu_bf16 true` runs the network under bf16
 autocast (stitching and loss stay float32); it is off by default because it runs slower on other CPUs.
 
-### nnFormer instead of UNETR
-
-`configs/nnformer.json` switches every run to the nnFormer encoder and decoder (`{nn_preset}` at
-{" x ".join(map(str, nn_roi))}, masked-volume pretraining): add it after the run's config, e.g.
-
-```bash
-python -m monai.bundle run pretraining \\
-    --config_file "['{b}/configs/pretrain.json','{b}/configs/nnformer.json']" --dataset_dir /data/{s.dataset}
-python -m monai.bundle run training --config_file {overlay} \\
-    --dataset_dir /data/{s.dataset} --pretrained {b}/models/pretrained/model.pt
-python -m monai.bundle run evaluating \\
-    --config_file "['{b}/configs/train.json','{b}/configs/evaluate.json','{b}/configs/nnformer.json']" \\
-    --dataset_dir /data/{s.dataset}
-python -m monai.bundle run inference \\
-    --config_file "['{b}/configs/inference.json','{b}/configs/nnformer.json']" --input /data/scans
-```
-
-An ROI that does not fit nnFormer's windows stops with an error naming the nearest sizes that do. The nnFormer has
-no TorchScript export (its window attention is not scriptable); the UNETR has.
-
-### A residual-encoder CNN U-Net instead of UNETR
-
-`configs/resenc.json` switches every run to a residual-encoder U-Net (nnU-Net's ResEnc design; `{res_preset}` at
-{" x ".join(map(str, res_roi))}, planned for the preprocessing spacing). Pretraining is then S3D sparse-masked
-reconstruction of the whole U-Net (75 % of the blocks of the encoder's total stride hidden, sparse convolutions and
-visible-only normalisation), and fine-tuning from it loads encoder and decoder, with a fresh head (the load
-report in `runs/train/pretrained_load_report.txt` lists what loaded):
-
-{_pretrain_then_train(b, s.dataset, "resenc.json")}
-
-Evaluation and inference take the overlay the same way as for nnFormer. The U-Net exports to TorchScript.
-
-### A Primus-style ViT instead of UNETR
-
-`configs/primus.json` switches every run to a Primus-style ViT (`{pri_preset}` at {" x ".join(map(str, pri_roi))}: 8^3
-tokens with 3D rotary position embedding, EVA-02 blocks, a light transposed-conv patch decoder). Pretraining is
-then MAE of the whole network (75 % of the tokens hidden from the encoder, the patch decoder reconstructs them), and
-fine-tuning from it loads encoder and decoder, with a fresh head:
-
-{_pretrain_then_train(b, s.dataset, "primus.json")}
-
-The ROI must be a multiple of 8 on every axis. The network exports to TorchScript.
-
+{_overlays(s, b)}
 Multi-GPU (one process per GPU; on a CPU-only machine the same command runs gloo processes):
 
 ```bash
@@ -172,21 +211,24 @@ python -m monai.bundle verify_net_in_out network_def --meta_file {b}/configs/met
     --config_file {b}/configs/inference.json
 python -m monai.bundle ckpt_export network_def --filepath {b}/models/model.ts \\
     --ckpt_file {b}/models/model.pt --meta_file {b}/configs/metadata.json \\
-    --config_file {b}/configs/inference.json             # TorchScript (torch.jit.script) of the UNETR
+    --config_file {b}/configs/inference.json             # TorchScript (torch.jit.script) of the network
 ```
 
 `models/model.pt` must be there for the export: train the bundle, or put a volmae model of this network there with
 `volmae-model to-bundle MODEL.pt {b}` (a model trained by `volmae-train` with this bundle's preset, ROI and labels).
-No trained weights are released yet, so `large_files.yml` lists none.
+{_released(s, b)}
 
 ## MONAI Label
 
 The bundle imports into MONAI Label's `monaibundle` sample app (tested with MONAI Label 0.8.5 and MONAI 1.6.1,
-offline). Install it into its own environment (it pins older DICOM libraries):
+offline). MONAI Label needs its own environment: it pins pydicom 2 (with `dicomweb-client<0.60` and
+`pynetdicom<2.1`), while volmae's `dicom` extra (highdicom, for DICOM-SEG output) needs pydicom 3.
+`tools/monailabel_env.sh DEST`, in volmae's source tree, builds it: a venv at `DEST` with torch 2.13.0, MONAI 1.6.1,
+MONAI Label 0.8.5 and those pins, and volmae (editable, from the source tree) with its core requirements only; run
+again, it does nothing when `DEST` already works.
 
 ```bash
-python -m venv ml && ml/bin/pip install torch==2.13.0 monai==1.6.1 monailabel==0.8.5 \\
-    "pydicom<3" "dicomweb-client<0.60" "pynetdicom<2.1" && ml/bin/pip install .
+tools/monailabel_env.sh ml                                           # MONAI Label's environment in ml/
 cp -r "$(ml/bin/monailabel apps | grep -o '/.*monaibundle')" app     # the sample app shipped with the install
 mkdir -p app/model && cp -rL {b} app/model/{s.name}                   # needs models/model.pt
 ml/bin/monailabel start_server --app app --studies /data/studies --host 127.0.0.1 --port 8000 \\
@@ -212,7 +254,7 @@ that reach `os`, `subprocess`, `open` or the network, and `_requires_` entries. 
 ## Files
 
 `configs/` holds the MONAI configs (`metadata.json`, `train.json`, `evaluate.json`, `inference.json`,
-`multi_gpu_train.json`, `pretrain.json`, the overlays `nnformer.json`, `resenc.json` and `primus.json`,
+`multi_gpu_train.json`, `pretrain.json`, the overlays `nnformer.json`, `resenc.json`, `primus.json` and `unetr.json`,
 `logging.conf`); the top-level files of the same names link to them. `models/` (not in git) receives `model.pt`
 and `pretrained/`; `runs/` the runs' own files. These files are generated from `volmae/bundle/specs.py` by
 `python tools/make_bundles.py`: edit the spec, not the JSON, when changing the shipped bundle.

@@ -20,7 +20,6 @@ what volmae runs. Nothing here reads data when the config is parsed: a bundle ch
 from __future__ import annotations
 
 import inspect
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -50,8 +49,6 @@ __all__ = [
     "BundleModel",
     "evaluate",
 ]
-
-logger = logging.getLogger("volmae.bundle")
 
 
 def bundle_root(default: str | os.PathLike | None = None) -> str:
@@ -210,7 +207,9 @@ class Trainer:
         if self.ckpt_dir is not None and int(os.environ.get("RANK", "0")) == 0:
             weights = ModelArtifact.load(self.result.model_path).weights
             atomic_save(weights, self.ckpt_dir / "model.pt")
-            logger.info("%s: the trained network_def's weights", self.ckpt_dir / "model.pt")
+            root = self.ckpt_dir.parent
+            print(f"model: {self.ckpt_dir / 'model.pt'} (the trained network_def's weights)\n"
+                  f"segment a scan with it: volmae-infer scan.nii.gz --bundle {root}", flush=True)  # fmt: skip
         return self.result
 
 

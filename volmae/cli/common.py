@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -17,7 +18,7 @@ from typing import Any
 
 from volmae.errors import VolmaeError, find_volmae_error  # noqa: F401 - find_volmae_error re-exported
 
-__all__ = ["add_config_args", "config_from_args", "run_main", "find_volmae_error", "stage_main"]
+__all__ = ["add_config_args", "config_from_args", "run_main", "find_volmae_error", "infer_hint", "stage_main"]
 
 
 def _flag_names(name: str) -> list[str]:
@@ -96,16 +97,28 @@ def run_main(prog: str, body: Callable[[], int | None]) -> int:
         return 143 if isinstance(err, TrainingInterrupted) else 2
 
 
+def infer_hint(model: str | os.PathLike | None = None, bundle: str | os.PathLike | None = None) -> str:
+    """The line a training command ends with: the ``volmae-infer`` command that segments a scan with its model."""
+    which = f"--bundle {bundle}" if bundle else f"--model {model}"
+    return f"segment a scan with it: volmae-infer scan.nii.gz {which}"
+
+
 def stage_main(
-    prog: str, doc: str | None, cls: type, required: Sequence[str], action: Callable[[Any], str]
+    prog: str,
+    doc: str | None,
+    cls: type,
+    required: Sequence[str],
+    action: Callable[[Any], str],
+    helps: dict[str, str] | None = None,
 ) -> Callable[[list[str] | None], int]:
     """A console-script ``main`` for one stage: flags from ``cls``, then ``action(config)``, whose returned text
-    is printed on success."""
+    is printed on success. ``helps``: this command's own help of flags whose shared text (``HELPS``) says another
+    thing."""
     from volmae.cli.helps import HELPS
 
     def main(argv: list[str] | None = None) -> int:
-        parser = argparse.ArgumentParser(prog, description=doc)
-        add_config_args(parser, cls, HELPS, required=required)
+        parser = argparse.ArgumentParser(prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_config_args(parser, cls, {**HELPS, **(helps or {})}, required=required)
         args = parser.parse_args(argv)
         return run_main(prog, lambda: _run_stage(action, config_from_args(cls, args)))
 

@@ -8,18 +8,18 @@ U-Net) finishes in about 20 minutes on 2 CPU cores with bf16 units (AMX, AMD Zen
 
 from __future__ import annotations
 
-import json
 import sys
 
-from volmae.cli.common import stage_main
+from volmae.cli.common import infer_hint, stage_main
 from volmae.demo import DemoConfig, run_demo
 
 
 def _run(cfg: DemoConfig) -> str:
     s = run_demo(cfg)
+    per = ", ".join(f"{n} {v:.4f}" for n, v in s["dice"].items())
     return (
-        f"mean foreground Dice {s['mean_dice']:.4f} on {s['held_out_cases']} held-out cases "
-        f"({s['total_s']:.0f} s); report: {cfg.out_dir}/report.md\n" + json.dumps(s["dice"])
+        f"mean foreground Dice {s['mean_dice']:.4f} ({per}) on {s['held_out_cases']} held-out cases "
+        f"({s['total_s']:.0f} s); report: {cfg.out_dir}/report.md\nmodel: {s['model']}\n{infer_hint(model=s['model'])}"
     )
 
 

@@ -59,9 +59,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _to_bundle(model: str, bundle: str, overwrite: bool) -> str:
     from volmae.artifact import ModelArtifact, find_bundle
-    from volmae.artifact.bundles import bundle_network, bundle_weights_path
+    from volmae.artifact.bundles import bundle_network, bundle_weights_path, write_bundle_weights
     from volmae.errors import ConfigError
-    from volmae.utils.io import atomic_save
 
     art = ModelArtifact.load(model, role="segmentation")
     root = find_bundle(bundle)
@@ -75,7 +74,7 @@ def _to_bundle(model: str, bundle: str, overwrite: bool) -> str:
             f"{root.name}'s network_def is a {network.kind} of preset {network.preset} at {list(network.window)}; "
             "train with the bundle's preset, ROI and labels, or use the model file itself (volmae-infer --model)"
         )
-    atomic_save(art.weights, dst)  # the plain state dict of network_def, as the bundle's own training writes it
+    write_bundle_weights(art.weights, root, overwrite=True)  # the plain state dict of network_def
     return f"{dst}: the weights of {model} ({art.provenance.summary()})"
 
 

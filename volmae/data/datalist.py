@@ -27,6 +27,7 @@ __all__ = [
     "load_msd_datalist",
     "case_id",
     "make_folds",
+    "dataset_folds",
     "split_fold",
     "label_fraction",
     "split_validation",
@@ -279,15 +280,20 @@ def make_folds(cases: Sequence[str], n_folds: int = 5, seed: int = 0) -> list[li
     return [order[i::n_folds] for i in range(n_folds)]
 
 
-def split_fold(datalist: Datalist, fold: int, n_folds: int = 5, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """``(train items, held-out items)`` for ``fold``; uses the folder's ``splits.json`` when it has one."""
+def dataset_folds(datalist: Datalist, n_folds: int = 5, seed: int = 0) -> list[list[str]]:
+    """The case ids of each fold: the folder's ``splits.json`` when it has one, else :func:`make_folds`."""
     cases = [it["case"] for it in datalist.items]
     if not datalist.splits and len(cases) < n_folds:
         raise DataError(
             f"{datalist.root or datalist.name}: {len(cases)} cases are too few for the default {n_folds}-fold split; "
             'write a splits.json beside dataset.json, e.g. {"folds": [["case_a"], ["case_b"], ...]}'
         )
-    folds = datalist.splits or make_folds(cases, n_folds, seed)
+    return datalist.splits or make_folds(cases, n_folds, seed)
+
+
+def split_fold(datalist: Datalist, fold: int, n_folds: int = 5, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """``(train items, held-out items)`` for ``fold``; uses the folder's ``splits.json`` when it has one."""
+    folds = dataset_folds(datalist, n_folds, seed)
     if not 0 <= fold < len(folds):
         raise DataError(f"fold={fold}: the datalist has folds 0..{len(folds) - 1}")
     held = set(folds[fold])
