@@ -447,12 +447,9 @@ def ensure_weights(root: str | os.PathLike) -> Path | None:
     """The bundle's installed weights; released weights not installed yet are downloaded (one line on stderr says
     so) unless ``VOLMAE_OFFLINE`` is set; None when none are released."""
     root = Path(root)
-    found = installed_weights(root)
-    if found:
-        return found
-    entry = registry_entry(root)
-    if entry is None:
-        return None
+    entry = None if installed_weights(root) else registry_entry(root)
+    if entry is None:  # installed, or nothing released
+        return installed_weights(root)
     if offline():
         raise DownloadError(
             f"the weights of bundle {root.name} are not installed and VOLMAE_OFFLINE is set; "
