@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from volmae import __version__
-from volmae.artifact.bundles import bundle_network, find_bundle, write_bundle_weights
+from volmae.artifact.bundles import check_fits_bundle, find_bundle, write_bundle_weights
 from volmae.artifact.model import ModelArtifact
 from volmae.bundle.specs import BundleSpec, get_bundle_spec
 from volmae.data.datalist import dataset_folds, load_msd_datalist, split_fold
@@ -302,12 +302,7 @@ def _install(packed: Path, summary: dict, into: str) -> dict:
     root = find_bundle(into)
     if summary.get("bundle") != root.name:
         raise ConfigError(f"{packed}: a release of bundle {summary.get('bundle')!r}, not of {root.name!r}")
-    network = bundle_network(root)
-    if model.network.to_dict() != network.to_dict():
-        raise ConfigError(
-            f"the released {model.kind} ({model.network.preset} at {list(model.network.window)}) does not fit bundle "
-            f"{root.name}'s network_def ({network.preset} at {list(network.window)})"
-        )
+    check_fits_bundle(model, root, f"the release in {packed}")
     path = write_bundle_weights(model.weights, root, overwrite=True)
     final = dict(summary, packed=dict(summary["packed"], **_file_facts(path)))
     atomic_write_json(root / "models" / "release.json", final)

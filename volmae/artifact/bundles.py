@@ -323,6 +323,19 @@ def install_weights(bundle: str | os.PathLike, file: str | os.PathLike) -> Path:
     return hub.install_from_file(root, file, check=fits)
 
 
+def check_fits_bundle(model: ModelArtifact, bundle: str | os.PathLike, what: str = "the model") -> None:
+    """Refuse ``model`` for ``bundle`` unless it is the bundle's network_def (preset, window, channels, classes),
+    naming both."""
+    root = find_bundle(bundle)
+    network = bundle_network(root)
+    if model.network.to_dict() != network.to_dict():
+        raise ConfigError(
+            f"{what}: a {model.kind} of preset {model.network.preset} at {list(model.network.window)}, but bundle "
+            f"{root.name}'s network_def is a {network.kind} of preset {network.preset} at {list(network.window)}; "
+            "train with the bundle's preset, ROI and labels, or use the model file itself (volmae-infer --model)"
+        )
+
+
 def write_bundle_weights(weights: dict[str, torch.Tensor], bundle: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write ``weights`` as ``bundle``'s ``models/model.pt``: the plain state dict of its ``network_def``, as the
     bundle's own training writes it and MONAI's tools load it; checked against the network's keys and shapes first

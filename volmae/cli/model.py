@@ -59,21 +59,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _to_bundle(model: str, bundle: str, overwrite: bool) -> str:
     from volmae.artifact import ModelArtifact, find_bundle
-    from volmae.artifact.bundles import bundle_network, bundle_weights_path, write_bundle_weights
+    from volmae.artifact.bundles import bundle_weights_path, check_fits_bundle, write_bundle_weights
     from volmae.errors import ConfigError
 
     art = ModelArtifact.load(model, role="segmentation")
     root = find_bundle(bundle)
-    network = bundle_network(root)
     dst = bundle_weights_path(root)
     if dst.exists() and not overwrite:
         raise ConfigError(f"{dst} exists; pass --overwrite to replace it")
-    if art.network.to_dict() != network.to_dict():
-        raise ConfigError(
-            f"{model}: a {art.kind} of preset {art.network.preset} at {list(art.network.window)}, but bundle "
-            f"{root.name}'s network_def is a {network.kind} of preset {network.preset} at {list(network.window)}; "
-            "train with the bundle's preset, ROI and labels, or use the model file itself (volmae-infer --model)"
-        )
+    check_fits_bundle(art, root, model)
     write_bundle_weights(art.weights, root, overwrite=True)  # the plain state dict of network_def
     return f"{dst}: the weights of {model} ({art.provenance.summary()})"
 
