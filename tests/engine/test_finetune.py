@@ -52,6 +52,8 @@ def test_no_validation_trains_on_every_training_case(synthetic_task, tmp_path):
         (dict(pretrained="a.pt", transfer="decoder"), "transfer='decoder'"),
         (dict(decoder_first_epochs=1.0), "needs pretrained weights"),
         (dict(pretrained="a.pt", pretrained_lr_scale=2.0), "pretrained_lr_scale=2.0"),
+        (dict(beta2=1.0), r"beta2=1.0: must lie strictly between 0 and 1, e.g. 0.98"),
+        (dict(tokenizer="conv"), "has no tokenizer choice; it is a Primus option"),
     ],
 )
 def test_settings_that_would_mislead_are_refused(synthetic_task, tmp_path, settings, message):
@@ -154,6 +156,24 @@ def test_whole_network_pretraining_fine_tunes_at_the_recipes_learning_rate(
             "the pretrained encoder and decoder of"
         )
     assert lrs == {None: pytest.approx(1e-3), 0.5: pytest.approx(5e-4)}
+
+
+def test_primus_recipe_options_reach_the_network_and_the_optimizer(synthetic_task, tmp_path, monkeypatch):
+    """--tokenizer conv builds the conv tokenizer (recorded in the model file, so inference rebuilds it) and --beta2
+    sets AdamW's second beta of the run."""
+    import volmae.engine.loop as loop
+
+    seen = []
+    real = loop.adamw
+    monkeypatch.setattr(loop, "adamw", lambda *a, **k: seen.append(k["betas"]) or real(*a, **k))
+    cfg = dict(roi_size=(16, 16, 16), epochs=1, batch_size=2, num_samples=1, device="cpu", quiet=True, val_every=0)
+    res = finetune(FinetuneConfig(str(synthetic_task), str(tmp_path / "run"), preset="primus-tiny", tokenizer="conv",
+                                  beta2=0.98, **cfg))  # fmt: skip
+    model = ModelArtifact.load(res.model_path)
+    assert model.network.encoder["tokenizer"] == "conv" and model.provenance.settings["beta2"] == 0.98
+    assert seen == [(0.9, 0.98)]
+    net = model.build()
+    assert any(n.startswith("encoder.patch_embed.stem") for n, _ in net.named_parameters())
 
 
 def test_decoder_first_warm_up_holds_the_encoder_still(synthetic_task, tmp_path):

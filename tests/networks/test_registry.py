@@ -86,6 +86,24 @@ def test_options_of_the_other_family_are_refused():
         build_mae("primus-tiny", 1, 16, method="masked-unetr")
 
 
+@pytest.mark.parametrize("preset", ["vit-tiny", "nnformer-tiny", "resenc-tiny", "dynunet"])
+def test_the_tokenizer_is_a_primus_option(preset):
+    with pytest.raises(ConfigError, match=r"has no tokenizer choice; it is a Primus option"):
+        build_segmenter(preset, 1, 3, 32, tokenizer="conv")
+    if preset != "dynunet":
+        with pytest.raises(ConfigError, match="has no tokenizer choice"):
+            build_mae(preset, 1, 32, tokenizer="conv")
+
+
+def test_primus_tokenizers_build_and_a_wrong_one_is_named():
+    seg = build_segmenter("primus-tiny", 1, 3, 16, tokenizer="conv", num_layers=1)
+    mae = build_mae("primus-tiny", 1, 16, tokenizer="conv", num_layers=1)
+    assert seg.config.encoder["tokenizer"] == mae.config.encoder["tokenizer"] == "conv"
+    assert seg.model(torch.randn(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
+    with pytest.raises(ConfigError, match="tokenizer='convs': expected one of patch, conv"):
+        build_segmenter("primus-tiny", 1, 3, 16, tokenizer="convs")
+
+
 def test_tiny_preset_runs_mae_and_unetr():
     x = torch.randn(1, 1, 16, 16, 16)
     mae = build_mae("vit-tiny", 1, 16, num_layers=2, decoder_depth=1).model

@@ -15,12 +15,20 @@
 # volumes by sliding window): CPU-sized (~35 min per fine-tune on one core); the same command with
 # --roi-size 96 96 96 is the GPU-sized one. The first run of these checks (2026-12-01) had 100 (BraTS) and 60 (CT)
 # steps and the unmasked BraTS air; neither init learned either task then.
-# Usage: tools/experiments/cross_dataset_study.sh [DATA_DIR] [OUT_DIR]
+# The same BraTS design for the ResEnc U-Net: ENCODER=resenc-tiny CHECKS=brats (S3D instead of MAE, bf16 autocast;
+# fold 0, which holds the dense pretraining, runs as one 2-thread process).
+# Usage: [ENCODER=vit-tiny] [CHECKS="brats ct"] tools/experiments/cross_dataset_study.sh [DATA_DIR] [OUT_DIR]
 set -euo pipefail
 D=$(realpath "${1:-../shared/data}")
 OUT=${2:-runs/cross_dataset}
+ENCODER=${ENCODER:-vit-tiny}
+CHECKS=${CHECKS:-brats ct}
 mkdir -p "$OUT" && cd "$OUT"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+case $ENCODER in
+  resenc*) M=(--methods s3d --cpu-bf16); TAG=_$ENCODER ;;
+  *) M=(--methods mae); TAG= ;;
+esac
 two() {  # two processes on one study folder: each claims runs the other has not
   "$@" > "$(mktemp -p . worker_XXXX.log)" 2>&1 & local a=$!
   sleep 30  # the first writes study.yaml / plan.json and claims the pretraining
@@ -28,6 +36,7 @@ two() {  # two processes on one study folder: each claims runs the other has not
   wait $a; wait $b
 }
 
+if [[ " $CHECKS " == *" brats "* ]]; then
 # BraTS: the 4 cases as one MSD task, folds = DeepMedic's validation pair, then its train pair
 mkdir -p brats_src
 for c in "$D"/brats2013_deepmedic/{train,validation}/*/; do ln -sfn "$c" "brats_src/$(basename "$c")"; done
@@ -36,13 +45,20 @@ echo '{"folds": [["brats_2013_pat0003_1", "brats_2013_pat0004_1"], ["brats_2013_
   > brats_task/splits.json
 printf '%s\n' "$D/mni152_nilearn/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz" \
   "$D/totalseg_examples/example_mr_sm.nii.gz" > other_mri.txt
-B=(--dataset-dir brats_task --preprocessing mri --roi-size 64 64 64 --encoders vit-tiny --methods mae --peer none
+B=(--dataset-dir brats_task --preprocessing mri --roi-size 64 64 64 --encoders "$ENCODER" "${M[@]}" --peer none
    --fractions 1.0 --seeds 0 --steps 400 --batch-size 1 --curve-points 0
    --device cpu --no-pretrain-on-dataset --pretrain-epochs 8 --pretrain-sources "$D/msd_hippocampus" other_mri.txt)
-two volmae-study "${B[@]}" --fold 0 --out-dir brats_f0
-two volmae-study "${B[@]}" --fold 1 --out-dir brats_f1 --reuse-pretraining vit-tiny=brats_f0/pretrain/vit-tiny/model.pt
-volmae-study "${B[@]}" --out-dir brats --report-only --pool-studies brats_f0 brats_f1  # the pooled report
+if [ -n "$TAG" ]; then  # the CNN's dense pretraining is the long part: one process at 2 threads for fold 0
+  OMP_NUM_THREADS=2 volmae-study "${B[@]}" --fold 0 --out-dir brats${TAG}_f0 > brats${TAG}_f0.log 2>&1
+else
+  two volmae-study "${B[@]}" --fold 0 --out-dir brats${TAG}_f0
+fi
+two volmae-study "${B[@]}" --fold 1 --out-dir brats${TAG}_f1 \
+  --reuse-pretraining "$ENCODER=brats${TAG}_f0/pretrain/$ENCODER/model.pt"
+volmae-study "${B[@]}" --out-dir brats$TAG --report-only --pool-studies brats${TAG}_f0 brats${TAG}_f1  # pooled report
+fi
 
+if [[ " $CHECKS " == *" ct "* ]]; then
 # CT: the ircadb task beside the read-only data, with leave-one-out folds
 mkdir -p ircadb_task/imagesTr ircadb_task/labelsTr
 cp -f "$D/ircadb01_ct/dataset.json" ircadb_task/ && chmod u+w ircadb_task/dataset.json
@@ -52,8 +68,9 @@ for c in 001 007 017; do
 done
 echo '{"folds": [["ircadb_001"], ["ircadb_007"], ["ircadb_017"]]}' > ircadb_task/splits.json
 echo "$D/totalseg_examples/example_ct_sm.nii.gz" > other_ct.txt
-C=(--dataset-dir ircadb_task --preprocessing ct --pixdim 3 3 3 --roi-size 64 64 64 --encoders vit-tiny --methods mae --peer none
+C=(--dataset-dir ircadb_task --preprocessing ct --pixdim 3 3 3 --roi-size 64 64 64 --encoders "$ENCODER" "${M[@]}" --peer none
    --fractions 1.0 --seeds 0 --steps 400 --batch-size 1 --curve-points 0
    --device cpu --pretrain-sources other_ct.txt --pretrain-epochs 40 --pretrain-batch-size 2)
-for f in 0 1 2; do two volmae-study "${C[@]}" --fold $f --out-dir ct_f$f; done
-volmae-study "${C[@]}" --out-dir ct --report-only --pool-studies ct_f0 ct_f1 ct_f2
+for f in 0 1 2; do two volmae-study "${C[@]}" --fold $f --out-dir ct${TAG}_f$f; done
+volmae-study "${C[@]}" --out-dir ct$TAG --report-only --pool-studies ct${TAG}_f0 ct${TAG}_f1 ct${TAG}_f2
+fi

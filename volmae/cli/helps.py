@@ -12,6 +12,8 @@ HELPS: dict[str, str] = {
     "pixdim": "target voxel spacing in mm, D H W after RAS reorientation (default from the preprocessing preset: "
     "1 mm for MRI, 1.5 x 1.5 x 2 for CT); stored with the model, so evaluation and inference resample the same way",
     "patch_size": "ViT patch size (8 or 16) or nnFormer embedding stride (default from the preset)",
+    "tokenizer": "Primus presets: patch (one strided convolution per token, as Primus) or conv (a small strided "
+    "convolutional stem, as PrimusV2; needs power-of-two patch sizes); default patch",
     "feature_size": "UNETR decoder width at full resolution (default from the preset; volmae-pretrain: --method "
     "masked-unetr, match the fine-tuning run)",
     "skip_norm": "LayerNorm on each ViT skip of UNETR (--no-skip-norm: MONAI's exact UNETR, exportable to MONAI)",
@@ -54,6 +56,8 @@ HELPS: dict[str, str] = {
     "num_samples": "random crops per volume per step (default from the preprocessing preset)",
     "lr": "peak learning rate (AdamW)",
     "weight_decay": "AdamW weight decay (not applied to norms, biases, embeddings)",
+    "beta2": "AdamW second-moment decay (default: 0.95 for pretraining, 0.999 for fine-tuning; Primus' recipe uses "
+    "0.98)",
     "layer_decay": "layer-wise learning-rate decay for pretrained encoders (1 disables; default from the family's "
     "recipe: 0.75 for the transformers, 1 for the ResEnc CNN)",
     "warmup_epochs": "linear learning-rate warmup, in epochs",

@@ -46,7 +46,7 @@ from volmae.data import (
 )
 from volmae.engine.loop import TrainLoop
 from volmae.engine.losses import annotated_mask, segmentation_loss, training_annotations
-from volmae.engine.stage import StageConfig, loop_config, prepare_stage
+from volmae.engine.stage import StageConfig, encoder_overrides, loop_config, prepare_stage
 from volmae.errors import ConfigError
 from volmae.evaluation.metrics import dice_scores, label_masks, scored_classes
 from volmae.inference.predictor import Predictor
@@ -220,6 +220,7 @@ def finetune(cfg: FinetuneConfig, cases: Cases | None = None) -> FinetuneResult:
         cfg.skip_norm,
         cfg.deep_supervision,
         spacing=prep.pixdim or 1.0,  # the CNN peer plans its strides from it
+        **encoder_overrides(cfg),
     )
     if cfg.decoder_first_epochs and getattr(model, "encoder", None) is None:
         raise ConfigError(f"decoder_first_epochs: a {network.kind} network has no separate encoder to hold still")

@@ -22,7 +22,7 @@ from volmae.data import (
 )
 from volmae.data.transforms import infer_transforms
 from volmae.engine.loop import TrainLoop
-from volmae.engine.stage import StageConfig, loop_config, prepare_stage
+from volmae.engine.stage import StageConfig, encoder_overrides, loop_config, prepare_stage
 from volmae.errors import CheckpointError
 from volmae.evaluation.pictures import save_reconstruction_png
 from volmae.networks.mae import MaskedAutoencoder
@@ -94,6 +94,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         feature_size=cfg.feature_size,
         mask_ratio_max=cfg.mask_ratio_max,
         spacing=prep.pixdim or 1.0,  # a CNN plans its strides from it
+        **encoder_overrides(cfg),
     )
     if cfg.init_from and not (cfg.resume and (out / "checkpoint.pt").exists()):
         init_weights(model, network, cfg.init_from)

@@ -22,7 +22,7 @@ from volmae.utils.flags import parse_flag
 from volmae.utils.io import atomic_write_text, config_yaml
 from volmae.utils.runtime import check_cpu_bf16, resolve_device
 
-__all__ = ["StageConfig", "StageSetup", "prepare_stage", "loop_config"]
+__all__ = ["StageConfig", "StageSetup", "prepare_stage", "loop_config", "encoder_overrides"]
 
 
 @dataclass
@@ -34,12 +34,14 @@ class StageConfig:
     roi_size: tuple[int, int, int] | None = None
     pixdim: tuple[float, float, float] | None = None  # target voxel spacing in mm (None: the preset's)
     patch_size: int | None = None
+    tokenizer: str | None = None  # Primus presets: "patch" (one strided conv) or "conv" (None: the preset's, patch)
     epochs: int = 100
     steps: int | None = None  # an exact optimizer-step budget; when set it replaces epochs (engine.loop)
     batch_size: int = 2
     num_samples: int | None = None
     lr: float = 1e-3
     weight_decay: float = 0.05
+    beta2: float | None = None  # AdamW's second-moment decay (None: the stage's, 0.95 pretraining, 0.999 fine-tuning)
     warmup_epochs: float = 2.0
     grad_clip: float | None = None
     seed: int = 0
@@ -88,6 +90,8 @@ def prepare_stage(cfg: StageConfig, datalist: Datalist | None = None) -> StageSe
         raise ConfigError(f"steps={cfg.steps}: must be >= 1 (or unset: train whole epochs)")
     if cfg.lr <= 0:
         raise ConfigError(f"lr={cfg.lr}: must be > 0")
+    if cfg.beta2 is not None and not 0 < cfg.beta2 < 1:
+        raise ConfigError(f"beta2={cfg.beta2}: must lie strictly between 0 and 1, e.g. 0.98 (Primus) or 0.999")
     if cfg.lr_scaling not in LR_SCALING:
         raise ConfigError(f"lr_scaling={cfg.lr_scaling!r}: expected one of {', '.join(LR_SCALING)}")
     dist, device = init_distributed(resolve_device(cfg.device), cfg.dist_timeout)
@@ -117,10 +121,18 @@ def prepare_stage(cfg: StageConfig, datalist: Datalist | None = None) -> StageSe
     return StageSetup(device, prep, datalist, out, dist, lr)
 
 
+def encoder_overrides(cfg: StageConfig) -> dict[str, str]:
+    """The encoder options a stage passes to the network builders when set (the Primus tokenizer)."""
+    return {"tokenizer": cfg.tokenizer} if cfg.tokenizer is not None else {}
+
+
 def loop_config(cfg: StageConfig, setup: StageSetup, desc: str, **stage_own) -> LoopConfig:
     """The training loop's settings that every stage takes from its :class:`StageConfig` the same way (budget,
     schedule, precision, device, seed, checkpoints, batch); ``stage_own``: the :class:`LoopConfig` fields a stage
-    sets its own way (e.g. the MAE's AdamW ``betas``, fine-tuning's ``min_lr_ratio``)."""
+    sets its own way (e.g. the MAE's AdamW ``betas``, fine-tuning's ``min_lr_ratio``); ``beta2`` replaces the second
+    of the stage's ``betas`` when set."""
+    if cfg.beta2 is not None:
+        stage_own["betas"] = (stage_own.get("betas", LoopConfig.betas)[0], cfg.beta2)
     return LoopConfig(
         setup.out,
         cfg.epochs,

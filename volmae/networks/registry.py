@@ -25,6 +25,7 @@ from volmae.networks.config import (
 from volmae.networks.dynunet import nnunet_plan
 from volmae.networks.nnformer_encoder import nearest_valid_sizes
 from volmae.networks.patching import as_tuple
+from volmae.networks.primus import TOKENIZERS
 from volmae.utils.io import plain
 
 __all__ = [
@@ -223,6 +224,18 @@ def fit_roi(preset: str, roi_size: Sequence[int]) -> tuple[int, int, int]:
     return tuple(-(-r // step) * step for r in roi)  # type: ignore[return-value]
 
 
+def _check_encoder_overrides(preset: str, family: str, overrides: Mapping[str, Any]) -> None:
+    """Refuse encoder options the preset's family does not have, naming the family that has them."""
+    if "tokenizer" not in overrides:
+        return
+    if family != "primus":
+        raise ConfigError(
+            f"tokenizer: preset {preset!r} ({family}) has no tokenizer choice; it is a Primus option (e.g. primus-tiny)"
+        )
+    if overrides["tokenizer"] not in TOKENIZERS:
+        raise ConfigError(f"tokenizer={overrides['tokenizer']!r}: expected one of {', '.join(TOKENIZERS)}")
+
+
 def _resenc_encoder_config(
     preset: str,
     in_channels: int,
@@ -255,6 +268,7 @@ def _encoder_config(
     p = get_preset(preset)
     if isinstance(p, CnnPreset):
         raise ConfigError(f"preset {preset!r} is a CNN without a separate encoder: nothing to pretrain or extract")
+    _check_encoder_overrides(preset, p.family, overrides)
     if isinstance(p, ResEncPreset):
         return _resenc_encoder_config(preset, in_channels, img_size, patch_size, spacing, overrides)
     kwargs: dict[str, Any] = dict(in_channels=in_channels, img_size=img_size, **p.encoder_kwargs())
@@ -530,6 +544,7 @@ def segmenter_config(
 ) -> NetworkConfig:
     """The :class:`NetworkConfig` of :func:`build_segmenter` (nothing is built); the bundles' ``network_config``."""
     p = get_preset(preset)
+    _check_encoder_overrides(preset, p.family, encoder_overrides)
     if isinstance(p, CnnPreset | ResEncPreset):
         given = {
             "patch_size": patch_size is not None,
