@@ -16,7 +16,6 @@ Usage (the S3D learning-rate tuning, then a Primus recipe search over two valida
 """
 
 import argparse
-import dataclasses
 import itertools
 import json
 import statistics
@@ -27,9 +26,9 @@ from pathlib import Path
 from volmae.data.datalist import dataset_folds, label_fraction, load_datalist, split_fold
 from volmae.data.loading import steps_per_epoch
 from volmae.engine.finetune import Cases, FinetuneConfig, finetune
+from volmae.utils.flags import parse_flag
 
-FIELDS = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
-HINTS = typing.get_type_hints(FinetuneConfig)
+HINTS = typing.get_type_hints(FinetuneConfig)  # every field's type
 
 
 def parse_value(name: str, text: str):
@@ -38,9 +37,11 @@ def parse_value(name: str, text: str):
         return None
     tp = HINTS[name]
     args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
-    for kind in (bool, int, float, str):
+    if bool in args:
+        return parse_flag(name, text)  # true / false, as the configs read yes/no settings
+    for kind in (int, float, str):
         if kind in args:
-            return text.lower() in ("1", "true", "yes") if kind is bool else kind(text)
+            return kind(text)
     raise SystemExit(f"--grid {name}: a {tp} field cannot be given on the command line")
 
 
@@ -48,8 +49,8 @@ def parse_grid(entries: list[str]) -> dict[str, list]:
     grid = {}
     for entry in entries:
         name, _, values = entry.partition("=")
-        if name not in FIELDS or not values:
-            near = [f for f in FIELDS if name and (name in f or f in name)]
+        if name not in HINTS or not values:
+            near = [f for f in HINTS if name and (name in f or f in name)]
             raise SystemExit(f"--grid {entry!r}: expected FIELD=V1,V2 with a FinetuneConfig field (nearest: {near})")
         grid[name] = [parse_value(name, v) for v in values.split(",")]
     return grid
