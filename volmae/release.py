@@ -20,7 +20,6 @@ folder), that bundle's ``models/model.pt`` (the plain state dict of its ``networ
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -35,7 +34,7 @@ from volmae import __version__
 from volmae.artifact.bundles import check_fits_bundle, find_bundle, write_bundle_weights
 from volmae.artifact.model import ModelArtifact
 from volmae.bundle.specs import BundleSpec, get_bundle_spec
-from volmae.data.datalist import dataset_folds, load_msd_datalist, split_fold
+from volmae.data.datalist import dataset_folds, inner_fold, load_msd_datalist
 from volmae.data.paths import dataset_path
 from volmae.demo import RECIPES
 from volmae.engine.finetune import Cases, FinetuneConfig, finetune
@@ -43,7 +42,7 @@ from volmae.engine.pretrain import PretrainConfig, pretrain
 from volmae.errors import ConfigError, DataError
 from volmae.evaluation.evaluate import EvaluateConfig, evaluate
 from volmae.networks.registry import citations
-from volmae.utils.io import atomic_write_json, atomic_write_text
+from volmae.utils.io import atomic_write_json, atomic_write_text, sha256_file
 from volmae.utils.runtime import cpu_has_bf16_units
 
 __all__ = ["ReleaseConfig", "release", "DTYPES", "model_card"]
@@ -121,7 +120,7 @@ def _cast(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, tor
 
 
 def _file_facts(path: Path) -> dict:
-    return {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def release(cfg: ReleaseConfig) -> dict:
@@ -253,13 +252,10 @@ def _cross_validate(cfg: ReleaseConfig, ft_cfg: FinetuneConfig, data: str, out: 
     """The recipe trained without each of ``cfg.cv_folds`` training folds and scored on it (the held-out fold
     untouched); per-class Dice pooled over every scored case."""
     datalist = load_msd_datalist(data)
-    train, _ = split_fold(datalist, cfg.fold)
-    all_folds = dataset_folds(datalist)
     t0, folds, per_case = time.time(), [], {}
     for i in _inner_folds(cfg, data):
-        held = set(all_folds[i])
-        fold_train = [it for it in train if it["case"] not in held]
-        scored = sorted(it["case"] for it in train if it["case"] in held)
+        fold_train, fold_scored = inner_fold(datalist, cfg.fold, i)
+        scored = sorted(it["case"] for it in fold_scored)
         run = finetune(replace(ft_cfg, out_dir=str(out / f"fold{i}"), val_every=0), Cases(datalist, fold_train, []))
         report = _evaluate(cfg, ModelArtifact.load(run.model_path, role="segmentation"), data, out / f"fold{i}_eval",
                            scored)  # fmt: skip

@@ -13,6 +13,7 @@ from tests.conftest import make_msd_folder
 from volmae.data.datalist import (
     Datalist,
     case_id,
+    inner_fold,
     label_fraction,
     load_datalist,
     load_image_list,
@@ -197,6 +198,16 @@ def test_split_fold_uses_splits_and_checks_range():
             split_fold(dl, bad)
     with pytest.raises(DataError, match="held-out"):
         split_fold(_synthetic_datalist(4, splits=[["c0", "c1", "c2", "c3"], []]), 0)
+
+
+def test_inner_fold_stays_on_the_training_side():
+    dl = _synthetic_datalist(6, splits=[["c0", "c1"], ["c2", "c3"], ["c4", "c5"]])
+    train, val = inner_fold(dl, 0, 2)
+    assert [it["case"] for it in train] == ["c2", "c3"] and [it["case"] for it in val] == ["c4", "c5"]
+    with pytest.raises(DataError, match="inner fold 0 is the held-out fold 0"):
+        inner_fold(dl, 0, 0)
+    with pytest.raises(DataError, match=r"inner fold 3: the datalist has folds 0..2"):
+        inner_fold(dl, 0, 3)
 
 
 # --------------------------------------------------------------------------------------------------- label fraction

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import make_msd_folder
 from volmae.data.datalist import dataset_folds, load_datalist
+from volmae.errors import DataError
 
 TOOL = runpy.run_path(str(Path(__file__).resolve().parents[2] / "tools" / "experiments" / "recipe_tuning.py"))
 
@@ -36,5 +37,5 @@ def test_validation_folds_lie_inside_the_training_side(tmp_path):
         assert not (train_ids | val_ids) & held_out
     ((_, train, val),) = TOOL["splits"](datalist, 0, None, 0.5, 0, 20)
     assert not {it["case"] for it in train + val} & held_out and len(train) == 4
-    with pytest.raises(SystemExit, match="fold 0 is the held-out fold"):
+    with pytest.raises(DataError, match="is the held-out fold 0"):
         TOOL["splits"](datalist, 0, [0, 1], 0.5, 0, 20)

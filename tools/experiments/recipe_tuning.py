@@ -23,7 +23,7 @@ import time
 import typing
 from pathlib import Path
 
-from volmae.data.datalist import dataset_folds, label_fraction, load_datalist, split_fold
+from volmae.data.datalist import inner_fold, label_fraction, load_datalist, split_fold
 from volmae.data.loading import steps_per_epoch
 from volmae.engine.finetune import Cases, FinetuneConfig, finetune
 from volmae.utils.flags import parse_flag
@@ -82,15 +82,10 @@ def splits(datalist, fold: int, val_folds: list[int] | None, fraction: float, se
         train = label_fraction(train_side, fraction, seed)
         chosen = {it["case"] for it in train}
         return [("train-side", train, [it for it in train_side if it["case"] not in chosen][:val_cases])]
-    if fold in val_folds:
-        raise SystemExit(f"--val-folds {val_folds}: fold {fold} is the held-out fold; tune on the others")
-    folds = dataset_folds(datalist)
     out = []
-    for k in val_folds:
-        held = set(folds[k])
-        rest = [it for it in train_side if it["case"] not in held]
-        out.append((f"val-fold-{k}", label_fraction(rest, fraction, seed),
-                    [it for it in train_side if it["case"] in held][:val_cases]))  # fmt: skip
+    for k in val_folds:  # the held-out fold is refused by inner_fold
+        rest, val = inner_fold(datalist, fold, k)
+        out.append((f"val-fold-{k}", label_fraction(rest, fraction, seed), val[:val_cases]))
     return out
 
 

@@ -36,7 +36,6 @@ live under the folder's name.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import json
 import os
@@ -55,6 +54,7 @@ from pathlib import Path
 import yaml
 
 from volmae.errors import ConfigError, DownloadError, VolmaeError
+from volmae.utils.io import sha256_file
 
 __all__ = [
     "WEIGHTS_FILE",
@@ -255,14 +255,6 @@ def opener() -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(urllib.request.ProxyHandler(urllib.request.getproxies()))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _reason(e: BaseException) -> str:
     r = getattr(e, "reason", None)
     text = str(r if r is not None else e) or type(e).__name__
@@ -382,7 +374,7 @@ def download(root: str | os.PathLike, progress: bool | None = None) -> Path:
     progress = sys.stderr.isatty() if progress is None else progress
     for attempt in range(2):
         resumed = _fetch(root, entry, part, progress)
-        digest = _sha256(part)
+        digest = sha256_file(part, CHUNK)
         if digest == entry.sha256:
             os.replace(part, target)
             return target
@@ -426,7 +418,7 @@ def install_from_file(
             shutil.copyfile(src, tmp)
         entry = registry_entry(root)
         if entry is not None:
-            digest = _sha256(tmp)
+            digest = sha256_file(tmp, CHUNK)
             if digest != entry.sha256:
                 raise DownloadError(
                     f"{what}: checksum mismatch (sha256 {digest}; the released weights of bundle {root.name} have "

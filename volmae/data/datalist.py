@@ -29,6 +29,7 @@ __all__ = [
     "make_folds",
     "dataset_folds",
     "split_fold",
+    "inner_fold",
     "label_fraction",
     "split_validation",
     "pretraining_items",
@@ -302,6 +303,19 @@ def split_fold(datalist: Datalist, fold: int, n_folds: int = 5, seed: int = 0) -
     if not val or not train:
         raise DataError(f"fold {fold} leaves {len(train)} training and {len(val)} held-out cases")
     return train, val
+
+
+def inner_fold(datalist: Datalist, fold: int, inner: int) -> tuple[list[dict], list[dict]]:
+    """``(train items, validation items)`` inside fold ``fold``'s training side: fold ``inner`` is the validation,
+    the other training folds the training; fold ``fold``'s held-out cases are in neither."""
+    if inner == fold:
+        raise DataError(f"inner fold {inner} is the held-out fold {fold}; choose another training fold")
+    train_side, _ = split_fold(datalist, fold)
+    folds = dataset_folds(datalist)
+    if not 0 <= inner < len(folds):
+        raise DataError(f"inner fold {inner}: the datalist has folds 0..{len(folds) - 1}")
+    held = set(folds[inner])
+    return [it for it in train_side if it["case"] not in held], [it for it in train_side if it["case"] in held]
 
 
 def label_fraction(items: Sequence[dict], fraction: float, seed: int = 0) -> list[dict]:
