@@ -214,7 +214,7 @@ def test_backward_reaches_every_parameter():
         (dict(num_heads=3, hidden_size=24), r"head width 8; 3D RoPE .* 18 or 36"),
         (dict(num_layers=0), "num_layers=0"),
         (dict(in_channels=0), "in_channels=0"),
-        (dict(tokenizer="linear"), r"tokenizer='linear': expected one of \('patch', 'conv'\)"),
+        (dict(tokenizer="linear"), r"tokenizer='linear': expected one of patch, conv"),
         (dict(tokenizer="conv", img_size=12, patch_size=6), r"power-of-two patch sizes; nearest valid: \(8, 8, 8\)"),
         (dict(pos_embed="sincos"), "pos_embed='sincos'"),
         (dict(pos_embed="none", rope=False), "without position"),

@@ -100,7 +100,7 @@ def test_primus_tokenizers_build_and_a_wrong_one_is_named():
     mae = build_mae("primus-tiny", 1, 16, tokenizer="conv", num_layers=1)
     assert seg.config.encoder["tokenizer"] == mae.config.encoder["tokenizer"] == "conv"
     assert seg.model(torch.randn(1, 1, 16, 16, 16)).shape == (1, 3, 16, 16, 16)
-    with pytest.raises(ConfigError, match="tokenizer='convs': expected one of patch, conv"):
+    with pytest.raises(ConfigError, match="preset .primus-tiny.: tokenizer='convs': expected one of patch, conv"):
         build_segmenter("primus-tiny", 1, 3, 16, tokenizer="convs")
 
 

@@ -297,7 +297,7 @@ class PrimusEncoder(nn.Module):
                 f"3D RoPE needs a multiple of 6 (3 axes x sin/cos pairs): nearest valid hidden sizes {lo} or {hi}"
             )
         if tokenizer not in TOKENIZERS:
-            raise ValueError(f"tokenizer={tokenizer!r}: expected one of {TOKENIZERS}")
+            raise ValueError(f"tokenizer={tokenizer!r}: expected one of {', '.join(TOKENIZERS)}")
         if pos_embed not in POS_EMBEDS:
             raise ValueError(f"pos_embed={pos_embed!r}: expected one of {POS_EMBEDS}")
         if not rope and pos_embed == "none":

@@ -25,7 +25,6 @@ from volmae.networks.config import (
 from volmae.networks.dynunet import nnunet_plan
 from volmae.networks.nnformer_encoder import nearest_valid_sizes
 from volmae.networks.patching import as_tuple
-from volmae.networks.primus import TOKENIZERS
 from volmae.utils.io import plain
 
 __all__ = [
@@ -225,15 +224,14 @@ def fit_roi(preset: str, roi_size: Sequence[int]) -> tuple[int, int, int]:
 
 
 def _check_encoder_overrides(preset: str, family: str, overrides: Mapping[str, Any]) -> None:
-    """Refuse encoder options the preset's family does not have, naming the family that has them."""
+    """Refuse encoder options the preset's family does not have, naming the family that has them (their values are
+    the encoder's to check: :func:`~volmae.networks.config.build` names the preset in its error)."""
     if "tokenizer" not in overrides:
         return
     if family != "primus":
         raise ConfigError(
             f"tokenizer: preset {preset!r} ({family}) has no tokenizer choice; it is a Primus option (e.g. primus-tiny)"
         )
-    if overrides["tokenizer"] not in TOKENIZERS:
-        raise ConfigError(f"tokenizer={overrides['tokenizer']!r}: expected one of {', '.join(TOKENIZERS)}")
 
 
 def _resenc_encoder_config(
