@@ -206,6 +206,8 @@ class Trainer:
         self.result = finetune(self.config, Cases(self.datalist, train, val))
         if self.ckpt_dir is not None and int(os.environ.get("RANK", "0")) == 0:
             weights = ModelArtifact.load(self.result.model_path).weights
+            # not artifact.bundles.write_bundle_weights: it checks the weights against configs/inference.json alone,
+            # while this run's network_def may come from an overlay (configs/primus.json trains another network)
             atomic_save(weights, self.ckpt_dir / "model.pt")
             root = self.ckpt_dir.parent
             print(f"model: {self.ckpt_dir / 'model.pt'} (the trained network_def's weights)\n"
