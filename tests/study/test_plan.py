@@ -94,6 +94,7 @@ def test_each_preset_gets_an_roi_it_tiles(study_task, tmp_path):
         (dict(reuse_pretraining=["vit-base=x.pt"]), "not one of the study's encoders"),
         (dict(reuse_pretraining=["vit-tiny=/no/such.pt"]), "no file"),
         (dict(pretrain_on_dataset=False), "needs pretrain_sources"),
+        (dict(pretrain_only=True, report_only=True), "pretrain_only and report_only: give one"),
         (dict(encoders=["vit-huge"]), "unknown model preset"),
     ],
 )

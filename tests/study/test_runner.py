@@ -197,3 +197,22 @@ def test_a_study_recorded_before_a_setting_existed_resumes_at_its_default(study_
     record_study(cfg)  # no error
     with pytest.raises(ConfigError, match="nnunet_mirroring"):
         record_study(tiny_study(study_task, tmp_path / "s", nnunet_mirroring=False))
+
+
+def test_pretrain_only_pretrains_and_the_same_command_then_fine_tunes_on_it(study_task, tmp_path, capsys):
+    """--pretrain-only (e.g. one process with every thread) runs the pretraining alone; the same command without it
+    then runs the fine-tunes on that pretraining instead of redoing it."""
+    from volmae.cli.study import main
+
+    out = tmp_path / "s"
+    flags = ["--dataset-dir", str(study_task), "--out-dir", str(out), "--encoders", "vit-tiny", "--peer", "none",
+             "--fractions", "1.0", "--seeds", "0", "--roi-size", "16", "16", "16", "--steps", "2", "--batch-size", "2",
+             "--num-samples", "1", "--pretrain-epochs", "1", "--curve-points", "0", "--device", "cpu"]  # fmt: skip
+    model = out / "pretrain" / "vit-tiny" / "model.pt"
+    assert main([*flags, "--pretrain-only"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"pretrained vit-tiny: {model}")
+    assert model.is_file() and not list(out.glob("runs/*/result.json"))
+    stamp = model.stat().st_mtime_ns
+    assert main(flags) == 0
+    assert "2 of 2 fine-tuning runs of this command finished" in capsys.readouterr().out
+    assert model.stat().st_mtime_ns == stamp  # the fine-tunes used it, nothing pretrained again

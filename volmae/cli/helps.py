@@ -128,6 +128,8 @@ HELPS: dict[str, str] = {
     "curve_cases": "held-out cases each curve validation scores (descriptive: the final model is never selected on "
     "them)",
     "report_only": "write the tables and plots of the finished runs and stop",
+    "pretrain_only": "run only the pretrainings (e.g. one process with every thread), then stop; the same command "
+    "without it runs the fine-tunes (one process per core on the same --out-dir splits them)",
     "pool_studies": "study folders of the same design on other folds (e.g. leave-one-out on a few cases) whose "
     "finished runs the tables, paired tests and plots pool with this one's (a fold: a run; a held-out case: a pair)",
     "model": "fine-tuned model.pt (from volmae-train); with --bundle, a weights file for the bundle's network",

@@ -10,7 +10,7 @@ import sys
 
 from volmae.cli.common import stage_main
 from volmae.errors import DataError
-from volmae.study import FinetuneRun, StudyConfig, report_study, run_study
+from volmae.study import FinetuneRun, PretrainRun, StudyConfig, report_study, run_study
 from volmae.study.runner import RESULT, StudyRunsFailed
 
 
@@ -25,6 +25,9 @@ def _run(cfg: StudyConfig) -> str:
         with contextlib.suppress(DataError):  # report the runs that did finish, then say what failed
             print(_report(cfg).text())
         raise
+    if cfg.pretrain_only:
+        pretrained = [f"pretrained {r.preset}: {r.model_path}" for r in runs if isinstance(r, PretrainRun)]
+        return "\n".join(pretrained or ["nothing to pretrain (every encoder reuses weights or trains from scratch)"])
     report = _report(cfg)
     # this command's runs, not the folder's: a resume that adds fractions or seeds reports on all finished runs
     finetunes = [r for r in runs if isinstance(r, FinetuneRun)]

@@ -86,6 +86,7 @@ class StudyConfig:
     cpu_bf16: bool = False  # bf16 autocast of every stage's network on the CPU (pretraining, fine-tuning, evaluation)
     quiet: bool = True
     report_only: bool = False
+    pretrain_only: bool = False  # run the pretrainings only (one process, every thread), the fine-tunes later
     pool_studies: list[str] | None = None  # report: pool these study folders' runs (same design, other folds)
     nnunet_budgets: list[str] = field(
         default_factory=lambda: ["1x", "4x"]
@@ -220,6 +221,8 @@ def _check(cfg: StudyConfig) -> None:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be >= 1")
     if cfg.peer_steps is not None and (cfg.peer_steps < 1 or cfg.peer == "none"):
         raise ConfigError(f"peer_steps={cfg.peer_steps}: must be >= 1, and needs a peer (peer={cfg.peer!r})")
+    if cfg.pretrain_only and cfg.report_only:
+        raise ConfigError("pretrain_only and report_only: give one (report_only runs nothing)")
     if cfg.curve_points < 0:
         raise ConfigError(f"curve_points={cfg.curve_points}: must be >= 0 (0: no convergence curves)")
     if not cfg.pretrain_on_dataset and not cfg.pretrain_sources and cfg.encoders and not cfg.reuse_pretraining:

@@ -27,7 +27,9 @@ RECORD = "study.yaml"
 PLAN = "plan.json"
 SELECTION = ("encoders", "peer", "fractions", "seeds")  # which runs a command adds
 # the nnU-Net budgets choose runs too (each budget its own runs), like the fractions
-_FREE = ("device", "quiet", "report_only", "pool_studies", "nnunet_python", "nnunet_budgets", *SELECTION)
+_FREE = (
+    "device", "quiet", "report_only", "pretrain_only", "pool_studies", "nnunet_python", "nnunet_budgets", *SELECTION
+)  # fmt: skip
 PER_ENCODER = ("methods", "reuse_pretraining")
 # what may also differ between study folders pooled in one report: their folds, and a reused pretraining (folds that
 # hold no pretraining image out, e.g. cross-dataset ones, share one)

@@ -331,7 +331,9 @@ def execute(runs: list, cfg: StudyConfig, wait: float = WAIT_SECONDS) -> int:
 
 def run_study(cfg: StudyConfig) -> list:
     """Plan the study, record it in its folder (:mod:`volmae.study.record`: ``study.yaml``, the design, refused if it
-    changed, and every command's run choices; ``plan.json``, every run planned), and run what is left."""
+    changed, and every command's run choices; ``plan.json``, every run planned), and run what is left (with
+    ``pretrain_only``, the pretrainings it needs: the fine-tunes, one process per core, follow from the same command
+    without it)."""
     runs = plan_study(cfg)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     check_pool(cfg)
@@ -339,5 +341,5 @@ def run_study(cfg: StudyConfig) -> list:
     if not cfg.report_only:
         record_plan(cfg, [{"name": r.name, **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(r).items()
                                               if k != "pretrain"}} for r in runs])  # fmt: skip
-        execute(runs, cfg)
+        execute([r for r in runs if isinstance(r, PretrainRun)] if cfg.pretrain_only else runs, cfg)
     return runs
