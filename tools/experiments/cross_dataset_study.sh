@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The cross-dataset checks of the label-efficiency study (docs/results.md), two one-core processes per study folder
-# (OMP_NUM_THREADS=1, splitting its runs):
+# The cross-dataset checks of the label-efficiency study (docs/results.md). Each study folder first pretrains alone
+# with every thread (--pretrain-only), then two one-core processes (OMP_NUM_THREADS=1) split its fine-tunes:
 # 1. BraTS: vit-tiny MAE-pretrained on 1-channel MRI of *other* datasets only (MSD hippocampus, the MNI152 T1, the
 #    TotalSegmentator MR example; --no-pretrain-on-dataset), fine-tuned on 2 BraTS 2013 cases (FLAIR + T1c, the
 #    1-channel patch projection repeated over the 2 channels), evaluated on the other 2; fold 0 = DeepMedic's own
@@ -15,8 +15,7 @@
 # volumes by sliding window): CPU-sized (~35 min per fine-tune on one core); the same command with
 # --roi-size 96 96 96 is the GPU-sized one. The first run of these checks (2026-12-01) had 100 (BraTS) and 60 (CT)
 # steps and the unmasked BraTS air; neither init learned either task then.
-# The same BraTS design for the ResEnc U-Net: ENCODER=resenc-tiny CHECKS=brats (S3D instead of MAE, bf16 autocast;
-# fold 0, which holds the dense pretraining, runs as one 2-thread process).
+# The same BraTS design for the ResEnc U-Net: ENCODER=resenc-tiny CHECKS=brats (S3D instead of MAE, bf16 autocast).
 # Usage: [ENCODER=vit-tiny] [CHECKS="brats ct"] tools/experiments/cross_dataset_study.sh [DATA_DIR] [OUT_DIR]
 set -euo pipefail
 D=$(realpath "${1:-../shared/data}")
@@ -29,10 +28,11 @@ case $ENCODER in
   resenc*) M=(--methods s3d --cpu-bf16); TAG=_$ENCODER ;;
   *) M=(--methods mae); TAG= ;;
 esac
-two() {  # two processes on one study folder: each claims runs the other has not
-  "$@" > "$(mktemp -p . worker_XXXX.log)" 2>&1 & local a=$!
-  sleep 30  # the first writes study.yaml / plan.json and claims the pretraining
-  "$@" > "$(mktemp -p . worker_XXXX.log)" 2>&1 & local b=$!
+study() {  # the pretraining alone with every thread, then two processes that each claim runs the other has not
+  OMP_NUM_THREADS=$(nproc) volmae-study "$@" --pretrain-only > "$(mktemp -p . pretrain_XXXX.log)" 2>&1
+  volmae-study "$@" > "$(mktemp -p . worker_XXXX.log)" 2>&1 & local a=$!
+  sleep 10
+  volmae-study "$@" > "$(mktemp -p . worker_XXXX.log)" 2>&1 & local b=$!
   wait $a; wait $b
 }
 
@@ -48,12 +48,8 @@ printf '%s\n' "$D/mni152_nilearn/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.g
 B=(--dataset-dir brats_task --preprocessing mri --roi-size 64 64 64 --encoders "$ENCODER" "${M[@]}" --peer none
    --fractions 1.0 --seeds 0 --steps 400 --batch-size 1 --curve-points 0
    --device cpu --no-pretrain-on-dataset --pretrain-epochs 8 --pretrain-sources "$D/msd_hippocampus" other_mri.txt)
-if [ -n "$TAG" ]; then  # the CNN's dense pretraining is the long part: one process at 2 threads for fold 0
-  OMP_NUM_THREADS=2 volmae-study "${B[@]}" --fold 0 --out-dir brats${TAG}_f0 > brats${TAG}_f0.log 2>&1
-else
-  two volmae-study "${B[@]}" --fold 0 --out-dir brats${TAG}_f0
-fi
-two volmae-study "${B[@]}" --fold 1 --out-dir brats${TAG}_f1 \
+study "${B[@]}" --fold 0 --out-dir brats${TAG}_f0
+study "${B[@]}" --fold 1 --out-dir brats${TAG}_f1 \
   --reuse-pretraining "$ENCODER=brats${TAG}_f0/pretrain/$ENCODER/model.pt"
 volmae-study "${B[@]}" --out-dir brats$TAG --report-only --pool-studies brats${TAG}_f0 brats${TAG}_f1  # pooled report
 fi
@@ -71,6 +67,6 @@ echo "$D/totalseg_examples/example_ct_sm.nii.gz" > other_ct.txt
 C=(--dataset-dir ircadb_task --preprocessing ct --pixdim 3 3 3 --roi-size 64 64 64 --encoders "$ENCODER" "${M[@]}" --peer none
    --fractions 1.0 --seeds 0 --steps 400 --batch-size 1 --curve-points 0
    --device cpu --pretrain-sources other_ct.txt --pretrain-epochs 40 --pretrain-batch-size 2)
-for f in 0 1 2; do two volmae-study "${C[@]}" --fold $f --out-dir ct${TAG}_f$f; done
+for f in 0 1 2; do study "${C[@]}" --fold $f --out-dir ct${TAG}_f$f; done
 volmae-study "${C[@]}" --out-dir ct$TAG --report-only --pool-studies ct${TAG}_f0 ct${TAG}_f1 ct${TAG}_f2
 fi
