@@ -31,7 +31,7 @@ esac
 study() {  # the pretraining alone with every thread, then two processes that each claim runs the other has not
   OMP_NUM_THREADS=$(nproc) volmae-study "$@" --pretrain-only > "$(mktemp -p . pretrain_XXXX.log)" 2>&1
   volmae-study "$@" > "$(mktemp -p . worker_XXXX.log)" 2>&1 & local a=$!
-  sleep 10
+  sleep 10  # staggered starts: the first claims a fine-tune before the second looks
   volmae-study "$@" > "$(mktemp -p . worker_XXXX.log)" 2>&1 & local b=$!
   wait $a; wait $b
 }
