@@ -43,7 +43,7 @@ from volmae.errors import ConfigError, DataError
 from volmae.evaluation.evaluate import EvaluateConfig, evaluate
 from volmae.networks.registry import citations
 from volmae.utils.io import atomic_write_json, atomic_write_text, sha256_file
-from volmae.utils.runtime import cpu_has_bf16_units
+from volmae.utils.runtime import cpu_has_bf16_units, cpu_info
 
 __all__ = ["ReleaseConfig", "release", "DTYPES", "model_card"]
 
@@ -223,14 +223,7 @@ def _evaluate(cfg: ReleaseConfig, model: ModelArtifact, data: str, out: Path, ca
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), and whether it multiplies bf16 fast (what the compute figures hinge
     on)."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    name = cpu_info("model name") or platform.processor() or platform.machine()
     return f"{name}, {'with' if cpu_has_bf16_units() else 'without'} bf16 units"
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "check_input",
     "block_indices",
     "project_patches",
+    "TokenEncoderMixin",
 ]
 
 
@@ -121,3 +122,25 @@ def project_patches(
     p1, p2, p3 = patch_size
     patches = rearrange(x, "b c (d p1) (h p2) (w p3) -> b (d h w) (c p1 p2 p3)", p1=p1, p2=p2, p3=p3)
     return F.linear(gather_tokens(patches, ids), weight.flatten(1), bias)
+
+
+class TokenEncoderMixin:
+    """The encoder contract of the plain-ViT encoders (:class:`~volmae.networks.vit.ViTEncoder`,
+    :class:`~volmae.networks.primus.PrimusEncoder`), in terms of the three methods each defines: ``embed``
+    (``B C D H W -> B L E``), ``forward_tokens`` (blocks + final norm on any token subset) and
+    ``forward_tokens_intermediates`` (the same on the full grid, keeping block outputs). Mixed in before
+    ``nn.Module``; TorchScript compiles the inherited methods like the class's own."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``B C D H W -> B L E`` normalised output tokens."""
+        return self.forward_tokens(self.embed(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Final normalised features and the raw outputs of blocks ``indices`` (0-based), all as ``B E d h w``.
+
+        Blocks after the last requested index still run: the final output is always the full depth.
+        """
+        return self.forward_tokens_intermediates(self.embed(x), indices)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)

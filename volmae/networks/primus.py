@@ -51,6 +51,7 @@ from monai.networks.layers import DropPath
 from monai.networks.layers.utils import get_act_layer, get_norm_layer
 
 from volmae.networks.patching import (
+    TokenEncoderMixin,
     as_tuple,
     block_indices,
     check_input,
@@ -230,7 +231,7 @@ class PatchEmbed(nn.Module):
         return self.proj(self.stem(x))
 
 
-class PrimusEncoder(nn.Module):
+class PrimusEncoder(TokenEncoderMixin, nn.Module):
     """Primus' EVA-02 ViT: ``B C D H W -> B L E`` tokens (``L = d*h*w``), no class token, no head.
 
     Args:
@@ -433,17 +434,6 @@ class PrimusEncoder(nn.Module):
             x = blk(x, rope)
         return self.norm(x[:, self.num_register_tokens :])
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``B C D H W -> B L E`` normalised output tokens."""
-        return self.forward_tokens(self.embed(x))
-
-    def forward_intermediates(self, x: torch.Tensor, indices: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Final normalised features and the raw outputs of blocks ``indices`` (0-based), all as ``B E d h w``.
-
-        Blocks after the last requested index still run: the final output is always the full depth.
-        """
-        return self.forward_tokens_intermediates(self.embed(x), indices)
-
     def forward_tokens_intermediates(
         self, tokens: torch.Tensor, indices: list[int]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -459,9 +449,6 @@ class PrimusEncoder(nn.Module):
             if i in wanted:
                 inter[i] = self.to_volume(x[:, r:])
         return self.to_volume(self.norm(x[:, r:])), [inter[i] for i in wanted]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)
 
 
 class PrimusSegmenter(nn.Module):

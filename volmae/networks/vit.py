@@ -16,7 +16,15 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import PatchEmbeddingBlock, TransformerBlock
 
-from volmae.networks.patching import as_tuple, block_indices, check_input, gather_tokens, grid_size, project_patches
+from volmae.networks.patching import (
+    TokenEncoderMixin,
+    as_tuple,
+    block_indices,
+    check_input,
+    gather_tokens,
+    grid_size,
+    project_patches,
+)
 
 __all__ = ["freeze_unused_norms", "ViTEncoder", "quiet_meshgrid"]
 
@@ -42,7 +50,7 @@ def freeze_unused_norms(blocks: nn.ModuleList) -> None:
             block.norm_cross_attn.requires_grad_(False)
 
 
-class ViTEncoder(nn.Module):
+class ViTEncoder(TokenEncoderMixin, nn.Module):
     """Patch-embedding ViT: ``B C D H W -> B L E`` tokens (``L = d*h*w``), no class token, no head.
 
     Args:
@@ -170,17 +178,6 @@ class ViTEncoder(nn.Module):
             tokens = blk(tokens)
         return self.norm(tokens)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``B C D H W -> B L E`` normalised output tokens."""
-        return self.forward_tokens(self.embed(x))
-
-    def forward_intermediates(self, x: torch.Tensor, indices: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Final normalised features and the raw outputs of blocks ``indices`` (0-based), all as ``B E d h w``.
-
-        Blocks after the last requested index still run: the final output is always the full depth.
-        """
-        return self.forward_tokens_intermediates(self.embed(x), indices)
-
     def forward_tokens_intermediates(
         self, tokens: torch.Tensor, indices: list[int]
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -193,6 +190,3 @@ class ViTEncoder(nn.Module):
             if i in wanted:
                 inter[i] = self.to_volume(tokens)
         return self.to_volume(self.norm(tokens)), [inter[i] for i in wanted]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)
