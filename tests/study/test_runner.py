@@ -127,6 +127,24 @@ def test_the_record_names_every_commands_runs_and_keeps_their_design(study_task,
     record_study(tiny_study(study_task, out, encoders=["nnformer-tiny"]))  # and the default agrees with it
 
 
+def test_the_record_lists_every_nnunet_budget_the_folder_ran(study_task, tmp_path):
+    """Each nnU-Net budget plans its own runs, so the record joins them like the fractions; a command without the
+    nnU-Net peer adds none (its default budgets ran nothing)."""
+    import yaml
+
+    from volmae.study.record import record_study
+
+    out = tmp_path / "s"
+    out.mkdir()
+    read = lambda: yaml.safe_load((out / "study.yaml").read_text())["nnunet_budgets"]  # noqa: E731
+    record_study(tiny_study(study_task, out, peer="none", nnunet_budgets=["1x", "4x"]))
+    record_study(tiny_study(study_task, out, peer="nnunet", nnunet_budgets=["1x"]))
+    assert read() == ["1x"]
+    record_study(tiny_study(study_task, out, peer="nnunet", nnunet_budgets=["4x"], fractions=[0.5]))
+    record_study(tiny_study(study_task, out, peer="none", nnunet_budgets=["20"]))
+    assert read() == ["1x", "4x"]
+
+
 def test_only_studies_of_the_same_design_pool(study_task, tmp_path):
     from volmae.study.record import check_pool
     from volmae.utils.io import config_yaml

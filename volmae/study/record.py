@@ -90,9 +90,15 @@ def _peers(value: str | list[str] | None) -> list[str]:
     return [p for p in ([value] if isinstance(value, str) else value or []) if p != "none"]
 
 
+def _budgets(record: dict) -> list[str]:
+    """The nnU-Net budgets a record's runs were planned with (none where nnU-Net was not among its peers)."""
+    return list(record.get("nnunet_budgets") or []) if "nnunet" in _peers(record.get("peer")) else []
+
+
 def merged_record(before: dict, now: dict) -> dict:
     """``now``'s settings with the run choices of ``before`` (the folder's record, same design) joined in."""
     out = dict(now)
+    out["nnunet_budgets"] = list(dict.fromkeys([*_budgets(before), *_budgets(now)])) or now.get("nnunet_budgets")
     out["encoders"] = list(dict.fromkeys([*(before.get("encoders") or []), *now["encoders"]]))
     out["fractions"] = sorted({*(before.get("fractions") or []), *now["fractions"]})
     out["seeds"] = sorted({*(before.get("seeds") or []), *now["seeds"]})
