@@ -154,3 +154,11 @@ def test_the_cli_pools_folds_into_a_report_folder(study_task, tmp_path, capsys):
     flags[3] = str(tmp_path / "pooled_7_steps")
     assert main([*flags, "--steps", "7", "--pool-studies", *map(str, folds)]) == 2  # another design: refused
     assert "is a study of another design (steps: 400 -> 7)" in capsys.readouterr().err
+
+
+def test_each_nnunet_budget_is_drawn_apart():
+    from volmae.study.report import _style
+
+    presets = ["nnunet-1x", "nnunet-4x", "resenc-tiny"]
+    one, four = (_style(p, "scratch", presets) for p in presets[:2])
+    assert (one["color"], one["marker"]) != (four["color"], four["marker"])

@@ -188,11 +188,14 @@ def _markdown(summary: list[dict], paired: list[dict]) -> str:
 
 
 def _style(preset: str, init: str, presets: list[str]) -> dict:
-    """One colour per preset; pretrained solid with circles, scratch dashed with squares; the CNN peer black."""
+    """One colour per preset; pretrained solid with circles, scratch dashed with squares; the CNN peer black; nnU-Net
+    dotted, one colour and marker per budget."""
     import matplotlib
 
     if preset.startswith("nnunet"):
-        return {"color": "dimgray", "linestyle": ":", "marker": "v"}
+        budgets = [p for p in presets if p.startswith("nnunet")]
+        i = budgets.index(preset) if preset in budgets else 0
+        return {"color": ("dimgray", "tab:brown", "darkgoldenrod")[i % 3], "linestyle": ":", "marker": "vDP"[i % 3]}
     if get_preset(preset).family == "cnn":
         return {"color": "black", "linestyle": ":", "marker": "^"}
     color = matplotlib.colormaps["tab10"](presets.index(preset) % 10)
