@@ -193,8 +193,7 @@ def _style(preset: str, init: str, presets: list[str]) -> dict:
     import matplotlib
 
     if preset.startswith("nnunet"):
-        budgets = [p for p in presets if p.startswith("nnunet")]
-        i = budgets.index(preset) if preset in budgets else 0
+        i = [p for p in presets if p.startswith("nnunet")].index(preset)
         return {"color": ("dimgray", "tab:brown", "darkgoldenrod")[i % 3], "linestyle": ":", "marker": "vDP"[i % 3]}
     if get_preset(preset).family == "cnn":
         return {"color": "black", "linestyle": ":", "marker": "^"}
