@@ -104,6 +104,14 @@ def test_primus_tokenizers_build_and_a_wrong_one_is_named():
         build_segmenter("primus-tiny", 1, 3, 16, tokenizer="convs")
 
 
+def test_the_conv_tokenizer_preset_differs_from_primus_tiny_by_its_tokenizer_only():
+    conv, patch = build_mae("primus-tiny-conv", 1, 16, num_layers=1), build_mae("primus-tiny", 1, 16, num_layers=1)
+    assert conv.config.encoder == {**patch.config.encoder, "tokenizer": "conv"}
+    assert conv.model.encoder.tokenizer == "conv" and patch.model.encoder.tokenizer == "patch"
+    back = build_segmenter("primus-tiny-conv", 1, 3, 16, tokenizer="patch", num_layers=1)  # the flag still rules
+    assert back.model.encoder.tokenizer == "patch"
+
+
 def test_tiny_preset_runs_mae_and_unetr():
     x = torch.randn(1, 1, 16, 16, 16)
     mae = build_mae("vit-tiny", 1, 16, num_layers=2, decoder_depth=1).model

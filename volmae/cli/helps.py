@@ -13,7 +13,8 @@ HELPS: dict[str, str] = {
     "1 mm for MRI, 1.5 x 1.5 x 2 for CT); stored with the model, so evaluation and inference resample the same way",
     "patch_size": "ViT patch size (8 or 16) or nnFormer embedding stride (default from the preset)",
     "tokenizer": "Primus presets: patch (one strided convolution per token, as Primus) or conv (a small strided "
-    "convolutional stem, as PrimusV2; needs power-of-two patch sizes); default patch",
+    "convolutional stem, as PrimusV2; needs power-of-two patch sizes); default the preset's (primus-tiny-conv: conv, "
+    "the others patch)",
     "feature_size": "UNETR decoder width at full resolution (default from the preset; volmae-pretrain: --method "
     "masked-unetr, match the fine-tuning run)",
     "skip_norm": "LayerNorm on each ViT skip of UNETR (--no-skip-norm: MONAI's exact UNETR, exportable to MONAI)",

@@ -34,7 +34,7 @@ class StageConfig:
     roi_size: tuple[int, int, int] | None = None
     pixdim: tuple[float, float, float] | None = None  # target voxel spacing in mm (None: the preset's)
     patch_size: int | None = None
-    tokenizer: str | None = None  # Primus presets: "patch" (one strided conv) or "conv" (None: the preset's, patch)
+    tokenizer: str | None = None  # Primus presets: "patch" (one strided conv) or "conv" (None: the preset's)
     epochs: int = 100
     steps: int | None = None  # an exact optimizer-step budget; when set it replaces epochs (engine.loop)
     batch_size: int = 2

@@ -151,8 +151,11 @@ class PrimusPreset(_EncoderPreset):
     drop_path_rate: float
     description: str
     family: str = "primus"
+    tokenizer: str = "patch"  # "patch": one strided conv, as Primus; "conv": a small strided-conv stack (PrimusV2-like)
 
-    encoder_keys: ClassVar[tuple[str, ...]] = ("patch_size", "hidden_size", "num_layers", "num_heads", "drop_path_rate")
+    encoder_keys: ClassVar[tuple[str, ...]] = (
+        "patch_size", "hidden_size", "num_layers", "num_heads", "drop_path_rate", "tokenizer"
+    )  # fmt: skip
 
 
 PRESETS: dict[str, Preset | NnFormerPreset | CnnPreset | ResEncPreset | PrimusPreset] = {
@@ -183,6 +186,11 @@ PRESETS: dict[str, Preset | NnFormerPreset | CnnPreset | ResEncPreset | PrimusPr
     # RoPE needs head widths divisible by 6), so a step costs about what UNETR-Ti's does. Primus-S/B/M/L: the paper's
     # shapes (Wald, Roy, Isensee et al. 2025), drop path 0.2.
     "primus-tiny": PrimusPreset(192, 12, 4, 8, 2, 0.1, "Primus-style ViT, 192 wide, 12 blocks, 8^3 tokens; CPU size"),
+    # The same with the conv tokenizer, which led the patch tokenizer on every training-side split of the hippocampus
+    # (docs/results.md, the Primus recipe search): the one the Primus study runs.
+    "primus-tiny-conv": PrimusPreset(
+        192, 12, 4, 8, 2, 0.1, "primus-tiny with the conv tokenizer (strided 3^3 conv stages)", tokenizer="conv"
+    ),
     "primus-s": PrimusPreset(396, 12, 6, 8, 2, 0.2, "Primus-S: 396 wide, 12 blocks, 6 heads, 8^3 tokens"),
     "primus-b": PrimusPreset(792, 12, 12, 8, 2, 0.2, "Primus-B: 792 wide, 12 blocks, 12 heads, 8^3 tokens"),
     "primus-m": PrimusPreset(864, 16, 12, 8, 2, 0.2, "Primus-M: 864 wide, 16 blocks, 12 heads, 8^3 tokens"),
