@@ -17,6 +17,7 @@ from volmae.errors import ConfigError, DataError
 from volmae.evaluation.evaluate import EvaluateConfig, evaluate_predictions
 from volmae.study import nnunet as peer
 from volmae.study import plan_study, run_study
+from volmae.study.nnunet_job import fit_epochs
 from volmae.study.plan import FinetuneRun, NnunetRun
 from volmae.study.runner import read_result
 
@@ -136,6 +137,35 @@ for f in glob.glob(os.path.join(job["images"], "*_0000.nii.gz")):
 json.dump({"train_seconds": 1.0, "epochs": 1, "iterations": 3, "patch_size": [8, 8, 8], "batch_size": 2,
            "seconds_asked": job["seconds"], "env": os.environ["nnUNet_raw"]}, open(job["result"], "w"))
 """
+
+
+def _simulate_budget(seconds: float, epoch_times: list[float]) -> tuple[int, float]:
+    """What the budget trainer does: refit after each epoch, stop when the epochs done reach the fit."""
+    elapsed, done, fitted = 0.0, 0, None
+    while fitted is None or done < fitted:
+        elapsed, done = elapsed + epoch_times[min(done, len(epoch_times) - 1)], done + 1
+        fitted = fit_epochs(seconds, elapsed, done)
+    return done, elapsed
+
+
+@pytest.mark.parametrize(
+    "seconds, epoch_times",
+    [
+        (1079, [32.8, 31.2, 28.9, 26.6, 27.0]),  # a measured 25 % run: the first epoch the slowest
+        (988, [120.9, 110.6, 109.5]),  # a measured 100 % run: 8 epochs fitted once, 918 s used
+        (300, [10.0]),
+    ],
+)
+def test_the_nnunet_schedule_fills_its_budget_within_half_an_epoch(seconds, epoch_times):
+    done, elapsed = _simulate_budget(seconds, epoch_times)
+    assert abs(elapsed - seconds) <= epoch_times[-1] / 2 + 1e-6, (done, elapsed)
+
+
+def test_an_epoch_longer_than_the_budget_still_trains_one():
+    assert _simulate_budget(5, [60.0]) == (1, 60.0)
+    assert fit_epochs(100, 150, 3) == 3  # over budget: stop at the epochs done
+    with pytest.raises(ValueError, match="fit after at least one timed epoch"):
+        fit_epochs(100, 0, 0)
 
 
 def test_equal_minutes_come_from_the_volmae_runs_of_the_same_fraction_and_seed(study_task, tmp_path, monkeypatch):

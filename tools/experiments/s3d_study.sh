@@ -21,9 +21,22 @@ date
 volmae-study "${C[@]}" --peer nnunet --nnunet-budgets 1x --fractions 0.05 0.1 --seeds 0 1 2 \
   --nnunet-python "${NNUNET_PYTHON:?set NNUNET_PYTHON to a Python with nnunetv2}" > study3.log 2>&1
 date
-volmae-study "${C[@]}" --peer none --fractions 0.25 1.0 --seeds 0 1 2 > study4.log 2>&1
+# 25 % and all labels: two one-thread processes side by side, each claiming runs of the same folder
+for w in a b; do
+  OMP_NUM_THREADS=1 volmae-study "${C[@]}" --peer none --fractions 0.25 1.0 --seeds 0 1 2 > study4$w.log 2>&1 &
+  sleep 20
+done
+wait
 date
 # nnU-Net at 4x the volmae runs' minutes (minutes on this machine: run it where the 5 / 10 % runs ran)
 volmae-study "${C[@]}" --peer nnunet --nnunet-budgets 4x --fractions 0.05 0.1 --seeds 0 1 2 \
   --nnunet-python "$NNUNET_PYTHON" > study5.log 2>&1
+date
+# nnU-Net at the 25 / 100 % runs' minutes, run as those ran: two one-thread processes side by side
+for w in a b; do
+  OMP_NUM_THREADS=1 volmae-study "${C[@]}" --peer nnunet --nnunet-budgets 1x --fractions 0.25 1.0 --seeds 0 1 2 \
+    --nnunet-python "$NNUNET_PYTHON" > study6$w.log 2>&1 &
+  sleep 20
+done
+wait
 date
