@@ -165,10 +165,10 @@ def main() -> int:
         "networks": rows,
         f"ratio_over_{ref}": ratios,
     }
-    n = len(volumes[ref])
+    n, w = len(volumes[ref]), max(14, *map(len, rows))
     print(f"batch {args.batch}, {args.threads} thread(s), bf16 {args.cpu_bf16}, {n} real volumes for inference")
     print(
-        f"{'':14s} {'ROI':>10s} {'params M':>9s} {'GFLOPs/fwd':>10s} {'step s':>7s} {'x ref':>6s} {'peak MB':>8s} "
+        f"{'':{w}s} {'ROI':>10s} {'params M':>9s} {'GFLOPs/fwd':>10s} {'step s':>7s} {'x ref':>6s} {'peak MB':>8s} "
         f"{'infer s/vol':>11s}"
     )
     for name, r in rows.items():
@@ -176,7 +176,7 @@ def main() -> int:
         mem = f"{r['train_peak_mb']:.0f}" if r["train_peak_mb"] is not None else "n/a"
         roi = "x".join(map(str, r["roi"]))
         print(
-            f"{name:14s} {roi:>10s} {r['params_M']:9.2f} {r['gflops_forward']:10.2f} {r['train_step_s']:7.3f} "
+            f"{name:{w}s} {roi:>10s} {r['params_M']:9.2f} {r['gflops_forward']:10.2f} {r['train_step_s']:7.3f} "
             f"{ratios[name]['train_step_s']:6.2f} {mem:>8s} {inf:>11s}"
         )
     if args.out_json:

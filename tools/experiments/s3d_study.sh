@@ -40,3 +40,9 @@ for w in a b; do
 done
 wait
 date
+# S3D pretraining three times as long, 5 % labels, in its own folder; its scratch runs are the ones above (copied in,
+# so that only the pretraining and the pretrained fine-tunes run)
+mkdir -p study_pre30/runs && cp -r study/runs/resenc-tiny_scratch_5pct_s* study_pre30/runs/
+volmae-study "${C[@]}" --out-dir study_pre30 --pretrain-epochs 30 --peer none --fractions 0.05 --seeds 0 1 2 \
+  > study7.log 2>&1
+date
