@@ -11,6 +11,11 @@ D=$DATA/msd_hippocampus
 OUT=${1:-runs/s3d_study}; mkdir -p "$OUT" && cd "$OUT"
 printf '%s\n' "$DATA/mni152_nilearn/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz" \
   "$DATA/totalseg_examples/example_mr_sm.nii.gz" > other_mri.txt
+two_workers() {  # LOG ARGS...: two one-thread volmae-study processes claiming runs of one folder (LOGa/b.log)
+  local log=$1 w; shift
+  for w in a b; do OMP_NUM_THREADS=1 volmae-study "$@" > "$log$w.log" 2>&1 & sleep 20; done
+  wait
+}
 C=(--dataset-dir $D --out-dir study --encoders resenc-tiny --steps 400 --cpu-bf16 --pretrain-epochs 10
    --pretrain-sources other_mri.txt --device cpu)
 date
@@ -21,24 +26,16 @@ date
 volmae-study "${C[@]}" --peer nnunet --nnunet-budgets 1x --fractions 0.05 0.1 --seeds 0 1 2 \
   --nnunet-python "${NNUNET_PYTHON:?set NNUNET_PYTHON to a Python with nnunetv2}" > study3.log 2>&1
 date
-# 25 % and all labels: two one-thread processes side by side, each claiming runs of the same folder
-for w in a b; do
-  OMP_NUM_THREADS=1 volmae-study "${C[@]}" --peer none --fractions 0.25 1.0 --seeds 0 1 2 > study4$w.log 2>&1 &
-  sleep 20
-done
-wait
+# 25 % and all labels: two one-thread processes side by side
+two_workers study4 "${C[@]}" --peer none --fractions 0.25 1.0 --seeds 0 1 2
 date
 # nnU-Net at 4x the volmae runs' minutes (minutes on this machine: run it where the 5 / 10 % runs ran)
 volmae-study "${C[@]}" --peer nnunet --nnunet-budgets 4x --fractions 0.05 0.1 --seeds 0 1 2 \
   --nnunet-python "$NNUNET_PYTHON" > study5.log 2>&1
 date
 # nnU-Net at the 25 / 100 % runs' minutes, run as those ran: two one-thread processes side by side
-for w in a b; do
-  OMP_NUM_THREADS=1 volmae-study "${C[@]}" --peer nnunet --nnunet-budgets 1x --fractions 0.25 1.0 --seeds 0 1 2 \
-    --nnunet-python "$NNUNET_PYTHON" > study6$w.log 2>&1 &
-  sleep 20
-done
-wait
+two_workers study6 "${C[@]}" --peer nnunet --nnunet-budgets 1x --fractions 0.25 1.0 --seeds 0 1 2 \
+  --nnunet-python "$NNUNET_PYTHON"
 date
 # S3D pretraining three times as long, 5 % labels, in its own folder; its scratch runs are the ones above (copied in,
 # so that only the pretraining and the pretrained fine-tunes run)
