@@ -2,7 +2,8 @@
 # Primus-style ViT (primus-tiny) from scratch vs MAE-pretrained as a whole network, MSD hippocampus fold 0, 5 % labels,
 # 3 seeds, in the S3D study's design (docs/results.md#the-primus-style-vit-first-measurement): 400 fine-tuning steps,
 # bf16 autocast on the CPU; pretraining on the fold's training images plus the other 1-channel MRI of the data folder
-# (MNI152 T1, the TotalSegmentator MR example), 10 epochs.
+# (MNI152 T1, the TotalSegmentator MR example), 10 epochs; then the same at 700 steps, and primus-tiny-conv at
+# 5 / 10 / 25 / 100 % labels at UNETR-Ti's compute.
 # Usage: tools/experiments/primus_study.sh [OUT_DIR] [DATA_DIR]
 set -euo pipefail
 DATA=$(realpath "${2:-../shared/data}")
@@ -18,4 +19,20 @@ date
 volmae-study --dataset-dir "$D" --out-dir study700 --encoders primus-tiny --steps 700 --cpu-bf16 --pretrain-epochs 10 \
   --pretrain-sources other_mri.txt --device cpu --peer none --fractions 0.05 --seeds 0 1 2 \
   --reuse-pretraining primus-tiny=study/pretrain/primus-tiny/model.pt > study700.log 2>&1
+date
+# primus-tiny-conv (the conv tokenizer the training-side search chose) at 5 / 10 / 25 / 100 % labels, 740 steps: UNETR-Ti's
+# 400-step compute by the measured step-cost ratio (0.412 / 0.766 s, benchmarks/results/family_cost_primus_conv_cpu_bf16.md);
+# two one-thread workers on one folder (at 5 / 10 % the first pretrains while the second fine-tunes the scratch runs)
+conv() {  # LOG FRACTIONS...
+  local log=$1 w; shift
+  for w in a b; do
+    OMP_NUM_THREADS=1 volmae-study --dataset-dir "$D" --out-dir study_conv --encoders primus-tiny-conv --steps 740 \
+      --cpu-bf16 --pretrain-epochs 10 --pretrain-sources other_mri.txt --device cpu --peer none --fractions "$@" \
+      --seeds 0 1 2 > "$log$w.log" 2>&1 & sleep 20
+  done
+  wait
+}
+conv conv1 0.05 0.1
+date
+conv conv2 0.25 1.0
 date
