@@ -37,9 +37,13 @@ date
 two_workers study6 "${C[@]}" --peer nnunet --nnunet-budgets 1x --fractions 0.25 1.0 --seeds 0 1 2 \
   --nnunet-python "$NNUNET_PYTHON"
 date
-# S3D pretraining three times as long, 5 % labels, in its own folder; its scratch runs are the ones above (copied in,
+# S3D pretraining three times as long, 5 and 10 % labels, in its own folder; its scratch runs are the ones above (copied in,
 # so that only the pretraining and the pretrained fine-tunes run)
 mkdir -p study_pre30/runs && cp -r study/runs/resenc-tiny_scratch_5pct_s* study_pre30/runs/
 volmae-study "${C[@]}" --out-dir study_pre30 --pretrain-epochs 30 --peer none --fractions 0.05 --seeds 0 1 2 \
   > study7.log 2>&1
+date
+# the same pretraining at 10 % labels (scratch runs copied in), two one-thread workers
+cp -r study/runs/resenc-tiny_scratch_10pct_s* study_pre30/runs/
+two_workers study8 "${C[@]}" --out-dir study_pre30 --pretrain-epochs 30 --peer none --fractions 0.1 --seeds 0 1 2
 date
