@@ -6,6 +6,7 @@
 # 5 / 10 / 25 / 100 % labels at UNETR-Ti's compute.
 # Usage: tools/experiments/primus_study.sh [OUT_DIR] [DATA_DIR]
 set -euo pipefail
+. "$(dirname "$(realpath "$0")")/workers.sh"  # two_workers
 DATA=$(realpath "${2:-../shared/data}")
 D=$DATA/msd_hippocampus
 OUT=${1:-runs/primus_study}; mkdir -p "$OUT" && cd "$OUT"
@@ -23,16 +24,9 @@ date
 # primus-tiny-conv (the conv tokenizer the training-side search chose) at 5 / 10 / 25 / 100 % labels, 740 steps: UNETR-Ti's
 # 400-step compute by the measured step-cost ratio (0.412 / 0.766 s, benchmarks/results/family_cost_primus_conv_cpu_bf16.md);
 # two one-thread workers on one folder (at 5 / 10 % the first pretrains while the second fine-tunes the scratch runs)
-conv() {  # LOG FRACTIONS...
-  local log=$1 w; shift
-  for w in a b; do
-    OMP_NUM_THREADS=1 volmae-study --dataset-dir "$D" --out-dir study_conv --encoders primus-tiny-conv --steps 740 \
-      --cpu-bf16 --pretrain-epochs 10 --pretrain-sources other_mri.txt --device cpu --peer none --fractions "$@" \
-      --seeds 0 1 2 > "$log$w.log" 2>&1 & sleep 20
-  done
-  wait
-}
-conv conv1 0.05 0.1
+CONV=(--dataset-dir "$D" --out-dir study_conv --encoders primus-tiny-conv --steps 740 --cpu-bf16 --pretrain-epochs 10
+      --pretrain-sources other_mri.txt --device cpu --peer none --seeds 0 1 2)
+two_workers conv1 "${CONV[@]}" --fractions 0.05 0.1
 date
-conv conv2 0.25 1.0
+two_workers conv2 "${CONV[@]}" --fractions 0.25 1.0
 date

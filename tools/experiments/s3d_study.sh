@@ -6,16 +6,12 @@
 # of the two volmae runs of the same fraction and seed, and 4x that.
 # Usage: NNUNET_PYTHON=~/nnunet-env/bin/python tools/experiments/s3d_study.sh [OUT_DIR] [DATA_DIR]
 set -euo pipefail
+. "$(dirname "$(realpath "$0")")/workers.sh"  # two_workers
 DATA=$(realpath "${2:-../shared/data}")
 D=$DATA/msd_hippocampus
 OUT=${1:-runs/s3d_study}; mkdir -p "$OUT" && cd "$OUT"
 printf '%s\n' "$DATA/mni152_nilearn/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz" \
   "$DATA/totalseg_examples/example_mr_sm.nii.gz" > other_mri.txt
-two_workers() {  # LOG ARGS...: two one-thread volmae-study processes claiming runs of one folder (LOGa/b.log)
-  local log=$1 w; shift
-  for w in a b; do OMP_NUM_THREADS=1 volmae-study "$@" > "$log$w.log" 2>&1 & sleep 20; done
-  wait
-}
 C=(--dataset-dir $D --out-dir study --encoders resenc-tiny --steps 400 --cpu-bf16 --pretrain-epochs 10
    --pretrain-sources other_mri.txt --device cpu)
 date
