@@ -1,5 +1,5 @@
-"""Masked-volume pretraining of a whole UNETR: shapes, no leak of masked voxels, a UNETR's state dict, and the
-decoder moving into the fine-tuning network."""
+"""Masked-volume pretraining of a whole UNETR (over a ViT or a Primus encoder): shapes, no leak of masked voxels, a
+UNETR's state dict, and the decoder moving into the fine-tuning network."""
 
 import pytest
 import torch
@@ -8,20 +8,39 @@ from tests.conftest import model_file
 from volmae.artifact import load_pretrained
 from volmae.errors import ConfigError
 from volmae.networks.masked_unetr import MaskedUNETR
+from volmae.networks.primus import PrimusEncoder
 from volmae.networks.registry import build_mae, build_segmenter
+from volmae.networks.unetr import UNETR
 from volmae.networks.vit import ViTEncoder
 
 ROI = (16, 16, 32)
 
 
-def model(ratio=0.6, feature_size=4, channels=1):
-    enc = ViTEncoder(channels, ROI, 4, hidden_size=24, mlp_dim=48, num_layers=4, num_heads=2)
-    return MaskedUNETR(enc, feature_size=feature_size, mask_ratio=ratio)
+ENCODERS = ["vit", "primus-patch", "primus-conv"]
 
 
+def encoder(kind="vit", channels=1):
+    if kind == "vit":
+        return ViTEncoder(channels, ROI, 4, hidden_size=24, mlp_dim=48, num_layers=4, num_heads=2)
+    tokenizer = kind.split("-")[1]
+    return PrimusEncoder(channels, ROI, 4, hidden_size=24, num_layers=4, num_heads=2, tokenizer=tokenizer)
+
+
+def model(ratio=0.6, feature_size=4, channels=1, kind="vit"):
+    return MaskedUNETR(encoder(kind, channels), feature_size=feature_size, mask_ratio=ratio)
+
+
+@pytest.mark.parametrize("kind", ENCODERS)
+@pytest.mark.parametrize("channels", [1, 2])
+def test_unetr_over_either_encoder(kind, channels):
+    net = UNETR(encoder(kind, channels), 3, feature_size=4)
+    assert net(torch.randn(2, channels, *ROI)).shape == (2, 3, *ROI)
+
+
+@pytest.mark.parametrize("kind", ENCODERS)
 @pytest.mark.parametrize("channels, ratio", [(1, 0.6), (2, 0.75)])
-def test_shapes_and_mask_count(channels, ratio):
-    m = model(ratio, channels=channels)
+def test_shapes_and_mask_count(channels, ratio, kind):
+    m = model(ratio, channels=channels, kind=kind)
     assert m.patch_size == (4, 4, 4) and m.grid_size == (4, 4, 8)
     loss, pred, mask = m(torch.randn(2, channels, *ROI), generator=torch.Generator().manual_seed(0))
     assert pred.shape == (2, 128, 64 * channels) and mask.shape == (2, 128)
@@ -29,9 +48,10 @@ def test_shapes_and_mask_count(channels, ratio):
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
-def test_masked_voxels_reach_neither_the_stem_nor_the_encoder():
+@pytest.mark.parametrize("kind", ENCODERS)
+def test_masked_voxels_reach_neither_the_stem_nor_the_encoder(kind):
     torch.manual_seed(0)
-    m = model().eval()
+    m = model(kind=kind).eval()
     x = torch.randn(1, 1, *ROI)
     mask = m.draw_mask(1, m.num_units, x.device, generator=torch.Generator().manual_seed(1)).mask
     x2 = x.clone()
@@ -47,9 +67,10 @@ def test_masked_voxels_reach_neither_the_stem_nor_the_encoder():
     assert not torch.allclose(m.decode(*m.forward_encoder(x3, mask)), out[0], atol=1e-3)
 
 
-def test_state_dict_is_a_unetr_plus_the_mask_token_and_every_parameter_learns():
-    m = model()
-    seg = build_segmenter("vit-tiny", 1, 3, (16, 16, 32), patch_size=4, feature_size=4, num_layers=4).model
+@pytest.mark.parametrize("kind, preset", [("vit", "vit-tiny"), ("primus-conv", "primus-tiny-conv-unetr")])
+def test_state_dict_is_a_unetr_plus_the_mask_token_and_every_parameter_learns(kind, preset):
+    m = model(kind=kind)
+    seg = build_segmenter(preset, 1, 3, ROI, patch_size=4, feature_size=4, num_layers=4).model
     assert set(m.state_dict()) - set(seg.state_dict()) == {"mask_token"}
     loss, _, _ = m(torch.randn(2, 1, *ROI))
     loss.backward()
@@ -70,14 +91,20 @@ def _fine_tuned(built, path):
     return seg, load_pretrained(seg, config, path)
 
 
-def test_fine_tuning_loads_encoder_and_decoder_but_not_the_head(tmp_path):
-    built = build_mae("vit-tiny", 1, 40, method="masked-unetr", feature_size=4)
+@pytest.mark.parametrize(
+    "preset, kinds",
+    [("vit-tiny", ("masked-unetr", "unetr")), ("primus-tiny-conv-unetr", ("primus-masked-unetr", "primus-unetr"))],
+)
+def test_fine_tuning_loads_encoder_and_decoder_but_not_the_head(tmp_path, preset, kinds):
+    built = build_mae(preset, 1, 40, method="masked-unetr", feature_size=4)
     pre = built.model
     with torch.no_grad():
         for p in pre.parameters():
             p.add_(1.0)  # differs from any fresh initialisation
     path = model_file(built, tmp_path / "pre.pt")
-    seg, rep = _fine_tuned(build_segmenter("vit-tiny", 1, 3, 40, feature_size=4), path)
+    target = build_segmenter(preset, 1, 3, 40, feature_size=4)
+    assert (built.config.kind, target.config.kind) == kinds
+    seg, rep = _fine_tuned(target, path)
     assert rep.ok and len(rep.decoder_loaded) > 0 and "decoder weights" in rep.summary()
     own = seg.state_dict()
     for key, value in pre.state_dict().items():
@@ -104,6 +131,9 @@ def test_an_mae_checkpoint_loads_no_decoder_and_a_wrong_width_is_reported(tmp_pa
         ("vit-tiny", dict(method="masked-unetr", decoder_depth=2), "decoder_depth"),
         ("vit-tiny", dict(method="masked-unetr", decoder_dim=64), "decoder_dim"),
         ("vit-tiny", dict(feature_size=8), "feature_size sizes the UNETR decoder"),
+        ("primus-tiny", dict(method="masked-unetr"), "patch decoder.*primus-tiny-conv-unetr"),
+        ("primus-tiny-conv-unetr", dict(decoder_depth=2), "reconstructs with its UNETR decoder"),
+        ("primus-tiny-conv-unetr", dict(method="masked-volume"), "does not apply to the primus preset"),
     ],
 )
 def test_bad_method_options(preset, kwargs, message):

@@ -3,9 +3,11 @@ import torch
 
 from volmae.errors import ConfigError
 from volmae.networks import UNETR, MaskedAutoencoder, MaskedVolumeModel, NnFormer, PrimusMAE, PrimusSegmenter
+from volmae.networks.masked_unetr import MaskedUNETR
 from volmae.networks.registry import (
     PRESETS,
     NetworkConfig,
+    PrimusPreset,
     build_encoder,
     build_mae,
     build_network,
@@ -54,6 +56,7 @@ def test_nnformer_paper_presets():
         ("vit-tiny", UNETR, MaskedAutoencoder),
         ("nnformer-tiny", NnFormer, MaskedVolumeModel),
         ("primus-tiny", PrimusSegmenter, PrimusMAE),
+        ("primus-tiny-conv-unetr", UNETR, MaskedUNETR),
     ],
 )
 def test_segmenter_and_pretraining_model_follow_the_preset_and_rebuild_from_config(preset, net_cls, pre_cls):
@@ -83,7 +86,7 @@ def test_options_of_the_other_family_are_refused():
     with pytest.raises(ConfigError, match="mixes at the encoder's width"):
         build_mae("primus-tiny", 1, 16, decoder_dim=96)
     with pytest.raises(ConfigError, match="does not apply to the primus preset"):
-        build_mae("primus-tiny", 1, 16, method="masked-unetr")
+        build_mae("primus-tiny", 1, 16, method="s3d")
 
 
 @pytest.mark.parametrize("preset", ["vit-tiny", "nnformer-tiny", "resenc-tiny", "dynunet"])
@@ -124,9 +127,25 @@ def test_tiny_preset_runs_mae_and_unetr():
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown model preset 'vit-huge'"):
         build_encoder("vit-huge")
+    with pytest.raises(ConfigError, match="with the UNETR decoder: primus-tiny-conv-unetr"):
+        build_segmenter("primus-tiny", 1, 3, 16, feature_size=8)
+    with pytest.raises(ConfigError, match="nnFormer option; preset 'primus-tiny-conv-unetr' builds a UNETR"):
+        build_segmenter("primus-tiny-conv-unetr", 1, 3, 16, deep_supervision=True)
 
 
-@pytest.mark.parametrize("preset", ["vit-tiny", "nnformer-tiny", "primus-tiny", "dynunet"])
+def test_the_primus_unetr_preset_is_primus_tiny_conv_with_the_unetr_decoder():
+    a, b = PRESETS["primus-tiny-conv"], PRESETS["primus-tiny-conv-unetr"]
+    assert a.encoder_kwargs() == b.encoder_kwargs() and (a.decoder, b.decoder) == ("patch", "unetr")
+    seg = build_segmenter("primus-tiny-conv-unetr", 1, 3, (16, 16, 24), feature_size=8)
+    assert seg.config.kind == "primus-unetr" and seg.config.family == "primus"
+    assert seg.config.arguments["feature_size"] == 8 and seg.model.stem is not None
+    assert build_mae("primus-tiny-conv-unetr", 1, 16).config.kind == "primus-masked-unetr"  # auto: the whole UNETR
+    assert build_mae("primus-tiny-conv-unetr", 1, 16, method="mae").config.kind == "primus-mae"
+    with pytest.raises(ConfigError, match="decoder='conv'"):
+        PrimusPreset(192, 12, 4, 8, 2, 0.1, "x", decoder="conv")
+
+
+@pytest.mark.parametrize("preset", ["vit-tiny", "nnformer-tiny", "primus-tiny", "primus-tiny-conv-unetr", "dynunet"])
 def test_segmenter_config_is_the_config_of_the_built_segmenter(preset):
     roi = (48, 64, 48) if preset == "nnformer-tiny" else (16, 16, 16)
     built = build_segmenter(preset, 2, 4, roi)

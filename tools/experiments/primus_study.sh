@@ -3,7 +3,7 @@
 # 3 seeds, in the S3D study's design (docs/results.md#the-primus-style-vit-first-measurement): 400 fine-tuning steps,
 # bf16 autocast on the CPU; pretraining on the fold's training images plus the other 1-channel MRI of the data folder
 # (MNI152 T1, the TotalSegmentator MR example), 10 epochs; then the same at 700 steps, and primus-tiny-conv at
-# 5 / 10 / 25 / 100 % labels at UNETR-Ti's compute.
+# 5 / 10 / 25 / 100 % labels at UNETR-Ti's compute, and primus-tiny-conv-unetr (UNETR's decoder) the same way.
 # Usage: tools/experiments/primus_study.sh [OUT_DIR] [DATA_DIR]
 set -euo pipefail
 . "$(dirname "$(realpath "$0")")/workers.sh"  # two_workers
@@ -29,4 +29,14 @@ CONV=(--dataset-dir "$D" --out-dir study_conv --encoders primus-tiny-conv --step
 two_workers conv1 "${CONV[@]}" --fractions 0.05 0.1
 date
 two_workers conv2 "${CONV[@]}" --fractions 0.25 1.0
+date
+# primus-tiny-conv-unetr (that encoder under UNETR's decoder) in UNETR-Ti's own design of the default study: the whole
+# UNETR pretrained by masked-volume reconstruction, 30 epochs on the fold's images (the study's default pretraining);
+# 355 steps = UNETR-Ti's 400-step compute by the measured step-cost ratio (0.925 / 0.820 s,
+# benchmarks/results/family_cost_primus_unetr_cpu_bf16.md)
+UNETR=(--dataset-dir "$D" --out-dir study_unetr --encoders primus-tiny-conv-unetr --steps 355 --cpu-bf16
+       --pretrain-epochs 30 --device cpu --peer none --seeds 0 1 2)
+two_workers unetr1 "${UNETR[@]}" --fractions 0.05 0.1
+date
+two_workers unetr2 "${UNETR[@]}" --fractions 0.25 1.0
 date

@@ -15,8 +15,8 @@ HELPS: dict[str, str] = {
     "tokenizer": "Primus presets: patch (one strided convolution per token, as Primus) or conv (a small strided "
     "convolutional stem, as PrimusV2; needs power-of-two patch sizes); default the preset's (primus-tiny-conv: conv, "
     "the others patch)",
-    "feature_size": "UNETR decoder width at full resolution (default from the preset; volmae-pretrain: --method "
-    "masked-unetr, match the fine-tuning run)",
+    "feature_size": "UNETR decoder width at full resolution (ViT presets and primus-tiny-conv-unetr; default from the "
+    "preset; volmae-pretrain: --method masked-unetr, match the fine-tuning run)",
     "skip_norm": "LayerNorm on each ViT skip of UNETR (--no-skip-norm: MONAI's exact UNETR, exportable to MONAI)",
     "pretrained": "pretrained model.pt from volmae-pretrain (same network family as --preset), a segmentation "
     "model.pt of the same network (another task), MONAI UNETR/ViT weights for the encoder, or for a Primus the "
@@ -35,10 +35,11 @@ HELPS: dict[str, str] = {
     "schedule: volmae-pretrain takes a volmae-pretrain run's model.pt or checkpoint.pt (same preset / ROI / patch; "
     "for --method masked-unetr also an MAE run, whose encoder it takes), e.g. to pretrain longer; volmae-train a "
     "fine-tuned model.pt or a bundle's models/model.pt, e.g. to go on training it on new cases",
-    "method": "pretraining method: auto (MAE for a ViT preset, masked volume for nnFormer, S3D for ResEnc), mae, "
-    "masked-volume, masked-unetr (ViT presets: the whole UNETR, encoder + convolutional decoder, reconstructs masked "
-    "patches; fine-tuning then loads the decoder too) or s3d (ResEnc presets: sparse-masked convolutions, the whole "
-    "U-Net reconstructs masked blocks)",
+    "method": "pretraining method: auto (MAE for a ViT preset, masked volume for nnFormer, S3D for ResEnc, the "
+    "whole-network MAE for Primus, masked-unetr for primus-tiny-conv-unetr), mae, masked-volume, masked-unetr (ViT "
+    "presets and Primus ones with the UNETR decoder: the whole UNETR, encoder + convolutional decoder, reconstructs "
+    "masked patches; fine-tuning then loads the decoder too) or s3d (ResEnc presets: sparse-masked convolutions, "
+    "the whole U-Net reconstructs masked blocks)",
     "lr_scaling": "under torchrun: scale --lr by the number of processes ('linear', as for the global batch), its "
     "square root ('sqrt'), or use it as given ('none'); the log states the result",
     "dist_timeout": "under torchrun: seconds a process waits in a collective for the others before it stops with an "

@@ -39,8 +39,8 @@ __all__ = [
 ]
 
 # Network ``kind`` s: a segmentation network, a pretraining model, or an encoder alone (a feature extractor).
-SEGMENTATION_KINDS = ("unetr", "nnformer", "resenc", "primus", "dynunet")
-PRETRAINING_KINDS = ("mae", "masked-volume", "masked-unetr", "s3d", "primus-mae")
+SEGMENTATION_KINDS = ("unetr", "nnformer", "resenc", "primus", "primus-unetr", "dynunet")
+PRETRAINING_KINDS = ("mae", "masked-volume", "masked-unetr", "s3d", "primus-mae", "primus-masked-unetr")
 ENCODER_KINDS = ("vit-encoder", "nnformer-encoder", "resenc-encoder", "primus-encoder")
 
 # kind -> (encoder class, network class, key of the network's own arguments in the stored config, family)
@@ -49,12 +49,14 @@ _NETWORKS: dict[str, tuple[type | None, type | None, str, str]] = {
     "nnformer": (NnFormerEncoder, NnFormer, "nnformer", "nnformer"),
     "resenc": (ResEncEncoder, ResEncUNet, "resenc", "resenc"),
     "primus": (PrimusEncoder, PrimusSegmenter, "primus", "primus"),
+    "primus-unetr": (PrimusEncoder, UNETR, "unetr", "primus"),
     "dynunet": (None, None, "dynunet", "cnn"),
     "mae": (ViTEncoder, MaskedAutoencoder, "mae", "vit"),
     "masked-volume": (NnFormerEncoder, MaskedVolumeModel, "masked_volume", "nnformer"),
     "masked-unetr": (ViTEncoder, MaskedUNETR, "masked_unetr", "vit"),
     "s3d": (ResEncEncoder, SparseMaskedUNet, "s3d", "resenc"),
     "primus-mae": (PrimusEncoder, PrimusMAE, "primus_mae", "primus"),
+    "primus-masked-unetr": (PrimusEncoder, MaskedUNETR, "masked_unetr", "primus"),
     "vit-encoder": (ViTEncoder, None, "", "vit"),
     "nnformer-encoder": (NnFormerEncoder, None, "", "nnformer"),
     "resenc-encoder": (ResEncEncoder, None, "", "resenc"),
@@ -63,13 +65,19 @@ _NETWORKS: dict[str, tuple[type | None, type | None, str, str]] = {
 
 # The segmentation network whose weights (encoder and decoder, all but the head) a pretraining kind holds under the
 # same names; fine-tuning transfers them whole (volmae.artifact.load_pretrained).
-WHOLE_NETWORK_TWIN = {"masked-unetr": "unetr", "s3d": "resenc", "primus-mae": "primus"}
+WHOLE_NETWORK_TWIN = {
+    "masked-unetr": "unetr",
+    "s3d": "resenc",
+    "primus-mae": "primus",
+    "primus-masked-unetr": "primus-unetr",
+}
 # State-dict prefixes of each segmentation network's output head (never transferred: the classes differ).
 HEADS = {
     "unetr": ("head.",),
     "nnformer": ("head.", "aux_heads."),
     "resenc": ("head.",),
     "primus": ("head.",),
+    "primus-unetr": ("head.",),
     "dynunet": ("output_block.", "deep_supervision_heads.", "skip_layers.deep_supervision_heads."),
 }
 

@@ -31,6 +31,7 @@ import torch.nn as nn
 from einops import repeat
 
 from volmae.networks.patching import patchify
+from volmae.networks.primus import PrimusEncoder
 from volmae.networks.reconstruction import MaskedReconstruction, RandomMask
 from volmae.networks.unetr import UNETR
 from volmae.networks.vit import ViTEncoder
@@ -42,7 +43,8 @@ class MaskedUNETR(MaskedReconstruction):
     """Masked-volume reconstruction by a UNETR over ``encoder`` (``B C D H W`` -> loss, ``pred B L P``, ``mask B L``).
 
     Args:
-        encoder: the ViT to pretrain (its ``img_size`` is the ROI).
+        encoder: the ViT (or Primus encoder: the ``primus-masked-unetr`` kind) to pretrain (its ``img_size`` is the
+            ROI).
         feature_size, skip_norm: as :class:`UNETR` (use the fine-tuning network's, or its decoder will not load).
         mask_ratio: fraction of ViT patches hidden, in (0, 1). Default 0.6.
         norm_pix_loss: regress per-patch normalised voxels.
@@ -53,7 +55,7 @@ class MaskedUNETR(MaskedReconstruction):
 
     def __init__(
         self,
-        encoder: ViTEncoder,
+        encoder: ViTEncoder | PrimusEncoder,
         feature_size: int = 16,
         skip_norm: bool = True,
         mask_ratio: float = 0.6,
@@ -84,9 +86,12 @@ class MaskedUNETR(MaskedReconstruction):
         masked input and the encoder's final and skip-block features (``B E d h w``)."""
         x = x * (1 - self._voxel_mask(mask).to(x.dtype))
         tokens = self.encoder.embed(x)  # B L E, position embedding added
-        pos = self.encoder.patch_embedding.position_embeddings
+        fill = self.mask_token.to(tokens.dtype)
+        pos = self.encoder.position_embedding
+        if pos is not None:
+            fill = fill + pos
         m = mask.unsqueeze(-1).to(tokens.dtype)
-        tokens = tokens * (1 - m) + (self.mask_token.to(tokens.dtype) + pos) * m
+        tokens = tokens * (1 - m) + fill * m
         deep, hidden = self.encoder.forward_tokens_intermediates(tokens, self.skip_indices)
         return x, deep, hidden
 

@@ -373,6 +373,12 @@ class PrimusEncoder(TokenEncoderMixin, nn.Module):
         d, h, w = self.grid_size
         return d * h * w
 
+    @property
+    def position_embedding(self) -> torch.Tensor | None:
+        """The absolute position embedding ``1 L E`` that :meth:`embed` adds (None with ``pos_embed="none"``; RoPE
+        places the tokens inside attention)."""
+        return self.pos_embed
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``B C D H W -> B L E``: tokenizer plus the absolute position embedding."""
         check_input(x, self.in_channels, self.img_size, "Primus encoder")

@@ -58,12 +58,13 @@ __all__ = [
 ]
 
 # Pretraining methods (``volmae-pretrain --method``): "auto" is MAE for a ViT preset, masked volume for nnFormer,
-# S3D sparse masking for the residual-encoder CNN, the whole-network MAE for Primus.
+# S3D sparse masking for the residual-encoder CNN, the whole-network MAE for Primus (masked-volume reconstruction by
+# the whole UNETR for a Primus preset with the UNETR decoder).
 METHODS = {
     "vit": ("auto", "mae", "masked-unetr"),
     "nnformer": ("auto", "masked-volume"),
     "resenc": ("auto", "s3d"),
-    "primus": ("auto", "mae"),
+    "primus": ("auto", "mae", "masked-unetr"),
     "cnn": (),
 }
 
@@ -140,8 +141,10 @@ class ResEncPreset:
 @dataclass(frozen=True)
 class PrimusPreset(_EncoderPreset):
     """A Primus-style ViT preset (:mod:`volmae.networks.primus`): EVA-02 blocks with 3D RoPE on ``patch_size``
-    tokens, the patch decoder for segmentation, the whole-network MAE (``decoder_depth`` mixing blocks) for
-    pretraining."""
+    tokens; ``decoder`` ``"patch"``: Primus' light patch decoder for segmentation, the whole-network MAE
+    (``decoder_depth`` mixing blocks) for pretraining; ``"unetr"``: UNETR's decoder (convolutional skips from the
+    image and from blocks 3 / 6 / 9, ``feature_size`` wide at full resolution), pretrained as a whole by masked-volume
+    reconstruction (method ``masked-unetr``)."""
 
     hidden_size: int
     num_layers: int
@@ -152,10 +155,16 @@ class PrimusPreset(_EncoderPreset):
     description: str
     family: str = "primus"
     tokenizer: str = "patch"  # "patch": one strided conv, as Primus; "conv": a small strided-conv stack (PrimusV2-like)
+    decoder: str = "patch"
+    feature_size: int = 16
 
     encoder_keys: ClassVar[tuple[str, ...]] = (
         "patch_size", "hidden_size", "num_layers", "num_heads", "drop_path_rate", "tokenizer"
     )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.decoder not in ("patch", "unetr"):
+            raise ConfigError(f"decoder={self.decoder!r}: expected 'patch' or 'unetr'")
 
 
 PRESETS: dict[str, Preset | NnFormerPreset | CnnPreset | ResEncPreset | PrimusPreset] = {
@@ -191,6 +200,11 @@ PRESETS: dict[str, Preset | NnFormerPreset | CnnPreset | ResEncPreset | PrimusPr
     "primus-tiny-conv": PrimusPreset(
         192, 12, 4, 8, 2, 0.1, "primus-tiny with the conv tokenizer (strided 3^3 conv stages)", tokenizer="conv"
     ),
+    # Its encoder under UNETR's decoder: on crops of 5 x 7 x 5 tokens the patch decoder decides every boundary voxel
+    # from a token 8 voxels wide, where UNETR-Ti's decoder has full-resolution convolutional skips (docs/results.md).
+    "primus-tiny-conv-unetr": PrimusPreset(
+        192, 12, 4, 8, 2, 0.1, "primus-tiny-conv's encoder, UNETR's conv decoder", tokenizer="conv", decoder="unetr"
+    ),
     "primus-s": PrimusPreset(396, 12, 6, 8, 2, 0.2, "Primus-S: 396 wide, 12 blocks, 6 heads, 8^3 tokens"),
     "primus-b": PrimusPreset(792, 12, 12, 8, 2, 0.2, "Primus-B: 792 wide, 12 blocks, 12 heads, 8^3 tokens"),
     "primus-m": PrimusPreset(864, 16, 12, 8, 2, 0.2, "Primus-M: 864 wide, 16 blocks, 12 heads, 8^3 tokens"),
@@ -198,6 +212,11 @@ PRESETS: dict[str, Preset | NnFormerPreset | CnnPreset | ResEncPreset | PrimusPr
     # nnU-Net-like plain CNN: the label-efficiency study's peer (filters 32 .. 320, residual blocks off).
     "dynunet": CnnPreset(32, 320, False, "MONAI DynUNet, nnU-Net plan for the ROI; CNN peer, no pretraining"),
 }
+
+
+def _unetr_primus() -> str:
+    """The Primus presets with the UNETR decoder, for errors."""
+    return ", ".join(k for k, v in PRESETS.items() if isinstance(v, PrimusPreset) and v.decoder == "unetr")
 
 
 def list_presets() -> str:
@@ -327,7 +346,8 @@ def build_mae(
     ``decoder_dim``), S3D sparse masking of the whole U-Net for a ResEnc preset (mask ratio 0.75, or drawn per sample
     up to ``mask_ratio_max``; blocks of the encoder's total stride, planned for ``img_size`` at ``spacing``;
     :class:`SparseMaskedUNet`), the whole-network MAE for a Primus preset (mask ratio 0.75, ``decoder_depth`` mixing
-    blocks, the patch decoder reconstructs; :class:`PrimusMAE`); ``"masked-unetr"`` (ViT presets): masked-volume
+    blocks, the patch decoder reconstructs; :class:`PrimusMAE`; for a Primus preset with the UNETR decoder,
+    ``"masked-unetr"``); ``"masked-unetr"`` (ViT presets and Primus ones with the UNETR decoder): masked-volume
     reconstruction by the whole UNETR of the preset (mask ratio 0.6; :class:`MaskedUNETR`), ``feature_size`` as the
     fine-tuning UNETR's (default the preset's). ``norm_pix_loss`` (regress per-unit normalised voxels) defaults to
     on, off for S3D."""
@@ -341,11 +361,29 @@ def build_mae(
         raise ConfigError(
             f"method={method!r} does not apply to the {family} preset {preset!r}; choose one of {METHODS[family]}"
         )
-    if feature_size is not None and method != "masked-unetr":
+    if feature_size is not None and method != "masked-unetr" and getattr(p, "decoder", "") != "unetr":
         raise ConfigError("feature_size sizes the UNETR decoder of method masked-unetr only")
     if mask_ratio_max is not None and family != "resenc":
         raise ConfigError("mask_ratio_max (a mask ratio drawn per sample) applies to S3D pretraining (ResEnc presets)")
     enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides, spacing).encoder
+    if family == "primus" and (method == "masked-unetr" or (method == "auto" and p.decoder == "unetr")):
+        if p.decoder != "unetr":
+            raise ConfigError(
+                f"method=masked-unetr pretrains a UNETR decoder, which preset {preset!r} (patch decoder) does not "
+                f"have: use its MAE (method auto) or a Primus preset with the UNETR decoder ({_unetr_primus()})"
+            )
+        if decoder_dim is not None or decoder_depth is not None or decoder_heads is not None:
+            raise ConfigError(
+                f"decoder_dim / depth / heads: preset {preset!r} reconstructs with its UNETR decoder (method "
+                "masked-unetr)"
+            )
+        kwargs = dict(
+            feature_size=p.feature_size if feature_size is None else feature_size,
+            skip_norm=True,
+            mask_ratio=0.6 if mask_ratio is None else mask_ratio,
+            norm_pix_loss=True if norm_pix_loss is None else norm_pix_loss,
+        )
+        return _built(NetworkConfig("primus-masked-unetr", preset, kwargs, enc))
     if family == "primus":
         if decoder_dim is not None or decoder_heads is not None:
             raise ConfigError(
@@ -567,12 +605,22 @@ def segmenter_config(
             return NetworkConfig("resenc", preset, {"out_channels": out_channels}, enc)
         return _dynunet_config(preset, in_channels, out_channels, img_size, spacing)
     if isinstance(p, PrimusPreset):
+        enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides).encoder
+        if p.decoder == "unetr":
+            if deep_supervision:
+                raise ConfigError(f"deep_supervision is an nnFormer option; preset {preset!r} builds a UNETR")
+            kwargs = dict(
+                out_channels=out_channels,
+                feature_size=p.feature_size if feature_size is None else feature_size,
+                norm_name="instance",
+                skip_norm=skip_norm,
+            )
+            return NetworkConfig("primus-unetr", preset, kwargs, enc)
         if feature_size is not None or not skip_norm or deep_supervision:
             raise ConfigError(
                 f"feature_size / skip_norm / deep_supervision are UNETR / nnFormer options; preset {preset!r} builds a "
-                "Primus (patch decoder)"
+                f"Primus (patch decoder; with the UNETR decoder: {_unetr_primus()})"
             )
-        enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides).encoder
         return NetworkConfig("primus", preset, {"out_channels": out_channels}, enc)
     if isinstance(p, NnFormerPreset):
         if feature_size is not None or not skip_norm:
@@ -590,9 +638,9 @@ def segmenter_config(
 def build_segmenter(*args: Any, **kwargs: Any) -> Built:
     """The segmentation network of any preset, with its config; the arguments are :func:`segmenter_config`'s:
     UNETR for a ViT preset, nnFormer for an nnFormer one, a residual-encoder U-Net for a ResEnc one, a Primus (EVA
-    ViT + patch decoder) for a Primus one, DynUNet for the CNN peer (the CNNs are planned for ``img_size`` at
-    ``spacing``, which only they use). The options of the other families must stay at their defaults
-    (``feature_size`` / ``skip_norm`` are UNETR's, ``deep_supervision`` nnFormer's)."""
+    ViT + patch decoder, or UNETR's decoder where the preset says so) for a Primus one, DynUNet for the CNN peer
+    (the CNNs are planned for ``img_size`` at ``spacing``, which only they use). The options of the other families
+    must stay at their defaults (``feature_size`` / ``skip_norm`` are UNETR's, ``deep_supervision`` nnFormer's)."""
     return _built(segmenter_config(*args, **kwargs))
 
 

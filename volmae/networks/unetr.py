@@ -1,4 +1,5 @@
-"""UNETR (Hatamizadeh et al. 2021) over a :class:`ViTEncoder` of any power-of-two patch size.
+"""UNETR (Hatamizadeh et al. 2021) over a :class:`ViTEncoder` (or a Primus-style
+:class:`~volmae.networks.primus.PrimusEncoder`) of any power-of-two patch size.
 
 Why not ``monai.networks.nets.UNETR``: it hard-codes patch 16 (four up-sampling stages, skips from blocks 3/6/9)
 and builds its own ViT. Small volumes such as the MSD hippocampus crops (~35 x 50 x 35 voxels) need patch 8, and
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 
+from volmae.networks.primus import PrimusEncoder
 from volmae.networks.vit import ViTEncoder
 
 __all__ = ["UNETR", "default_skip_indices"]
@@ -37,7 +39,8 @@ class UNETR(nn.Module):
     """Segmentation network ``B C D H W -> B out_channels D H W`` (logits).
 
     Args:
-        encoder: the (pretrained or fresh) ViT; its ``img_size`` is the network's ROI.
+        encoder: the (pretrained or fresh) ViT, or a Primus encoder (EVA-02 blocks, RoPE: the ``primus-unetr``
+            kind, whose skips then come from its blocks' outputs); its ``img_size`` is the network's ROI.
         out_channels: classes including background (softmax) or regions (sigmoid).
         feature_size: width of the full-resolution stage; stage ``s`` has ``feature_size * 2**s`` channels.
         skip_indices: encoder blocks feeding the ``k - 1`` ViT skips, shallow to deep (default evenly spaced).
@@ -51,7 +54,7 @@ class UNETR(nn.Module):
 
     def __init__(
         self,
-        encoder: ViTEncoder,
+        encoder: ViTEncoder | PrimusEncoder,
         out_channels: int,
         feature_size: int = 16,
         skip_indices: Sequence[int] | None = None,

@@ -148,6 +148,11 @@ class ViTEncoder(TokenEncoderMixin, nn.Module):
         d, h, w = self.grid_size
         return d * h * w
 
+    @property
+    def position_embedding(self) -> torch.Tensor | None:
+        """The absolute position embedding ``1 L E`` that :meth:`embed` adds."""
+        return self.patch_embedding.position_embeddings
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``B C D H W -> B L E``: patch projection plus position embedding."""
         check_input(x, self.in_channels, self.img_size, "ViT")

@@ -184,7 +184,7 @@ def encoder_methods(encoders: list[str], methods: list[str] | None) -> dict[str,
     out = {}
     for preset, given in zip(encoders, methods or [None] * len(encoders)):
         family = get_preset(preset).family
-        out[preset] = given or ("masked-unetr" if family == "vit" else "auto")  # auto: masked volume / S3D
+        out[preset] = given or ("masked-unetr" if family == "vit" else "auto")  # auto: masked volume / S3D / Primus
         if out[preset] not in METHODS[family]:
             raise ConfigError(f"methods: {out[preset]!r} does not apply to {preset!r}; choose one of {METHODS[family]}")
     return out
