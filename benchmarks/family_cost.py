@@ -8,10 +8,12 @@ training step = forward + backward + AdamW on ``--batch`` crops (``--cpu-bf16``:
 trains on CPUs with bf16 units); inference = ``Predictor.segment`` with 50 % overlap on the first ``--cases`` real
 hippocampus volumes, preprocessed beforehand. Times are medians over ``--repeats`` after ``--warmup`` untimed runs,
 the networks interleaved so that machine load hits all alike. Peak memory: each network trains ``--warmup`` steps in a
-child process of its own (peak resident memory, :func:`common.peak_bytes`). Run by hand:
+child process of its own (peak resident memory, :func:`common.peak_bytes`; on a GPU, peak allocated GPU memory).
+``--device cuda``: the same on a GPU, training under bf16 autocast, each step synchronised before its time is read
+(``benchmarks/gpu_checks.sh`` runs it; inference is timed only where the hippocampus data is present). Run by hand:
 
     python benchmarks/family_cost.py [--networks vit-tiny nnformer-tiny@48x64x48 ...] [--threads 2] [--cpu-bf16]
-        [--out-json FILE]
+        [--device cuda] [--out-json FILE]
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ def parse_network(spec: str, roi: list[int]) -> tuple[str, tuple[int, int, int]]
     return preset, dims
 
 
-def build(preset: str, roi: tuple[int, int, int], classes: int) -> torch.nn.Module:
+def build(preset: str, roi: tuple[int, int, int], classes: int, device: torch.device) -> torch.nn.Module:
     kw = {"deep_supervision": False} if preset.startswith("nnformer") else {}
-    return build_segmenter(preset, 1, classes, roi, **kw).model
+    return build_segmenter(preset, 1, classes, roi, **kw).model.to(device)
 
 
 def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
@@ -59,10 +61,14 @@ def flops(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 def trainer(model: torch.nn.Module, roi, args):
-    """A closure running one training step of ``model`` on a fixed random batch."""
-    xb, yb = torch.randn(args.batch, 1, *roi), torch.randint(0, args.classes, (args.batch, *roi))
+    """A closure running one training step of ``model`` on a fixed random batch (on a GPU: under bf16 autocast, and
+    synchronised, so that a timer around it measures the step, not its launch)."""
+    dev = torch.device(args.device)
+    xb = torch.randn(args.batch, 1, *roi, device=dev)
+    yb = torch.randint(0, args.classes, (args.batch, *roi), device=dev)
     opt = torch.optim.AdamW(param_groups(model, 1e-4), lr=1e-4)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.cpu_bf16 else contextlib.nullcontext
+    bf16 = args.cpu_bf16 or dev.type == "cuda"
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def step():
         model.train()
@@ -71,6 +77,8 @@ def trainer(model: torch.nn.Module, roi, args):
             out = model(xb)
         torch.nn.functional.cross_entropy(out.float(), yb).backward()
         opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     return step
 
@@ -80,10 +88,15 @@ def child_memory(args) -> dict:
     torch.set_num_threads(args.threads)
     preset, roi = parse_network(args.child, args.roi)
     torch.manual_seed(0)
-    step = trainer(build(preset, roi, args.classes), roi, args)
+    dev = torch.device(args.device)
+    step = trainer(build(preset, roi, args.classes, dev), roi, args)
     for _ in range(max(1, args.warmup)):
         step()
-    return {"peak_mb": peak_bytes(torch.device("cpu")) / 2**20}
+    return {"peak_mb": peak_bytes(dev) / 2**20}
+
+
+def _machine(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
 
 
 def main() -> int:
@@ -97,6 +110,7 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--cpu-bf16", action="store_true", help="train under CPU bf16 autocast")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (trains under bf16 autocast there)")
     ap.add_argument("--no-memory", action="store_true", help="skip the child processes that measure peak memory")
     ap.add_argument("--out-json", default=None)
     ap.add_argument("--child", help=argparse.SUPPRESS)  # preset@DxHxW: measure its memory (run_child)
@@ -106,8 +120,11 @@ def main() -> int:
         return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no GPU here")
     specs = [parse_network(s, args.roi) for s in args.networks]
-    nets = {p: build(p, roi, args.classes) for p, roi in specs}
+    nets = {p: build(p, roi, args.classes, dev) for p, roi in specs}
     rois = dict(specs)
     steps = {p: trainer(nets[p], rois[p], args) for p in nets}
 
@@ -116,7 +133,7 @@ def main() -> int:
     predictors = {}
     for name, model in nets.items():
         prep = get_preprocessing("hippocampus", roi_size=rois[name])
-        predictors[name] = Predictor(model, prep, torch.device("cpu"), amp=False, cpu_bf16=args.cpu_bf16)
+        predictors[name] = Predictor(model, prep, dev, amp=dev.type == "cuda", cpu_bf16=args.cpu_bf16)
         if hippo is not None:
             tf = infer_transforms(prep)
             items = load_msd_datalist(hippo).items[: args.cases]
@@ -145,7 +162,7 @@ def main() -> int:
         rows[name] = {
             "roi": list(rois[name]),
             "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-            "gflops_forward": flops(model, torch.randn(1, 1, *rois[name])) / 1e9,
+            "gflops_forward": flops(model, torch.randn(1, 1, *rois[name], device=dev)) / 1e9,
             "train_step_s": statistics.median(step_times[name]),
             "train_peak_mb": memory,
             "infer_s_per_volume": statistics.median(infer_times[name]) if infer_times[name] else None,
@@ -159,14 +176,18 @@ def main() -> int:
         "batch": args.batch,
         "threads": args.threads,
         "cpu_bf16": args.cpu_bf16,
+        "device": args.device,
         "inference_volumes": len(volumes[ref]),
-        "machine": f"{cpu_model()}, torch {torch.__version__}",
+        "machine": f"{_machine(dev)}, torch {torch.__version__}",
         "cpu_features": cpu_features(),
         "networks": rows,
         f"ratio_over_{ref}": ratios,
     }
     n, w = len(volumes[ref]), max(14, *map(len, rows))
-    print(f"batch {args.batch}, {args.threads} thread(s), bf16 {args.cpu_bf16}, {n} real volumes for inference")
+    print(
+        f"{_machine(dev)}, batch {args.batch}, {args.threads} thread(s), bf16 {args.cpu_bf16 or dev.type == 'cuda'}, "
+        f"{n} real volumes for inference"
+    )
     print(
         f"{'':{w}s} {'ROI':>10s} {'params M':>9s} {'GFLOPs/fwd':>10s} {'step s':>7s} {'x ref':>6s} {'peak MB':>8s} "
         f"{'infer s/vol':>11s}"
