@@ -377,12 +377,7 @@ def build_mae(
                 f"decoder_dim / depth / heads: preset {preset!r} reconstructs with its UNETR decoder (method "
                 "masked-unetr)"
             )
-        kwargs = dict(
-            feature_size=p.feature_size if feature_size is None else feature_size,
-            skip_norm=True,
-            mask_ratio=0.6 if mask_ratio is None else mask_ratio,
-            norm_pix_loss=True if norm_pix_loss is None else norm_pix_loss,
-        )
+        kwargs = _masked_unetr_arguments(p, feature_size, mask_ratio, True if norm_pix_loss is None else norm_pix_loss)
         return _built(NetworkConfig("primus-masked-unetr", preset, kwargs, enc))
     if family == "primus":
         if decoder_dim is not None or decoder_heads is not None:
@@ -426,12 +421,7 @@ def build_mae(
         if decoder_dim is not None:
             raise ConfigError("decoder_dim does not apply to method masked-unetr: the UNETR decoder reconstructs")
         kind = "masked-unetr"
-        kwargs = dict(
-            feature_size=p.feature_size if feature_size is None else feature_size,
-            skip_norm=True,
-            mask_ratio=0.6 if mask_ratio is None else mask_ratio,
-            norm_pix_loss=norm_pix_loss,
-        )
+        kwargs = _masked_unetr_arguments(p, feature_size, mask_ratio, norm_pix_loss)
     else:
         kind = "mae"
         kwargs = dict(
@@ -442,6 +432,23 @@ def build_mae(
             norm_pix_loss=norm_pix_loss,
         )
     return _built(NetworkConfig(kind, preset, kwargs, enc))
+
+
+def _unetr_arguments(
+    p: Preset | PrimusPreset, out_channels: int, feature_size: int | None, norm_name: str, skip_norm: bool
+) -> dict[str, Any]:
+    """The UNETR decoder's arguments (a ViT preset's, or a Primus one's with the UNETR decoder)."""
+    size = p.feature_size if feature_size is None else feature_size
+    return dict(out_channels=out_channels, feature_size=size, norm_name=norm_name, skip_norm=skip_norm)
+
+
+def _masked_unetr_arguments(
+    p: Preset | PrimusPreset, feature_size: int | None, mask_ratio: float | None, norm_pix_loss: bool
+) -> dict[str, Any]:
+    """The arguments of masked-volume pretraining by the whole UNETR (mask ratio 0.6 by default)."""
+    size = p.feature_size if feature_size is None else feature_size
+    ratio = 0.6 if mask_ratio is None else mask_ratio
+    return dict(feature_size=size, skip_norm=True, mask_ratio=ratio, norm_pix_loss=norm_pix_loss)
 
 
 def _unetr_config(
@@ -457,13 +464,7 @@ def _unetr_config(
 ) -> NetworkConfig:
     p = get_preset(preset, "vit")
     enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides).encoder
-    kwargs = dict(
-        out_channels=out_channels,
-        feature_size=p.feature_size if feature_size is None else feature_size,
-        norm_name=norm_name,
-        skip_norm=skip_norm,
-    )
-    return NetworkConfig("unetr", preset, kwargs, enc)
+    return NetworkConfig("unetr", preset, _unetr_arguments(p, out_channels, feature_size, norm_name, skip_norm), enc)
 
 
 def build_unetr(
@@ -609,12 +610,7 @@ def segmenter_config(
         if p.decoder == "unetr":
             if deep_supervision:
                 raise ConfigError(f"deep_supervision is an nnFormer option; preset {preset!r} builds a UNETR")
-            kwargs = dict(
-                out_channels=out_channels,
-                feature_size=p.feature_size if feature_size is None else feature_size,
-                norm_name="instance",
-                skip_norm=skip_norm,
-            )
+            kwargs = _unetr_arguments(p, out_channels, feature_size, "instance", skip_norm)
             return NetworkConfig("primus-unetr", preset, kwargs, enc)
         if feature_size is not None or not skip_norm or deep_supervision:
             raise ConfigError(
