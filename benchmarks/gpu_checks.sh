@@ -4,7 +4,7 @@
 # pretraining step against MONAI's MaskedAutoEncoderViT (ViT-B/16 at 96^3; batch 2 for the ratio, batch 32 for the
 # FLOP rate), sliding-window inference of the 512 x 512 x 200 CT, a whole volmae-infer run on it, and the training
 # step time and peak memory of each network family at its hippocampus ROI (benchmarks/family_cost.py). Each step has
-# its own time limit, so a slow or failing one leaves the rest and its own partial log; about 9 minutes in all.
+# its own time limit, so a slow or failing one leaves the rest and its partial output in steps.log; about 9 minutes.
 #
 # Prepare on this machine, in the repo root (wheels of the two pure-Python packages the device lacks; .gitignore
 # keeps .whl/ out of the repository):

@@ -132,7 +132,9 @@ def test_an_mae_checkpoint_loads_no_decoder_and_a_wrong_width_is_reported(tmp_pa
         ("vit-tiny", dict(method="masked-unetr", decoder_dim=64), "decoder_dim"),
         ("vit-tiny", dict(feature_size=8), "feature_size sizes the UNETR decoder"),
         ("primus-tiny", dict(method="masked-unetr"), "patch decoder.*primus-tiny-conv-unetr"),
-        ("primus-tiny-conv-unetr", dict(decoder_depth=2), "reconstructs with its UNETR decoder"),
+        ("primus-tiny-conv-unetr", dict(decoder_depth=2), "reconstructs with the UNETR's own decoder"),
+        ("primus-tiny-conv-unetr", dict(decoder_dim=64), "decoder_dim does not apply to method masked-unetr"),
+        ("primus-tiny-conv-unetr", dict(method="mae", feature_size=8), "feature_size sizes the UNETR decoder"),
         ("primus-tiny-conv-unetr", dict(method="masked-volume"), "does not apply to the primus preset"),
     ],
 )

@@ -361,25 +361,19 @@ def build_mae(
         raise ConfigError(
             f"method={method!r} does not apply to the {family} preset {preset!r}; choose one of {METHODS[family]}"
         )
-    if feature_size is not None and method != "masked-unetr" and getattr(p, "decoder", "") != "unetr":
+    if method == "auto" and isinstance(p, PrimusPreset) and p.decoder == "unetr":
+        method = "masked-unetr"  # a Primus with UNETR's decoder pretrains as a whole UNETR, like a ViT's
+    if feature_size is not None and method != "masked-unetr":
         raise ConfigError("feature_size sizes the UNETR decoder of method masked-unetr only")
     if mask_ratio_max is not None and family != "resenc":
         raise ConfigError("mask_ratio_max (a mask ratio drawn per sample) applies to S3D pretraining (ResEnc presets)")
     enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides, spacing).encoder
-    if family == "primus" and (method == "masked-unetr" or (method == "auto" and p.decoder == "unetr")):
-        if p.decoder != "unetr":
-            raise ConfigError(
-                f"method=masked-unetr pretrains a UNETR decoder, which preset {preset!r} (patch decoder) does not "
-                f"have: use its MAE (method auto) or a Primus preset with the UNETR decoder ({_unetr_primus()})"
-            )
-        if decoder_dim is not None or decoder_depth is not None or decoder_heads is not None:
-            raise ConfigError(
-                f"decoder_dim / depth / heads: preset {preset!r} reconstructs with its UNETR decoder (method "
-                "masked-unetr)"
-            )
-        kwargs = _masked_unetr_arguments(p, feature_size, mask_ratio, True if norm_pix_loss is None else norm_pix_loss)
-        return _built(NetworkConfig("primus-masked-unetr", preset, kwargs, enc))
-    if family == "primus":
+    if method == "masked-unetr" and isinstance(p, PrimusPreset) and p.decoder != "unetr":
+        raise ConfigError(
+            f"method=masked-unetr pretrains a UNETR decoder, which preset {preset!r} (patch decoder) does not "
+            f"have: use its MAE (method auto) or a Primus preset with the UNETR decoder ({_unetr_primus()})"
+        )
+    if family == "primus" and method != "masked-unetr":
         if decoder_dim is not None or decoder_heads is not None:
             raise ConfigError(
                 "decoder_dim / decoder_heads: the Primus MAE mixes at the encoder's width and heads and reconstructs "
@@ -420,8 +414,13 @@ def build_mae(
     elif method == "masked-unetr":
         if decoder_dim is not None:
             raise ConfigError("decoder_dim does not apply to method masked-unetr: the UNETR decoder reconstructs")
-        kind = "masked-unetr"
-        kwargs = _masked_unetr_arguments(p, feature_size, mask_ratio, norm_pix_loss)
+        kind = "primus-masked-unetr" if family == "primus" else "masked-unetr"
+        kwargs = dict(
+            feature_size=p.feature_size if feature_size is None else feature_size,
+            skip_norm=True,
+            mask_ratio=0.6 if mask_ratio is None else mask_ratio,
+            norm_pix_loss=norm_pix_loss,
+        )
     else:
         kind = "mae"
         kwargs = dict(
@@ -432,23 +431,6 @@ def build_mae(
             norm_pix_loss=norm_pix_loss,
         )
     return _built(NetworkConfig(kind, preset, kwargs, enc))
-
-
-def _unetr_arguments(
-    p: Preset | PrimusPreset, out_channels: int, feature_size: int | None, norm_name: str, skip_norm: bool
-) -> dict[str, Any]:
-    """The UNETR decoder's arguments (a ViT preset's, or a Primus one's with the UNETR decoder)."""
-    size = p.feature_size if feature_size is None else feature_size
-    return dict(out_channels=out_channels, feature_size=size, norm_name=norm_name, skip_norm=skip_norm)
-
-
-def _masked_unetr_arguments(
-    p: Preset | PrimusPreset, feature_size: int | None, mask_ratio: float | None, norm_pix_loss: bool
-) -> dict[str, Any]:
-    """The arguments of masked-volume pretraining by the whole UNETR (mask ratio 0.6 by default)."""
-    size = p.feature_size if feature_size is None else feature_size
-    ratio = 0.6 if mask_ratio is None else mask_ratio
-    return dict(feature_size=size, skip_norm=True, mask_ratio=ratio, norm_pix_loss=norm_pix_loss)
 
 
 def _unetr_config(
@@ -462,9 +444,18 @@ def _unetr_config(
     skip_norm: bool,
     encoder_overrides: Mapping[str, Any],
 ) -> NetworkConfig:
-    p = get_preset(preset, "vit")
+    p = get_preset(preset)
+    primus = isinstance(p, PrimusPreset) and p.decoder == "unetr"
+    if not primus:
+        p = get_preset(preset, "vit")  # refuses the other families, naming the ones that fit
     enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides).encoder
-    return NetworkConfig("unetr", preset, _unetr_arguments(p, out_channels, feature_size, norm_name, skip_norm), enc)
+    kwargs = dict(
+        out_channels=out_channels,
+        feature_size=p.feature_size if feature_size is None else feature_size,
+        norm_name=norm_name,
+        skip_norm=skip_norm,
+    )
+    return NetworkConfig("primus-unetr" if primus else "unetr", preset, kwargs, enc)
 
 
 def build_unetr(
@@ -478,8 +469,8 @@ def build_unetr(
     skip_norm: bool = True,
     **encoder_overrides: Any,
 ) -> Built:
-    """A UNETR on a ViT preset encoder (pretrained weights load afterwards:
-    :func:`volmae.artifact.load_pretrained`)."""
+    """A UNETR on a ViT preset encoder, or on a Primus one whose preset has the UNETR decoder (pretrained weights load
+    afterwards: :func:`volmae.artifact.load_pretrained`)."""
     return _built(
         _unetr_config(
             preset,
@@ -605,18 +596,13 @@ def segmenter_config(
             enc = _resenc_encoder_config(preset, in_channels, img_size, None, spacing, encoder_overrides).encoder
             return NetworkConfig("resenc", preset, {"out_channels": out_channels}, enc)
         return _dynunet_config(preset, in_channels, out_channels, img_size, spacing)
-    if isinstance(p, PrimusPreset):
-        enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides).encoder
-        if p.decoder == "unetr":
-            if deep_supervision:
-                raise ConfigError(f"deep_supervision is an nnFormer option; preset {preset!r} builds a UNETR")
-            kwargs = _unetr_arguments(p, out_channels, feature_size, "instance", skip_norm)
-            return NetworkConfig("primus-unetr", preset, kwargs, enc)
+    if isinstance(p, PrimusPreset) and p.decoder == "patch":  # with the UNETR decoder: the UNETR path below
         if feature_size is not None or not skip_norm or deep_supervision:
             raise ConfigError(
                 f"feature_size / skip_norm / deep_supervision are UNETR / nnFormer options; preset {preset!r} builds a "
                 f"Primus (patch decoder; with the UNETR decoder: {_unetr_primus()})"
             )
+        enc = _encoder_config(preset, in_channels, img_size, patch_size, encoder_overrides).encoder
         return NetworkConfig("primus", preset, {"out_channels": out_channels}, enc)
     if isinstance(p, NnFormerPreset):
         if feature_size is not None or not skip_norm:
