@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -39,6 +41,26 @@ def test_release_trains_cross_validates_on_training_folds_and_packs(synthetic_ta
     card = (out / "model_card.md").read_text()
     assert f"{s['held_out']['mean_dice']:.4f}" in card and "training folds" in card and s["packed"]["sha256"] in card
     assert "Wald et al." in card  # the S3D citation comes with the pretrained ResEnc U-Net
+
+
+def test_a_stopped_release_resumes_reusing_its_finished_runs(synthetic_task, tmp_path):
+    out = tmp_path / "rel"
+    cfg = ReleaseConfig(dataset_dir=str(synthetic_task), out_dir=str(out), recipe="smoke", cv_folds=2, **TINY)
+    first = release(cfg)
+    kept = (out / "finetune" / "checkpoint.pt").read_bytes()
+    shutil.rmtree(out / "cv" / "fold2")  # stopped before its last cross-validation fold
+    with pytest.raises(ConfigError, match="already holds a run"):
+        release(cfg)
+    again = release(replace(cfg, resume=True))
+    assert (out / "finetune" / "checkpoint.pt").read_bytes() == kept  # the finished fine-tune was not redone
+    assert (out / "cv" / "fold2" / "model.pt").is_file()  # the missing fold was trained
+    assert again["held_out"] == first["held_out"] and again["cross_validation"]["folds"][0] == first[
+        "cross_validation"]["folds"][0]  # fmt: skip
+    assert again["cross_validation"]["cases"] == first["cross_validation"]["cases"]
+    # training time comes from the runs' records: the reused fine-tune counts what it took, not the resume's 0 s
+    assert again["compute"]["seconds"]["finetune"] == first["compute"]["seconds"]["finetune"] > 0
+    assert again["compute"]["seconds"]["total"] == pytest.approx(sum(
+        v for k, v in again["compute"]["seconds"].items() if k != "total"), abs=0.2)  # fmt: skip
 
 
 def test_release_into_a_bundle_is_what_the_bundle_then_serves(synthetic_task, tmp_path, capsys):
@@ -85,6 +107,7 @@ def test_release_into_a_bundle_is_what_the_bundle_then_serves(synthetic_task, tm
         (dict(steps=0), "steps=0: must be >= 1"),
         (dict(pretrain_epochs=0), "pretrain_epochs=0: must be >= 1"),
         (dict(bundle="lungs"), "unknown bundle 'lungs'"),
+        (dict(resume=True, overwrite=True), "resume and overwrite: choose one"),
     ],
 )
 def test_ill_arguments_are_named(synthetic_task, tmp_path, change, match):

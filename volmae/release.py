@@ -11,6 +11,10 @@
 5. packing: the weights cast to ``dtype`` (bf16 by default: half the file) and scored again on the held-out fold;
    kept when the mean Dice moves by at most ``dice_tolerance``, else fp32 is packed. The file must fit ``max_mb``.
 
+A release takes hours on a CPU: ``resume`` continues a stopped one in the same ``out_dir`` (finished runs are reused,
+a stopped run continues from its checkpoint). Its training times come from the runs' own records, so a resumed
+release reports the time its runs took.
+
 It writes ``<out_dir>/model.pt`` (the released model as a volmae model file: network, task, weights, provenance),
 ``<out_dir>/release.json`` (every figure and setting), ``<out_dir>/model_card.md`` and, with ``into`` (a bundle
 folder), that bundle's ``models/model.pt`` (the plain state dict of its ``network_def``, as MONAI's tools load it),
@@ -23,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -71,6 +74,7 @@ class ReleaseConfig:
     seed: int = 0
     device: str = "auto"
     cpu_bf16: bool = False
+    resume: bool = False  # continue a stopped release in out_dir: finished stages are reused, a stopped one continues
     overwrite: bool = False
     quiet: bool = False
 
@@ -83,6 +87,8 @@ def _check(cfg: ReleaseConfig, spec: BundleSpec) -> dict:
         raise ConfigError(f"dtype={cfg.dtype!r}: choose one of {', '.join(DTYPES)}")
     if cfg.cv_folds < 0:
         raise ConfigError(f"cv_folds={cfg.cv_folds}: must be >= 0 (0: no cross-validation)")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("resume and overwrite: choose one (resume continues the runs in out_dir, overwrite redoes)")
     for name in ("steps", "pretrain_epochs"):
         if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)}: must be >= 1 (or None for the recipe's)")
@@ -103,6 +109,18 @@ def _dataset(cfg: ReleaseConfig, spec: BundleSpec) -> str:
     if found is None:
         raise DataError(f"no {spec.dataset} data found: pass --dataset-dir (the MSD-layout task folder)")
     return str(found)
+
+
+def _run_dir(cfg: ReleaseConfig, folder: Path) -> dict:
+    """A stage's ``out_dir``, and ``resume`` when the release resumes and that stage has a checkpoint there (a stage
+    that never started starts; a finished one returns at once; a stopped one continues)."""
+    return {"out_dir": str(folder), "resume": cfg.resume and (folder / "checkpoint.pt").is_file()}
+
+
+def _trained_seconds(history: list[dict]) -> float:
+    """A run's training seconds from its per-epoch record (a resumed release counts the time its runs took, not
+    this process's)."""
+    return sum(float(e.get("seconds", 0.0)) for e in history)
 
 
 def _scores(report) -> dict:
@@ -137,8 +155,7 @@ def release(cfg: ReleaseConfig) -> dict:
     common = dict(dataset_dir=data, device=cfg.device, seed=cfg.seed, fold=cfg.fold, quiet=cfg.quiet,
                   cpu_bf16=cfg.cpu_bf16, overwrite=cfg.overwrite)  # fmt: skip
     ft_settings = dict(recipe["finetune"], **({"steps": cfg.steps} if cfg.steps else {}))
-    seconds: dict[str, float] = {}
-    t0 = time.time()
+    seconds: dict[str, float] = {}  # training time of each stage, from its runs' own records
     if cfg.pretrained:
         pretrained = Path(cfg.pretrained)
         if not pretrained.is_file():
@@ -146,21 +163,20 @@ def release(cfg: ReleaseConfig) -> dict:
         pre_settings = {"reused": pretrained.name}
     else:
         pre_settings = dict(recipe["pretrain"], **({"epochs": cfg.pretrain_epochs} if cfg.pretrain_epochs else {}))
-        pre_cfg = PretrainConfig(out_dir=str(out / "pretrain"), **common, **pre_settings)
-        pretrained = pretrain(pre_cfg).model_path
-        pre_settings = asdict(pre_cfg)
-        seconds["pretrain"] = time.time() - t0
-    ft_cfg = FinetuneConfig(out_dir=str(out / "finetune"), **common, **ft_settings, pretrained=str(pretrained))
-    t1 = time.time()
+        pre_cfg = PretrainConfig(**_run_dir(cfg, out / "pretrain"), **common, **pre_settings)
+        pre = pretrain(pre_cfg)
+        pretrained, pre_settings = pre.model_path, asdict(pre_cfg)
+        seconds["pretrain"] = _trained_seconds(pre.history)
+    ft_cfg = FinetuneConfig(**_run_dir(cfg, out / "finetune"), **common, **ft_settings, pretrained=str(pretrained))
     ft = finetune(ft_cfg)
-    seconds["finetune"] = time.time() - t1
+    seconds["finetune"] = _trained_seconds(ft.history)
     cv = _cross_validate(cfg, ft_cfg, data, out / "cv") if cfg.cv_folds else None
     if cv:
         seconds["cross_validation"] = cv.pop("seconds")
     model = ModelArtifact.load(ft.model_path, role="segmentation")
     held_out = _scores(_evaluate(cfg, model, data, out / "held_out"))
     packed, dtype, packed_scores = _pack(cfg, model, data, out, held_out)
-    seconds["total"] = time.time() - t0
+    seconds["total"] = sum(seconds.values())
     summary = {
         "bundle": spec.name,
         "volmae_version": __version__,
@@ -245,11 +261,12 @@ def _cross_validate(cfg: ReleaseConfig, ft_cfg: FinetuneConfig, data: str, out: 
     """The recipe trained without each of ``cfg.cv_folds`` training folds and scored on it (the held-out fold
     untouched); per-class Dice pooled over every scored case."""
     datalist = load_msd_datalist(data)
-    t0, folds, per_case = time.time(), [], {}
+    seconds, folds, per_case = 0.0, [], {}
     for i in _inner_folds(cfg, data):
         fold_train, fold_scored = inner_fold(datalist, cfg.fold, i)
         scored = sorted(it["case"] for it in fold_scored)
-        run = finetune(replace(ft_cfg, out_dir=str(out / f"fold{i}"), val_every=0), Cases(datalist, fold_train, []))
+        run = finetune(replace(ft_cfg, **_run_dir(cfg, out / f"fold{i}"), val_every=0), Cases(datalist, fold_train, []))
+        seconds += _trained_seconds(run.history)
         report = _evaluate(cfg, ModelArtifact.load(run.model_path, role="segmentation"), data, out / f"fold{i}_eval",
                            scored)  # fmt: skip
         folds.append({"fold": i, "train_cases": len(fold_train), **_scores(report)})
@@ -258,7 +275,7 @@ def _cross_validate(cfg: ReleaseConfig, ft_cfg: FinetuneConfig, data: str, out: 
     names = list(folds[0]["dice"])
     dice = {n: sum(d[n] for d in per_case.values()) / len(per_case) for n in names}
     return {"folds": folds, "cases": len(per_case), "dice": dice, "mean_dice": sum(dice.values()) / len(dice),
-            "seconds": time.time() - t0}  # fmt: skip
+            "seconds": seconds}  # fmt: skip
 
 
 def _pack(cfg: ReleaseConfig, model: ModelArtifact, data: str, out: Path, held_out: dict):
@@ -336,7 +353,7 @@ def model_card(s: dict) -> str:
         f"- cross-validated Dice (training folds only): {cv_line}\n"
         f"- weights: {pk['dtype']}, {pk['bytes'] / 2**20:.1f} MB, sha256 {pk['sha256']}; held-out mean Dice with "
         f"these weights {pk['held_out_mean_dice']:.4f}\n"
-        f"- compute: {minutes} on {comp['cpu_count']} CPU cores ({comp['cpu']}), device {comp['device']}\n"
+        f"- training time: {minutes} on {comp['cpu_count']} CPU cores ({comp['cpu']}), device {comp['device']}\n"
         f"- licence: weights {s['licence']['weights'] or 'as the data'}; data {s['licence']['data']}\n"
         "- intended use: research only, not for clinical use\n\n"
         "## Cite\n\n" + "".join(f"- {c}\n" for c in s["citation"])

@@ -43,6 +43,8 @@ HELPS = {
     "dice_tolerance": "largest change of held-out mean Dice that packing in --dtype may cause (else fp32 is packed)",
     "max_mb": "largest packed file in MB (the package ships it)",
     "fold": "held-out fold the released model is scored on (the folder's splits.json, else a seeded 5-fold split)",
+    "resume": "continue a stopped release in --out-dir: its finished runs are reused, a stopped one continues from "
+    "its checkpoint, the rest are trained",
     "overwrite": "replace the runs already in --out-dir",
 }
 
