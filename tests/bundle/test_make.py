@@ -140,3 +140,17 @@ def test_data_licence_large_files_and_requirements(name):
     assert meta["required_packages_version"]["volmae"] == __version__  # the wheel this source builds
     assert "pytorch-ignite" not in meta["required_packages_version"]  # the bundles no longer run ignite engines
     assert meta["version"] in meta["changelog"]
+
+
+def test_shipped_weights_scores_come_from_their_release_record():
+    rec = json.loads((BUNDLES / "hippocampus" / "models" / "release.json").read_text())
+    meta = json.loads((BUNDLES / "hippocampus" / "configs" / "metadata.json").read_text())
+    assert meta["eval_metrics"]["mean_dice"] == round(rec["held_out"]["mean_dice"], 4)
+    readme = (BUNDLES / "hippocampus" / "docs" / "README.md").read_text()
+    assert f"mean Dice **{rec['held_out']['mean_dice']:.3f}**" in readme and f"volmae {rec['volmae_version']}" in readme
+    cv = rec["cross_validation"]
+    assert ("Cross-validated on the training folds" in readme) == bool(cv)
+    assert not cv or f"mean Dice {cv['mean_dice']:.3f}" in readme
+    assert ("cross_validated_mean_dice" in meta["eval_metrics"]) == bool(cv)
+    # with no weights shipped there is nothing to report
+    assert get_bundle_spec("btcv").eval_metrics == {} and "models/release.json" not in str(get_bundle_spec("btcv"))

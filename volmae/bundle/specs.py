@@ -5,12 +5,68 @@ the three bundles cannot drift apart (``python tools/make_bundles.py`` rewrites 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from volmae.data.convert import BRATS_LABELS, BRATS_REGIONS, BTCV_LABELS
 from volmae.networks.registry import CITATIONS
 
-__all__ = ["BundleSpec", "WeightsRelease", "BUNDLES", "get_bundle_spec"]
+__all__ = ["BundleSpec", "WeightsRelease", "BUNDLES", "get_bundle_spec", "shipped_release", "release_scores"]
+
+_PACKAGED = Path(__file__).resolve().parents[1] / "bundles"  # the bundles inside the package
+
+
+def shipped_release(name: str) -> dict:
+    """The release record (``models/release.json``, written by ``volmae-release``) of the weights that ship in the
+    packaged bundle ``name``; {} when none ship."""
+    path = _PACKAGED / name / "models" / "release.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _per_class(scores: dict, fmt: str = ".3f") -> str:
+    return ", ".join(f"{n.lower()} {v:{fmt}}" for n, v in scores.items())
+
+
+def release_scores(rec: dict) -> tuple[dict[str, float], str]:
+    """``(eval_metrics, README paragraph)`` of shipped weights, both read from their release record, so that the
+    bundle's metadata and README cannot disagree with its model card."""
+    ho, cv, pk, comp = rec["held_out"], rec.get("cross_validation"), rec["packed"], rec["compute"]
+    ft, pre, data = rec["recipe"]["finetune"], rec["recipe"]["pretrain"], rec["data"]
+    metrics = {"mean_dice": round(ho["mean_dice"], 4)}
+    if cv:
+        metrics["cross_validated_mean_dice"] = round(cv["mean_dice"], 4)
+    n = data["train_cases"]
+    start = (
+        f"from the pretraining {pre['reused']}"
+        if "reused" in pre
+        else f"{pre['preset']} pretrained for {pre['epochs']} epochs on the {n} training images (labels unused)"
+    )
+    cv_text = (
+        f" Cross-validated on the training folds (each of {len(cv['folds'])} folds scored by the recipe trained "
+        f"without it; {cv['cases']} cases): mean Dice {cv['mean_dice']:.3f} ({_per_class(cv['dice'])})."
+        if cv
+        else ""
+    )
+    text = (
+        "## Scores\n\n"
+        "The model that ships in `models/` (`model.pt`; how it was made and what it scored: `models/model_card.md`, "
+        f"`models/release.json`) was made by volmae {rec['volmae_version']} (`volmae-release --bundle {rec['bundle']}`)"
+        f" with fold {data['fold_held_out']} of the data's `splits.json` held out: {rec['recipe']['title']}, "
+        f"{start}, then {ft['steps']} fine-tuning steps of {ft['batch_size']} x {ft['num_samples']} crops on all {n} "
+        f"labeled training cases (AdamW {ft['lr']:g}, encoder and decoder transferred, a fresh head"
+        f"{', bf16 autocast' if ft.get('cpu_bf16') else ''}); {comp['seconds']['total'] / 60:.0f} min of training on "
+        f"{comp['cpu_count']} CPU cores ({comp['cpu']}). Scored on the {data['held_out_cases']} held-out cases, which "
+        f"no stage saw: mean Dice **{ho['mean_dice']:.3f}** ({_per_class(ho['dice'])}), HD95 "
+        f"{' / '.join(f'{v:.2f}' for v in ho['hd95'].values())} mm, in each scan's original voxel space; stored in "
+        f"{pk['dtype']} ({pk['bytes'] / 2**20:.1f} MB), with which the held-out mean Dice is "
+        f"{pk['held_out_mean_dice']:.4f}.{cv_text} `eval_metrics` in `configs/metadata.json` holds these mean Dice "
+        "scores. nnU-Net's published level for this task is about 0.90 / 0.89."
+    )
+    return metrics, text
+
+
+_HIPPOCAMPUS_METRICS, _HIPPOCAMPUS_SCORES = release_scores(shipped_release("hippocampus"))
 
 
 @dataclass(frozen=True)
@@ -131,21 +187,11 @@ BUNDLES: dict[str, BundleSpec] = {
         ),
         prepare="The MSD Task04_Hippocampus folder as distributed (dataset.json, imagesTr, labelsTr) works as is.",
         data_license=_MSD_LICENSE.format(task="Task04_Hippocampus", source="Vanderbilt University Medical Center"),
-        eval_metrics={"mean_dice": 0.8842},
+        eval_metrics=_HIPPOCAMPUS_METRICS,
         weights_license="CC-BY-SA-4.0 (MSD data terms)",
         shipped_weights=True,
         notes=(
-            "## Scores\n\n"
-            "The model that ships in `models/` (`model.pt`; how it was made and what it scored: "
-            "`models/model_card.md`, `models/release.json`) was made by `volmae-release --bundle hippocampus "
-            "--pretrain-epochs 3` on fold 0 of the data's `splits.json`: S3D pretraining of `resenc-tiny` for 3 "
-            "epochs on the 166 training images (labels unused), then 800 fine-tuning steps of 2 x 2 crops on all "
-            "166 labeled training cases (AdamW 5e-4, encoder and decoder transferred, a fresh head). 79.8 min on "
-            "2 CPU cores (AMD EPYC without bf16 units, fp32). Scored on the 42 held-out cases, which neither "
-            "stage saw: mean Dice **0.884** (anterior 0.889, posterior 0.880), HD95 1.35 / 1.58 mm, in each "
-            "scan's original voxel space; stored in bf16 (11.1 MB), with which the held-out mean Dice is 0.8841. "
-            "`eval_metrics` in `configs/metadata.json` is this mean Dice. nnU-Net's published level for this task "
-            "is about 0.90 / 0.89.",
+            _HIPPOCAMPUS_SCORES,
             "The UNETR configuration (`configs/unetr.json`: `vit-tiny` at patch 8), trained from scratch for 10 epochs "
             "(`python -m monai.bundle run training --config_file \"['bundles/hippocampus/configs/train.json',"
             "'bundles/hippocampus/configs/unetr.json']\" --dataset_dir <MSD Task04> --train#trainer#max_epochs 10`) "
