@@ -3,6 +3,7 @@ release into a copied bundle that ``--bundle`` then reads, and its ill arguments
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import shutil
@@ -14,6 +15,7 @@ import torch
 from tests.bundle.conftest import copy_bundle
 from volmae.artifact.bundles import from_bundle
 from volmae.artifact.model import ModelArtifact
+from volmae.cli.common import add_config_args, config_from_args
 from volmae.cli.release import main as release_main
 from volmae.data.datalist import dataset_folds, load_msd_datalist
 from volmae.errors import ConfigError, DataError
@@ -24,7 +26,8 @@ TINY = dict(steps=2, pretrain_epochs=1, device="cpu", quiet=True)
 
 def test_release_trains_cross_validates_on_training_folds_and_packs(synthetic_task, tmp_path):
     out = tmp_path / "rel"
-    s = release(ReleaseConfig(dataset_dir=str(synthetic_task), out_dir=str(out), recipe="smoke", cv_folds=2, **TINY))
+    cfg = ReleaseConfig(dataset_dir=str(synthetic_task), out_dir=str(out), recipe="smoke", cv_folds=2, **TINY)
+    s = release(cfg)
     folds = dataset_folds(load_msd_datalist(synthetic_task))
     held_out = set(folds[0])
     assert s["held_out"]["cases"] == len(held_out) and s["data"]["train_cases"] == 6 - len(held_out)
@@ -41,6 +44,14 @@ def test_release_trains_cross_validates_on_training_folds_and_packs(synthetic_ta
     card = (out / "model_card.md").read_text()
     assert f"{s['held_out']['mean_dice']:.4f}" in card and "training folds" in card and s["packed"]["sha256"] in card
     assert "Wald et al." in card  # the S3D citation comes with the pretrained ResEnc U-Net
+    # the card's command makes the same release: it parses back into these settings
+    assert s["command"] == "volmae-release --bundle hippocampus --recipe smoke --steps 2 --pretrain-epochs 1 " + (
+        "--cv-folds 2")  # fmt: skip
+    assert f"(`{s['command']}`)" in card
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, ReleaseConfig, {})
+    back = config_from_args(ReleaseConfig, parser.parse_args(s["command"].split()[1:]))
+    assert replace(back, dataset_dir=cfg.dataset_dir, out_dir=cfg.out_dir, device=cfg.device, quiet=cfg.quiet) == cfg
 
 
 def test_a_stopped_release_resumes_reusing_its_finished_runs(synthetic_task, tmp_path):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import date
 from pathlib import Path
 
@@ -180,6 +180,7 @@ def release(cfg: ReleaseConfig) -> dict:
     summary = {
         "bundle": spec.name,
         "volmae_version": __version__,
+        "command": release_command(cfg),
         "date": date.today().isoformat(),
         "task": spec.task,
         "classes": {str(k): v for k, v in spec.labels.items()},
@@ -214,6 +215,24 @@ def release(cfg: ReleaseConfig) -> dict:
     if cfg.into:
         summary = _install(packed, summary, cfg.into)
     return summary
+
+
+# this machine's paths and how the run was driven: not part of what a release is
+_NOT_IN_COMMAND = ("bundle", "dataset_dir", "out_dir", "into", "install_from", "pretrained", "device", "resume",
+                   "overwrite", "quiet")  # fmt: skip
+
+
+def release_command(cfg: ReleaseConfig) -> str:
+    """The ``volmae-release`` command that makes this release again on other data folders: the bundle and every
+    setting that differs from its default (paths and run control left out)."""
+    parts = ["volmae-release", "--bundle", cfg.bundle]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in _NOT_IN_COMMAND or value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        parts += [flag] if value is True else [f"--no-{flag[2:]}"] if value is False else [flag, str(value)]
+    return " ".join(parts)
 
 
 def install_release(folder: str | os.PathLike, into: str | None) -> dict:
@@ -333,6 +352,7 @@ def model_card(s: dict) -> str:
         else "not measured for this release (`volmae-release --cv-folds 4` measures it)"
     )
     recipe, pre = s["recipe"]["finetune"], s["recipe"]["pretrain"]
+    made_by = f"volmae-release --bundle {s['bundle']}"  # records older than the command field
     pre_line = (
         f"reused {pre['reused']}"
         if "reused" in pre
@@ -342,7 +362,7 @@ def model_card(s: dict) -> str:
     return (
         f"# volmae {s['bundle']} model\n\n"
         f"{s['task']}. Classes: {', '.join(f'{k} {v}' for k, v in s['classes'].items())}.\n\n"
-        f"- made by volmae {s['volmae_version']} on {s['date']} (`volmae-release --bundle {s['bundle']}`)\n"
+        f"- made by volmae {s['volmae_version']} on {s['date']} (`{s.get('command') or made_by}`)\n"
         f"- recipe `{s['recipe']['name']}`: {s['recipe']['title']}; fine-tuning {recipe['preset']} for "
         f"{recipe['steps']} steps of {recipe['batch_size']} x {recipe['num_samples']} crops of "
         f"{' x '.join(map(str, recipe['roi_size']))}, AdamW {recipe['lr']:g}, encoder and decoder transferred\n"

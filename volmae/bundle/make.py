@@ -57,6 +57,8 @@ _PACKAGES = {
     "tensorboard": "2.21.0",
 }
 _CHANGELOG = {
+    "0.7.0": "hippocampus: new weights from volmae 0.4.0's release (the same recipe with its 10 pretraining epochs, "
+    "cross-validated on the training folds); the README's scores and eval_metrics are read from models/release.json",
     "0.6.0": "hippocampus: the residual-encoder U-Net (resenc-tiny, S3D-pretrained) is the bundle's network and its "
     "trained weights ship in models/ (model card: models/model_card.md); unetr.json overlay; the metadata's weights "
     "field (licence, size of released files)",

@@ -37,6 +37,7 @@ def release_scores(rec: dict) -> tuple[dict[str, float], str]:
     if cv:
         metrics["cross_validated_mean_dice"] = round(cv["mean_dice"], 4)
     n = data["train_cases"]
+    model_seconds = sum(comp["seconds"].get(k, 0.0) for k in ("pretrain", "finetune"))  # the shipped model's own
     start = (
         f"from the pretraining {pre['reused']}"
         if "reused" in pre
@@ -44,18 +45,20 @@ def release_scores(rec: dict) -> tuple[dict[str, float], str]:
     )
     cv_text = (
         f" Cross-validated on the training folds (each of {len(cv['folds'])} folds scored by the recipe trained "
-        f"without it; {cv['cases']} cases): mean Dice {cv['mean_dice']:.3f} ({_per_class(cv['dice'])})."
+        f"without it; {cv['cases']} cases, {comp['seconds']['cross_validation'] / 60:.0f} min more): mean Dice "
+        f"{cv['mean_dice']:.3f} ({_per_class(cv['dice'])})."
         if cv
         else ""
     )
     text = (
         "## Scores\n\n"
         "The model that ships in `models/` (`model.pt`; how it was made and what it scored: `models/model_card.md`, "
-        f"`models/release.json`) was made by volmae {rec['volmae_version']} (`volmae-release --bundle {rec['bundle']}`)"
+        f"`models/release.json`) was made by volmae {rec['volmae_version']} "
+        f"(`{rec.get('command') or 'volmae-release --bundle ' + rec['bundle']}`)"
         f" with fold {data['fold_held_out']} of the data's `splits.json` held out: {rec['recipe']['title']}, "
         f"{start}, then {ft['steps']} fine-tuning steps of {ft['batch_size']} x {ft['num_samples']} crops on all {n} "
         f"labeled training cases (AdamW {ft['lr']:g}, encoder and decoder transferred, a fresh head"
-        f"{', bf16 autocast' if ft.get('cpu_bf16') else ''}); {comp['seconds']['total'] / 60:.0f} min of training on "
+        f"{', bf16 autocast' if ft.get('cpu_bf16') else ''}); {model_seconds / 60:.0f} min of training on "
         f"{comp['cpu_count']} CPU cores ({comp['cpu']}). Scored on the {data['held_out_cases']} held-out cases, which "
         f"no stage saw: mean Dice **{ho['mean_dice']:.3f}** ({_per_class(ho['dice'])}), HD95 "
         f"{' / '.join(f'{v:.2f}' for v in ho['hd95'].values())} mm, in each scan's original voxel space; stored in "
