@@ -24,8 +24,8 @@ def shipped_release(name: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _per_class(scores: dict, fmt: str = ".3f") -> str:
-    return ", ".join(f"{n.lower()} {v:{fmt}}" for n, v in scores.items())
+def _per_class(scores: dict) -> str:
+    return ", ".join(f"{n.lower()} {v:.3f}" for n, v in scores.items())
 
 
 def release_scores(rec: dict) -> tuple[dict[str, float], str]:
