@@ -41,6 +41,7 @@ from volmae.data.datalist import dataset_folds, inner_fold, load_msd_datalist
 from volmae.data.paths import dataset_path
 from volmae.demo import RECIPES
 from volmae.engine.finetune import Cases, FinetuneConfig, finetune
+from volmae.engine.loop import CHECKPOINT
 from volmae.engine.pretrain import PretrainConfig, pretrain
 from volmae.errors import ConfigError, DataError
 from volmae.evaluation.evaluate import EvaluateConfig, evaluate
@@ -114,7 +115,7 @@ def _dataset(cfg: ReleaseConfig, spec: BundleSpec) -> str:
 def _run_dir(cfg: ReleaseConfig, folder: Path) -> dict:
     """A stage's ``out_dir``, and ``resume`` when the release resumes and that stage has a checkpoint there (a stage
     that never started starts; a finished one returns at once; a stopped one continues)."""
-    return {"out_dir": str(folder), "resume": cfg.resume and (folder / "checkpoint.pt").is_file()}
+    return {"out_dir": str(folder), "resume": cfg.resume and (folder / CHECKPOINT).is_file()}
 
 
 def _trained_seconds(history: list[dict]) -> float:

@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from volmae.artifact.bundles import BUNDLES_DIR
 from volmae.data.convert import BRATS_LABELS, BRATS_REGIONS, BTCV_LABELS
 from volmae.networks.registry import CITATIONS
 
 __all__ = ["BundleSpec", "WeightsRelease", "BUNDLES", "get_bundle_spec", "shipped_release", "release_scores"]
 
-_PACKAGED = Path(__file__).resolve().parents[1] / "bundles"  # the bundles inside the package
-
 
 def shipped_release(name: str) -> dict:
     """The release record (``models/release.json``, written by ``volmae-release``) of the weights that ship in the
     packaged bundle ``name``; {} when none ship."""
-    path = _PACKAGED / name / "models" / "release.json"
+    path = BUNDLES_DIR / name / "models" / "release.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
